@@ -1,0 +1,306 @@
+//! Our v2 API (JSON under `/api/v2`): check-in long poll, targeted commands
+//! with ids and acknowledgements, releases, config revisions, hosts.
+//! Documented for operators in `docs/api-v2.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::version::Version;
+
+/// What a command asks a watchdog to do. The legacy words are kept on the
+/// wire so one command table serves v1 and v2 hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandKind {
+    #[serde(rename = "start")]
+    Start,
+    #[serde(rename = "stop")]
+    Stop,
+    #[serde(rename = "restart")]
+    Restart,
+    #[serde(rename = "GET-CONFIG")]
+    GetConfig,
+    #[serde(rename = "PUT-CONFIG")]
+    PutConfig,
+}
+
+impl CommandKind {
+    pub const ALL: [CommandKind; 5] = [
+        CommandKind::Start,
+        CommandKind::Stop,
+        CommandKind::Restart,
+        CommandKind::GetConfig,
+        CommandKind::PutConfig,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Start => "start",
+            CommandKind::Stop => "stop",
+            CommandKind::Restart => "restart",
+            CommandKind::GetConfig => "GET-CONFIG",
+            CommandKind::PutConfig => "PUT-CONFIG",
+        }
+    }
+
+    /// Parses a command word exactly as written (the legacy words are
+    /// case-sensitive).
+    pub fn parse(word: &str) -> Option<CommandKind> {
+        CommandKind::ALL.into_iter().find(|k| k.as_str() == word)
+    }
+
+    /// Whether a legacy v1 watchdog knows this word.
+    pub fn is_legacy(self) -> bool {
+        self != CommandKind::Restart
+    }
+}
+
+/// Who a command is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    All,
+    Hosts(Vec<String>),
+}
+
+/// `POST /api/v2/commands`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewCommand {
+    pub kind: CommandKind,
+    pub target: Target,
+    /// Seconds until the command expires; default 600.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A command as a watchdog receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: i64,
+    pub kind: CommandKind,
+    /// RFC 3339, milliseconds.
+    pub issued_at: String,
+    pub expires_at: String,
+}
+
+/// A command as an operator sees it, with every host's acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandStatus {
+    #[serde(flatten)]
+    pub command: Command,
+    pub target: Target,
+    pub results: Vec<CommandAck>,
+}
+
+/// How a host finished a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+/// One host's acknowledgement of one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandAck {
+    pub id: i64,
+    #[serde(default)]
+    pub hostname: String,
+    pub outcome: Outcome,
+    pub message: String,
+    #[serde(default)]
+    pub at: String,
+}
+
+/// Whether the agent process is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Running,
+    Stopped,
+    #[default]
+    Unknown,
+}
+
+/// What an operator wants the agent to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// The outcome of the last update attempt, reported by the watchdog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateReport {
+    pub release_id: i64,
+    pub version: Version,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// The state a watchdog reports at each check-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReport {
+    pub hostname: String,
+    /// The product the watchdog supervises (`agent` by default).
+    #[serde(default = "default_product")]
+    pub product: String,
+    pub platform: String,
+    pub watchdog_version: String,
+    pub agent_version: Option<Version>,
+    pub agent_state: AgentState,
+    pub desired_state: DesiredState,
+    /// The config revision last applied from the server, if any.
+    pub config_revision: Option<i64>,
+    #[serde(default)]
+    pub last_update: Option<UpdateReport>,
+}
+
+fn default_product() -> String {
+    "agent".into()
+}
+
+/// `POST /api/v2/checkin?wait=N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckinRequest {
+    pub host: HostReport,
+    /// Acknowledgements of commands performed since the last check-in.
+    #[serde(default)]
+    pub results: Vec<CommandAck>,
+    /// The release id the watchdog got in its last answer; the long poll
+    /// returns early when the server's choice differs.
+    #[serde(default)]
+    pub seen_release: Option<i64>,
+    /// The config revision the watchdog got in its last answer.
+    #[serde(default)]
+    pub seen_config: Option<i64>,
+}
+
+/// The answer to a check-in: what this host must do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckinResponse {
+    pub commands: Vec<Command>,
+    pub release: Option<Release>,
+    pub config_revision: Option<i64>,
+}
+
+/// How a release is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseKind {
+    /// tar.gz or zip unpacked into `versions/<v>`.
+    Archive,
+    /// A Windows installer package (what legacy watchdogs install).
+    Msi,
+    /// A package run by a generic installer command (.deb, ...).
+    Installer,
+}
+
+impl ReleaseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseKind::Archive => "archive",
+            ReleaseKind::Msi => "msi",
+            ReleaseKind::Installer => "installer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReleaseKind> {
+        [
+            ReleaseKind::Archive,
+            ReleaseKind::Msi,
+            ReleaseKind::Installer,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A published release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub id: i64,
+    pub product: String,
+    pub version: Version,
+    pub platform: String,
+    pub kind: ReleaseKind,
+    pub sha256: String,
+    pub md5: String,
+    pub size: u64,
+    /// A detached signature over the release manifest (filled by the
+    /// signing work; absent on unsigned releases).
+    pub signature: Option<String>,
+    /// Where to download the artifact (server-relative).
+    pub url: String,
+    pub created_at: String,
+}
+
+/// Where a config revision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// Pushed by an operator: what the host should have.
+    Desired,
+    /// Uploaded by the host: what it has.
+    Reported,
+}
+
+impl ConfigSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigSource::Desired => "desired",
+            ConfigSource::Reported => "reported",
+        }
+    }
+}
+
+/// One revision of a host's `Config.yml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRevision {
+    pub revision: i64,
+    pub hostname: String,
+    pub source: ConfigSource,
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: String,
+}
+
+/// A host in the inventory, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub last_seen: String,
+    /// The last v2 report, absent for legacy (v1) hosts.
+    pub report: Option<HostReport>,
+}
+
+/// Every JSON error body of the v2 API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_words_round_trip() {
+        for k in CommandKind::ALL {
+            assert_eq!(CommandKind::parse(k.as_str()), Some(k));
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+        assert_eq!(CommandKind::parse("STOP"), None);
+        assert_eq!(CommandKind::parse("get-config"), None);
+    }
+
+    #[test]
+    fn target_shapes() {
+        assert_eq!(serde_json::to_string(&Target::All).unwrap(), "\"all\"");
+        assert_eq!(
+            serde_json::to_string(&Target::Hosts(vec!["a".into()])).unwrap(),
+            "{\"hosts\":[\"a\"]}"
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! Credentials. Agents present a license key (`Authorization: Token KEY`, the
+//! legacy header); operators a token (`Authorization: Bearer TOKEN` or
+//! `Token TOKEN`). Tokens are kept only as SHA-256 hashes and looked up by
+//! hash, so no comparison ever runs over the secret itself.
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::state::AppState;
+
+pub type TokenHash = [u8; 32];
+
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Anonymous,
+    Agent,
+    Operator,
+}
+
+/// The token in the `Authorization` header, if any.
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") {
+        let token = token.trim();
+        (!token.is_empty()).then_some(token)
+    } else {
+        None
+    }
+}
+
+pub fn role(state: &AppState, headers: &HeaderMap) -> Role {
+    match presented_token(headers) {
+        Some(t) if state.is_operator(t) => Role::Operator,
+        Some(t) if state.is_agent(t) => Role::Agent,
+        _ => Role::Anonymous,
+    }
+}

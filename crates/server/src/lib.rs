@@ -1,0 +1,129 @@
+//! palette-server: the fleet's control point.
+//!
+//! Owns: the HTTP API (legacy v1 in `v1`, ours in `v2`), credentials
+//! (`auth`), durable storage behind the `Store` trait (`store`, SQLite in
+//! `sqlite`), content-addressed artifacts (`artifacts`) and the in-memory
+//! views that keep hot paths off the database (`state`).
+//!
+//! Must not: trust a host name, token or upload before validating it, write
+//! anything half-way, or block a request on another host's work.
+
+pub mod artifacts;
+pub mod auth;
+pub mod sqlite;
+pub mod state;
+pub mod store;
+pub mod v1;
+pub mod v2;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use state::{AppState, Settings};
+
+/// Builds the whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let config_limit = state.settings.max_config_bytes + 64 * 1024;
+    let no_cache = [
+        (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+        (header::PRAGMA, "no-cache"),
+        (header::EXPIRES, "0"),
+    ];
+    let mut router = Router::new()
+        .merge(v1::router())
+        .merge(v2::router().layer(DefaultBodyLimit::disable()))
+        .fallback(|| async { v1::text(StatusCode::NOT_FOUND, "404 page not found\n") })
+        .layer(DefaultBodyLimit::max(config_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            v1::heartbeat_layer,
+        ));
+    for (name, value) in no_cache {
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            name,
+            HeaderValue::from_static(value),
+        ));
+    }
+    router.with_state(state)
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub agent_tokens: Vec<String>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Opens the store and builds the state.
+pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
+    fs_err::create_dir_all(&opts.data_dir)?;
+    let db = opts.data_dir.join("palette.db");
+    let store = sqlite::SqliteStore::open(&db)
+        .await
+        .with_context(|| format!("while opening the database {}", db.display()))?;
+    AppState::load(
+        Arc::new(store),
+        Settings::new(opts.data_dir.clone()),
+        opts.admin_token.as_deref(),
+        &opts.agent_tokens,
+    )
+    .await
+    .context("while loading the server state")
+}
+
+/// Serves until `shutdown` resolves, then flushes the inventory.
+pub async fn serve(
+    opts: ServerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = open_state(&opts).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(state.clone().heartbeat_flusher(stop_rx));
+    let app = app(state);
+    let handle = axum_server::Handle::new();
+    let h2 = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let svc = app.into_make_service();
+    let result = match &opts.tls {
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "while loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            tracing::info!(listen = %opts.listen, data_dir = %opts.data_dir.display(), "palette-server listening (HTTPS)");
+            axum_server::bind_rustls(opts.listen, config)
+                .handle(handle)
+                .serve(svc)
+                .await
+        }
+        None => {
+            tracing::info!(listen = %opts.listen, data_dir = %opts.data_dir.display(), "palette-server listening (HTTP)");
+            axum_server::bind(opts.listen)
+                .handle(handle)
+                .serve(svc)
+                .await
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = flusher.await;
+    result.with_context(|| format!("while serving on {}", opts.listen))
+}

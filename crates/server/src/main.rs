@@ -1,0 +1,76 @@
+//! `palette-server`: command-line entry point.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use palette_server::ServerOptions;
+
+/// The fleet's control server: legacy Insight Server v1 API and our v2 API.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// Folder for the database and artifacts.
+    #[arg(long, env = "PALETTE_DATA_DIR", default_value = "palette-data")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "PALETTE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// PEM certificate chain; serves HTTPS with --tls-key.
+    #[arg(long, env = "PALETTE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, env = "PALETTE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PALETTE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let admin_token = std::env::var("PALETTE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if admin_token.is_none() {
+        tracing::warn!("PALETTE_ADMIN_TOKEN is not set: only operator tokens already in the database can write");
+    }
+    let agent_tokens: Vec<String> = std::env::var("PALETTE_AGENT_TOKENS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let opts = ServerOptions {
+        data_dir: cli.data_dir,
+        listen: cli.listen,
+        admin_token,
+        agent_tokens,
+        tls: cli.tls_cert.zip(cli.tls_key),
+    };
+    palette_server::serve(opts, async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests and writing the inventory");
+    })
+    .await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

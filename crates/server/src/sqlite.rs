@@ -1,0 +1,430 @@
+//! The embedded SQLite store: one file (`palette.db`) in the data dir, WAL
+//! journal, `synchronous=FULL`, migrations embedded in the binary.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use palette_protocol::timefmt::{rfc3339_millis, Millis};
+use palette_protocol::v2::{
+    CommandAck, CommandKind, ConfigRevision, ConfigSource, Outcome, ReleaseKind, Target,
+};
+use palette_protocol::Version;
+use sha2::{Digest, Sha256};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::store::{CommandRow, HostRow, NewRelease, Store, StoreError, StoreResult};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/sqlite/0001_init.sql"),
+)];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        let migrator = Migrator {
+            migrations: Cow::Owned(
+                MIGRATIONS
+                    .iter()
+                    .map(|(v, d, sql)| {
+                        Migration::new(
+                            *v,
+                            Cow::Borrowed(d),
+                            MigrationType::Simple,
+                            Cow::Borrowed(sql),
+                            false,
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        migrator.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn command_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<CommandRow> {
+    let kind: String = row.try_get("kind")?;
+    let target: String = row.try_get("target")?;
+    Ok(CommandRow {
+        id: row.try_get("id")?,
+        kind: CommandKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("command kind {kind:?}")))?,
+        target: serde_json::from_str(&target)
+            .map_err(|_| StoreError::Corrupt(format!("command target {target:?}")))?,
+        issued_at: row.try_get("issued_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn config_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ConfigRevision> {
+    let source: String = row.try_get("source")?;
+    Ok(ConfigRevision {
+        revision: row.try_get("revision")?,
+        hostname: row.try_get("hostname")?,
+        source: match source.as_str() {
+            "desired" => ConfigSource::Desired,
+            "reported" => ConfigSource::Reported,
+            other => return Err(StoreError::Corrupt(format!("config source {other:?}"))),
+        },
+        sha256: row.try_get("sha256")?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        created_at: rfc3339_millis(row.try_get("created_at")?),
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for (host, at) in beats {
+            sqlx::query(
+                "INSERT INTO hosts (hostname, first_seen, last_seen) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            )
+            .bind(host)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_hosts(&self) -> StoreResult<Vec<HostRow>> {
+        let rows = sqlx::query("SELECT hostname, first_seen, last_seen, report FROM hosts")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HostRow {
+                    hostname: r.try_get("hostname")?,
+                    first_seen: r.try_get("first_seen")?,
+                    last_seen: r.try_get("last_seen")?,
+                    report: r.try_get("report")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_report(&self, hostname: &str, report_json: &str, at: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO hosts (hostname, first_seen, last_seen, report, report_at) VALUES (?1, ?3, ?3, ?2, ?3)
+             ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),
+                 report = excluded.report, report_at = excluded.report_at",
+        )
+        .bind(hostname)
+        .bind(report_json)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_command(
+        &self,
+        kind: CommandKind,
+        target: &Target,
+        issued_at: Millis,
+        expires_at: Millis,
+    ) -> StoreResult<CommandRow> {
+        let target_json = serde_json::to_string(target).expect("target serialises");
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO commands (kind, target, issued_at, expires_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(kind.as_str())
+        .bind(&target_json)
+        .bind(issued_at)
+        .bind(expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(CommandRow {
+            id,
+            kind,
+            target: target.clone(),
+            issued_at,
+            expires_at,
+        })
+    }
+
+    async fn command(&self, id: i64) -> StoreResult<Option<CommandRow>> {
+        let row = sqlx::query("SELECT * FROM commands WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(command_from_row).transpose()
+    }
+
+    async fn recent_commands(&self, limit: i64) -> StoreResult<Vec<CommandRow>> {
+        let rows = sqlx::query("SELECT * FROM commands ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(command_from_row).collect()
+    }
+
+    async fn record_ack(&self, ack: &CommandAck, at: Millis) -> StoreResult<bool> {
+        let outcome = match ack.outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        };
+        let done = sqlx::query(
+            "INSERT INTO command_acks (command_id, hostname, outcome, message, at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ack.id)
+        .bind(&ack.hostname)
+        .bind(outcome)
+        .bind(&ack.message)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>> {
+        let rows = sqlx::query("SELECT * FROM command_acks WHERE command_id = ? ORDER BY at")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let outcome: String = r.try_get("outcome")?;
+                Ok(CommandAck {
+                    id: r.try_get("command_id")?,
+                    hostname: r.try_get("hostname")?,
+                    outcome: if outcome == "succeeded" {
+                        Outcome::Succeeded
+                    } else {
+                        Outcome::Failed
+                    },
+                    message: r.try_get("message")?,
+                    at: rfc3339_millis(r.try_get("at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn acked_by_host(&self, hostname: &str, ids: &[i64]) -> StoreResult<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // `list` holds integers only: safe to inline.
+        let sql = format!(
+            "SELECT command_id FROM command_acks WHERE hostname = ? AND command_id IN ({list})"
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(hostname)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64> {
+        let res = sqlx::query_scalar(
+            "INSERT INTO releases (product, version, platform, kind, sha256, md5, size, signature, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&r.product)
+        .bind(r.version.to_string())
+        .bind(&r.platform)
+        .bind(r.kind.as_str())
+        .bind(&r.sha256)
+        .bind(&r.md5)
+        .bind(r.size as i64)
+        .bind(&r.signature)
+        .bind(r.created_at)
+        .fetch_one(&self.pool)
+        .await;
+        match res {
+            Ok(id) => Ok(id),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "release {} {} {} {}",
+                r.product,
+                r.version,
+                r.platform,
+                r.kind.as_str()
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>> {
+        let rows = sqlx::query("SELECT * FROM releases ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let version: String = r.try_get("version")?;
+                let kind: String = r.try_get("kind")?;
+                Ok((
+                    r.try_get("id")?,
+                    NewRelease {
+                        product: r.try_get("product")?,
+                        version: Version::from_str(&version).map_err(|_| {
+                            StoreError::Corrupt(format!("release version {version:?}"))
+                        })?,
+                        platform: r.try_get("platform")?,
+                        kind: ReleaseKind::parse(&kind)
+                            .ok_or_else(|| StoreError::Corrupt(format!("release kind {kind:?}")))?,
+                        sha256: r.try_get("sha256")?,
+                        md5: r.try_get("md5")?,
+                        size: r.try_get::<i64, _>("size")? as u64,
+                        signature: r.try_get("signature")?,
+                        created_at: r.try_get("created_at")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn insert_config(
+        &self,
+        hostname: &str,
+        source: ConfigSource,
+        body: &[u8],
+        at: Millis,
+    ) -> StoreResult<ConfigRevision> {
+        let sha = hex::encode(Sha256::digest(body));
+        let revision: i64 = sqlx::query_scalar(
+            "INSERT INTO configs (hostname, source, sha256, size, body, created_at) VALUES (?, ?, ?, ?, ?, ?)
+             RETURNING revision",
+        )
+        .bind(hostname)
+        .bind(source.as_str())
+        .bind(&sha)
+        .bind(body.len() as i64)
+        .bind(body)
+        .bind(at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ConfigRevision {
+            revision,
+            hostname: hostname.to_string(),
+            source,
+            sha256: sha,
+            size: body.len() as u64,
+            created_at: rfc3339_millis(at),
+        })
+    }
+
+    async fn config_history(&self, hostname: &str) -> StoreResult<Vec<ConfigRevision>> {
+        let rows = sqlx::query(
+            "SELECT revision, hostname, source, sha256, size, created_at FROM configs
+             WHERE hostname = ? ORDER BY revision DESC",
+        )
+        .bind(hostname)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(config_from_row).collect()
+    }
+
+    async fn config_revision(
+        &self,
+        hostname: &str,
+        revision: i64,
+    ) -> StoreResult<Option<(ConfigRevision, Vec<u8>)>> {
+        let row = sqlx::query("SELECT * FROM configs WHERE hostname = ? AND revision = ?")
+            .bind(hostname)
+            .bind(revision)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((config_from_row(&r)?, r.try_get("body")?)))
+            .transpose()
+    }
+
+    async fn latest_config(
+        &self,
+        hostname: &str,
+        source: Option<ConfigSource>,
+    ) -> StoreResult<Option<(ConfigRevision, Vec<u8>)>> {
+        let row = match source {
+            Some(s) => {
+                sqlx::query(
+                    "SELECT * FROM configs WHERE hostname = ? AND source = ? ORDER BY revision DESC LIMIT 1",
+                )
+                .bind(hostname)
+                .bind(s.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM configs WHERE hostname = ? ORDER BY revision DESC LIMIT 1")
+                    .bind(hostname)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        row.map(|r| Ok((config_from_row(&r)?, r.try_get("body")?)))
+            .transpose()
+    }
+
+    async fn hosts_with_config(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT hostname FROM configs")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn add_agent_token(&self, hash: &str, at: Millis) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO agent_tokens (hash, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(hash)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn agent_tokens(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT hash FROM agent_tokens")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
+        sqlx::query("INSERT INTO operator_tokens (hash, label, created_at) VALUES (?, ?, ?)")
+            .bind(hash)
+            .bind(label)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn operator_tokens(&self) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT hash FROM operator_tokens")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,587 @@
+//! The server's shared state: the durable store plus the in-memory views that
+//! keep the hot legacy paths (heartbeats, command polls, version checks) free
+//! of database round trips. Heartbeats are flushed to the store in batches
+//! every second and at shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use palette_protocol::timefmt::{rfc3339_millis, rfc3339_secs, Millis};
+use palette_protocol::v2::{self, CommandKind, HostReport, Release, ReleaseKind, Target};
+use palette_protocol::{v1, Version};
+use tokio::sync::watch;
+
+use crate::artifacts::ArtifactStore;
+use crate::auth::{token_hash, TokenHash};
+use crate::store::{CommandRow, NewRelease, Store, StoreResult};
+
+/// A legacy watchdog ignores commands older than this.
+pub const LEGACY_FRESHNESS_MS: Millis = 7 * 60 * 1000;
+/// Default lifetime of a command.
+pub const DEFAULT_COMMAND_TTL_SECS: u64 = 600;
+/// Hosts silent this long are left out of the legacy agent list.
+pub const AGENT_LIST_WINDOW_MS: Millis = 24 * 3600 * 1000;
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Limits and paths the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Largest accepted `Config.yml` upload.
+    pub max_config_bytes: usize,
+    /// Largest accepted release artifact.
+    pub max_artifact_bytes: u64,
+    /// Largest JSON request body.
+    pub max_json_bytes: usize,
+    /// Longest long-poll wait a client may ask for.
+    pub max_wait_secs: u64,
+}
+
+impl Settings {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Settings {
+            data_dir,
+            max_config_bytes: 1024 * 1024,
+            max_artifact_bytes: 4 * 1024 * 1024 * 1024,
+            max_json_bytes: 1024 * 1024,
+            max_wait_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct HostEntry {
+    last_seen: Millis,
+    dirty: bool,
+    has_config: bool,
+    /// When the server last asked this (legacy) host for its config.
+    config_ask: Option<Millis>,
+    /// When the host last uploaded its config.
+    last_upload: Option<Millis>,
+    report: Option<HostReport>,
+}
+
+#[derive(Default)]
+struct CommandCache {
+    latest_all_legacy: Option<CommandRow>,
+    latest_for_host_legacy: HashMap<String, CommandRow>,
+    /// Commands that have not expired yet, oldest first.
+    live: Vec<CommandRow>,
+    last_issued_ms: Millis,
+}
+
+#[derive(Default)]
+struct ReleaseCache {
+    all: Vec<Release>,
+    /// The pre-rendered `/api/v1/agent/version` body and its release.
+    v1_latest: Option<(String, Release)>,
+}
+
+/// Cheap to clone: everything is behind one `Arc`.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    pub artifacts: ArtifactStore,
+    hosts: Mutex<HashMap<String, HostEntry>>,
+    commands: RwLock<CommandCache>,
+    issue_lock: tokio::sync::Mutex<()>,
+    releases: RwLock<ReleaseCache>,
+    agent_tokens: RwLock<HashSet<TokenHash>>,
+    operator_tokens: RwLock<HashSet<TokenHash>>,
+    changes: watch::Sender<u64>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+fn release_from(id: i64, r: NewRelease) -> Release {
+    Release {
+        id,
+        url: format!("/api/v2/artifacts/{}", r.sha256),
+        product: r.product,
+        version: r.version,
+        platform: r.platform,
+        kind: r.kind,
+        sha256: r.sha256,
+        md5: r.md5,
+        size: r.size,
+        signature: r.signature,
+        created_at: rfc3339_millis(r.created_at),
+    }
+}
+
+/// The URL a legacy watchdog downloads the newest agent installer from.
+pub const V1_AGENT_URL: &str = "/api/v1/agent";
+
+impl AppState {
+    /// Loads every in-memory view from the store.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        admin_token: Option<&str>,
+        agent_tokens: &[String],
+    ) -> anyhow::Result<Self> {
+        let artifacts = ArtifactStore::open(settings.data_dir.join("artifacts"))?;
+        let now = now_ms();
+        for t in agent_tokens {
+            store
+                .add_agent_token(&hex::encode(token_hash(&t.to_lowercase())), now)
+                .await?;
+        }
+        let decode = |hashes: Vec<String>| -> HashSet<TokenHash> {
+            hashes
+                .iter()
+                .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+                .collect()
+        };
+        let agent = decode(store.agent_tokens().await?);
+        let mut operator = decode(store.operator_tokens().await?);
+        if let Some(t) = admin_token {
+            operator.insert(token_hash(t));
+        }
+        let with_config: HashSet<String> = store.hosts_with_config().await?.into_iter().collect();
+        let mut hosts = HashMap::new();
+        for row in store.load_hosts().await? {
+            let report = row
+                .report
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok());
+            hosts.insert(
+                row.hostname.clone(),
+                HostEntry {
+                    last_seen: row.last_seen,
+                    has_config: with_config.contains(&row.hostname),
+                    report,
+                    ..Default::default()
+                },
+            );
+        }
+        let state = AppState(Arc::new(Inner {
+            store,
+            settings,
+            artifacts,
+            hosts: Mutex::new(hosts),
+            commands: RwLock::new(CommandCache::default()),
+            issue_lock: tokio::sync::Mutex::new(()),
+            releases: RwLock::new(ReleaseCache::default()),
+            agent_tokens: RwLock::new(agent),
+            operator_tokens: RwLock::new(operator),
+            changes: watch::channel(0).0,
+        }));
+        let mut recent = state.store.recent_commands(10_000).await?;
+        recent.reverse();
+        for c in recent {
+            state.cache_command(c, now);
+        }
+        for (id, r) in state.store.releases().await? {
+            state.cache_release(release_from(id, r));
+        }
+        Ok(state)
+    }
+
+    // ---- tokens -------------------------------------------------------
+
+    pub fn is_operator(&self, token: &str) -> bool {
+        self.operator_tokens
+            .read()
+            .unwrap()
+            .contains(&token_hash(token))
+    }
+
+    /// License keys compare case-insensitively, as the legacy server did.
+    pub fn is_agent(&self, token: &str) -> bool {
+        self.agent_tokens
+            .read()
+            .unwrap()
+            .contains(&token_hash(&token.to_lowercase()))
+    }
+
+    pub async fn add_agent_token(&self, token: &str) -> StoreResult<()> {
+        let h = token_hash(&token.to_lowercase());
+        self.store
+            .add_agent_token(&hex::encode(h), now_ms())
+            .await?;
+        self.agent_tokens.write().unwrap().insert(h);
+        Ok(())
+    }
+
+    pub async fn add_operator_token(&self, token: &str, label: &str) -> StoreResult<()> {
+        let h = token_hash(token);
+        self.store
+            .add_operator_token(&hex::encode(h), label, now_ms())
+            .await?;
+        self.operator_tokens.write().unwrap().insert(h);
+        Ok(())
+    }
+
+    // ---- hosts --------------------------------------------------------
+
+    /// Records contact from `host` (already validated). A host the server
+    /// holds no config for is asked for it (see `v1_command_for`).
+    pub fn heartbeat(&self, host: &str) {
+        let now = now_ms();
+        let mut hosts = self.hosts.lock().unwrap();
+        match hosts.get_mut(host) {
+            Some(e) => {
+                e.last_seen = now;
+                e.dirty = true;
+            }
+            None => {
+                hosts.insert(
+                    host.to_string(),
+                    HostEntry {
+                        last_seen: now,
+                        dirty: true,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn record_report(&self, report: &HostReport) {
+        let mut hosts = self.hosts.lock().unwrap();
+        let e = hosts.entry(report.hostname.clone()).or_default();
+        e.last_seen = now_ms();
+        e.dirty = true;
+        e.report = Some(report.clone());
+    }
+
+    /// Hosts and their last contact, newest first, optionally only those
+    /// seen within `window_ms`.
+    pub fn hosts(&self, window_ms: Option<Millis>) -> Vec<v2::HostInfo> {
+        let now = now_ms();
+        let hosts = self.hosts.lock().unwrap();
+        let mut list: Vec<_> = hosts
+            .iter()
+            .filter(|(_, e)| window_ms.is_none_or(|w| now - e.last_seen <= w))
+            .map(|(h, e)| (e.last_seen, h.clone(), e.report.clone()))
+            .collect();
+        drop(hosts);
+        list.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        list.into_iter()
+            .map(|(seen, hostname, report)| v2::HostInfo {
+                hostname,
+                last_seen: rfc3339_millis(seen),
+                report,
+            })
+            .collect()
+    }
+
+    /// Legacy `/agents`: hostname → RFC 3339 last contact (seconds).
+    pub fn legacy_agents(&self) -> Vec<(String, String)> {
+        let now = now_ms();
+        let hosts = self.hosts.lock().unwrap();
+        let mut list: Vec<_> = hosts
+            .iter()
+            .filter(|(_, e)| now - e.last_seen <= AGENT_LIST_WINDOW_MS)
+            .map(|(h, e)| (h.clone(), rfc3339_secs(e.last_seen)))
+            .collect();
+        list.sort();
+        list
+    }
+
+    pub fn host_known(&self, host: &str) -> bool {
+        self.hosts.lock().unwrap().contains_key(host)
+    }
+
+    /// Writes changed last-contact times to the store.
+    pub async fn flush_heartbeats(&self) -> StoreResult<usize> {
+        let beats: Vec<(String, Millis)> = {
+            let mut hosts = self.hosts.lock().unwrap();
+            hosts
+                .iter_mut()
+                .filter(|(_, e)| e.dirty)
+                .map(|(h, e)| {
+                    e.dirty = false;
+                    (h.clone(), e.last_seen)
+                })
+                .collect()
+        };
+        if beats.is_empty() {
+            return Ok(0);
+        }
+        for chunk in beats.chunks(5000) {
+            if let Err(e) = self.store.upsert_heartbeats(chunk).await {
+                // Mark them dirty again so the next flush retries.
+                let mut hosts = self.hosts.lock().unwrap();
+                for (h, _) in &beats {
+                    if let Some(e) = hosts.get_mut(h) {
+                        e.dirty = true;
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(beats.len())
+    }
+
+    /// Runs until `shutdown` fires, flushing heartbeats every second, and
+    /// once more at the end.
+    pub async fn heartbeat_flusher(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if let Err(e) = self.flush_heartbeats().await {
+                tracing::warn!(error = %e, "could not write heartbeats; retrying in 1 s");
+            }
+        }
+        if let Err(e) = self.flush_heartbeats().await {
+            tracing::error!(error = %e, "could not write heartbeats at shutdown");
+        }
+    }
+
+    // ---- configs ------------------------------------------------------
+
+    /// Whether a host may upload its config without an operator credential:
+    /// the server asked it (no config stored yet) or a live GET-CONFIG /
+    /// PUT-CONFIG command for it has been issued since its last upload.
+    pub fn config_upload_expected(&self, host: &str) -> bool {
+        let now = now_ms();
+        let (needs, last_upload) = {
+            let hosts = self.hosts.lock().unwrap();
+            match hosts.get(host) {
+                Some(e) => (!e.has_config, e.last_upload),
+                None => (true, None),
+            }
+        };
+        if needs {
+            return true;
+        }
+        let cmds = self.commands.read().unwrap();
+        cmds.live.iter().any(|c| {
+            matches!(c.kind, CommandKind::GetConfig | CommandKind::PutConfig)
+                && c.targets(host)
+                && (c.expires_at > now || now - c.issued_at < LEGACY_FRESHNESS_MS)
+                && last_upload.is_none_or(|u| c.issued_at > u)
+        })
+    }
+
+    pub fn config_stored(&self, host: &str, reported: bool) {
+        let mut hosts = self.hosts.lock().unwrap();
+        let e = hosts.entry(host.to_string()).or_default();
+        e.has_config = true;
+        e.config_ask = None;
+        if reported {
+            e.last_upload = Some(now_ms());
+        }
+    }
+
+    // ---- commands -----------------------------------------------------
+
+    fn cache_command(&self, c: CommandRow, now: Millis) {
+        let mut cache = self.commands.write().unwrap();
+        cache.last_issued_ms = cache.last_issued_ms.max(c.issued_at);
+        if c.kind.is_legacy() {
+            match &c.target {
+                Target::All => cache.latest_all_legacy = Some(c.clone()),
+                Target::Hosts(hs) => {
+                    for h in hs {
+                        cache.latest_for_host_legacy.insert(h.clone(), c.clone());
+                    }
+                }
+            }
+        }
+        cache.live.retain(|l| l.expires_at > now);
+        if c.expires_at > now {
+            cache.live.push(c);
+        }
+    }
+
+    /// Issues a command. Issue times are strictly increasing whole seconds
+    /// apart from the previous command's second, so legacy watchdogs (which
+    /// see whole-second `ts`) can tell any two commands apart.
+    pub async fn issue_command(
+        &self,
+        kind: CommandKind,
+        target: Target,
+        ttl_secs: u64,
+    ) -> StoreResult<CommandRow> {
+        let _guard = self.issue_lock.lock().await;
+        let mut issued = now_ms();
+        let last = self.commands.read().unwrap().last_issued_ms;
+        if issued.div_euclid(1000) <= last.div_euclid(1000) {
+            issued = (last.div_euclid(1000) + 1) * 1000;
+        }
+        let expires = issued + (ttl_secs as Millis) * 1000;
+        let row = self
+            .store
+            .insert_command(kind, &target, issued, expires)
+            .await?;
+        self.cache_command(row.clone(), now_ms());
+        self.notify_change();
+        Ok(row)
+    }
+
+    /// What a legacy watchdog polling `GET /api/v1/command` should see.
+    pub fn v1_command_for(&self, host: Option<&str>) -> Option<v1::Command> {
+        let now = now_ms();
+        let op = {
+            let cache = self.commands.read().unwrap();
+            let targeted = host.and_then(|h| cache.latest_for_host_legacy.get(h));
+            match (cache.latest_all_legacy.as_ref(), targeted) {
+                (Some(a), Some(t)) => Some(if t.id > a.id { t.clone() } else { a.clone() }),
+                (a, t) => a.or(t).cloned(),
+            }
+        };
+        if let Some(host) = host {
+            let mut hosts = self.hosts.lock().unwrap();
+            if let Some(e) = hosts.get_mut(host) {
+                if !e.has_config {
+                    let op_wins = op.as_ref().is_some_and(|o| {
+                        now - o.issued_at < LEGACY_FRESHNESS_MS
+                            && e.config_ask.is_none_or(|a| o.issued_at > a)
+                    });
+                    if !op_wins {
+                        let ask = match e.config_ask {
+                            Some(a) if now - a < LEGACY_FRESHNESS_MS - 60_000 => a,
+                            _ => {
+                                e.config_ask = Some(now);
+                                now
+                            }
+                        };
+                        return Some(v1::Command {
+                            ts: rfc3339_secs(ask),
+                            command: CommandKind::PutConfig.as_str().into(),
+                        });
+                    }
+                }
+            }
+        }
+        op.map(|o| v1::Command {
+            ts: rfc3339_secs(o.issued_at),
+            command: o.kind.as_str().into(),
+        })
+    }
+
+    /// Live commands for `host` that it has not acknowledged yet.
+    pub async fn pending_for(&self, host: &str) -> StoreResult<Vec<v2::Command>> {
+        let now = now_ms();
+        let live: Vec<CommandRow> = {
+            let cache = self.commands.read().unwrap();
+            cache
+                .live
+                .iter()
+                .filter(|c| c.expires_at > now && c.targets(host))
+                .cloned()
+                .collect()
+        };
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = live.iter().map(|c| c.id).collect();
+        let acked: HashSet<i64> = self
+            .store
+            .acked_by_host(host, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(live
+            .into_iter()
+            .filter(|c| !acked.contains(&c.id))
+            .map(|c| command_wire(&c))
+            .collect())
+    }
+
+    // ---- releases -----------------------------------------------------
+
+    fn cache_release(&self, r: Release) {
+        let mut cache = self.releases.write().unwrap();
+        cache.all.push(r);
+        let newest_msi = cache
+            .all
+            .iter()
+            .filter(|r| r.product == "agent" && r.kind == ReleaseKind::Msi)
+            .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
+            .cloned();
+        cache.v1_latest = newest_msi.map(|r| {
+            let body = v1::encode(&v1::AgentVersion {
+                major: r.version.major,
+                minor: r.version.minor,
+                patch: r.version.patch,
+                product: "Agent".into(),
+                md5: r.md5.clone(),
+                url: V1_AGENT_URL.into(),
+            });
+            (body, r)
+        });
+    }
+
+    pub async fn add_release(&self, r: NewRelease) -> StoreResult<Release> {
+        let id = self.store.insert_release(&r).await?;
+        let release = release_from(id, r);
+        self.cache_release(release.clone());
+        self.notify_change();
+        Ok(release)
+    }
+
+    pub fn releases(&self) -> Vec<Release> {
+        self.releases.read().unwrap().all.clone()
+    }
+
+    pub fn v1_latest(&self) -> Option<(String, Release)> {
+        self.releases.read().unwrap().v1_latest.clone()
+    }
+
+    pub fn msi_release(&self, version: &Version) -> Option<Release> {
+        self.releases
+            .read()
+            .unwrap()
+            .all
+            .iter()
+            .filter(|r| r.product == "agent" && r.kind == ReleaseKind::Msi && &r.version == version)
+            .max_by_key(|r| r.id)
+            .cloned()
+    }
+
+    /// The release a host of `platform` running `product` should have: the
+    /// newest one published for it.
+    pub fn release_for(&self, product: &str, platform: &str) -> Option<Release> {
+        self.releases
+            .read()
+            .unwrap()
+            .all
+            .iter()
+            .filter(|r| r.product == product && r.platform == platform)
+            .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
+            .cloned()
+    }
+
+    // ---- change notification (long poll) ------------------------------
+
+    pub fn notify_change(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+pub fn command_wire(c: &CommandRow) -> v2::Command {
+    v2::Command {
+        id: c.id,
+        kind: c.kind,
+        issued_at: rfc3339_millis(c.issued_at),
+        expires_at: rfc3339_millis(c.expires_at),
+    }
+}

@@ -1,0 +1,425 @@
+//! The legacy Insight Server v1 API, as `../shared/reference/legacy-v1-protocol.md`
+//! describes it, with the legacy defects fixed (credentials on writes,
+//! validated host names, a durable inventory, no lost operator commands).
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use palette_protocol::v1;
+use palette_protocol::v2::{CommandKind, ConfigSource, Target};
+use palette_protocol::{validate_hostname, Version};
+use serde::Deserialize;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::auth::{role, Role};
+use crate::state::AppState;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// A v1 answer: a status and a plain-text line.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, TEXT)], body.into()).into_response()
+}
+
+fn body_with_type(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn not_authorized() -> Response {
+    text(StatusCode::UNAUTHORIZED, "Not authorized\n")
+}
+
+fn require(state: &AppState, headers: &HeaderMap, min: Role) -> Result<Role, Response> {
+    let r = role(state, headers);
+    if r >= min {
+        Ok(r)
+    } else if min == Role::Operator && r == Role::Agent {
+        Err(text(
+            StatusCode::FORBIDDEN,
+            "Operator credential required\n",
+        ))
+    } else {
+        Err(not_authorized())
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/ping", get(ping))
+        .route("/api/v1/license", get(license))
+        .route("/api/v1/agent/version", get(agent_version))
+        .route("/api/v1/agent", get(agent_download))
+        .route("/api/v1/command", get(get_command).put(put_command))
+        .route("/api/v1/config", get(get_config).put(put_config))
+        .route("/api/v1/agents", get(agents))
+        .route("/commands/new", any(put_command))
+        .route("/commands/recent", any(get_command))
+        .route(
+            "/updates/products/agent/{version}/{file}",
+            get(versioned_download),
+        )
+}
+
+async fn ping() -> Response {
+    text(StatusCode::OK, "PONG\n")
+}
+
+async fn license(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = require(&state, &headers, Role::Agent) {
+        return r;
+    }
+    body_with_type(StatusCode::OK, TEXT, v1::encode(&v1::License::unlimited()))
+}
+
+async fn agent_version(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = require(&state, &headers, Role::Agent) {
+        return r;
+    }
+    match state.v1_latest() {
+        Some((body, _)) => body_with_type(StatusCode::OK, TEXT, body),
+        None => text(StatusCode::NOT_FOUND, "No latest version found yet\n"),
+    }
+}
+
+pub async fn serve_artifact_pub(state: &AppState, sha256: &str, req: Request) -> Response {
+    serve_artifact(state, sha256, req).await
+}
+
+async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Response {
+    let Some(path) = state.artifacts.path_for(sha256) else {
+        return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    };
+    let svc = ServeFile::new_with_mime(path, &"application/octet-stream".parse().unwrap());
+    match svc.oneshot(req).await {
+        Ok(res) => res.map(Body::new),
+        Err(e) => match e {},
+    }
+}
+
+async fn agent_download(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(r) = require(&state, req.headers(), Role::Agent) {
+        return r;
+    }
+    match state.v1_latest() {
+        Some((_, release)) => serve_artifact(&state, &release.sha256, req).await,
+        None => text(StatusCode::NOT_FOUND, "No latest version found yet\n"),
+    }
+}
+
+async fn versioned_download(
+    State(state): State<AppState>,
+    Path((version, _file)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    if let Err(r) = require(&state, req.headers(), Role::Agent) {
+        return r;
+    }
+    let release = version
+        .parse::<Version>()
+        .ok()
+        .and_then(|v| state.msi_release(&v));
+    match release {
+        Some(r) => serve_artifact(&state, &r.sha256, req).await,
+        None => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+#[derive(Deserialize)]
+struct HostQuery {
+    hostname: Option<String>,
+}
+
+/// The host name of a query, validated (the middleware already refused an
+/// invalid one with 400).
+fn query_host(q: &HostQuery) -> Option<String> {
+    q.hostname
+        .as_deref()
+        .and_then(|h| validate_hostname(h).ok())
+}
+
+async fn get_command(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HostQuery>,
+) -> Response {
+    if let Err(r) = require(&state, &headers, Role::Agent) {
+        return r;
+    }
+    match state.v1_command_for(query_host(&q).as_deref()) {
+        Some(cmd) => body_with_type(StatusCode::OK, JSON, v1::encode(&cmd)),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// Reads the form fields of a urlencoded or multipart body.
+async fn form_fields(
+    state: &AppState,
+    req: Request,
+    file_field: Option<&str>,
+) -> Result<(Vec<(String, String)>, Option<Vec<u8>>), Response> {
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let mut fields = Vec::new();
+    let mut file = None;
+    if is_multipart {
+        let mut mp = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())))?;
+        loop {
+            let field = match mp.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let status = e.status();
+                    let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                        format!(
+                            "Upload is larger than {} bytes\n",
+                            state.settings.max_config_bytes
+                        )
+                    } else {
+                        format!("Malformed multipart body: {}\n", e.body_text())
+                    };
+                    return Err(text(status, msg));
+                }
+            };
+            let name = field.name().unwrap_or_default().to_string();
+            let data = field.bytes().await.map_err(|e| {
+                let status = e.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    text(
+                        status,
+                        format!(
+                            "Upload is larger than {} bytes\n",
+                            state.settings.max_config_bytes
+                        ),
+                    )
+                } else {
+                    text(
+                        status,
+                        format!("Malformed multipart body: {}\n", e.body_text()),
+                    )
+                }
+            })?;
+            if Some(name.as_str()) == file_field {
+                file = Some(data.to_vec());
+            } else {
+                fields.push((name, String::from_utf8_lossy(&data).into_owned()));
+            }
+        }
+    } else {
+        let bytes = axum::body::to_bytes(req.into_body(), state.settings.max_json_bytes)
+            .await
+            .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large\n"))?;
+        fields = form_urlencoded::parse(&bytes).into_owned().collect();
+    }
+    Ok((fields, file))
+}
+
+async fn put_command(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(r) = require(&state, req.headers(), Role::Operator) {
+        return r;
+    }
+    let (fields, _) = match form_fields(&state, req, None).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some((_, word)) = fields.iter().find(|(k, _)| k == "command") else {
+        return text(StatusCode::BAD_REQUEST, "No 'command' parameter given\n");
+    };
+    let Some(kind) = CommandKind::parse(word).filter(|k| k.is_legacy()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Unknown command {word:?}: expected one of start, stop, GET-CONFIG, PUT-CONFIG\n"
+            ),
+        );
+    };
+    let ttl = crate::state::LEGACY_FRESHNESS_MS as u64 / 1000;
+    match state.issue_command(kind, Target::All, ttl).await {
+        Ok(row) => {
+            tracing::info!(
+                id = row.id,
+                command = kind.as_str(),
+                "legacy command issued to all hosts"
+            );
+            let cmd = v1::Command {
+                ts: palette_protocol::timefmt::rfc3339_secs(row.issued_at),
+                command: kind.as_str().into(),
+            };
+            body_with_type(StatusCode::OK, JSON, v1::encode(&cmd))
+        }
+        Err(e) => internal(e),
+    }
+}
+
+pub fn internal(e: impl std::error::Error) -> Response {
+    tracing::error!(error = %e, source = ?e.source(), "request failed");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal error; see the server log\n",
+    )
+}
+
+async fn get_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HostQuery>,
+) -> Response {
+    if let Err(r) = require(&state, &headers, Role::Agent) {
+        return r;
+    }
+    let Some(host) = query_host(&q) else {
+        return text(StatusCode::BAD_REQUEST, "No 'hostname' parameter given\n");
+    };
+    let found = match state
+        .store
+        .latest_config(&host, Some(ConfigSource::Desired))
+        .await
+    {
+        Ok(None) => {
+            state
+                .store
+                .latest_config(&host, Some(ConfigSource::Reported))
+                .await
+        }
+        other => other,
+    };
+    match found {
+        Ok(Some((rev, body))) => {
+            let mut res = (StatusCode::OK, body).into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT));
+            res.headers_mut()
+                .insert("x-config-revision", rev.revision.into());
+            res
+        }
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            format!("No config stored for {host}\n"),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn put_config(State(state): State<AppState>, req: Request) -> Response {
+    let role = role(&state, req.headers());
+    let query_host = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "hostname")
+            .map(|(_, v)| v.into_owned())
+    });
+    let (fields, file) = match form_fields(&state, req, Some("uploadfile")).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let host = query_host.or_else(|| {
+        fields
+            .iter()
+            .find(|(k, _)| k == "hostname")
+            .map(|(_, v)| v.clone())
+    });
+    let Some(host) = host else {
+        return text(StatusCode::BAD_REQUEST, "No 'hostname' parameter given\n");
+    };
+    let host = match validate_hostname(&host) {
+        Ok(h) => h,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid hostname: {e}\n")),
+    };
+    let Some(file) = file else {
+        return text(StatusCode::BAD_REQUEST, "No 'uploadfile' file part given\n");
+    };
+    if file.len() > state.settings.max_config_bytes {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Upload is larger than {} bytes\n",
+                state.settings.max_config_bytes
+            ),
+        );
+    }
+    let source = if role == Role::Operator {
+        ConfigSource::Desired
+    } else if state.config_upload_expected(&host) {
+        ConfigSource::Reported
+    } else if role == Role::Anonymous {
+        return not_authorized();
+    } else {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("No config was requested from {host}; an operator credential is required\n"),
+        );
+    };
+    match state
+        .store
+        .insert_config(&host, source, &file, crate::state::now_ms())
+        .await
+    {
+        Ok(rev) => {
+            state.config_stored(&host, source == ConfigSource::Reported);
+            state.heartbeat(&host);
+            if source == ConfigSource::Desired {
+                state.notify_change();
+            }
+            tracing::info!(
+                host,
+                revision = rev.revision,
+                source = source.as_str(),
+                bytes = file.len(),
+                "config stored"
+            );
+            text(
+                StatusCode::OK,
+                format!(
+                    "Successfully stored Config.yml for {host}. Written bytes: {}\n",
+                    file.len()
+                ),
+            )
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn agents(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = require(&state, &headers, Role::Operator) {
+        return r;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = state
+        .legacy_agents()
+        .into_iter()
+        .map(|(h, t)| (h, serde_json::Value::String(t)))
+        .collect();
+    body_with_type(StatusCode::OK, JSON, v1::encode(&map))
+}
+
+/// Any request carrying a `hostname` query parameter: an invalid one is
+/// refused with 400 before any handler runs; a valid one from a known
+/// credential counts as a heartbeat.
+pub async fn heartbeat_layer(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(q) = req.uri().query() {
+        if let Some((_, host)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "hostname")
+        {
+            match validate_hostname(&host) {
+                Ok(h) => {
+                    if role(&state, req.headers()) >= Role::Agent && req.method() != Method::OPTIONS
+                    {
+                        state.heartbeat(&h);
+                    }
+                }
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid hostname: {e}\n")),
+            }
+        }
+    }
+    next.run(req).await
+}
