@@ -1,0 +1,33 @@
+//! Windows: the child gets a new process group and breaks away from the
+//! watchdog's job, so stopping the watchdog service does not end it.
+
+const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
+const DETACHED_PROCESS: u32 = 0x0000_0008;
+
+pub fn own_group(cmd: &mut tokio::process::Command) {
+    cmd.creation_flags(CREATE_NEW_PROCESS_GROUP);
+}
+
+/// Windows has no SIGTERM for console-less children: the process backend
+/// falls back to killing the child handle it owns.
+pub fn terminate_group(_pid: u32) -> bool {
+    false
+}
+
+pub fn kill_group(_pid: u32) {}
+
+pub fn process_alive(pid: u32) -> bool {
+    std::process::Command::new("tasklist")
+        .args(["/FI", &format!("PID eq {pid}"), "/NH"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&pid.to_string()))
+        .unwrap_or(false)
+}
+
+pub fn spawn_detached(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_BREAKAWAY_FROM_JOB | DETACHED_PROCESS)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false);
+    cmd.spawn()
+}

@@ -1,0 +1,207 @@
+//! The process backend: the agent is the watchdog's own child, leading a
+//! process group of its own. Its exit is seen at once (the child is waited
+//! on), a stop is SIGTERM to the group then SIGKILL after a timeout, and its
+//! stdout/stderr go to the agent log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::{broadcast, mpsc, watch, Mutex};
+
+use crate::platform;
+use crate::{Event, ServiceControl, ServiceError, Status};
+
+/// The agent log is rotated when a start finds it larger than this.
+const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
+const LOG_KEEP: u32 = 10;
+
+/// One program invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+}
+
+type Resolver = dyn Fn() -> Result<CommandLine, String> + Send + Sync;
+
+/// How to run the agent.
+pub struct ProcessSpec {
+    /// Worked out again at every start, so a start after an update runs
+    /// the version `current` points at then.
+    pub resolve: Arc<Resolver>,
+    pub log_path: PathBuf,
+    /// Where the running agent's pid is kept, to find an agent orphaned by
+    /// a watchdog that died.
+    pub pid_file: Option<PathBuf>,
+    pub stop_timeout: Duration,
+}
+
+enum Ctl {
+    Terminate,
+    Kill,
+}
+
+struct Running {
+    pid: u32,
+    ctl: mpsc::Sender<Ctl>,
+    exited: watch::Receiver<bool>,
+}
+
+pub struct ProcessService {
+    spec: ProcessSpec,
+    running: Arc<Mutex<Option<Running>>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl ProcessService {
+    pub fn new(spec: ProcessSpec) -> Self {
+        ProcessService { spec, running: Arc::new(Mutex::new(None)), events: broadcast::channel(64).0 }
+    }
+
+    /// Stops an agent that an earlier watchdog left running (its pid file
+    /// names a live process). Returns the pid it stopped.
+    pub fn reap_orphan(&self) -> Option<u32> {
+        let path = self.spec.pid_file.as_ref()?;
+        let pid: u32 = fs_err::read_to_string(path).ok()?.trim().parse().ok()?;
+        let _ = fs_err::remove_file(path);
+        if pid == std::process::id() || !platform::process_alive(pid) {
+            return None;
+        }
+        platform::kill_group(pid);
+        Some(pid)
+    }
+
+    fn open_log(&self) -> Result<std::fs::File, ServiceError> {
+        let path = &self.spec.log_path;
+        let err = |source| ServiceError::Log { path: path.clone(), source };
+        if let Some(dir) = path.parent() {
+            fs_err::create_dir_all(dir).map_err(err)?;
+        }
+        if std::fs::metadata(path).map(|m| m.len() > LOG_ROTATE_BYTES).unwrap_or(false) {
+            for i in (1..LOG_KEEP).rev() {
+                let from = path.with_extension(format!("log.{i}"));
+                let _ = std::fs::rename(&from, path.with_extension(format!("log.{}", i + 1)));
+            }
+            let _ = std::fs::rename(path, path.with_extension("log.1"));
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(err)
+    }
+}
+
+#[async_trait]
+impl ServiceControl for ProcessService {
+    async fn start(&self) -> Result<(), ServiceError> {
+        let mut running = self.running.lock().await;
+        if let Some(r) = running.as_ref() {
+            if !*r.exited.borrow() {
+                return Ok(());
+            }
+        }
+        let line = (self.spec.resolve)().map_err(ServiceError::Resolve)?;
+        let log = self.open_log()?;
+        let log2 = log.try_clone().map_err(|source| ServiceError::Log { path: self.spec.log_path.clone(), source })?;
+        let mut cmd = tokio::process::Command::new(&line.program);
+        cmd.args(&line.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false);
+        if let Some(cwd) = &line.cwd {
+            cmd.current_dir(cwd);
+        }
+        platform::own_group(&mut cmd);
+        let mut child = cmd.spawn().map_err(|source| ServiceError::Spawn {
+            program: line.program.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        if let Some(pf) = &self.spec.pid_file {
+            let _ = fs_err::write(pf, pid.to_string());
+        }
+        let (ctl_tx, mut ctl_rx) = mpsc::channel(4);
+        let (exit_tx, exit_rx) = watch::channel(false);
+        let events = self.events.clone();
+        let shared = self.running.clone();
+        let pid_file = self.spec.pid_file.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let status = loop {
+                tokio::select! {
+                    st = child.wait() => break st,
+                    Some(c) = ctl_rx.recv() => match c {
+                        Ctl::Terminate => {
+                            if !platform::terminate_group(pid) {
+                                let _ = child.start_kill();
+                            }
+                        }
+                        Ctl::Kill => {
+                            platform::kill_group(pid);
+                            let _ = child.start_kill();
+                        }
+                    },
+                }
+            };
+            let how = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            if let Some(pf) = pid_file {
+                if fs_err::read_to_string(&pf).map(|s| s.trim() == pid.to_string()).unwrap_or(false) {
+                    let _ = fs_err::remove_file(&pf);
+                }
+            }
+            let _ = exit_tx.send(true);
+            let _ = events.send(Event::Exited { pid, how, ran_ms: started.elapsed().as_millis() as u64 });
+            let mut running = shared.lock().await;
+            if running.as_ref().is_some_and(|r| r.pid == pid) {
+                *running = None;
+            }
+        });
+        *running = Some(Running { pid, ctl: ctl_tx, exited: exit_rx });
+        let _ = self.events.send(Event::Started { pid });
+        Ok(())
+    }
+
+    async fn stop(&self) -> Result<(), ServiceError> {
+        let mut running = self.running.lock().await;
+        let Some(r) = running.take() else { return Ok(()) };
+        let mut exited = r.exited.clone();
+        if *exited.borrow() {
+            return Ok(());
+        }
+        let _ = r.ctl.send(Ctl::Terminate).await;
+        let wait = |rx: &mut watch::Receiver<bool>, d: Duration| {
+            let mut rx = rx.clone();
+            async move { tokio::time::timeout(d, rx.wait_for(|e| *e)).await.is_ok() }
+        };
+        if wait(&mut exited, self.spec.stop_timeout).await {
+            return Ok(());
+        }
+        tracing::warn!(pid = r.pid, secs = self.spec.stop_timeout.as_secs(), "agent ignored SIGTERM; killing it");
+        let _ = r.ctl.send(Ctl::Kill).await;
+        if wait(&mut exited, Duration::from_secs(5)).await {
+            return Ok(());
+        }
+        *running = Some(r);
+        Err(ServiceError::StopTimeout { secs: self.spec.stop_timeout.as_secs() + 5 })
+    }
+
+    async fn status(&self) -> Result<Status, ServiceError> {
+        let running = self.running.lock().await;
+        Ok(match running.as_ref() {
+            Some(r) if !*r.exited.borrow() => Status::Running { pid: Some(r.pid) },
+            _ => Status::Stopped,
+        })
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<Event>> {
+        Some(self.events.subscribe())
+    }
+
+    fn backend(&self) -> &'static str {
+        "process"
+    }
+}

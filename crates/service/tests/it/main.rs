@@ -1,0 +1,151 @@
+//! Real processes under both backends.
+#![cfg(unix)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palette_service::{
+    CommandLine, CommandService, CommandSpec, Event, ProcessService, ProcessSpec, ServiceControl, Status,
+};
+
+fn sh(script: &str) -> Arc<dyn Fn() -> Result<CommandLine, String> + Send + Sync> {
+    let script = script.to_string();
+    Arc::new(move || {
+        Ok(CommandLine { program: "/bin/sh".into(), args: vec!["-c".into(), script.clone()], cwd: None })
+    })
+}
+
+async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("event within 10 s").unwrap()
+}
+
+#[tokio::test]
+async fn process_start_observe_exit_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("Logs/agent.log");
+    let svc = ProcessService::new(ProcessSpec {
+        resolve: sh("echo hello-out; echo hello-err >&2; exit 3"),
+        log_path: log.clone(),
+        pid_file: Some(dir.path().join("agent.pid")),
+        stop_timeout: Duration::from_secs(2),
+    });
+    let mut ev = svc.events().unwrap();
+    svc.start().await.unwrap();
+    assert!(matches!(next_event(&mut ev).await, Event::Started { .. }));
+    match next_event(&mut ev).await {
+        Event::Exited { how, .. } => assert!(how.contains('3'), "{how}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(svc.status().await.unwrap(), Status::Stopped);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("hello-out") && text.contains("hello-err"), "{text}");
+    assert!(!dir.path().join("agent.pid").exists(), "pid file removed after exit");
+}
+
+#[tokio::test]
+async fn process_stop_escalates_to_kill_and_reaches_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ignores SIGTERM and has a grandchild in the same group.
+    let script = "trap '' TERM; sleep 300 & echo $! > grandchild; while true; do sleep 1; done";
+    let cwd = dir.path().to_path_buf();
+    let svc = ProcessService::new(ProcessSpec {
+        resolve: Arc::new(move || {
+            Ok(CommandLine { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()], cwd: Some(cwd.clone()) })
+        }),
+        log_path: dir.path().join("agent.log"),
+        pid_file: None,
+        stop_timeout: Duration::from_millis(300),
+    });
+    let mut ev = svc.events().unwrap();
+    svc.start().await.unwrap();
+    assert!(matches!(next_event(&mut ev).await, Event::Started { .. }));
+    let gc_file = dir.path().join("grandchild");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gc_file.exists() || std::fs::read_to_string(&gc_file).unwrap().trim().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "grandchild never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gc: u32 = std::fs::read_to_string(&gc_file).unwrap().trim().parse().unwrap();
+    assert!(svc.status().await.unwrap().is_running());
+    svc.stop().await.unwrap();
+    assert_eq!(svc.status().await.unwrap(), Status::Stopped);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while palette_service::process_alive(gc) {
+        assert!(std::time::Instant::now() < deadline, "grandchild {gc} survived the stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn process_spawn_failure_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = ProcessService::new(ProcessSpec {
+        resolve: Arc::new(|| Ok(CommandLine { program: "/nonexistent/agent".into(), args: vec![], cwd: None })),
+        log_path: dir.path().join("agent.log"),
+        pid_file: None,
+        stop_timeout: Duration::from_secs(1),
+    });
+    let err = svc.start().await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/agent"), "{err}");
+    assert_eq!(svc.status().await.unwrap(), Status::Stopped);
+}
+
+#[tokio::test]
+async fn orphan_from_an_earlier_watchdog_is_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("agent.pid");
+    let mut orphan = std::process::Command::new("sleep");
+    std::os::unix::process::CommandExt::process_group(&mut orphan, 0);
+    let mut orphan = orphan.arg("300").spawn().unwrap();
+    std::fs::write(&pid_file, orphan.id().to_string()).unwrap();
+    let svc = ProcessService::new(ProcessSpec {
+        resolve: sh("sleep 300"),
+        log_path: dir.path().join("agent.log"),
+        pid_file: Some(pid_file.clone()),
+        stop_timeout: Duration::from_secs(1),
+    });
+    assert_eq!(svc.reap_orphan(), Some(orphan.id()));
+    let status = orphan.wait().unwrap();
+    assert!(!status.success());
+}
+
+/// The command backend driving a real daemon through Debian's
+/// start-stop-daemon, as an init script would.
+#[tokio::test]
+async fn command_backend_with_start_stop_daemon() {
+    let ssd = ["/usr/sbin/start-stop-daemon", "/sbin/start-stop-daemon"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("start-stop-daemon (Debian package dpkg) is installed");
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("daemon.pid").display().to_string();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let spec = CommandSpec {
+        start: s(&[ssd, "--start", "--background", "--make-pidfile", "--pidfile", &pid, "--exec", "/bin/sleep", "--", "300"]),
+        stop: s(&[ssd, "--stop", "--pidfile", &pid, "--retry", "TERM/5/KILL/5", "--remove-pidfile"]),
+        status: s(&[ssd, "--status", "--pidfile", &pid]),
+        timeout: Duration::from_secs(20),
+    };
+    let svc = CommandService::new(spec);
+    assert!(svc.events().is_none());
+    assert_eq!(svc.status().await.unwrap(), Status::Stopped);
+    svc.start().await.unwrap();
+    assert!(svc.status().await.unwrap().is_running());
+    svc.start().await.unwrap(); // no-op while running
+    svc.restart().await.unwrap();
+    assert!(svc.status().await.unwrap().is_running());
+    svc.stop().await.unwrap();
+    assert_eq!(svc.status().await.unwrap(), Status::Stopped);
+}
+
+#[tokio::test]
+async fn command_backend_failure_names_the_command() {
+    let svc = CommandService::new(CommandSpec {
+        start: vec!["/bin/sh".into(), "-c".into(), "echo boom >&2; exit 7".into()],
+        stop: vec!["/bin/true".into()],
+        status: vec!["/bin/false".into()],
+        timeout: Duration::from_secs(5),
+    });
+    let err = svc.start().await.unwrap_err().to_string();
+    assert!(err.contains("start command /bin/sh exited") && err.contains("boom"), "{err}");
+}
