@@ -28,14 +28,29 @@ impl CommandService {
         CommandService { spec }
     }
 
-    async fn run(&self, what: &'static str, argv: &[String]) -> Result<std::process::Output, ServiceError> {
-        let (program, args) = argv.split_first().ok_or(ServiceError::Resolve(format!("the {what} command is empty")))?;
+    async fn run(
+        &self,
+        what: &'static str,
+        argv: &[String],
+    ) -> Result<std::process::Output, ServiceError> {
+        let (program, args) = argv.split_first().ok_or(ServiceError::Resolve(format!(
+            "the {what} command is empty"
+        )))?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
         let out = tokio::time::timeout(self.spec.timeout, cmd.output())
             .await
-            .map_err(|_| ServiceError::CommandTimeout { what, program: program.clone(), secs: self.spec.timeout.as_secs() })?
-            .map_err(|source| ServiceError::Spawn { program: program.clone(), source })?;
+            .map_err(|_| ServiceError::CommandTimeout {
+                what,
+                program: program.clone(),
+                secs: self.spec.timeout.as_secs(),
+            })?
+            .map_err(|source| ServiceError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
         Ok(out)
     }
 
@@ -72,7 +87,11 @@ impl ServiceControl for CommandService {
 
     async fn status(&self) -> Result<Status, ServiceError> {
         let out = self.run("status", &self.spec.status).await?;
-        Ok(if out.status.success() { Status::Running { pid: None } } else { Status::Stopped })
+        Ok(if out.status.success() {
+            Status::Running { pid: None }
+        } else {
+            Status::Stopped
+        })
     }
 
     fn events(&self) -> Option<broadcast::Receiver<Event>> {

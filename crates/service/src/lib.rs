@@ -25,15 +25,32 @@ pub use process::{CommandLine, ProcessService, ProcessSpec};
 #[derive(Debug, Error)]
 pub enum ServiceError {
     #[error("could not start {program}")]
-    Spawn { program: String, #[source] source: std::io::Error },
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not open the agent log {path}")]
-    Log { path: std::path::PathBuf, #[source] source: std::io::Error },
+    Log {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the agent command could not be worked out: {0}")]
     Resolve(String),
     #[error("{what} command {program} exited with {status}: {stderr}")]
-    CommandFailed { what: &'static str, program: String, status: String, stderr: String },
+    CommandFailed {
+        what: &'static str,
+        program: String,
+        status: String,
+        stderr: String,
+    },
     #[error("{what} command {program} did not finish within {secs} s")]
-    CommandTimeout { what: &'static str, program: String, secs: u64 },
+    CommandTimeout {
+        what: &'static str,
+        program: String,
+        secs: u64,
+    },
     #[error("the agent did not stop within {secs} s, even after a kill")]
     StopTimeout { secs: u64 },
     #[error("{0} is not supported by this backend")]
@@ -56,10 +73,16 @@ impl Status {
 /// A change the backend saw as it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     /// The agent exited; `how` is its exit status as text; `ran_ms` how
     /// long it had run.
-    Exited { pid: u32, how: String, ran_ms: u64 },
+    Exited {
+        pid: u32,
+        how: String,
+        ran_ms: u64,
+    },
 }
 
 /// Start, stop and watch one service.

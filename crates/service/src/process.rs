@@ -58,7 +58,11 @@ pub struct ProcessService {
 
 impl ProcessService {
     pub fn new(spec: ProcessSpec) -> Self {
-        ProcessService { spec, running: Arc::new(Mutex::new(None)), events: broadcast::channel(64).0 }
+        ProcessService {
+            spec,
+            running: Arc::new(Mutex::new(None)),
+            events: broadcast::channel(64).0,
+        }
     }
 
     /// Stops an agent that an earlier watchdog left running (its pid file
@@ -76,18 +80,28 @@ impl ProcessService {
 
     fn open_log(&self) -> Result<std::fs::File, ServiceError> {
         let path = &self.spec.log_path;
-        let err = |source| ServiceError::Log { path: path.clone(), source };
+        let err = |source| ServiceError::Log {
+            path: path.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             fs_err::create_dir_all(dir).map_err(err)?;
         }
-        if std::fs::metadata(path).map(|m| m.len() > LOG_ROTATE_BYTES).unwrap_or(false) {
+        if std::fs::metadata(path)
+            .map(|m| m.len() > LOG_ROTATE_BYTES)
+            .unwrap_or(false)
+        {
             for i in (1..LOG_KEEP).rev() {
                 let from = path.with_extension(format!("log.{i}"));
                 let _ = std::fs::rename(&from, path.with_extension(format!("log.{}", i + 1)));
             }
             let _ = std::fs::rename(path, path.with_extension("log.1"));
         }
-        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(err)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(err)
     }
 }
 
@@ -102,7 +116,10 @@ impl ServiceControl for ProcessService {
         }
         let line = (self.spec.resolve)().map_err(ServiceError::Resolve)?;
         let log = self.open_log()?;
-        let log2 = log.try_clone().map_err(|source| ServiceError::Log { path: self.spec.log_path.clone(), source })?;
+        let log2 = log.try_clone().map_err(|source| ServiceError::Log {
+            path: self.spec.log_path.clone(),
+            source,
+        })?;
         let mut cmd = tokio::process::Command::new(&line.program);
         cmd.args(&line.args)
             .stdin(std::process::Stdio::null())
@@ -149,25 +166,38 @@ impl ServiceControl for ProcessService {
                 Err(e) => format!("unknown ({e})"),
             };
             if let Some(pf) = pid_file {
-                if fs_err::read_to_string(&pf).map(|s| s.trim() == pid.to_string()).unwrap_or(false) {
+                if fs_err::read_to_string(&pf)
+                    .map(|s| s.trim() == pid.to_string())
+                    .unwrap_or(false)
+                {
                     let _ = fs_err::remove_file(&pf);
                 }
             }
             let _ = exit_tx.send(true);
-            let _ = events.send(Event::Exited { pid, how, ran_ms: started.elapsed().as_millis() as u64 });
+            let _ = events.send(Event::Exited {
+                pid,
+                how,
+                ran_ms: started.elapsed().as_millis() as u64,
+            });
             let mut running = shared.lock().await;
             if running.as_ref().is_some_and(|r| r.pid == pid) {
                 *running = None;
             }
         });
-        *running = Some(Running { pid, ctl: ctl_tx, exited: exit_rx });
+        *running = Some(Running {
+            pid,
+            ctl: ctl_tx,
+            exited: exit_rx,
+        });
         let _ = self.events.send(Event::Started { pid });
         Ok(())
     }
 
     async fn stop(&self) -> Result<(), ServiceError> {
         let mut running = self.running.lock().await;
-        let Some(r) = running.take() else { return Ok(()) };
+        let Some(r) = running.take() else {
+            return Ok(());
+        };
         let mut exited = r.exited.clone();
         if *exited.borrow() {
             return Ok(());
@@ -180,13 +210,19 @@ impl ServiceControl for ProcessService {
         if wait(&mut exited, self.spec.stop_timeout).await {
             return Ok(());
         }
-        tracing::warn!(pid = r.pid, secs = self.spec.stop_timeout.as_secs(), "agent ignored SIGTERM; killing it");
+        tracing::warn!(
+            pid = r.pid,
+            secs = self.spec.stop_timeout.as_secs(),
+            "agent ignored SIGTERM; killing it"
+        );
         let _ = r.ctl.send(Ctl::Kill).await;
         if wait(&mut exited, Duration::from_secs(5)).await {
             return Ok(());
         }
         *running = Some(r);
-        Err(ServiceError::StopTimeout { secs: self.spec.stop_timeout.as_secs() + 5 })
+        Err(ServiceError::StopTimeout {
+            secs: self.spec.stop_timeout.as_secs() + 5,
+        })
     }
 
     async fn status(&self) -> Result<Status, ServiceError> {

@@ -28,6 +28,8 @@ pub fn process_alive(pid: u32) -> bool {
 /// Starts a program that must outlive the caller: new session, no
 /// controlling terminal, stdin from /dev/null.
 pub fn spawn_detached(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
-    cmd.process_group(0).stdin(std::process::Stdio::null()).kill_on_drop(false);
+    cmd.process_group(0)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(false);
     cmd.spawn()
 }

@@ -5,18 +5,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palette_service::{
-    CommandLine, CommandService, CommandSpec, Event, ProcessService, ProcessSpec, ServiceControl, Status,
+    CommandLine, CommandService, CommandSpec, Event, ProcessService, ProcessSpec, ServiceControl,
+    Status,
 };
 
 fn sh(script: &str) -> Arc<dyn Fn() -> Result<CommandLine, String> + Send + Sync> {
     let script = script.to_string();
     Arc::new(move || {
-        Ok(CommandLine { program: "/bin/sh".into(), args: vec!["-c".into(), script.clone()], cwd: None })
+        Ok(CommandLine {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.clone()],
+            cwd: None,
+        })
     })
 }
 
 async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<Event>) -> Event {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("event within 10 s").unwrap()
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("event within 10 s")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -38,8 +46,14 @@ async fn process_start_observe_exit_and_log() {
     }
     assert_eq!(svc.status().await.unwrap(), Status::Stopped);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("hello-out") && text.contains("hello-err"), "{text}");
-    assert!(!dir.path().join("agent.pid").exists(), "pid file removed after exit");
+    assert!(
+        text.contains("hello-out") && text.contains("hello-err"),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("agent.pid").exists(),
+        "pid file removed after exit"
+    );
 }
 
 #[tokio::test]
@@ -50,7 +64,11 @@ async fn process_stop_escalates_to_kill_and_reaches_the_group() {
     let cwd = dir.path().to_path_buf();
     let svc = ProcessService::new(ProcessSpec {
         resolve: Arc::new(move || {
-            Ok(CommandLine { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()], cwd: Some(cwd.clone()) })
+            Ok(CommandLine {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                cwd: Some(cwd.clone()),
+            })
         }),
         log_path: dir.path().join("agent.log"),
         pid_file: None,
@@ -62,16 +80,26 @@ async fn process_stop_escalates_to_kill_and_reaches_the_group() {
     let gc_file = dir.path().join("grandchild");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !gc_file.exists() || std::fs::read_to_string(&gc_file).unwrap().trim().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "grandchild never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "grandchild never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let gc: u32 = std::fs::read_to_string(&gc_file).unwrap().trim().parse().unwrap();
+    let gc: u32 = std::fs::read_to_string(&gc_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(svc.status().await.unwrap().is_running());
     svc.stop().await.unwrap();
     assert_eq!(svc.status().await.unwrap(), Status::Stopped);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while palette_service::process_alive(gc) {
-        assert!(std::time::Instant::now() < deadline, "grandchild {gc} survived the stop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "grandchild {gc} survived the stop"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -80,7 +108,13 @@ async fn process_stop_escalates_to_kill_and_reaches_the_group() {
 async fn process_spawn_failure_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let svc = ProcessService::new(ProcessSpec {
-        resolve: Arc::new(|| Ok(CommandLine { program: "/nonexistent/agent".into(), args: vec![], cwd: None })),
+        resolve: Arc::new(|| {
+            Ok(CommandLine {
+                program: "/nonexistent/agent".into(),
+                args: vec![],
+                cwd: None,
+            })
+        }),
         log_path: dir.path().join("agent.log"),
         pid_file: None,
         stop_timeout: Duration::from_secs(1),
@@ -121,8 +155,27 @@ async fn command_backend_with_start_stop_daemon() {
     let pid = dir.path().join("daemon.pid").display().to_string();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let spec = CommandSpec {
-        start: s(&[ssd, "--start", "--background", "--make-pidfile", "--pidfile", &pid, "--exec", "/bin/sleep", "--", "300"]),
-        stop: s(&[ssd, "--stop", "--pidfile", &pid, "--retry", "TERM/5/KILL/5", "--remove-pidfile"]),
+        start: s(&[
+            ssd,
+            "--start",
+            "--background",
+            "--make-pidfile",
+            "--pidfile",
+            &pid,
+            "--exec",
+            "/bin/sleep",
+            "--",
+            "300",
+        ]),
+        stop: s(&[
+            ssd,
+            "--stop",
+            "--pidfile",
+            &pid,
+            "--retry",
+            "TERM/5/KILL/5",
+            "--remove-pidfile",
+        ]),
         status: s(&[ssd, "--status", "--pidfile", &pid]),
         timeout: Duration::from_secs(20),
     };
@@ -141,11 +194,18 @@ async fn command_backend_with_start_stop_daemon() {
 #[tokio::test]
 async fn command_backend_failure_names_the_command() {
     let svc = CommandService::new(CommandSpec {
-        start: vec!["/bin/sh".into(), "-c".into(), "echo boom >&2; exit 7".into()],
+        start: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo boom >&2; exit 7".into(),
+        ],
         stop: vec!["/bin/true".into()],
         status: vec!["/bin/false".into()],
         timeout: Duration::from_secs(5),
     });
     let err = svc.start().await.unwrap_err().to_string();
-    assert!(err.contains("start command /bin/sh exited") && err.contains("boom"), "{err}");
+    assert!(
+        err.contains("start command /bin/sh exited") && err.contains("boom"),
+        "{err}"
+    );
 }

@@ -1,0 +1,53 @@
+//! The update journal (`state/update-journal.json`): written before each
+//! step of an update, so that after a crash or power loss recovery knows
+//! where the update stood and ends in either the old or the new version
+//! running, never in neither.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{fsx, Layout};
+
+/// How far an update got. Each step is recorded before the next begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// The artifact's hash matched; nothing installed yet.
+    Verified,
+    /// Unpacked into `versions/<v>`; `current` still names the old one.
+    Extracted,
+    /// `current` names the new version; it has not proven healthy yet.
+    Switched,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub release_id: i64,
+    pub version: palette_protocol::Version,
+    /// The version `current` named before; `None` on a first install.
+    pub previous: Option<palette_protocol::Version>,
+    pub artifact: PathBuf,
+    pub sha256: String,
+    pub step: Step,
+}
+
+impl Journal {
+    pub fn load(layout: &Layout) -> std::io::Result<Option<Journal>> {
+        fsx::read_json(&layout.journal())
+    }
+
+    pub fn save(&self, layout: &Layout) -> std::io::Result<()> {
+        fsx::write_json(&layout.journal(), self)
+    }
+
+    pub fn clear(layout: &Layout) -> std::io::Result<()> {
+        match fs_err::remove_file(layout.journal()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => {
+                fsx::sync_dir(&layout.state());
+                Ok(())
+            }
+        }
+    }
+}

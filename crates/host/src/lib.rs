@@ -1,0 +1,18 @@
+//! The host side's shared ground: the install folder and what lives in it.
+//!
+//! Owns: the folder layout (`layout`), atomic file writes (`fsx`), the
+//! watchdog's local settings (`settings`, never changed remotely), the
+//! agent's shared `Config/Config.yml` (`agent_config`), the `current`
+//! version pointer (`layout`), the update journal (`journal`) and log
+//! set-up (`logging`). Used by both the watchdog and the manager.
+//!
+//! Must not: talk to the network or control processes.
+
+pub mod agent_config;
+pub mod fsx;
+pub mod journal;
+pub mod layout;
+pub mod logging;
+pub mod settings;
+
+pub use layout::Layout;

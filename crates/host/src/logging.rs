@@ -1,0 +1,45 @@
+//! Logs: one line per event on stderr and in `Logs/<name>.log`, rotated by
+//! size (10 MiB × 10 files).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use file_rotate::compression::Compression;
+use file_rotate::suffix::AppendCount;
+use file_rotate::{ContentLimit, FileRotate};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+pub const ROTATE_BYTES: usize = 10 * 1024 * 1024;
+pub const ROTATE_KEEP: usize = 10;
+
+/// The environment variable that sets the log filter (`info` by default).
+pub const LOG_ENV: &str = "PALETTE_LOG";
+
+/// Sends logs to stderr and to `logs_dir/<name>.log`.
+pub fn init(logs_dir: &Path, name: &str) -> std::io::Result<()> {
+    fs_err::create_dir_all(logs_dir)?;
+    let file = FileRotate::new(
+        logs_dir.join(format!("{name}.log")),
+        AppendCount::new(ROTATE_KEEP),
+        ContentLimit::BytesSurpassed(ROTATE_BYTES),
+        Compression::None,
+        None,
+    );
+    let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
+        )
+        .with(
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .with_filter(filter()),
+        )
+        .try_init();
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The watchdog's own local settings, `<base>/watchdog.yml`: how to run the
+//! agent, intervals, trust. Remote configuration never touches this file.
+//! Every key has a default; an unknown key is an error (a typo must not
+//! silently fall back to a default).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("could not read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_saphyr::Error,
+    },
+    #[error("{path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// How the agent is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The watchdog runs the agent as its own child (the default).
+    #[default]
+    Process,
+    /// Operator-given start / stop / status commands (systemd, SysV, ...).
+    Command,
+}
+
+/// Which API the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Our v2 long-poll check-in.
+    #[default]
+    V2,
+    /// The legacy Insight Server v1 polling.
+    V1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    pub backend: Backend,
+    /// Process backend: program and arguments. `{base}` is the install
+    /// folder, `{current}` the folder of the version `versions/current`
+    /// names, `{exe}` the platform's executable suffix.
+    pub command: Vec<String>,
+    /// Command backend.
+    pub start: Vec<String>,
+    pub stop: Vec<String>,
+    pub status: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL (process) or the command limit.
+    pub stop_timeout_secs: u64,
+    /// A new version must run this long after an update to be kept.
+    pub health_secs: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            backend: Backend::Process,
+            command: vec!["{current}/agent{exe}".into()],
+            start: vec![],
+            stop: vec![],
+            status: vec![],
+            stop_timeout_secs: 10,
+            health_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub protocol: Protocol,
+    /// An extra CA certificate (PEM) trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Switches TLS certificate verification off. Logged loudly; for labs only.
+    pub insecure_skip_verify: bool,
+    /// How long the server may hold a v2 check-in.
+    pub checkin_wait_secs: u64,
+    /// Per-request timeout (apart from the long poll and downloads).
+    pub timeout_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            protocol: Protocol::V2,
+            ca_file: None,
+            insecure_skip_verify: false,
+            checkin_wait_secs: 30,
+            timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Intervals {
+    /// Periodic keep-alive check (exits are also seen at once where the
+    /// backend can see them).
+    pub keepalive_secs: u64,
+    /// Legacy v1 command poll.
+    pub commands_secs: u64,
+    /// Legacy v1 update check.
+    pub updates_secs: u64,
+    /// First restart delay after an agent exit; doubles up to `restart_max_secs`.
+    pub restart_first_ms: u64,
+    pub restart_max_secs: u64,
+    /// An agent that ran this long resets the restart backoff.
+    pub restart_stable_secs: u64,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Intervals {
+            keepalive_secs: 300,
+            commands_secs: 120,
+            updates_secs: 180,
+            restart_first_ms: 200,
+            restart_max_secs: 60,
+            restart_stable_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Trust {
+    /// Accept legacy v1 releases, which carry only an MD5 and no signature.
+    pub allow_legacy_md5: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The name this host reports; the system host name by default.
+    pub hostname: Option<String>,
+    /// The product whose releases this watchdog installs.
+    pub product: String,
+    /// The platform whose releases this watchdog installs.
+    pub platform: String,
+    pub agent: AgentSettings,
+    pub server: ServerSettings,
+    pub intervals: Intervals,
+    pub trust: Trust,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            hostname: None,
+            product: "agent".into(),
+            platform: default_platform(),
+            agent: AgentSettings::default(),
+            server: ServerSettings::default(),
+            intervals: Intervals::default(),
+            trust: Trust::default(),
+        }
+    }
+}
+
+/// `linux-x86_64`, `windows-x86_64`, ...
+pub fn default_platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+impl Settings {
+    /// Reads the file; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        let text = match fs_err::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
+            Err(source) => {
+                return Err(SettingsError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        let s: Settings = if text.trim().is_empty() {
+            Settings::default()
+        } else {
+            serde_saphyr::from_str(&text).map_err(|source| SettingsError::Parse {
+                path: path.into(),
+                source,
+            })?
+        };
+        s.validate().map_err(|problem| SettingsError::Invalid {
+            path: path.into(),
+            problem,
+        })?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self.agent.backend {
+            Backend::Process if self.agent.command.is_empty() => {
+                return Err(
+                    "agent.command must name the agent program for the process backend".into(),
+                )
+            }
+            Backend::Command
+                if self.agent.start.is_empty()
+                    || self.agent.stop.is_empty()
+                    || self.agent.status.is_empty() =>
+            {
+                return Err(
+                    "agent.start, agent.stop and agent.status are required for the command backend"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if self.server.checkin_wait_secs > 300 {
+            return Err("server.checkin_wait_secs must be at most 300".into());
+        }
+        for (name, v) in [
+            ("intervals.keepalive_secs", self.intervals.keepalive_secs),
+            ("intervals.commands_secs", self.intervals.commands_secs),
+            ("intervals.updates_secs", self.intervals.updates_secs),
+            (
+                "intervals.restart_max_secs",
+                self.intervals.restart_max_secs,
+            ),
+            ("server.timeout_secs", self.server.timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if let Some(h) = &self.hostname {
+            palette_protocol::validate_hostname(h).map_err(|e| format!("hostname: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("watchdog.yml");
+        assert_eq!(Settings::load(&p).unwrap(), Settings::default());
+        std::fs::write(&p, "agent:\n  command: ['{current}/a', '--x']\n  health_secs: 1\nintervals:\n  keepalive_secs: 5\n").unwrap();
+        let s = Settings::load(&p).unwrap();
+        assert_eq!(s.agent.command, vec!["{current}/a", "--x"]);
+        assert_eq!(s.agent.health_secs, 1);
+        assert_eq!(s.intervals.keepalive_secs, 5);
+        assert_eq!(s.intervals.commands_secs, 120);
+    }
+
+    #[test]
+    fn refuses_typos_and_nonsense() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("watchdog.yml");
+        for (text, want) in [
+            ("agent:\n  comand: [x]\n", "not valid"),
+            (
+                "agent:\n  backend: command\n",
+                "required for the command backend",
+            ),
+            ("intervals:\n  keepalive_secs: 0\n", "keepalive_secs"),
+            ("hostname: ../etc\n", "hostname"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err = Settings::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Unpacking release archives (tar.gz or zip, told apart by their first
+//! bytes) without trusting them: every entry's path is checked (no absolute
+//! paths, no `..`, no drive prefixes), links are refused (a link could point
+//! anywhere), devices and FIFOs are refused, and the number of entries and
+//! the bytes written are limited. Files go into a fresh folder; the caller
+//! moves it into place only when everything succeeded.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ExtractError {
+    #[error("archive entry {0:?} has an unsafe path (absolute, '..' or a drive prefix)")]
+    UnsafePath(String),
+    #[error("archive entry {0:?} is a link; links are not allowed in releases")]
+    Link(String),
+    #[error("archive entry {0:?} is a device, FIFO or other special file")]
+    Special(String),
+    #[error("archive unpacks to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("archive has more than {limit} entries")]
+    TooManyEntries { limit: usize },
+    #[error("archive is neither tar.gz nor zip")]
+    UnknownFormat,
+    #[error("archive is empty")]
+    Empty,
+    #[error("archive is corrupt")]
+    Corrupt(#[source] std::io::Error),
+    #[error("archive is corrupt")]
+    Zip(#[source] zip::result::ZipError),
+    #[error("could not write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Limits on what an archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 8 * 1024 * 1024 * 1024,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// Checks an entry path and returns it relative to the target folder.
+pub fn safe_relative(name: &str) -> Result<PathBuf, ExtractError> {
+    let unsafe_path = || ExtractError::UnsafePath(name.to_string());
+    if name.contains('\\') || name.contains('\0') {
+        return Err(unsafe_path());
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(unsafe_path())
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Sink<'a> {
+    dest: &'a Path,
+    limits: Limits,
+    written: u64,
+    entries: usize,
+    /// One line per unpacked file, for `Logs/installer.log`.
+    listing: Vec<String>,
+}
+
+impl Sink<'_> {
+    fn entry(&mut self) -> Result<(), ExtractError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ExtractError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, rel: &Path) -> Result<(), ExtractError> {
+        let path = self.dest.join(rel);
+        fs_err::create_dir_all(&path).map_err(|source| ExtractError::Write { path, source })
+    }
+
+    fn file(
+        &mut self,
+        rel: &Path,
+        mut data: impl Read,
+        mode: Option<u32>,
+    ) -> Result<(), ExtractError> {
+        let path = self.dest.join(rel);
+        if let Some(parent) = path.parent() {
+            fs_err::create_dir_all(parent).map_err(|source| ExtractError::Write {
+                path: parent.into(),
+                source,
+            })?;
+        }
+        let werr = |source| ExtractError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(werr)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = data.read(&mut buf).map_err(ExtractError::Corrupt)?;
+            if n == 0 {
+                break;
+            }
+            self.written += n as u64;
+            size += n as u64;
+            if self.written > self.limits.max_bytes {
+                return Err(ExtractError::TooLarge {
+                    limit: self.limits.max_bytes,
+                });
+            }
+            out.write_all(&buf[..n]).map_err(werr)?;
+        }
+        out.sync_all().map_err(werr)?;
+        if let Some(m) = mode {
+            crate::platform::set_mode(&path, m).map_err(werr)?;
+        }
+        self.listing
+            .push(format!("{} ({size} bytes)", rel.display()));
+        Ok(())
+    }
+}
+
+/// Unpacks `archive` into `dest` (which must not exist yet). Returns a line
+/// per unpacked file.
+pub fn extract(archive: &Path, dest: &Path, limits: Limits) -> Result<Vec<String>, ExtractError> {
+    let mut magic = [0u8; 4];
+    {
+        let mut f = fs_err::File::open(archive).map_err(ExtractError::Corrupt)?;
+        let n = f.read(&mut magic).map_err(ExtractError::Corrupt)?;
+        if n < 4 {
+            return Err(ExtractError::UnknownFormat);
+        }
+    }
+    fs_err::create_dir_all(dest).map_err(|source| ExtractError::Write {
+        path: dest.into(),
+        source,
+    })?;
+    let mut sink = Sink {
+        dest,
+        limits,
+        written: 0,
+        entries: 0,
+        listing: Vec::new(),
+    };
+    if magic[..2] == [0x1f, 0x8b] {
+        extract_tar_gz(archive, &mut sink)?;
+    } else if magic == *b"PK\x03\x04" {
+        extract_zip(archive, &mut sink)?;
+    } else {
+        return Err(ExtractError::UnknownFormat);
+    }
+    if sink.listing.is_empty() {
+        return Err(ExtractError::Empty);
+    }
+    Ok(sink.listing)
+}
+
+fn extract_tar_gz(archive: &Path, sink: &mut Sink) -> Result<(), ExtractError> {
+    let f = fs_err::File::open(archive).map_err(ExtractError::Corrupt)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+    for entry in tar.entries().map_err(ExtractError::Corrupt)? {
+        let entry = entry.map_err(ExtractError::Corrupt)?;
+        sink.entry()?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let rel = safe_relative(&raw)?;
+        use tar::EntryType as T;
+        match entry.header().entry_type() {
+            T::Directory => sink.dir(&rel)?,
+            T::Regular | T::Continuous | T::GNUSparse => {
+                if rel.as_os_str().is_empty() {
+                    return Err(ExtractError::UnsafePath(raw));
+                }
+                let mode = entry.header().mode().ok();
+                sink.file(&rel, entry, mode)?
+            }
+            T::Symlink | T::Link => return Err(ExtractError::Link(raw)),
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
+            _ => return Err(ExtractError::Special(raw)),
+        }
+    }
+    Ok(())
+}
+
+fn extract_zip(archive: &Path, sink: &mut Sink) -> Result<(), ExtractError> {
+    let f = fs_err::File::open(archive).map_err(ExtractError::Corrupt)?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f)).map_err(ExtractError::Zip)?;
+    if zip.len() > sink.limits.max_entries {
+        return Err(ExtractError::TooManyEntries {
+            limit: sink.limits.max_entries,
+        });
+    }
+    for i in 0..zip.len() {
+        let file = zip.by_index(i).map_err(ExtractError::Zip)?;
+        sink.entry()?;
+        let raw = file.name().to_string();
+        let rel = safe_relative(&raw)?;
+        if file.is_symlink() {
+            return Err(ExtractError::Link(raw));
+        }
+        if file.is_dir() {
+            sink.dir(&rel)?;
+        } else {
+            if rel.as_os_str().is_empty() {
+                return Err(ExtractError::UnsafePath(raw));
+            }
+            let mode = file.unix_mode();
+            sink.file(&rel, file, mode)?;
+        }
+    }
+    Ok(())
+}

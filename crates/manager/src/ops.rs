@@ -1,0 +1,298 @@
+//! The update steps, each recorded in the journal before the next begins:
+//! verify → unpack into `versions/<v>` → switch `current`. The watchdog then
+//! starts the agent and checks its health, and calls `commit` or
+//! `rollback`. `recover` finishes what a crash interrupted.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use palette_host::journal::{Journal, Step};
+use palette_host::Layout;
+use palette_protocol::Version;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::extract::{self, ExtractError, Limits};
+
+#[derive(Debug, Error)]
+pub enum OpError {
+    #[error("artifact {path} has sha256 {actual}, expected {expected}; nothing was installed")]
+    ChecksumFailed {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("could not unpack {path}; nothing was installed")]
+    Extract {
+        path: PathBuf,
+        #[source]
+        source: ExtractError,
+    },
+    #[error("{what} failed")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no update is in progress (no journal)")]
+    NoJournal,
+    #[error("the update journal says step {0:?}, which this operation cannot follow")]
+    WrongStep(Step),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpError {
+    let what = what.into();
+    move |source| OpError::Io { what, source }
+}
+
+/// SHA-256 of a file, read in chunks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = fs_err::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct UpdateRequest {
+    pub artifact: PathBuf,
+    pub version: Version,
+    pub sha256: String,
+    pub release_id: i64,
+}
+
+fn append_installer_log(layout: &Layout, lines: &[String]) {
+    use std::io::Write;
+    let path = layout.logs().join("installer.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        for l in lines {
+            let _ = writeln!(f, "{l}");
+        }
+    }
+}
+
+/// Verifies, unpacks and switches `current` to the new version. On any
+/// error before the switch, the old version is untouched and the journal
+/// is cleared.
+pub fn install_archive(
+    layout: &Layout,
+    req: &UpdateRequest,
+    limits: Limits,
+) -> Result<(), OpError> {
+    layout
+        .ensure_dirs()
+        .map_err(io("creating the install folders"))?;
+    if let Some(j) = Journal::load(layout).map_err(io("reading the update journal"))? {
+        tracing::warn!(version = %j.version, step = ?j.step, "an earlier update was interrupted; recovering it first");
+        if j.step == Step::Switched {
+            rollback(layout)?;
+        } else {
+            recover(layout)?;
+        }
+    }
+    let actual =
+        sha256_file(&req.artifact).map_err(io(format!("reading {}", req.artifact.display())))?;
+    if !actual.eq_ignore_ascii_case(&req.sha256) {
+        return Err(OpError::ChecksumFailed {
+            path: req.artifact.clone(),
+            expected: req.sha256.clone(),
+            actual,
+        });
+    }
+    let previous = layout.current_version();
+    let mut journal = Journal {
+        release_id: req.release_id,
+        version: req.version,
+        previous,
+        artifact: req.artifact.clone(),
+        sha256: actual,
+        step: Step::Verified,
+    };
+    journal
+        .save(layout)
+        .map_err(io("writing the update journal"))?;
+    tracing::info!(version = %req.version, previous = ?previous.map(|v| v.to_string()), "artifact verified; unpacking");
+
+    let staging = layout.versions().join(format!(".staging-{}", req.version));
+    let _ = fs_err::remove_dir_all(&staging);
+    append_installer_log(
+        layout,
+        &[format!(
+            "== unpacking {} as version {}",
+            req.artifact.display(),
+            req.version
+        )],
+    );
+    match extract::extract(&req.artifact, &staging, limits) {
+        Ok(listing) => append_installer_log(layout, &listing),
+        Err(source) => {
+            let _ = fs_err::remove_dir_all(&staging);
+            let _ = Journal::clear(layout);
+            append_installer_log(layout, &[format!("!! refused: {source}")]);
+            return Err(OpError::Extract {
+                path: req.artifact.clone(),
+                source,
+            });
+        }
+    }
+    let dest = layout.version_dir(&req.version);
+    if Some(req.version) != previous && dest.exists() {
+        fs_err::remove_dir_all(&dest)
+            .map_err(io(format!("removing the old copy {}", dest.display())))?;
+    }
+    if Some(req.version) == previous {
+        // Reinstalling the running version: keep it until the switch.
+        let aside = layout.versions().join(format!(".previous-{}", req.version));
+        let _ = fs_err::remove_dir_all(&aside);
+        fs_err::rename(&dest, &aside).map_err(io("moving the running version aside"))?;
+    }
+    fs_err::rename(&staging, &dest).map_err(io(format!(
+        "moving the new version into {}",
+        dest.display()
+    )))?;
+    palette_host::fsx::sync_dir(&layout.versions());
+    journal.step = Step::Extracted;
+    journal
+        .save(layout)
+        .map_err(io("writing the update journal"))?;
+
+    layout
+        .set_current(&req.version)
+        .map_err(io("switching versions/current"))?;
+    journal.step = Step::Switched;
+    journal
+        .save(layout)
+        .map_err(io("writing the update journal"))?;
+    tracing::info!(version = %req.version, "versions/current switched; the new version awaits its health check");
+    Ok(())
+}
+
+/// Keeps the new version: clears the journal and prunes versions older
+/// than the previous one.
+pub fn commit(layout: &Layout) -> Result<Version, OpError> {
+    let j = Journal::load(layout)
+        .map_err(io("reading the update journal"))?
+        .ok_or(OpError::NoJournal)?;
+    if j.step != Step::Switched {
+        return Err(OpError::WrongStep(j.step));
+    }
+    Journal::clear(layout).map_err(io("clearing the update journal"))?;
+    prune(layout, &[Some(j.version), j.previous]);
+    tracing::info!(version = %j.version, "update committed");
+    Ok(j.version)
+}
+
+/// Goes back to the version before the update. Returns it (`None` when
+/// there was none: a failed first install).
+pub fn rollback(layout: &Layout) -> Result<Option<Version>, OpError> {
+    let j = Journal::load(layout)
+        .map_err(io("reading the update journal"))?
+        .ok_or(OpError::NoJournal)?;
+    match j.previous {
+        Some(prev) => {
+            let aside = layout.versions().join(format!(".previous-{prev}"));
+            if aside.exists() {
+                let dir = layout.version_dir(&prev);
+                let _ = fs_err::remove_dir_all(&dir);
+                fs_err::rename(&aside, &dir).map_err(io("restoring the previous version"))?;
+            }
+            layout
+                .set_current(&prev)
+                .map_err(io("switching versions/current back"))?;
+        }
+        None => {
+            let _ = fs_err::remove_file(layout.current_pointer());
+        }
+    }
+    if Some(j.version) != j.previous {
+        let _ = fs_err::remove_dir_all(layout.version_dir(&j.version));
+    }
+    Journal::clear(layout).map_err(io("clearing the update journal"))?;
+    tracing::warn!(failed = %j.version, restored = ?j.previous.map(|v| v.to_string()), "update rolled back");
+    Ok(j.previous)
+}
+
+/// What `recover` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// No update was in progress.
+    Nothing,
+    /// An update stopped before the switch; its leftovers were removed and
+    /// the old version is current.
+    Discarded { version: Version },
+    /// `current` names a new version that has not passed its health check:
+    /// the caller must check it and commit or roll back.
+    NeedsHealthCheck {
+        version: Version,
+        previous: Option<Version>,
+    },
+}
+
+/// Finishes what a crash interrupted.
+pub fn recover(layout: &Layout) -> Result<Recovery, OpError> {
+    let Some(j) = Journal::load(layout).map_err(io("reading the update journal"))? else {
+        return Ok(Recovery::Nothing);
+    };
+    let _ = fs_err::remove_dir_all(layout.versions().join(format!(".staging-{}", j.version)));
+    match j.step {
+        Step::Verified | Step::Extracted => {
+            if Some(j.version) != j.previous {
+                let _ = fs_err::remove_dir_all(layout.version_dir(&j.version));
+            } else {
+                let aside = layout.versions().join(format!(".previous-{}", j.version));
+                if aside.exists() {
+                    let dir = layout.version_dir(&j.version);
+                    let _ = fs_err::remove_dir_all(&dir);
+                    fs_err::rename(&aside, &dir).map_err(io("restoring the previous version"))?;
+                }
+            }
+            match j.previous {
+                Some(prev) => layout
+                    .set_current(&prev)
+                    .map_err(io("restoring versions/current"))?,
+                None => {
+                    let _ = fs_err::remove_file(layout.current_pointer());
+                }
+            }
+            Journal::clear(layout).map_err(io("clearing the update journal"))?;
+            tracing::warn!(version = %j.version, step = ?j.step, "interrupted update discarded; the old version stays");
+            Ok(Recovery::Discarded { version: j.version })
+        }
+        Step::Switched => Ok(Recovery::NeedsHealthCheck {
+            version: j.version,
+            previous: j.previous,
+        }),
+    }
+}
+
+/// Removes installed versions other than `keep`, and leftovers.
+fn prune(layout: &Layout, keep: &[Option<Version>]) {
+    let Ok(entries) = fs_err::read_dir(layout.versions()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "current" {
+            continue;
+        }
+        let keep_it = name
+            .parse::<Version>()
+            .map(|v| keep.contains(&Some(v)))
+            .unwrap_or(false);
+        if !keep_it && e.path().is_dir() {
+            let _ = fs_err::remove_dir_all(e.path());
+        }
+    }
+}
