@@ -1,1 +1,553 @@
-fn main() {}
+//! `palettectl`: the operator CLI over palette-server's v2 API.
+//!
+//! Owns: turning operator intent into API calls and readable output. Must
+//! not: hold any state of its own, or bypass the server's API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use palette_protocol::v2::{
+    CommandKind, CommandStatus, ConfigRevision, HostInfo, NewCommand, Release, Target,
+};
+use reqwest::{header, Method, StatusCode};
+
+#[derive(Parser)]
+#[command(version, about = "Operate a palette-updater fleet.")]
+struct Cli {
+    /// Server base URL.
+    #[arg(
+        long,
+        env = "PALETTE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    server: String,
+    /// Operator token.
+    #[arg(long, env = "PALETTE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Extra CA certificate (PEM) to trust.
+    #[arg(long, env = "PALETTE_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Releases: publish, list.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// Commands: send, show, list.
+    #[command(subcommand)]
+    Command(CommandCmd),
+    /// Per-host Config.yml: push, pull, diff, history.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// List hosts and their state.
+    Hosts,
+    /// Credentials.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum ReleaseCmd {
+    /// Upload an artifact as a new release.
+    Publish {
+        file: PathBuf,
+        #[arg(long)]
+        version: String,
+        #[arg(long, default_value_t = palette_default_platform())]
+        platform: String,
+        #[arg(long, value_enum, default_value_t = Kind::Archive)]
+        kind: Kind,
+        #[arg(long, default_value = "agent")]
+        product: String,
+    },
+    List,
+}
+
+fn palette_default_platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Archive,
+    Msi,
+    Installer,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Word {
+    Start,
+    Stop,
+    Restart,
+    GetConfig,
+    PutConfig,
+}
+
+#[derive(Subcommand)]
+enum CommandCmd {
+    /// Send a command to some hosts or all, and watch the acknowledgements.
+    Send {
+        #[arg(value_enum)]
+        kind: Word,
+        /// Target hosts (repeat); or --all.
+        #[arg(long = "host", required_unless_present = "all")]
+        hosts: Vec<String>,
+        #[arg(long, conflicts_with = "hosts")]
+        all: bool,
+        /// Seconds until the command expires.
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+        /// Seconds to wait for acknowledgements (0: don't wait).
+        #[arg(long, default_value_t = 30)]
+        watch: u64,
+    },
+    Show {
+        id: i64,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Store FILE as HOST's desired Config.yml and tell the host to apply it.
+    Push {
+        host: String,
+        file: PathBuf,
+        /// Store only; don't send GET-CONFIG.
+        #[arg(long)]
+        no_apply: bool,
+    },
+    /// Print (or save) HOST's newest config.
+    Pull {
+        host: String,
+        #[arg(long, value_parser = ["desired", "reported"])]
+        source: Option<String>,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Show how HOST's reported config differs from its desired one.
+    Diff {
+        host: String,
+    },
+    History {
+        host: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Register an agent token (license key).
+    AddAgent { token: String },
+    /// Create a new operator token; printed once.
+    NewOperator { label: String },
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            rb = rb.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        rb
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let res = rb
+            .send()
+            .await
+            .with_context(|| format!("while contacting {}", self.base))?;
+        if res.status().is_success() {
+            return Ok(res);
+        }
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        let reason = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(text);
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "the server refused the token ({status}): {reason}; set --token or PALETTE_TOKEN"
+            );
+        }
+        bail!("the server answered {status}: {}", reason.trim())
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let res = self.send(rb).await?;
+        res.json()
+            .await
+            .context("while reading the server's answer")
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("palettectl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(ca) = &cli.ca_file {
+        let pem = fs_err::read(ca)?;
+        for c in reqwest::Certificate::from_pem_bundle(&pem).context("while reading the CA file")? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    let api = Api {
+        http: b.build()?,
+        base: cli.server.trim_end_matches('/').to_string(),
+        token: cli.token,
+    };
+    match cli.cmd {
+        Cmd::Release(ReleaseCmd::Publish {
+            file,
+            version,
+            platform,
+            kind,
+            product,
+        }) => publish(&api, file, version, platform, kind, product).await,
+        Cmd::Release(ReleaseCmd::List) => {
+            let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
+            println!(
+                "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  {}",
+                "ID", "PRODUCT", "VERSION", "PLATFORM", "KIND", "SIZE", "SHA256"
+            );
+            for r in list {
+                println!(
+                    "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  {}",
+                    r.id,
+                    r.product,
+                    r.version.to_string(),
+                    r.platform,
+                    r.kind.as_str(),
+                    r.size,
+                    &r.sha256[..16]
+                );
+            }
+            Ok(())
+        }
+        Cmd::Command(CommandCmd::Send {
+            kind,
+            hosts,
+            all,
+            ttl,
+            watch,
+        }) => {
+            let kind = match kind {
+                Word::Start => CommandKind::Start,
+                Word::Stop => CommandKind::Stop,
+                Word::Restart => CommandKind::Restart,
+                Word::GetConfig => CommandKind::GetConfig,
+                Word::PutConfig => CommandKind::PutConfig,
+            };
+            let target = if all {
+                Target::All
+            } else {
+                Target::Hosts(hosts.clone())
+            };
+            let expected = if all { None } else { Some(hosts.len()) };
+            let body = NewCommand {
+                kind,
+                target,
+                ttl_secs: Some(ttl),
+            };
+            let st: CommandStatus = api
+                .json(api.req(Method::POST, "/api/v2/commands").json(&body))
+                .await?;
+            println!(
+                "command {} ({}) issued, expires {}",
+                st.command.id,
+                kind.as_str(),
+                st.command.expires_at
+            );
+            if watch > 0 {
+                watch_acks(&api, st.command.id, expected, Duration::from_secs(watch)).await?;
+            }
+            Ok(())
+        }
+        Cmd::Command(CommandCmd::Show { id }) => {
+            let st: CommandStatus = api
+                .json(api.req(Method::GET, &format!("/api/v2/commands/{id}")))
+                .await?;
+            print_command(&st);
+            Ok(())
+        }
+        Cmd::Command(CommandCmd::List) => {
+            let list: Vec<CommandStatus> =
+                api.json(api.req(Method::GET, "/api/v2/commands")).await?;
+            for st in list {
+                print_command(&st);
+            }
+            Ok(())
+        }
+        Cmd::Config(ConfigCmd::Push {
+            host,
+            file,
+            no_apply,
+        }) => {
+            let body = fs_err::read(&file)?;
+            if let Err(e) = palette_protocol_yaml_check(&body) {
+                bail!("{} is not a usable Config.yml: {e}", file.display());
+            }
+            let path = format!("/api/v2/hosts/{host}/configs?apply={}", !no_apply);
+            let v: serde_json::Value = api.json(api.req(Method::POST, &path).body(body)).await?;
+            println!(
+                "stored revision {} for {host}{}",
+                v["revision"]["revision"],
+                v["command"]["id"]
+                    .as_i64()
+                    .map(|id| format!("; GET-CONFIG command {id} sent"))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Cmd::Config(ConfigCmd::Pull {
+            host,
+            source,
+            output,
+        }) => {
+            let q = source.map(|s| format!("?source={s}")).unwrap_or_default();
+            let res = api
+                .send(api.req(
+                    Method::GET,
+                    &format!("/api/v2/hosts/{host}/configs/latest{q}"),
+                ))
+                .await?;
+            let bytes = res.bytes().await?;
+            match output {
+                Some(p) => {
+                    fs_err::write(&p, &bytes)?;
+                    eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
+                }
+                None => print!("{}", String::from_utf8_lossy(&bytes)),
+            }
+            Ok(())
+        }
+        Cmd::Config(ConfigCmd::Diff { host }) => {
+            let api = &api;
+            let get = |src: &'static str| {
+                let rb = api.req(
+                    Method::GET,
+                    &format!("/api/v2/hosts/{host}/configs/latest?source={src}"),
+                );
+                async move {
+                    match api.send(rb).await {
+                        Ok(r) => Ok::<_, anyhow::Error>(
+                            String::from_utf8_lossy(&r.bytes().await?).into_owned(),
+                        ),
+                        Err(_) => Ok(String::new()),
+                    }
+                }
+            };
+            let desired = get("desired").await?;
+            let reported = get("reported").await?;
+            let diff = similar::TextDiff::from_lines(&desired, &reported);
+            let text = diff
+                .unified_diff()
+                .header("desired", "reported")
+                .to_string();
+            if text.is_empty() {
+                println!("{host}: reported config matches the desired one");
+            } else {
+                print!("{text}");
+            }
+            Ok(())
+        }
+        Cmd::Config(ConfigCmd::History { host }) => {
+            let list: Vec<ConfigRevision> = api
+                .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}/configs")))
+                .await?;
+            for r in list {
+                println!(
+                    "{:>5}  {:<9} {:>7} bytes  {}  {}",
+                    r.revision,
+                    r.source.as_str(),
+                    r.size,
+                    r.created_at,
+                    &r.sha256[..16]
+                );
+            }
+            Ok(())
+        }
+        Cmd::Hosts => {
+            let list: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+            println!(
+                "{:<32} {:<25} {:<10} {:<9} {:<9} {}",
+                "HOST", "LAST SEEN", "AGENT", "STATE", "DESIRED", "LAST UPDATE"
+            );
+            for h in list {
+                let (ver, state, desired, upd) = match &h.report {
+                    Some(r) => (
+                        r.agent_version
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        format!("{:?}", r.agent_state).to_lowercase(),
+                        format!("{:?}", r.desired_state).to_lowercase(),
+                        r.last_update
+                            .as_ref()
+                            .map(|u| format!("{} {:?}: {}", u.version, u.outcome, u.message))
+                            .unwrap_or_default(),
+                    ),
+                    None => ("(legacy)".into(), "-".into(), "-".into(), String::new()),
+                };
+                println!(
+                    "{:<32} {:<25} {:<10} {:<9} {:<9} {}",
+                    h.hostname, h.last_seen, ver, state, desired, upd
+                );
+            }
+            Ok(())
+        }
+        Cmd::Token(TokenCmd::AddAgent { token }) => {
+            api.send(
+                api.req(Method::POST, "/api/v2/agent-tokens")
+                    .json(&serde_json::json!({ "token": token })),
+            )
+            .await?;
+            println!("agent token registered");
+            Ok(())
+        }
+        Cmd::Token(TokenCmd::NewOperator { label }) => {
+            let v: serde_json::Value = api
+                .json(
+                    api.req(Method::POST, "/api/v2/operator-tokens")
+                        .json(&serde_json::json!({ "label": label })),
+                )
+                .await?;
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            eprintln!("operator token {label:?} created; it is shown only once");
+            Ok(())
+        }
+    }
+}
+
+/// A light local check before pushing: the file must be UTF-8 text.
+fn palette_protocol_yaml_check(body: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
+    if text.trim().is_empty() {
+        return Err("empty".into());
+    }
+    Ok(())
+}
+
+fn print_command(st: &CommandStatus) {
+    let target = match &st.target {
+        Target::All => "all hosts".to_string(),
+        Target::Hosts(h) => h.join(", "),
+    };
+    println!(
+        "command {} {} → {target} (issued {}, expires {})",
+        st.command.id,
+        st.command.kind.as_str(),
+        st.command.issued_at,
+        st.command.expires_at
+    );
+    for a in &st.results {
+        println!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
+    }
+}
+
+async fn watch_acks(
+    api: &Api,
+    id: i64,
+    expected: Option<usize>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut shown = 0;
+    loop {
+        let st: CommandStatus = api
+            .json(api.req(Method::GET, &format!("/api/v2/commands/{id}")))
+            .await?;
+        for a in &st.results[shown..] {
+            println!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
+        }
+        shown = st.results.len();
+        if expected.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("{shown} acknowledgement(s) after {} s; `palettectl command show {id}` shows later ones", limit.as_secs());
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn publish(
+    api: &Api,
+    file: PathBuf,
+    version: String,
+    platform: String,
+    kind: Kind,
+    product: String,
+) -> anyhow::Result<()> {
+    let size = fs_err::metadata(&file)?.len();
+    let f = tokio::fs::File::open(&file)
+        .await
+        .with_context(|| format!("while opening {}", file.display()))?;
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("uploading {}", file.display()));
+    let b2 = bar.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect(move |c| {
+        if let Ok(c) = c {
+            b2.inc(c.len() as u64);
+        }
+    });
+    let kind = match kind {
+        Kind::Archive => "archive",
+        Kind::Msi => "msi",
+        Kind::Installer => "installer",
+    };
+    let path = format!(
+        "/api/v2/releases?product={product}&version={version}&platform={platform}&kind={kind}"
+    );
+    let rb = api
+        .req(Method::POST, &path)
+        .header(header::CONTENT_LENGTH, size)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(stream));
+    let result: anyhow::Result<Release> = api.json(rb).await;
+    bar.finish_and_clear();
+    let r = result?;
+    println!(
+        "published release {}: {} {} {} {} ({} bytes, sha256 {})",
+        r.id,
+        r.product,
+        r.version,
+        r.platform,
+        r.kind.as_str(),
+        r.size,
+        r.sha256
+    );
+    Ok(())
+}

@@ -1,1 +1,93 @@
-fn main() {}
+//! `palette-sample-agent`: a small agent for tests and the demo. It reads
+//! `Config/Config.yml`, reports its version (the `VERSION` file beside it,
+//! else the folder it runs from), writes `state/sample-agent.json` (pid,
+//! version, endpoint) and runs until SIGTERM / Ctrl-C. A `FAIL` file beside
+//! it makes it exit with code 3 after a moment: a release that fails its
+//! health check.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+struct Webservice {
+    #[serde(rename = "Endpoint", default)]
+    endpoint: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Config {
+    #[serde(rename = "Webservice", default)]
+    webservice: Option<Webservice>,
+}
+
+fn arg_base() -> Option<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--base" {
+            return args.next().map(PathBuf::from);
+        }
+    }
+    None
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .context("executable has no folder")?
+        .to_path_buf();
+    let base = arg_base().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    let version = fs_err::read_to_string(dir.join("VERSION"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let cfg_path = base.join("Config").join("Config.yml");
+    let endpoint = fs_err::read_to_string(&cfg_path)
+        .ok()
+        .and_then(|t| serde_saphyr::from_str::<Config>(&t).ok())
+        .and_then(|c| c.webservice.and_then(|w| w.endpoint))
+        .unwrap_or_default();
+    println!(
+        "sample agent {version} started (pid {}), endpoint {endpoint:?}",
+        std::process::id()
+    );
+    let status =
+        serde_json::json!({"pid": std::process::id(), "version": version, "endpoint": endpoint})
+            .to_string();
+    let state = base.join("state");
+    fs_err::create_dir_all(&state)?;
+    let tmp = state.join("sample-agent.json.tmp");
+    fs_err::write(&tmp, status)?;
+    fs_err::rename(&tmp, state.join("sample-agent.json"))?;
+
+    if dir.join("FAIL").exists() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        eprintln!("sample agent {version}: FAIL file present; exiting with 3");
+        std::process::exit(3);
+    }
+    shutdown().await;
+    println!("sample agent {version} stopping");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}

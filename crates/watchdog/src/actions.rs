@@ -1,0 +1,184 @@
+//! What the watchdog does on a command: start, stop, restart, GET-CONFIG
+//! (download, validate, check the new endpoint accepts the new token,
+//! replace `Config.yml` atomically, upload the applied copy, restart the
+//! agent if it ran) and PUT-CONFIG (upload the current file). Each returns
+//! a one-line outcome for the operator.
+
+use std::sync::Mutex;
+
+use palette_host::agent_config::AgentConfig;
+use palette_host::settings::{Protocol, Settings};
+use palette_host::Layout;
+use palette_protocol::v2::{CommandKind, DesiredState};
+use sha2::{Digest, Sha256};
+
+use crate::client::Client;
+use crate::durable;
+use crate::supervisor::Supervisor;
+
+/// Everything a loop needs, shared.
+pub struct Ctx {
+    pub layout: Layout,
+    pub settings: Settings,
+    pub hostname: String,
+    pub durable: durable::Store,
+    pub supervisor: Supervisor,
+    client: Mutex<Option<Client>>,
+}
+
+impl Ctx {
+    pub fn new(
+        layout: Layout,
+        settings: Settings,
+        hostname: String,
+        durable: durable::Store,
+        supervisor: Supervisor,
+    ) -> Self {
+        Ctx {
+            layout,
+            settings,
+            hostname,
+            durable,
+            supervisor,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// A client for the server `Config.yml` names now; rebuilt when the
+    /// file's endpoint, key or proxy change.
+    pub fn client(&self) -> Result<Client, String> {
+        let path = self.layout.config_yml();
+        let bytes =
+            fs_err::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let cfg = AgentConfig::parse(&bytes)
+            .map_err(|e| format!("{} is unusable: {}", path.display(), chain(&e)))?;
+        let mut cached = self.client.lock().unwrap();
+        if let Some(c) = cached.as_ref().filter(|c| c.config == cfg) {
+            return Ok(c.clone());
+        }
+        let c = Client::new(cfg, &self.settings.server).map_err(|e| chain(&e))?;
+        *cached = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// An error with its causes on one line.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Performs one command; `Ok` and `Err` carry the message for the operator.
+pub async fn perform(ctx: &Ctx, kind: CommandKind) -> Result<String, String> {
+    let sup = &ctx.supervisor;
+    match kind {
+        CommandKind::Start => {
+            sup.set_desired(DesiredState::Running)
+                .await
+                .map_err(|e| chain(&e))?;
+            Ok("agent started".into())
+        }
+        CommandKind::Stop => {
+            sup.set_desired(DesiredState::Stopped)
+                .await
+                .map_err(|e| chain(&e))?;
+            Ok("agent stopped; it stays stopped until a start or restart command".into())
+        }
+        CommandKind::Restart => {
+            sup.restart().await.map_err(|e| chain(&e))?;
+            Ok("agent restarted".into())
+        }
+        CommandKind::GetConfig => get_config(ctx).await,
+        CommandKind::PutConfig => {
+            let client = ctx.client()?;
+            let bytes = fs_err::read(ctx.layout.config_yml()).map_err(|e| e.to_string())?;
+            upload_config(ctx, &client, bytes).await?;
+            Ok("Config.yml uploaded".into())
+        }
+    }
+}
+
+/// Uploads `bytes` as the config this host has.
+pub async fn upload_config(ctx: &Ctx, client: &Client, bytes: Vec<u8>) -> Result<(), String> {
+    let sha = hex::encode(Sha256::digest(&bytes));
+    match ctx.settings.server.protocol {
+        Protocol::V2 => client.report_config(&ctx.hostname, bytes).await.map(|_| ()),
+        Protocol::V1 => client.v1_put_config(&ctx.hostname, bytes).await,
+    }
+    .map_err(|e| format!("uploading Config.yml failed: {}", chain(&e)))?;
+    ctx.durable.update(|d| d.reported_config_sha = Some(sha));
+    Ok(())
+}
+
+async fn get_config(ctx: &Ctx) -> Result<String, String> {
+    let client = ctx.client()?;
+    let (rev, bytes) = match ctx.settings.server.protocol {
+        Protocol::V2 => client.desired_config(&ctx.hostname).await,
+        Protocol::V1 => client.v1_config(&ctx.hostname).await,
+    }
+    .map_err(|e| format!("downloading the new Config.yml failed: {}", chain(&e)))?;
+    apply_config(ctx, bytes, rev).await
+}
+
+/// Validates and applies a new `Config.yml`. On any refusal the old file
+/// stays untouched.
+pub async fn apply_config(ctx: &Ctx, bytes: Vec<u8>, rev: Option<i64>) -> Result<String, String> {
+    let scratch = ctx.layout.updates().join("Config.yml.new");
+    palette_host::fsx::atomic_write(&scratch, &bytes)
+        .map_err(|e| format!("cannot stage the new config: {e}"))?;
+    let new =
+        AgentConfig::parse(&bytes).map_err(|e| format!("new Config.yml refused: {}", chain(&e)))?;
+    let probe = Client::new(new.clone(), &ctx.settings.server)
+        .map_err(|e| format!("new Config.yml refused: {}", chain(&e)))?;
+    probe.check_license().await.map_err(|e| {
+        format!(
+            "new Config.yml refused: its endpoint {} does not accept its license key: {}",
+            new.endpoint,
+            chain(&e)
+        )
+    })?;
+    let target = ctx.layout.config_yml();
+    if let Ok(old) = fs_err::read(&target) {
+        let _ = palette_host::fsx::atomic_write(
+            &ctx.layout.config_dir().join("Config.yml.previous"),
+            &old,
+        );
+    }
+    palette_host::fsx::atomic_write(&target, &bytes)
+        .map_err(|e| format!("cannot replace {}: {e}", target.display()))?;
+    let _ = fs_err::remove_file(&scratch);
+    ctx.durable.update(|d| {
+        if rev.is_some() {
+            d.config_revision = rev;
+        }
+    });
+    tracing::info!(revision = ?rev, endpoint = new.endpoint, "new Config.yml applied");
+    let mut msg = format!(
+        "Config.yml applied{}",
+        rev.map(|r| format!(" (revision {r})")).unwrap_or_default()
+    );
+    if let Err(e) = upload_config(ctx, &probe, bytes).await {
+        tracing::warn!(
+            error = e,
+            "applied config could not be uploaded; it will be reported at the next check-in"
+        );
+        msg.push_str("; upload of the applied copy failed, will retry");
+    }
+    match ctx.supervisor.restart_if_running().await {
+        Ok(true) => msg.push_str("; agent restarted"),
+        Ok(false) => msg.push_str("; agent was not running, left stopped"),
+        Err(e) => {
+            return Err(format!(
+                "{msg}, but restarting the agent failed: {}",
+                chain(&e)
+            ))
+        }
+    }
+    Ok(msg)
+}

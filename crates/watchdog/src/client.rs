@@ -1,0 +1,432 @@
+//! The one HTTP client: verified TLS (system roots plus an optional CA
+//! file), the proxy from `Config.yml`, timeouts, streaming downloads. Speaks
+//! both the v2 API and the legacy v1 API.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use md5::Md5;
+use palette_host::agent_config::AgentConfig;
+use palette_host::settings::ServerSettings;
+use palette_protocol::v1;
+use palette_protocol::v2::{CheckinRequest, CheckinResponse, ConfigRevision};
+use reqwest::{header, StatusCode};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("could not build the HTTP client")]
+    Build(#[source] reqwest::Error),
+    #[error("could not read the CA file {path}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA file {path} holds no usable PEM certificate")]
+    CaPem {
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("request to {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{url} answered with a body that could not be read: {reason}")]
+    Decode { url: String, reason: String },
+    #[error("download {url} has {algo} {actual}, expected {expected}")]
+    Checksum {
+        url: String,
+        algo: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("download {url} is {actual} bytes, expected {expected}")]
+    Size {
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("could not write {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A verified download.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    pub sha256: String,
+    pub md5: String,
+    pub size: u64,
+}
+
+/// What a download must match.
+pub enum Expect<'a> {
+    Sha256 { hex: &'a str, size: Option<u64> },
+    Md5(&'a str),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub config: AgentConfig,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Builds a client for the server and credentials in `config`.
+    pub fn new(config: AgentConfig, server: &ServerSettings) -> Result<Client, ClientError> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("palette-watchdog/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &server.ca_file {
+            let pem = fs_err::read(ca).map_err(|source| ClientError::CaFile {
+                path: ca.display().to_string(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                ClientError::CaPem {
+                    path: ca.display().to_string(),
+                    source,
+                }
+            })?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if server.insecure_skip_verify {
+            tracing::warn!("TLS certificate verification is OFF (server.insecure_skip_verify): anyone on the path can impersonate the server");
+            b = b.danger_accept_invalid_certs(true);
+        }
+        if let Some(p) = &config.proxy {
+            b = b.proxy(reqwest::Proxy::all(p).map_err(ClientError::Build)?);
+        }
+        Ok(Client {
+            http: b.build().map_err(ClientError::Build)?,
+            config,
+            timeout: Duration::from_secs(server.timeout_secs),
+        })
+    }
+
+    fn auth(&self) -> String {
+        format!("Token {}", self.config.license_key)
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.config.url(path)
+    }
+
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let res = rb.send().await.map_err(|source| ClientError::Http {
+            url: url.into(),
+            source,
+        })?;
+        if res.status().is_success() {
+            Ok(res)
+        } else {
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            Err(ClientError::Status {
+                url: url.into(),
+                status,
+                body: body.trim().chars().take(300).collect(),
+            })
+        }
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        res: reqwest::Response,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let bytes = res.bytes().await.map_err(|source| ClientError::Http {
+            url: url.into(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: url.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    // ---- v2 -------------------------------------------------------------
+
+    pub async fn checkin(
+        &self,
+        req: &CheckinRequest,
+        wait: Duration,
+    ) -> Result<CheckinResponse, ClientError> {
+        let url = format!("{}?wait={}", self.url("/api/v2/checkin"), wait.as_secs());
+        let rb = self
+            .http
+            .post(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .json(req)
+            .timeout(wait + self.timeout);
+        let res = self.send(rb, &url).await?;
+        Self::json(res, &url).await
+    }
+
+    /// The newest desired config for `host`: (revision, bytes).
+    pub async fn desired_config(&self, host: &str) -> Result<(Option<i64>, Vec<u8>), ClientError> {
+        let url = self.url(&format!(
+            "/api/v2/hosts/{host}/configs/latest?source=desired"
+        ));
+        let rb = self
+            .http
+            .get(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .timeout(self.timeout);
+        let res = self.send(rb, &url).await?;
+        let rev = res
+            .headers()
+            .get("x-config-revision")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let bytes = res.bytes().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        Ok((rev, bytes.to_vec()))
+    }
+
+    pub async fn report_config(
+        &self,
+        host: &str,
+        body: Vec<u8>,
+    ) -> Result<ConfigRevision, ClientError> {
+        let url = self.url(&format!("/api/v2/hosts/{host}/configs/reported"));
+        let rb = self
+            .http
+            .post(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .body(body)
+            .timeout(self.timeout);
+        let res = self.send(rb, &url).await?;
+        Self::json(res, &url).await
+    }
+
+    // ---- v1 -------------------------------------------------------------
+
+    /// `GET /command?hostname=H`; `None` on 204.
+    pub async fn v1_command(&self, host: &str) -> Result<Option<v1::Command>, ClientError> {
+        let url = format!("{}?hostname={host}", self.url("/command"));
+        let rb = self
+            .http
+            .get(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .timeout(self.timeout);
+        let res = self.send(rb, &url).await?;
+        if res.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        Self::json(res, &url).await.map(Some)
+    }
+
+    /// `GET /agent/version`; `None` on 404.
+    pub async fn v1_agent_version(&self) -> Result<Option<v1::AgentVersion>, ClientError> {
+        let url = self.url("/agent/version");
+        let rb = self
+            .http
+            .get(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .timeout(self.timeout);
+        match self.send(rb, &url).await {
+            Ok(res) => Self::json(res, &url).await.map(Some),
+            Err(ClientError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /config?hostname=H`.
+    pub async fn v1_config(&self, host: &str) -> Result<(Option<i64>, Vec<u8>), ClientError> {
+        let url = format!("{}?hostname={host}", self.url("/config"));
+        let rb = self
+            .http
+            .get(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .timeout(self.timeout);
+        let res = self.send(rb, &url).await?;
+        let rev = res
+            .headers()
+            .get("x-config-revision")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let bytes = res.bytes().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        Ok((rev, bytes.to_vec()))
+    }
+
+    /// `PUT /config?hostname=H`, multipart field `uploadfile`.
+    pub async fn v1_put_config(&self, host: &str, body: Vec<u8>) -> Result<(), ClientError> {
+        let url = format!("{}?hostname={host}", self.url("/config"));
+        let part = reqwest::multipart::Part::bytes(body).file_name("Config.yml");
+        let form = reqwest::multipart::Form::new()
+            .text("hostname", host.to_string())
+            .part("uploadfile", part);
+        let rb = self
+            .http
+            .put(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .multipart(form)
+            .timeout(self.timeout);
+        self.send(rb, &url).await.map(|_| ())
+    }
+
+    /// `GET /license` with this client's token: does the server accept it?
+    pub async fn check_license(&self) -> Result<(), ClientError> {
+        let url = self.url("/license");
+        let rb = self
+            .http
+            .get(&url)
+            .header(header::AUTHORIZATION, self.auth())
+            .timeout(self.timeout);
+        let res = self.send(rb, &url).await?;
+        let lic: v1::License = Self::json(res, &url).await?;
+        if lic.valid {
+            Ok(())
+        } else {
+            Err(ClientError::Decode {
+                url,
+                reason: "the license is not valid".into(),
+            })
+        }
+    }
+
+    // ---- downloads ------------------------------------------------------
+
+    /// Streams `path_or_url` into `dest` (never the whole file in memory),
+    /// hashing on the way; the file is renamed into place only when it
+    /// matches `expect`.
+    pub async fn download(
+        &self,
+        path_or_url: &str,
+        dest: &Path,
+        expect: Expect<'_>,
+    ) -> Result<Downloaded, ClientError> {
+        let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            path_or_url.to_string()
+        } else {
+            self.url(path_or_url)
+        };
+        let rb = self
+            .http
+            .get(&url)
+            .header(header::AUTHORIZATION, self.auth());
+        let res = self.send(rb, &url).await?;
+        let part = dest.with_extension("part");
+        let ioerr = |source| ClientError::Io {
+            path: part.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(&part).await.map_err(ioerr)?;
+        let mut sha = Sha256::new();
+        let mut md5 = Md5::new();
+        let mut size = 0u64;
+        let limit = match expect {
+            Expect::Sha256 { size: Some(s), .. } => Some(s),
+            _ => None,
+        };
+        let mut stream = res.bytes_stream();
+        let idle = Duration::from_secs(60);
+        loop {
+            let chunk = match tokio::time::timeout(idle, stream.next()).await {
+                Err(_) => {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(ClientError::Decode {
+                        url,
+                        reason: format!("no data for {} s", idle.as_secs()),
+                    });
+                }
+                Ok(None) => break,
+                Ok(Some(c)) => c.map_err(|source| ClientError::Http {
+                    url: url.clone(),
+                    source,
+                })?,
+            };
+            size += chunk.len() as u64;
+            if let Some(l) = limit {
+                if size > l {
+                    drop(file);
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(ClientError::Size {
+                        url,
+                        expected: l,
+                        actual: size,
+                    });
+                }
+            }
+            sha.update(&chunk);
+            md5.update(&chunk);
+            file.write_all(&chunk).await.map_err(ioerr)?;
+        }
+        file.sync_all().await.map_err(ioerr)?;
+        drop(file);
+        let got = Downloaded {
+            sha256: hex::encode(sha.finalize()),
+            md5: hex::encode(md5.finalize()),
+            size,
+        };
+        let mismatch = match expect {
+            Expect::Sha256 { hex, size: want } => {
+                if let Some(w) = want.filter(|w| *w != got.size) {
+                    Some(ClientError::Size {
+                        url: url.clone(),
+                        expected: w,
+                        actual: got.size,
+                    })
+                } else if !hex.eq_ignore_ascii_case(&got.sha256) {
+                    Some(ClientError::Checksum {
+                        url: url.clone(),
+                        algo: "sha256",
+                        expected: hex.into(),
+                        actual: got.sha256.clone(),
+                    })
+                } else {
+                    None
+                }
+            }
+            Expect::Md5(hex) => {
+                (!hex.eq_ignore_ascii_case(&got.md5)).then(|| ClientError::Checksum {
+                    url: url.clone(),
+                    algo: "md5",
+                    expected: hex.into(),
+                    actual: got.md5.clone(),
+                })
+            }
+        };
+        if let Some(e) = mismatch {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&part, dest)
+            .await
+            .map_err(|source| ClientError::Io {
+                path: dest.display().to_string(),
+                source,
+            })?;
+        Ok(got)
+    }
+}

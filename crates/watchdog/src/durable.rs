@@ -1,0 +1,93 @@
+//! The watchdog's durable state, `state/watchdog.json`, written atomically
+//! on every change: the operator's desired agent state (a commanded `stop`
+//! survives a restart), which commands were performed (a command delivered
+//! twice is performed once), acknowledgements not yet delivered, the
+//! applied config revision and the last update's outcome.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use palette_protocol::v2::{CommandAck, DesiredState, Outcome, UpdateReport};
+use serde::{Deserialize, Serialize};
+
+const PERFORMED_KEEP: usize = 512;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Durable {
+    pub desired: DesiredState,
+    /// v2 command ids already performed (newest last) and their outcome.
+    pub performed: VecDeque<(i64, Outcome)>,
+    /// Acknowledgements not yet delivered to the server.
+    pub pending_acks: Vec<CommandAck>,
+    /// The last legacy v1 command performed: (ts, word).
+    pub legacy_last: Option<(String, String)>,
+    /// The desired config revision last applied.
+    pub config_revision: Option<i64>,
+    /// SHA-256 of the Config.yml last reported to the server.
+    pub reported_config_sha: Option<String>,
+    pub last_update: Option<UpdateReport>,
+    /// Releases that failed to install or failed their health check; not
+    /// retried until the server offers another.
+    pub failed_releases: Vec<i64>,
+}
+
+impl Durable {
+    pub fn performed(&self, id: i64) -> Option<Outcome> {
+        self.performed
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, o)| *o)
+    }
+
+    pub fn mark_performed(&mut self, id: i64, outcome: Outcome) {
+        self.performed.retain(|(i, _)| *i != id);
+        self.performed.push_back((id, outcome));
+        while self.performed.len() > PERFORMED_KEEP {
+            self.performed.pop_front();
+        }
+    }
+}
+
+/// The state and where it lives; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    inner: Arc<Mutex<Durable>>,
+}
+
+impl Store {
+    /// Loads the file; a corrupt one is set aside (never silently
+    /// overwritten) and the defaults are used.
+    pub fn open(path: PathBuf) -> Self {
+        let state = match palette_host::fsx::read_json::<Durable>(&path) {
+            Ok(Some(s)) => s,
+            Ok(None) => Durable::default(),
+            Err(e) => {
+                let aside = path.with_extension("json.corrupt");
+                let _ = fs_err::rename(&path, &aside);
+                tracing::error!(error = %e, aside = %aside.display(), "durable state unreadable; set aside, starting from defaults");
+                Durable::default()
+            }
+        };
+        Store {
+            path,
+            inner: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    pub fn get(&self) -> Durable {
+        self.inner.lock().unwrap().clone()
+    }
+
+    /// Changes the state and writes it before returning.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Durable) -> R) -> R {
+        let mut guard = self.inner.lock().unwrap();
+        let r = f(&mut guard);
+        if let Err(e) = palette_host::fsx::write_json(&self.path, &*guard) {
+            tracing::error!(error = %e, path = %self.path.display(), "could not write durable state");
+        }
+        r
+    }
+}

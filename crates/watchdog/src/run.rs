@@ -1,0 +1,148 @@
+//! `palette-watchdog run`: sets everything up and runs the loops until the
+//! service is asked to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use palette_host::settings::{Backend, Protocol, Settings};
+use palette_host::Layout;
+use palette_protocol::v2::DesiredState;
+use palette_service::{
+    CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec, ServiceControl,
+};
+
+use crate::actions::Ctx;
+use crate::supervisor::{Policy, Supervisor};
+use crate::{durable, platform, update, v1loop, v2loop};
+
+/// Replaces `{base}`, `{current}` and `{exe}` in a command word.
+fn expand(word: &str, layout: &Layout) -> Result<String, String> {
+    let mut w = word
+        .replace("{base}", &layout.base.display().to_string())
+        .replace("{exe}", std::env::consts::EXE_SUFFIX);
+    if w.contains("{current}") {
+        let v = layout.current_version().ok_or_else(|| {
+            format!(
+                "no agent version is installed ({} is missing)",
+                layout.current_pointer().display()
+            )
+        })?;
+        w = w.replace("{current}", &layout.version_dir(&v).display().to_string());
+    }
+    Ok(w)
+}
+
+/// Builds the service-control backend the settings ask for.
+pub fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceControl> {
+    match settings.agent.backend {
+        Backend::Process => {
+            let words = settings.agent.command.clone();
+            let l = layout.clone();
+            let svc = ProcessService::new(ProcessSpec {
+                resolve: Arc::new(move || {
+                    let mut expanded = words
+                        .iter()
+                        .map(|w| expand(w, &l))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if expanded.is_empty() {
+                        return Err("agent.command is empty".into());
+                    }
+                    let program = expanded.remove(0).into();
+                    Ok(CommandLine {
+                        program,
+                        args: expanded,
+                        cwd: Some(l.base.clone()),
+                    })
+                }),
+                log_path: layout.logs().join("agent.log"),
+                pid_file: Some(layout.state().join("agent.pid")),
+                stop_timeout: Duration::from_secs(settings.agent.stop_timeout_secs),
+            });
+            if let Some(pid) = svc.reap_orphan() {
+                tracing::warn!(pid, "an agent left running by an earlier watchdog was stopped; a supervised one replaces it");
+            }
+            Arc::new(svc)
+        }
+        Backend::Command => Arc::new(CommandService::new(CommandSpec {
+            start: settings.agent.start.clone(),
+            stop: settings.agent.stop.clone(),
+            status: settings.agent.status.clone(),
+            timeout: Duration::from_secs(settings.agent.stop_timeout_secs + 30),
+        })),
+    }
+}
+
+/// The host name to report: the setting, else the system's.
+pub fn hostname(settings: &Settings) -> anyhow::Result<String> {
+    let raw = match &settings.hostname {
+        Some(h) => h.clone(),
+        None => gethostname::gethostname().to_string_lossy().into_owned(),
+    };
+    palette_protocol::validate_hostname(&raw).with_context(|| {
+        format!("host name {raw:?} cannot be reported; set `hostname` in watchdog.yml")
+    })
+}
+
+pub async fn run(layout: Layout) -> anyhow::Result<()> {
+    layout
+        .ensure_dirs()
+        .with_context(|| format!("while creating the folders under {}", layout.base.display()))?;
+    let settings = Settings::load(&layout.settings_file())?;
+    let hostname = hostname(&settings)?;
+    let durable = durable::Store::open(layout.state().join("watchdog.json"));
+    let svc = service_for(&layout, &settings);
+    let policy = Policy {
+        keepalive: Duration::from_secs(settings.intervals.keepalive_secs),
+        restart_first: Duration::from_millis(settings.intervals.restart_first_ms),
+        restart_max: Duration::from_secs(settings.intervals.restart_max_secs),
+        stable: Duration::from_secs(settings.intervals.restart_stable_secs),
+    };
+    let supervisor = Supervisor::new(svc.clone(), durable.clone(), policy);
+    tracing::info!(
+        base = %layout.base.display(), hostname, backend = svc.backend(),
+        protocol = ?settings.server.protocol, desired = ?durable.get().desired,
+        agent_version = ?layout.current_version().map(|v| v.to_string()),
+        "palette-watchdog {} starting", crate::VERSION
+    );
+    let ctx = Arc::new(Ctx::new(
+        layout,
+        settings,
+        hostname,
+        durable,
+        supervisor.clone(),
+    ));
+
+    // Finish an update a crash interrupted before anything else runs.
+    update::recover(&ctx).await;
+    if supervisor.desired() == DesiredState::Running {
+        if let Err(e) = svc.start().await {
+            tracing::error!(error = %crate::actions::chain(&e), "could not start the agent; the keep-alive will retry");
+        }
+    } else {
+        tracing::info!("the agent stays stopped: an operator commanded stop");
+    }
+    let keepalive = tokio::spawn(supervisor.clone().keep_alive());
+    platform::notify_ready();
+
+    let loop_ctx = ctx.clone();
+    let server_loop = tokio::spawn(async move {
+        match loop_ctx.settings.server.protocol {
+            Protocol::V2 => v2loop::run(&loop_ctx).await,
+            Protocol::V1 => v1loop::run(&loop_ctx).await,
+        }
+    });
+
+    platform::shutdown_signal().await;
+    platform::notify_stopping();
+    tracing::info!("stopping: stopping the agent, then exiting");
+    server_loop.abort();
+    keepalive.abort();
+    if ctx.settings.agent.backend == Backend::Process {
+        if let Err(e) = svc.stop().await {
+            tracing::error!(error = %crate::actions::chain(&e), "could not stop the agent");
+        }
+    }
+    tracing::info!("palette-watchdog stopped");
+    Ok(())
+}

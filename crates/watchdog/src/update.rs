@@ -1,0 +1,302 @@
+//! Installing a release: download (streaming, verified) into `Updates/`,
+//! copy the manager to `manager_in_action`, stop the agent, have the
+//! manager verify, unpack and switch `current`, start the agent, check its
+//! health, then commit — or roll back and restart the old version. The
+//! manager journals each step, so a crash anywhere ends, after recovery, in
+//! the old or the new version running.
+
+use std::time::Duration;
+
+use palette_manager::ops::Recovery;
+use palette_protocol::v2::{Outcome, ReleaseKind, UpdateReport};
+use palette_protocol::Version;
+use palette_service::Event;
+
+use crate::actions::{chain, Ctx};
+use crate::client::{Client, Expect};
+
+/// How a download is checked.
+#[derive(Debug, Clone)]
+pub enum Integrity {
+    /// v2: SHA-256 and size from the release record.
+    Sha256 { hex: String, size: u64 },
+    /// Legacy v1: MD5 only (accepted only with `trust.allow_legacy_md5`).
+    Md5(String),
+}
+
+/// A release this host should install.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub release_id: i64,
+    pub version: Version,
+    pub kind: ReleaseKind,
+    pub url: String,
+    pub integrity: Integrity,
+}
+
+/// Whether `cand` should be installed: newer than what runs (never a
+/// downgrade) and not already failed.
+pub fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
+    let newer = ctx
+        .layout
+        .current_version()
+        .is_none_or(|cur| cand.version > cur);
+    newer && !ctx.durable.get().failed_releases.contains(&cand.release_id)
+}
+
+fn report(
+    ctx: &Ctx,
+    cand_id: i64,
+    version: Version,
+    outcome: Outcome,
+    message: String,
+) -> UpdateReport {
+    match outcome {
+        Outcome::Succeeded => tracing::info!(%version, message, "update succeeded"),
+        Outcome::Failed => tracing::error!(%version, message, "update failed"),
+    }
+    let r = UpdateReport {
+        release_id: cand_id,
+        version,
+        outcome,
+        message,
+    };
+    ctx.durable.update(|d| {
+        d.last_update = Some(r.clone());
+        if outcome == Outcome::Failed && !d.failed_releases.contains(&cand_id) {
+            d.failed_releases.push(cand_id);
+        }
+    });
+    r
+}
+
+/// Runs the whole update; never panics, always reports.
+pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateReport {
+    let fail = |msg: String| report(ctx, cand.release_id, cand.version, Outcome::Failed, msg);
+    if cand.kind != ReleaseKind::Archive {
+        return fail(format!(
+            "release kind {} cannot be installed on {} yet",
+            cand.kind.as_str(),
+            ctx.settings.platform
+        ));
+    }
+    tracing::info!(version = %cand.version, release = cand.release_id, "downloading update");
+    let updates = ctx.layout.updates();
+    if let Ok(entries) = fs_err::read_dir(&updates) {
+        for e in entries.flatten() {
+            let _ = if e.path().is_dir() {
+                fs_err::remove_dir_all(e.path())
+            } else {
+                fs_err::remove_file(e.path())
+            };
+        }
+    }
+    let _ = fs_err::create_dir_all(&updates);
+    let dest = updates.join(format!("agent-v{}", cand.version));
+    let expect = match &cand.integrity {
+        Integrity::Sha256 { hex, size } => Expect::Sha256 {
+            hex,
+            size: Some(*size),
+        },
+        Integrity::Md5(hex) => Expect::Md5(hex),
+    };
+    let got = match client.download(&cand.url, &dest, expect).await {
+        Ok(g) => g,
+        Err(e) => {
+            return fail(format!(
+                "download refused, nothing installed: {}",
+                chain(&e)
+            ))
+        }
+    };
+    tracing::info!(version = %cand.version, bytes = got.size, sha256 = got.sha256, "download verified");
+
+    if let Err(e) = copy_manager(ctx) {
+        return fail(e);
+    }
+    if let Err(e) = ctx.supervisor.pause().await {
+        let _ = ctx.supervisor.resume().await;
+        return fail(format!(
+            "could not stop the agent for the update: {}",
+            chain(&e)
+        ));
+    }
+    let args = vec![
+        "update".to_string(),
+        dest.display().to_string(),
+        "--version".into(),
+        cand.version.to_string(),
+        "--sha256".into(),
+        got.sha256.clone(),
+        "--release-id".into(),
+        cand.release_id.to_string(),
+    ];
+    if let Err(e) = run_manager(ctx, &args).await {
+        let _ = ctx.supervisor.resume().await;
+        return fail(format!(
+            "the manager refused the update, old version kept: {e}"
+        ));
+    }
+    finish(ctx, cand.release_id, cand.version).await
+}
+
+/// Starts the switched-to version, checks it, and commits or rolls back.
+async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
+    match health_check(ctx).await {
+        Ok(()) => match run_manager(ctx, &["commit".into()]).await {
+            Ok(()) => report(
+                ctx,
+                release_id,
+                version,
+                Outcome::Succeeded,
+                format!("version {version} installed and healthy"),
+            ),
+            Err(e) => report(
+                ctx,
+                release_id,
+                version,
+                Outcome::Failed,
+                format!("version {version} runs but could not be committed: {e}"),
+            ),
+        },
+        Err(why) => {
+            let _ = ctx.supervisor.pause().await;
+            let rolled = run_manager(ctx, &["rollback".into()]).await;
+            let _ = ctx.supervisor.resume().await;
+            let back = ctx
+                .layout
+                .current_version()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "none".into());
+            let msg = match rolled {
+                Ok(()) => format!(
+                    "version {version} failed its health check ({why}); rolled back to {back}"
+                ),
+                Err(e) => format!(
+                    "version {version} failed its health check ({why}); ROLLBACK FAILED: {e}"
+                ),
+            };
+            report(ctx, release_id, version, Outcome::Failed, msg)
+        }
+    }
+}
+
+/// Resumes supervision and requires the agent to keep running for
+/// `agent.health_secs`.
+async fn health_check(ctx: &Ctx) -> Result<(), String> {
+    let window = Duration::from_secs(ctx.settings.agent.health_secs);
+    let mut events = ctx.supervisor.service().events();
+    ctx.supervisor
+        .resume()
+        .await
+        .map_err(|e| format!("it did not start: {}", chain(&e)))?;
+    if let Some(rx) = events.as_mut() {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => break,
+                Ok(Ok(Event::Exited { how, .. })) => return Err(format!("it exited with {how}")),
+                Ok(_) => {}
+            }
+        }
+    } else {
+        tokio::time::sleep(window).await;
+    }
+    if ctx
+        .supervisor
+        .service()
+        .status()
+        .await
+        .map(|s| s.is_running())
+        .unwrap_or(false)
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "it was not running {} s after the start",
+            window.as_secs()
+        ))
+    }
+}
+
+/// After a restart: finishes an update a crash interrupted.
+pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
+    match palette_manager::ops::recover(&ctx.layout) {
+        Ok(Recovery::Nothing) => None,
+        Ok(Recovery::Discarded { version }) => {
+            tracing::warn!(%version, "an update interrupted before its switch was discarded; the old version stays");
+            None
+        }
+        Ok(Recovery::NeedsHealthCheck { version, .. }) => {
+            tracing::warn!(%version, "an update was interrupted after its switch; checking the new version's health");
+            let id = palette_host::journal::Journal::load(&ctx.layout)
+                .ok()
+                .flatten()
+                .map(|j| j.release_id)
+                .unwrap_or(0);
+            let _ = ctx.supervisor.pause().await;
+            Some(finish(ctx, id, version).await)
+        }
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "update recovery failed");
+            None
+        }
+    }
+}
+
+fn copy_manager(ctx: &Ctx) -> Result<(), String> {
+    let src = ctx.layout.manager();
+    let dst = ctx.layout.manager_in_action();
+    let tmp = dst.with_extension("new");
+    fs_err::copy(&src, &tmp)
+        .map_err(|e| format!("cannot copy the manager to {}: {e}", tmp.display()))?;
+    fs_err::rename(&tmp, &dst)
+        .map_err(|e| format!("cannot put {} in place: {e}", dst.display()))?;
+    Ok(())
+}
+
+/// Runs `manager_in_action` in its own process group (it outlives a
+/// stopped watchdog) and waits for it. Its output goes to a file, not a
+/// pipe, so it never dies of a closed pipe.
+async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<(), String> {
+    let exe = ctx.layout.manager_in_action();
+    if !exe.exists() {
+        copy_manager(ctx)?;
+    }
+    let out_path = ctx.layout.logs().join("manager-console.log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&out_path)
+        .map_err(|e| format!("cannot open {}: {e}", out_path.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg("--base")
+        .arg(&ctx.layout.base)
+        .args(args)
+        .stdout(out)
+        .stderr(err);
+    let mut child = palette_service::spawn_detached(&mut cmd)
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for the manager: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        let text = fs_err::read_to_string(&out_path).unwrap_or_default();
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("ERROR"))
+            .or_else(|| text.lines().last())
+            .unwrap_or("");
+        let last = last
+            .split_once("ERROR")
+            .map(|(_, m)| m.trim())
+            .unwrap_or(last);
+        Err(format!("manager {} exited with {status}: {last}", args[0]))
+    }
+}
