@@ -62,6 +62,21 @@ pub struct ServerOptions {
     pub admin_token: Option<String>,
     pub agent_tokens: Vec<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Largest accepted release artifact.
+    pub max_artifact_bytes: u64,
+}
+
+impl ServerOptions {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        ServerOptions {
+            data_dir,
+            listen,
+            admin_token: None,
+            agent_tokens: Vec::new(),
+            tls: None,
+            max_artifact_bytes: Settings::new(PathBuf::new()).max_artifact_bytes,
+        }
+    }
 }
 
 /// Opens the store and builds the state.
@@ -71,9 +86,11 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     let store = sqlite::SqliteStore::open(&db)
         .await
         .with_context(|| format!("while opening the database {}", db.display()))?;
+    let mut settings = Settings::new(opts.data_dir.clone());
+    settings.max_artifact_bytes = opts.max_artifact_bytes;
     AppState::load(
         Arc::new(store),
-        Settings::new(opts.data_dir.clone()),
+        settings,
         opts.admin_token.as_deref(),
         &opts.agent_tokens,
     )
@@ -81,11 +98,24 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     .context("while loading the server state")
 }
 
-/// Serves until `shutdown` resolves, then flushes the inventory.
+/// Binds `opts.listen` and serves until `shutdown` resolves.
 pub async fn serve(
     opts: ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("while binding {}", opts.listen))?;
+    serve_on(listener, opts, shutdown).await
+}
+
+/// Serves on an already bound listener until `shutdown` resolves, then
+/// flushes the inventory.
+pub async fn serve_on(
+    listener: std::net::TcpListener,
+    opts: ServerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
     let state = open_state(&opts).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(state.clone().heartbeat_flusher(stop_rx));
@@ -110,14 +140,14 @@ pub async fn serve(
                     )
                 })?;
             tracing::info!(listen = %opts.listen, data_dir = %opts.data_dir.display(), "palette-server listening (HTTPS)");
-            axum_server::bind_rustls(opts.listen, config)
+            axum_server::from_tcp_rustls(listener, config)
                 .handle(handle)
                 .serve(svc)
                 .await
         }
         None => {
             tracing::info!(listen = %opts.listen, data_dir = %opts.data_dir.display(), "palette-server listening (HTTP)");
-            axum_server::bind(opts.listen)
+            axum_server::from_tcp(listener)
                 .handle(handle)
                 .serve(svc)
                 .await

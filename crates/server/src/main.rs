@@ -22,6 +22,9 @@ struct Cli {
     /// PEM private key.
     #[arg(long, env = "PALETTE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Largest accepted release artifact, in bytes (default 4 GiB).
+    #[arg(long, env = "PALETTE_MAX_ARTIFACT_BYTES")]
+    max_artifact_bytes: Option<u64>,
 }
 
 #[tokio::main]
@@ -45,13 +48,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let opts = ServerOptions {
-        data_dir: cli.data_dir,
-        listen: cli.listen,
-        admin_token,
-        agent_tokens,
-        tls: cli.tls_cert.zip(cli.tls_key),
-    };
+    let mut opts = ServerOptions::new(cli.data_dir, cli.listen);
+    opts.admin_token = admin_token;
+    opts.agent_tokens = agent_tokens;
+    opts.tls = cli.tls_cert.zip(cli.tls_key);
+    if let Some(max) = cli.max_artifact_bytes {
+        opts.max_artifact_bytes = max;
+    }
     palette_server::serve(opts, async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests and writing the inventory");

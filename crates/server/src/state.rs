@@ -447,18 +447,27 @@ impl AppState {
             let mut hosts = self.hosts.lock().unwrap();
             if let Some(e) = hosts.get_mut(host) {
                 if !e.has_config {
-                    let op_wins = op.as_ref().is_some_and(|o| {
-                        now - o.issued_at < LEGACY_FRESHNESS_MS
-                            && e.config_ask.is_none_or(|a| o.issued_at > a)
-                    });
-                    if !op_wins {
-                        let ask = match e.config_ask {
-                            Some(a) if now - a < LEGACY_FRESHNESS_MS - 60_000 => a,
-                            _ => {
-                                e.config_ask = Some(now);
-                                now
-                            }
-                        };
+                    let fresh = |t: Millis| now - t < LEGACY_FRESHNESS_MS - 60_000;
+                    let ask = match e.config_ask {
+                        // An operator command issued after the ask goes first.
+                        Some(a) if fresh(a) => {
+                            (!op.as_ref().is_some_and(|o| o.issued_at > a)).then_some(a)
+                        }
+                        // The ask went unanswered: a fresh operator command
+                        // is served before asking again, so none is starved.
+                        Some(_)
+                            if op
+                                .as_ref()
+                                .is_some_and(|o| now - o.issued_at < LEGACY_FRESHNESS_MS) =>
+                        {
+                            None
+                        }
+                        _ => {
+                            e.config_ask = Some(now);
+                            Some(now)
+                        }
+                    };
+                    if let Some(ask) = ask {
                         return Some(v1::Command {
                             ts: rfc3339_secs(ask),
                             command: CommandKind::PutConfig.as_str().into(),

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -123,10 +124,11 @@ struct WaitQuery {
 
 async fn checkin(
     State(state): State<AppState>,
-    Query(q): Query<WaitQuery>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<Json<CheckinResponse>> {
     require(&state, req.headers(), Role::Agent)?;
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let body = read_body(&state, req, state.settings.max_json_bytes).await?;
     let mut ci: CheckinRequest = parse_json(&body)?;
     let host = host_param(&ci.host.hostname)?;
@@ -302,10 +304,11 @@ fn plain_name(what: &str, s: &str) -> V2Result<()> {
 
 async fn publish_release(
     State(state): State<AppState>,
-    Query(q): Query<PublishQuery>,
+    q: Result<Query<PublishQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<(StatusCode, Json<Release>)> {
     require(&state, req.headers(), Role::Operator)?;
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let product = q.product.unwrap_or_else(|| "agent".into());
     plain_name("product", &product)?;
     plain_name("platform", &q.platform)?;
@@ -462,9 +465,10 @@ async fn latest_config(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(host): Path<String>,
-    Query(q): Query<SourceQuery>,
+    q: Result<Query<SourceQuery>, QueryRejection>,
 ) -> Result<Response, V2Error> {
     require(&state, &headers, Role::Agent)?;
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let host = host_param(&host)?;
     let source = match q.source.as_deref() {
         None => None,
@@ -495,10 +499,11 @@ struct PushAnswer {
 async fn push_config(
     State(state): State<AppState>,
     Path(host): Path<String>,
-    Query(q): Query<PushQuery>,
+    q: Result<Query<PushQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<(StatusCode, Json<PushAnswer>)> {
     require(&state, req.headers(), Role::Operator)?;
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let host = host_param(&host)?;
     let body = read_body(&state, req, state.settings.max_config_bytes).await?;
     if body.is_empty() {

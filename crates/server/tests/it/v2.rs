@@ -1,0 +1,742 @@
+//! The v2 API: check-in long poll, targeted commands and acknowledgements,
+//! releases, config revisions, tokens, and every bad input.
+
+use std::time::{Duration, Instant};
+
+use palette_protocol::v2::*;
+use reqwest::header::AUTHORIZATION;
+
+use crate::support::*;
+
+fn report(host: &str) -> HostReport {
+    HostReport {
+        hostname: host.into(),
+        product: "agent".into(),
+        platform: "linux-x86_64".into(),
+        watchdog_version: "0.1.0".into(),
+        agent_version: Some("1.0.0".parse().unwrap()),
+        agent_state: AgentState::Running,
+        desired_state: DesiredState::Running,
+        config_revision: None,
+        last_update: None,
+    }
+}
+
+fn checkin_req(host: &str) -> CheckinRequest {
+    CheckinRequest {
+        host: report(host),
+        results: vec![],
+        seen_release: None,
+        seen_config: None,
+    }
+}
+
+async fn checkin(s: &TestServer, req: &CheckinRequest, wait: u64) -> CheckinResponse {
+    let res = http()
+        .post(s.u(&format!("/api/v2/checkin?wait={wait}")))
+        .agent()
+        .json(req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+async fn command(
+    s: &TestServer,
+    kind: CommandKind,
+    target: Target,
+    ttl: Option<u64>,
+) -> CommandStatus {
+    let res = http()
+        .post(s.u("/api/v2/commands"))
+        .admin()
+        .json(&NewCommand {
+            kind,
+            target,
+            ttl_secs: ttl,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn checkin_delivers_targeted_commands_and_records_acks() {
+    let s = TestServer::start().await;
+    let c_all = command(&s, CommandKind::Restart, Target::All, None).await;
+    let c_web1 = command(
+        &s,
+        CommandKind::Stop,
+        Target::Hosts(vec!["WEB1".into()]),
+        None,
+    )
+    .await;
+    let c_other = command(
+        &s,
+        CommandKind::Start,
+        Target::Hosts(vec!["db9".into()]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        c_web1.target,
+        Target::Hosts(vec!["web1".into()]),
+        "host names are normalised"
+    );
+
+    let a = checkin(&s, &checkin_req("web1"), 0).await;
+    let ids: Vec<i64> = a.commands.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![c_all.command.id, c_web1.command.id]);
+    assert!(!ids.contains(&c_other.command.id));
+
+    let mut req = checkin_req("web1");
+    req.results = vec![
+        CommandAck {
+            id: c_all.command.id,
+            hostname: String::new(),
+            outcome: Outcome::Succeeded,
+            message: "agent restarted".into(),
+            at: String::new(),
+        },
+        CommandAck {
+            id: c_web1.command.id,
+            hostname: String::new(),
+            outcome: Outcome::Failed,
+            message: "could not stop".into(),
+            at: String::new(),
+        },
+        CommandAck {
+            id: 999_999,
+            hostname: String::new(),
+            outcome: Outcome::Succeeded,
+            message: "bogus".into(),
+            at: String::new(),
+        },
+    ];
+    let a = checkin(&s, &req, 0).await;
+    assert!(
+        a.commands.is_empty(),
+        "acknowledged commands are not sent again"
+    );
+    // A repeated ack does not overwrite the first.
+    req.results[0].message = "second time".into();
+    checkin(&s, &req, 0).await;
+
+    let st: CommandStatus = http()
+        .get(s.u(&format!("/api/v2/commands/{}", c_all.command.id)))
+        .admin()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st.results.len(), 1);
+    assert_eq!(st.results[0].hostname, "web1");
+    assert_eq!(st.results[0].message, "agent restarted");
+    let st: CommandStatus = http()
+        .get(s.u(&format!("/api/v2/commands/{}", c_web1.command.id)))
+        .admin()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st.results[0].outcome, Outcome::Failed);
+    let list: Vec<CommandStatus> = http()
+        .get(s.u("/api/v2/commands"))
+        .admin()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 3);
+
+    // The host and its report are in the inventory.
+    let h: HostInfo = http()
+        .get(s.u("/api/v2/hosts/web1"))
+        .admin()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        h.report.unwrap().agent_version.unwrap().to_string(),
+        "1.0.0"
+    );
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/hosts/nosuch"))
+            .admin()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn expired_commands_are_not_delivered() {
+    let s = TestServer::start().await;
+    let c = command(&s, CommandKind::Stop, Target::All, Some(1)).await;
+    let expires = palette_protocol::timefmt::parse_rfc3339(&c.command.expires_at).unwrap();
+    // Wait on the condition (the expiry instant has passed), with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = checkin(&s, &checkin_req("late-host"), 0).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        if now > expires + 50 {
+            assert!(a.commands.is_empty(), "an expired command was delivered");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_a_command_and_times_out_when_idle() {
+    let s = TestServer::start().await;
+    // Nothing to say: the answer comes after the wait.
+    let t = Instant::now();
+    let a = checkin(&s, &checkin_req("idle"), 1).await;
+    assert!(a.commands.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "returned after {:?}",
+        t.elapsed()
+    );
+
+    // A command issued while the host waits reaches it before the wait ends.
+    let url = s.url.clone();
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        let res = http()
+            .post(format!("{url}/api/v2/checkin?wait=60"))
+            .header(AUTHORIZATION, format!("Token {AGENT}"))
+            .json(&checkin_req("waiting"))
+            .send()
+            .await
+            .unwrap();
+        (t.elapsed(), res.json::<CheckinResponse>().await.unwrap())
+    });
+    // Let the waiter reach the server (a condition: the host is in the inventory).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = http()
+            .get(s.u("/api/v2/hosts/waiting"))
+            .admin()
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = command(
+        &s,
+        CommandKind::Restart,
+        Target::Hosts(vec!["waiting".into()]),
+        None,
+    )
+    .await;
+    let (elapsed, a) = waiter.await.unwrap();
+    assert_eq!(a.commands.len(), 1);
+    assert_eq!(a.commands[0].id, c.command.id);
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "the long poll was not woken"
+    );
+}
+
+#[tokio::test]
+async fn releases_are_offered_by_platform_and_seen_releases_do_not_wake() {
+    let s = TestServer::start().await;
+    let r1 = publish(&s, "1.0.0", "linux-x86_64", "archive", b"one").await;
+    let r2 = publish(&s, "v1.10.0", "linux-x86_64", "archive", b"one-ten").await;
+    publish(&s, "1.9.0", "linux-x86_64", "archive", b"one-nine").await;
+    publish(&s, "5.0.0", "windows-x86_64", "msi", b"win").await;
+    assert_ne!(r1["id"], r2["id"]);
+    let a = checkin(&s, &checkin_req("web1"), 0).await;
+    let rel = a.release.unwrap();
+    assert_eq!(rel.version.to_string(), "1.10.0", "numeric, not lexical");
+    assert_eq!(rel.kind, ReleaseKind::Archive);
+    // Download by the URL given, with the agent token.
+    let res = http().get(s.u(&rel.url)).agent().send().await.unwrap();
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"one-ten");
+    assert_eq!(
+        http().get(s.u(&rel.url)).send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/artifacts/..%2f..%2fetc"))
+            .agent()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        http()
+            .get(s.u(&format!("/api/v2/artifacts/{}", "0".repeat(64))))
+            .agent()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Having seen this release, a long poll waits (here: 1 s) instead of answering at once.
+    let mut req = checkin_req("web1");
+    req.seen_release = Some(rel.id);
+    let t = Instant::now();
+    checkin(&s, &req, 1).await;
+    assert!(t.elapsed() >= Duration::from_millis(950));
+}
+
+#[tokio::test]
+async fn publishing_refuses_bad_input_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |o| o.max_artifact_bytes = 1000).await;
+    let post = |q: &str| http().post(s.u(&format!("/api/v2/releases?{q}")));
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "no token",
+            post("version=1.0.0&platform=p&kind=archive").body("x"),
+            401,
+        ),
+        (
+            "agent token",
+            post("version=1.0.0&platform=p&kind=archive")
+                .agent()
+                .body("x"),
+            403,
+        ),
+        (
+            "bad version",
+            post("version=1.x&platform=p&kind=archive")
+                .admin()
+                .body("x"),
+            400,
+        ),
+        (
+            "bad kind",
+            post("version=1.0.0&platform=p&kind=rpm").admin().body("x"),
+            400,
+        ),
+        (
+            "bad platform",
+            post("version=1.0.0&platform=../p&kind=archive")
+                .admin()
+                .body("x"),
+            400,
+        ),
+        (
+            "missing version",
+            post("platform=p&kind=archive").admin().body("x"),
+            400,
+        ),
+        (
+            "empty",
+            post("version=1.0.0&platform=p&kind=archive")
+                .admin()
+                .body(""),
+            400,
+        ),
+        (
+            "sha mismatch",
+            post(&format!(
+                "version=1.0.0&platform=p&kind=archive&sha256={}",
+                "a".repeat(64)
+            ))
+            .admin()
+            .body("x"),
+            400,
+        ),
+        (
+            "too large",
+            post("version=1.0.0&platform=p&kind=archive")
+                .admin()
+                .body(vec![0u8; 1001]),
+            413,
+        ),
+    ];
+    for (what, rb, want) in cases {
+        let res = rb.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), want, "{what}");
+        if want != 401 {
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{what}: one-line reason"
+            );
+        }
+    }
+    let list: Vec<Release> = http()
+        .get(s.u("/api/v2/releases"))
+        .admin()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.is_empty());
+    // Nothing half-written: no artifact files, no temporaries.
+    let count = walk(&tmp.path().join("artifacts"));
+    assert_eq!(count, 0, "artifact files left behind");
+
+    publish(&s, "1.0.0", "p", "archive", b"x").await;
+    let res = post("version=1.0.0&platform=p&kind=archive")
+        .admin()
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn checkin_and_commands_refuse_bad_input() {
+    let s = TestServer::start().await;
+    let good = serde_json::to_vec(&checkin_req("web1")).unwrap();
+    let post = |p: &str| http().post(s.u(p));
+    let mut bad_host = checkin_req("x");
+    bad_host.host.hostname = "../../etc".into();
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("no token", post("/api/v2/checkin").body(good.clone()), 401),
+        (
+            "wrong token",
+            post("/api/v2/checkin")
+                .header(AUTHORIZATION, "Token nope")
+                .body(good.clone()),
+            401,
+        ),
+        (
+            "invalid json",
+            post("/api/v2/checkin").agent().body("{not json"),
+            400,
+        ),
+        (
+            "bad hostname",
+            post("/api/v2/checkin").agent().json(&bad_host),
+            400,
+        ),
+        (
+            "oversized",
+            post("/api/v2/checkin")
+                .agent()
+                .body(vec![b' '; 2 * 1024 * 1024]),
+            413,
+        ),
+        (
+            "agent issuing",
+            post("/api/v2/commands")
+                .agent()
+                .json(&serde_json::json!({"kind":"stop","target":"all"})),
+            403,
+        ),
+        (
+            "unknown kind",
+            post("/api/v2/commands")
+                .admin()
+                .json(&serde_json::json!({"kind":"reboot","target":"all"})),
+            400,
+        ),
+        (
+            "empty hosts",
+            post("/api/v2/commands")
+                .admin()
+                .json(&serde_json::json!({"kind":"stop","target":{"hosts":[]}})),
+            400,
+        ),
+        (
+            "bad host",
+            post("/api/v2/commands")
+                .admin()
+                .json(&serde_json::json!({"kind":"stop","target":{"hosts":["a/b"]}})),
+            400,
+        ),
+        (
+            "zero ttl",
+            post("/api/v2/commands")
+                .admin()
+                .json(&serde_json::json!({"kind":"stop","target":"all","ttl_secs":0})),
+            400,
+        ),
+        (
+            "short token",
+            post("/api/v2/agent-tokens")
+                .admin()
+                .json(&serde_json::json!({"token":"abc"})),
+            400,
+        ),
+    ];
+    for (what, rb, want) in cases {
+        let res = rb.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), want, "{what}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty() && !e.contains('\n')),
+            "{what}: {body}"
+        );
+    }
+    let list: Vec<CommandStatus> = http()
+        .get(s.u("/api/v2/commands"))
+        .admin()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.is_empty(), "no refused command was stored");
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/hosts"))
+            .agent()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/commands/abc"))
+            .admin()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/commands/12345"))
+            .admin()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn config_revisions_with_history() {
+    let s = TestServer::start().await;
+    let res = http()
+        .post(s.u("/api/v2/hosts/web1/configs"))
+        .admin()
+        .body("LicenseKey: a\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let push: serde_json::Value = res.json().await.unwrap();
+    let rev1 = push["revision"]["revision"].as_i64().unwrap();
+    assert_eq!(push["command"]["kind"], "GET-CONFIG");
+    let res = http()
+        .post(s.u("/api/v2/hosts/web1/configs?apply=false"))
+        .admin()
+        .body("LicenseKey: b\n")
+        .send()
+        .await
+        .unwrap();
+    let push2: serde_json::Value = res.json().await.unwrap();
+    assert!(push2["command"].is_null());
+    let rev2 = push2["revision"]["revision"].as_i64().unwrap();
+    // The host reports what it has.
+    let res = http()
+        .post(s.u("/api/v2/hosts/web1/configs/reported"))
+        .agent()
+        .body("LicenseKey: a\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        http()
+            .post(s.u("/api/v2/hosts/web1/configs/reported"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http()
+            .post(s.u("/api/v2/hosts/web1/configs"))
+            .agent()
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        http()
+            .post(s.u("/api/v2/hosts/web1/configs"))
+            .admin()
+            .body("")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        http()
+            .post(s.u("/api/v2/hosts/web1/configs"))
+            .admin()
+            .body(vec![b'a'; 2 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+
+    let hist: Vec<ConfigRevision> = http()
+        .get(s.u("/api/v2/hosts/web1/configs"))
+        .admin()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hist.len(), 3);
+    assert_eq!(hist[0].source, ConfigSource::Reported);
+    assert_eq!(hist[1].revision, rev2);
+    let res = http()
+        .get(s.u(&format!("/api/v2/hosts/web1/configs/{rev1}")))
+        .agent()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["x-config-revision"],
+        rev1.to_string().as_str()
+    );
+    assert_eq!(res.text().await.unwrap(), "LicenseKey: a\n");
+    let res = http()
+        .get(s.u("/api/v2/hosts/web1/configs/latest?source=desired"))
+        .agent()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "LicenseKey: b\n");
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/hosts/web1/configs/latest?source=bogus"))
+            .agent()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/hosts/web2/configs/latest"))
+            .agent()
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Check-in reports the desired revision.
+    let a = checkin(&s, &checkin_req("web1"), 0).await;
+    assert_eq!(a.config_revision, Some(rev2));
+}
+
+#[tokio::test]
+async fn tokens_registered_through_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    let res = http()
+        .post(s.u("/api/v2/operator-tokens"))
+        .admin()
+        .json(&serde_json::json!({"label": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let tok: serde_json::Value = res.json().await.unwrap();
+    let alice = tok["token"].as_str().unwrap().to_string();
+    let res = http()
+        .post(s.u("/api/v2/agent-tokens"))
+        .header(AUTHORIZATION, format!("Bearer {alice}"))
+        .json(&serde_json::json!({"token": "New-License-42"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    s.stop().await;
+    // Both survive a restart, and nothing stores them in clear text.
+    let s = TestServer::start_with(tmp.path(), |o| o.admin_token = None).await;
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/hosts"))
+            .header(AUTHORIZATION, format!("Bearer {alice}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http()
+            .get(s.u("/api/v1/license"))
+            .header(AUTHORIZATION, "Token new-license-42")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let db = std::fs::read(tmp.path().join("palette.db")).unwrap();
+    let hay = String::from_utf8_lossy(&db);
+    assert!(!hay.contains(&alice) && !hay.contains("New-License-42"));
+}
