@@ -1,1 +1,514 @@
-//! placeholder
+//! Test support for end-to-end runs: starts the real `palette-server`,
+//! `palette-watchdog` (with `palette-manager` and `palette-sample-agent` in
+//! its install folder) as separate processes on loopback, builds release
+//! archives, and waits on conditions with deadlines.
+//!
+//! The binaries are taken from the cargo target folder this test runs from;
+//! build them first (`cargo build --workspace`, part of the README's test
+//! command).
+#![cfg(unix)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use palette_protocol::v2::{CommandKind, CommandStatus, HostInfo, NewCommand, Outcome, Target};
+
+pub const ADMIN: &str = "e2e-admin-token";
+pub const AGENT_KEY: &str = "e2e-license-key";
+
+/// The folder holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
+    for b in [
+        "palette-server",
+        "palette-watchdog",
+        "palette-manager",
+        "palette-sample-agent",
+        "palettectl",
+    ] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: run `cargo build --workspace` before the tests",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {:?} waiting for: {what}", limit);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie still answers signal 0; /proc tells them apart.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sigterm_and_wait(child: &mut Child, limit: Duration) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A real `palette-server` process.
+pub struct Server {
+    pub url: String,
+    pub port: u16,
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub async fn start(data: &Path) -> Server {
+        Self::start_on(data, free_port()).await
+    }
+
+    pub async fn start_on(data: &Path, port: u16) -> Server {
+        std::fs::create_dir_all(data).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("server.log"))
+            .unwrap();
+        let child = Command::new(bin("palette-server"))
+            .args([
+                "--data-dir",
+                &data.display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("PALETTE_ADMIN_TOKEN", ADMIN)
+            .env("PALETTE_AGENT_TOKENS", AGENT_KEY)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("palette-server starts");
+        let s = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data: data.into(),
+            child: Some(child),
+        };
+        let url = format!("{}/api/v1/ping", s.url);
+        wait_for("the server answers /ping", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                reqwest::get(url)
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .await
+        .unwrap();
+        s
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigterm_and_wait(&mut c, Duration::from_secs(10));
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api {
+            url: self.url.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The operator's view of the server's v2 API.
+#[derive(Clone)]
+pub struct Api {
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(m, format!("{}{}", self.url, path))
+            .bearer_auth(ADMIN)
+    }
+
+    pub async fn command(&self, kind: CommandKind, host: &str) -> i64 {
+        let body = NewCommand {
+            kind,
+            target: Target::Hosts(vec![host.into()]),
+            ttl_secs: None,
+        };
+        let res = self
+            .req(reqwest::Method::POST, "/api/v2/commands")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json::<CommandStatus>().await.unwrap().command.id
+    }
+
+    pub async fn command_status(&self, id: i64) -> CommandStatus {
+        self.req(reqwest::Method::GET, &format!("/api/v2/commands/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits for `host`'s acknowledgement of command `id`.
+    pub async fn ack(&self, id: i64, limit: Duration) -> (Outcome, String) {
+        let mut found = None;
+        let deadline = Instant::now() + limit;
+        while found.is_none() {
+            let st = self.command_status(id).await;
+            found = st.results.first().map(|a| (a.outcome, a.message.clone()));
+            assert!(
+                Instant::now() < deadline || found.is_some(),
+                "no acknowledgement of command {id} within {limit:?}"
+            );
+            if found.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        found.unwrap()
+    }
+
+    pub async fn host(&self, host: &str) -> Option<HostInfo> {
+        let res = self
+            .req(reqwest::Method::GET, &format!("/api/v2/hosts/{host}"))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            res.json().await.ok()
+        } else {
+            None
+        }
+    }
+
+    pub async fn publish(&self, archive: &Path, version: &str, kind: &str) -> serde_json::Value {
+        let body = std::fs::read(archive).unwrap();
+        let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+        let res = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/api/v2/releases?version={version}&platform={platform}&kind={kind}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json().await.unwrap()
+    }
+
+    pub async fn push_config(&self, host: &str, body: &str) -> serde_json::Value {
+        let res = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/api/v2/hosts/{host}/configs"),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json().await.unwrap()
+    }
+
+    pub async fn configs(&self, host: &str) -> Vec<palette_protocol::v2::ConfigRevision> {
+        self.req(
+            reqwest::Method::GET,
+            &format!("/api/v2/hosts/{host}/configs"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    }
+
+    pub async fn latest_config(&self, host: &str, source: &str) -> Option<String> {
+        let res = self
+            .req(
+                reqwest::Method::GET,
+                &format!("/api/v2/hosts/{host}/configs/latest?source={source}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            Some(res.text().await.unwrap())
+        } else {
+            None
+        }
+    }
+
+    /// A legacy v1 operator write (`PUT /api/v1/command`).
+    pub async fn v1_command(&self, word: &str) {
+        let res = self
+            .req(reqwest::Method::PUT, "/api/v1/command")
+            .form(&[("command", word)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+
+    /// A legacy v1 operator config upload.
+    pub async fn v1_put_config(&self, host: &str, body: &str) {
+        let part =
+            reqwest::multipart::Part::bytes(body.as_bytes().to_vec()).file_name("Config.yml");
+        let form = reqwest::multipart::Form::new().part("uploadfile", part);
+        let res = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/api/v1/config?hostname={host}"),
+            )
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}
+
+/// A config file for the sample agent pointing at `url`.
+pub fn agent_config(url: &str, key: &str, extra: &str) -> String {
+    format!("# Palette Insight Agent configuration\nLicenseKey: {key}\nWebservice:\n  Endpoint: {url}\n  UseProxy: false\n{extra}")
+}
+
+/// A release archive (tar.gz) of the sample agent as `version`; with
+/// `fail`, the agent exits shortly after starting (fails its health check).
+pub fn release_archive(dir: &Path, version: &str, fail: bool) -> PathBuf {
+    let path = dir.join(format!(
+        "agent-{version}{}.tar.gz",
+        if fail { "-fail" } else { "" }
+    ));
+    let f = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    b.append_path_with_name(bin("palette-sample-agent"), "palette-sample-agent")
+        .unwrap();
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("VERSION", version.as_bytes());
+    if fail {
+        add("FAIL", b"fail the health check");
+    }
+    b.into_inner().unwrap().finish().unwrap();
+    path
+}
+
+/// What the sample agent wrote when it started.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub version: String,
+    pub endpoint: String,
+}
+
+/// One host: an install folder and its watchdog process.
+pub struct Host {
+    pub name: String,
+    pub base: PathBuf,
+    _tmp: tempfile::TempDir,
+    watchdog: Option<Child>,
+}
+
+impl Host {
+    /// An install folder with agent 1.0.0 in `versions/`, the manager, a
+    /// `Config.yml` for `server_url` and a `watchdog.yml` with short
+    /// intervals. `settings_extra` is appended to `watchdog.yml`.
+    pub fn new(name: &str, server_url: &str, protocol: &str, settings_extra: &str) -> Host {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().to_path_buf();
+        let v1 = base.join("versions/1.0.0");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::copy(bin("palette-sample-agent"), v1.join("palette-sample-agent")).unwrap();
+        std::fs::write(v1.join("VERSION"), "1.0.0").unwrap();
+        std::fs::write(base.join("versions/current"), "1.0.0\n").unwrap();
+        std::fs::copy(bin("palette-manager"), base.join("palette-manager")).unwrap();
+        std::fs::create_dir_all(base.join("Config")).unwrap();
+        std::fs::write(
+            base.join("Config/Config.yml"),
+            agent_config(server_url, AGENT_KEY, "AgentOnly:\n  keep: this\n"),
+        )
+        .unwrap();
+        let settings = format!(
+            "hostname: {name}
+agent:
+  command: ['{{current}}/palette-sample-agent', '--base', '{{base}}']
+  health_secs: 1
+  stop_timeout_secs: 5
+server:
+  protocol: {protocol}
+  checkin_wait_secs: 5
+  timeout_secs: 10
+intervals:
+  keepalive_secs: 2
+  commands_secs: 1
+  updates_secs: 1
+  restart_first_ms: 100
+{settings_extra}"
+        );
+        std::fs::write(base.join("watchdog.yml"), settings).unwrap();
+        Host {
+            name: name.into(),
+            base,
+            _tmp: tmp,
+            watchdog: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.watchdog.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("watchdog.console.log"))
+            .unwrap();
+        let child = Command::new(bin("palette-watchdog"))
+            .args(["run", "--base", &self.base.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("palette-watchdog starts");
+        self.watchdog = Some(child);
+    }
+
+    /// A graceful stop (SIGTERM), as systemd does it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.watchdog.take() {
+            sigterm_and_wait(&mut c, Duration::from_secs(20));
+        }
+    }
+
+    pub fn config_yml(&self) -> String {
+        std::fs::read_to_string(self.base.join("Config/Config.yml")).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.base.join("Logs/watchdog.log")).unwrap_or_default()
+    }
+
+    pub fn agent(&self) -> Option<AgentStatus> {
+        let text = std::fs::read_to_string(self.base.join("state/sample-agent.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The running agent, if one runs.
+    pub fn running_agent(&self) -> Option<AgentStatus> {
+        self.agent().filter(|a| alive(a.pid))
+    }
+
+    pub async fn wait_agent_running(&self, limit: Duration) -> anyhow::Result<AgentStatus> {
+        wait_for("the agent runs", limit, || async {
+            self.running_agent().is_some()
+        })
+        .await
+        .context(self.diagnostics())?;
+        Ok(self.running_agent().unwrap())
+    }
+
+    pub async fn wait_log(&self, needle: &str, limit: Duration) -> anyhow::Result<()> {
+        wait_for(&format!("watchdog log says {needle:?}"), limit, || async {
+            self.log().contains(needle)
+        })
+        .await
+        .context(self.diagnostics())
+    }
+
+    pub fn diagnostics(&self) -> String {
+        let tail = |p: &str| {
+            let t = std::fs::read_to_string(self.base.join(p)).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        };
+        format!(
+            "--- watchdog log ---\n{}\n--- agent log ---\n{}\n--- manager log ---\n{}",
+            tail("watchdog.console.log"),
+            tail("Logs/agent.log"),
+            tail("Logs/manager.log")
+        )
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.watchdog.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The agent leads its own process group: end it too.
+        if let Some(a) = self.agent() {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(a.pid as i32), Signal::SIGKILL);
+        }
+    }
+}

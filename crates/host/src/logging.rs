@@ -31,6 +31,7 @@ pub fn init(logs_dir: &Path, name: &str) -> std::io::Result<()> {
     let _ = tracing_subscriber::registry()
         .with(
             fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .with_filter(filter()),
         )

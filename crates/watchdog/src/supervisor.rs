@@ -143,17 +143,7 @@ impl Supervisor {
                 if Duration::from_millis(*ran_ms) >= self.policy.stable {
                     backoff.reset();
                 }
-                if self.should_run().await {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        pid,
-                        how,
-                        ran_ms,
-                        delay_ms = delay.as_millis() as u64,
-                        "agent exited; restarting"
-                    );
-                    tokio::time::sleep(delay).await;
-                } else {
+                if !self.should_run().await {
                     tracing::info!(
                         pid,
                         how,
@@ -161,6 +151,9 @@ impl Supervisor {
                     );
                     continue;
                 }
+                // A restart in progress starts the agent itself; wait the
+                // backoff delay, then look again.
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             if !self.should_run().await {
                 continue;
@@ -172,10 +165,18 @@ impl Supervisor {
             match self.svc.status().await {
                 Ok(s) if s.is_running() => {}
                 Ok(_) => {
-                    if exited.is_none() {
-                        tracing::warn!(
+                    match &exited {
+                        Some((pid, how, ran_ms)) => {
+                            tracing::warn!(
+                                pid,
+                                how,
+                                ran_ms,
+                                "agent exited unexpectedly; restarting it"
+                            )
+                        }
+                        None => tracing::warn!(
                             "agent found not running at the keep-alive check; starting it"
-                        );
+                        ),
                     }
                     match self.svc.start().await {
                         Ok(()) => tracing::info!("agent started"),

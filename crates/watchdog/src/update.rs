@@ -124,12 +124,9 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
     let args = vec![
         "update".to_string(),
         dest.display().to_string(),
-        "--version".into(),
-        cand.version.to_string(),
-        "--sha256".into(),
-        got.sha256.clone(),
-        "--release-id".into(),
-        cand.release_id.to_string(),
+        format!("--version={}", cand.version),
+        format!("--sha256={}", got.sha256),
+        format!("--release-id={}", cand.release_id),
     ];
     if let Err(e) = run_manager(ctx, &args).await {
         let _ = ctx.supervisor.resume().await;

@@ -1,0 +1,463 @@
+//! End to end: the real palette-server, palette-watchdog, palette-manager
+//! and sample agent as separate processes on loopback. Every wait is a
+//! condition with a deadline.
+#![cfg(unix)]
+
+use std::time::Duration;
+
+use palette_e2e::*;
+use palette_protocol::v2::{AgentState, CommandKind, DesiredState, Outcome};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn setup(name: &str) -> (tempfile::TempDir, Server, Host) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let mut host = Host::new(name, &server.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    (tmp, server, host)
+}
+
+fn kill9(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn killed_agent_runs_again() {
+    let (_t, _s, host) = setup("crashy").await;
+    let first = host.running_agent().unwrap();
+    assert_eq!(first.version, "1.0.0");
+    kill9(first.pid);
+    wait_for("a new agent process", Duration::from_secs(10), || async {
+        host.running_agent().is_some_and(|a| a.pid != first.pid)
+    })
+    .await
+    .expect(&host.diagnostics());
+    host.wait_log("agent exited unexpectedly; restarting it", T)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn stop_survives_a_watchdog_restart_and_start_undoes_it() {
+    let (_t, server, mut host) = setup("stopper").await;
+    let api = server.api();
+    let id = api.command(CommandKind::Stop, "stopper").await;
+    let (outcome, msg) = api.ack(id, T).await;
+    assert_eq!(outcome, Outcome::Succeeded, "{msg}");
+    wait_for("the agent stops", T, || async {
+        host.running_agent().is_none()
+    })
+    .await
+    .unwrap();
+    wait_for("the server shows it stopped", T, || async {
+        api.host("stopper")
+            .await
+            .and_then(|h| h.report)
+            .is_some_and(|r| {
+                r.agent_state == AgentState::Stopped && r.desired_state == DesiredState::Stopped
+            })
+    })
+    .await
+    .unwrap();
+
+    host.stop();
+    host.start();
+    host.wait_log("the agent stays stopped: an operator commanded stop", T)
+        .await
+        .unwrap();
+    // Past a keep-alive check (2 s here), it is still stopped.
+    let marker = "performing command";
+    let before = host.log().matches(marker).count();
+    let id = api.command(CommandKind::PutConfig, "stopper").await;
+    api.ack(id, T).await;
+    assert!(host.log().matches(marker).count() > before);
+    assert!(
+        host.running_agent().is_none(),
+        "the agent came back after a watchdog restart"
+    );
+
+    let id = api.command(CommandKind::Start, "stopper").await;
+    assert_eq!(api.ack(id, T).await.0, Outcome::Succeeded);
+    host.wait_agent_running(T).await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_command_and_duplicate_delivery_is_performed_once() {
+    let (_t, mut server, host) = setup("dup").await;
+    let api = server.api();
+    let before = host.running_agent().unwrap();
+    let id = api.command(CommandKind::Restart, "dup").await;
+    assert_eq!(api.ack(id, T).await.0, Outcome::Succeeded);
+    let after = host.wait_agent_running(T).await.unwrap();
+    assert_ne!(before.pid, after.pid, "restart gives a new process");
+
+    // The server forgets the acknowledgement (as after restoring an old
+    // backup) and delivers the same command again.
+    let data = server.data.clone();
+    let port = server.port;
+    server.stop();
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            data.join("palette.db").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query("DELETE FROM command_acks")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    let server = Server::start_on(&data, port).await;
+    let api = server.api();
+    let (outcome, msg) = api.ack(id, T).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(msg, "already performed");
+    assert_eq!(
+        host.running_agent().unwrap().pid,
+        after.pid,
+        "performed only once"
+    );
+}
+
+#[tokio::test]
+async fn publish_v2_then_a_failing_v3_rolls_back() {
+    let (t, server, host) = setup("updater").await;
+    let api = server.api();
+    let a2 = release_archive(t.path(), "2.0.0", false);
+    api.publish(&a2, "2.0.0", "archive").await;
+    wait_for(
+        "the host runs 2.0.0 and the server shows it",
+        Duration::from_secs(60),
+        || async {
+            let shown = api
+                .host("updater")
+                .await
+                .and_then(|h| h.report)
+                .is_some_and(|r| {
+                    r.agent_version.map(|v| v.to_string()) == Some("2.0.0".into())
+                        && r.agent_state == AgentState::Running
+                        && r.last_update
+                            .is_some_and(|u| u.outcome == Outcome::Succeeded)
+                });
+            shown && host.running_agent().is_some_and(|a| a.version == "2.0.0")
+        },
+    )
+    .await
+    .expect(&host.diagnostics());
+    assert!(
+        std::fs::read_to_string(host.base.join("Logs/installer.log"))
+            .unwrap()
+            .contains("palette-sample-agent")
+    );
+    assert!(host.base.join("manager_in_action").exists());
+
+    let a3 = release_archive(t.path(), "3.0.0", true);
+    api.publish(&a3, "3.0.0", "archive").await;
+    wait_for(
+        "3.0.0 fails its health check and is rolled back",
+        Duration::from_secs(60),
+        || async {
+            api.host("updater")
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update)
+                .is_some_and(|u| {
+                    u.outcome == Outcome::Failed
+                        && u.version.to_string() == "3.0.0"
+                        && u.message.contains("rolled back to 2.0.0")
+                })
+        },
+    )
+    .await
+    .expect(&host.diagnostics());
+    let a = host.wait_agent_running(T).await.unwrap();
+    assert_eq!(a.version, "2.0.0");
+    assert_eq!(
+        std::fs::read_to_string(host.base.join("versions/current"))
+            .unwrap()
+            .trim(),
+        "2.0.0"
+    );
+    assert!(!host.base.join("versions/3.0.0").exists());
+    assert!(!host.base.join("state/update-journal.json").exists());
+}
+
+#[tokio::test]
+async fn a_download_with_a_wrong_hash_is_not_installed() {
+    let (t, server, mut host) = setup("tampered").await;
+    let api = server.api();
+    // Publish while the watchdog is down, then tamper with the stored
+    // artifact behind the server's back.
+    host.stop();
+    let archive = release_archive(t.path(), "2.0.0", false);
+    let rel = api.publish(&archive, "2.0.0", "archive").await;
+    let sha = rel["sha256"].as_str().unwrap();
+    let stored = server.data.join("artifacts").join(&sha[..2]).join(sha);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    host.start();
+    wait_for(
+        "the failure is reported",
+        Duration::from_secs(60),
+        || async {
+            api.host("tampered")
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update)
+                .is_some_and(|u| {
+                    u.outcome == Outcome::Failed
+                        && u.message.contains("download refused")
+                        && u.message.contains("sha256")
+                })
+        },
+    )
+    .await
+    .expect(&host.diagnostics());
+    assert_eq!(host.running_agent().unwrap().version, "1.0.0");
+    assert!(!host.base.join("versions/2.0.0").exists());
+    assert_eq!(
+        std::fs::read_dir(host.base.join("Updates"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing left in Updates/"
+    );
+}
+
+#[tokio::test]
+async fn get_config_applies_uploads_and_restarts() {
+    let (_t, server, host) = setup("configured").await;
+    let api = server.api();
+    let before = host.running_agent().unwrap();
+    let new = agent_config(
+        &server.url,
+        AGENT_KEY,
+        "# pushed by the operator\nAgentOnly:\n  keep: changed\n",
+    );
+    let push = api.push_config("configured", &new).await;
+    let id = push["command"]["id"].as_i64().unwrap();
+    let (outcome, msg) = api.ack(id, T).await;
+    assert_eq!(outcome, Outcome::Succeeded, "{msg}");
+    assert!(msg.contains("agent restarted"), "{msg}");
+    assert_eq!(
+        host.config_yml(),
+        new,
+        "the file is the pushed bytes, comments included"
+    );
+    let after = host.wait_agent_running(T).await.unwrap();
+    assert_ne!(after.pid, before.pid, "the agent was restarted");
+    wait_for("the server holds the applied copy", T, || async {
+        api.latest_config("configured", "reported").await.as_deref() == Some(new.as_str())
+    })
+    .await
+    .unwrap();
+    let rev = push["revision"]["revision"].as_i64();
+    wait_for("the host reports the applied revision", T, || async {
+        api.host("configured")
+            .await
+            .and_then(|h| h.report)
+            .is_some_and(|r| r.config_revision == rev)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn invalid_configs_are_refused_and_the_old_file_stays() {
+    let (_t, server, host) = setup("careful").await;
+    let api = server.api();
+    let original = host.config_yml();
+    let cases = [
+        ("LicenseKey: [broken\n".to_string(), "not valid YAML"),
+        (
+            "Webservice:\n  Endpoint: http://127.0.0.1:1\n".to_string(),
+            "no LicenseKey",
+        ),
+        (
+            agent_config(&server.url, "a-key-the-server-does-not-know", ""),
+            "does not accept its license key",
+        ),
+        (
+            agent_config("http://127.0.0.1:9", AGENT_KEY, ""),
+            "does not accept its license key",
+        ),
+    ];
+    for (body, want) in cases {
+        let push = api.push_config("careful", &body).await;
+        let id = push["command"]["id"].as_i64().unwrap();
+        let (outcome, msg) = api.ack(id, T).await;
+        assert_eq!(outcome, Outcome::Failed, "{want}: {msg}");
+        assert!(msg.contains(want), "{want}: {msg}");
+        assert_eq!(
+            host.config_yml(),
+            original,
+            "{want}: the old file was touched"
+        );
+    }
+    assert!(host.running_agent().is_some());
+}
+
+#[tokio::test]
+async fn put_config_uploads_the_current_file() {
+    let (_t, server, host) = setup("uploader").await;
+    let api = server.api();
+    wait_for("the first automatic report", T, || async {
+        !api.configs("uploader").await.is_empty()
+    })
+    .await
+    .unwrap();
+    let n = api.configs("uploader").await.len();
+    let id = api.command(CommandKind::PutConfig, "uploader").await;
+    assert_eq!(api.ack(id, T).await.0, Outcome::Succeeded);
+    let list = api.configs("uploader").await;
+    assert_eq!(list.len(), n + 1);
+    assert_eq!(
+        api.latest_config("uploader", "reported").await.unwrap(),
+        host.config_yml()
+    );
+}
+
+#[tokio::test]
+async fn server_down_leaves_the_agent_alone_and_the_watchdog_reconnects() {
+    let (_t, mut server, host) = setup("resilient").await;
+    let agent = host.running_agent().unwrap();
+    let (data, port) = (server.data.clone(), server.port);
+    server.stop();
+    host.wait_log("check-in failed; the agent keeps running", T)
+        .await
+        .unwrap();
+    assert_eq!(host.running_agent().unwrap().pid, agent.pid);
+    let server = Server::start_on(&data, port).await;
+    host.wait_log("server reachable again", Duration::from_secs(90))
+        .await
+        .unwrap();
+    let api = server.api();
+    let id = api.command(CommandKind::Restart, "resilient").await;
+    assert_eq!(api.ack(id, T).await.0, Outcome::Succeeded);
+    assert_eq!(
+        host.wait_agent_running(T).await.unwrap().endpoint,
+        server.url
+    );
+}
+
+#[tokio::test]
+async fn legacy_v1_mode_against_the_v1_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new(
+        "legacy-host",
+        &server.url,
+        "v1",
+        "trust:\n  allow_legacy_md5: true\n",
+    );
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    // A new host is asked for its config: it uploads it (PUT-CONFIG).
+    wait_for("the host's config reaches the server", T, || async {
+        api.latest_config("legacy-host", "reported").await.is_some()
+    })
+    .await
+    .expect(&host.diagnostics());
+
+    api.v1_command("stop").await;
+    wait_for("stop", T, || async { host.running_agent().is_none() })
+        .await
+        .expect(&host.diagnostics());
+    api.v1_command("start").await;
+    host.wait_agent_running(T).await.unwrap();
+
+    let new = agent_config(&server.url, AGENT_KEY, "Legacy: pushed\n");
+    api.v1_put_config("legacy-host", &new).await;
+    api.v1_command("GET-CONFIG").await;
+    wait_for("GET-CONFIG applied", T, || async {
+        host.config_yml() == new
+    })
+    .await
+    .expect(&host.diagnostics());
+    wait_for("the applied copy uploaded", T, || async {
+        api.latest_config("legacy-host", "reported")
+            .await
+            .as_deref()
+            == Some(new.as_str())
+    })
+    .await
+    .unwrap();
+
+    // A legacy release (kind msi on the wire, MD5 only) is installed on opt-in.
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&a2, "2.0.0", "msi").await;
+    wait_for("the host runs 2.0.0", Duration::from_secs(60), || async {
+        host.running_agent().is_some_and(|a| a.version == "2.0.0")
+    })
+    .await
+    .expect(&host.diagnostics());
+}
+
+#[tokio::test]
+async fn legacy_release_without_opt_in_is_not_installed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let mut host = Host::new("cautious", &server.url, "v1", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    server.api().publish(&a2, "2.0.0", "msi").await;
+    host.wait_log("not installed (set trust.allow_legacy_md5", T)
+        .await
+        .unwrap();
+    assert_eq!(host.running_agent().unwrap().version, "1.0.0");
+}
+
+#[test]
+fn systemd_unit_install_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let mut cmd = std::process::Command::new(bin("palette-watchdog"));
+    cmd.args([
+        "install",
+        "--base",
+        &base.display().to_string(),
+        "--unit-dir",
+        &dir.path().display().to_string(),
+    ]);
+    if verify {
+        cmd.arg("--verify");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(dir.path().join("palette-watchdog.service")).unwrap();
+    assert!(
+        unit.contains("Type=notify")
+            && unit.contains("WatchdogSec=")
+            && unit.contains(" run --base ")
+    );
+    if verify {
+        assert!(String::from_utf8_lossy(&out.stdout).contains("systemd-analyze verify: ok"));
+    }
+    let out = std::process::Command::new(bin("palette-watchdog"))
+        .args(["remove", "--unit-dir", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!dir.path().join("palette-watchdog.service").exists());
+}
