@@ -232,8 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Release(ReleaseCmd::List) => {
             let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
             println!(
-                "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  {}",
-                "ID", "PRODUCT", "VERSION", "PLATFORM", "KIND", "SIZE", "SHA256"
+                "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  SHA256",
+                "ID", "PRODUCT", "VERSION", "PLATFORM", "KIND", "SIZE"
             );
             for r in list {
                 println!(
@@ -395,8 +395,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Hosts => {
             let list: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
             println!(
-                "{:<32} {:<25} {:<10} {:<9} {:<9} {}",
-                "HOST", "LAST SEEN", "AGENT", "STATE", "DESIRED", "LAST UPDATE"
+                "{:<32} {:<25} {:<10} {:<9} {:<9} LAST UPDATE",
+                "HOST", "LAST SEEN", "AGENT", "STATE", "DESIRED"
             );
             for h in list {
                 let (ver, state, desired, upd) = match &h.report {

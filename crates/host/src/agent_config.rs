@@ -11,7 +11,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("Config.yml is not valid YAML")]
-    Yaml(#[source] serde_saphyr::Error),
+    Yaml(#[source] Box<serde_saphyr::Error>),
     #[error("Config.yml is not UTF-8")]
     NotUtf8,
     #[error("Config.yml has no LicenseKey (or InsightAuthToken)")]
@@ -58,7 +58,7 @@ impl AgentConfig {
     /// Parses and validates the file's bytes.
     pub fn parse(bytes: &[u8]) -> Result<AgentConfig, ConfigError> {
         let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
-        let raw: Raw = serde_saphyr::from_str(text).map_err(ConfigError::Yaml)?;
+        let raw: Raw = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(Box::new(e)))?;
         let license_key = raw
             .license_key
             .or(raw.insight_auth_token)

@@ -20,7 +20,7 @@ pub enum SettingsError {
     Parse {
         path: PathBuf,
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("{path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
@@ -195,7 +195,7 @@ impl Settings {
         } else {
             serde_saphyr::from_str(&text).map_err(|source| SettingsError::Parse {
                 path: path.into(),
-                source,
+                source: Box::new(source),
             })?
         };
         s.validate().map_err(|problem| SettingsError::Invalid {

@@ -451,7 +451,7 @@ impl AppState {
                     let ask = match e.config_ask {
                         // An operator command issued after the ask goes first.
                         Some(a) if fresh(a) => {
-                            (!op.as_ref().is_some_and(|o| o.issued_at > a)).then_some(a)
+                            op.as_ref().is_none_or(|o| o.issued_at <= a).then_some(a)
                         }
                         // The ask went unanswered: a fresh operator command
                         // is served before asking again, so none is starved.

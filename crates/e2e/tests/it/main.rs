@@ -37,7 +37,7 @@ async fn killed_agent_runs_again() {
         host.running_agent().is_some_and(|a| a.pid != first.pid)
     })
     .await
-    .expect(&host.diagnostics());
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     host.wait_log("agent exited unexpectedly; restarting it", T)
         .await
         .unwrap();
@@ -151,7 +151,7 @@ async fn publish_v2_then_a_failing_v3_rolls_back() {
         },
     )
     .await
-    .expect(&host.diagnostics());
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     assert!(
         std::fs::read_to_string(host.base.join("Logs/installer.log"))
             .unwrap()
@@ -177,7 +177,7 @@ async fn publish_v2_then_a_failing_v3_rolls_back() {
         },
     )
     .await
-    .expect(&host.diagnostics());
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     let a = host.wait_agent_running(T).await.unwrap();
     assert_eq!(a.version, "2.0.0");
     assert_eq!(
@@ -222,7 +222,7 @@ async fn a_download_with_a_wrong_hash_is_not_installed() {
         },
     )
     .await
-    .expect(&host.diagnostics());
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     assert_eq!(host.running_agent().unwrap().version, "1.0.0");
     assert!(!host.base.join("versions/2.0.0").exists());
     assert_eq!(
@@ -368,12 +368,12 @@ async fn legacy_v1_mode_against_the_v1_api() {
         api.latest_config("legacy-host", "reported").await.is_some()
     })
     .await
-    .expect(&host.diagnostics());
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
 
     api.v1_command("stop").await;
     wait_for("stop", T, || async { host.running_agent().is_none() })
         .await
-        .expect(&host.diagnostics());
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     api.v1_command("start").await;
     host.wait_agent_running(T).await.unwrap();
 
@@ -384,7 +384,7 @@ async fn legacy_v1_mode_against_the_v1_api() {
         host.config_yml() == new
     })
     .await
-    .expect(&host.diagnostics());
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     wait_for("the applied copy uploaded", T, || async {
         api.latest_config("legacy-host", "reported")
             .await
@@ -401,7 +401,7 @@ async fn legacy_v1_mode_against_the_v1_api() {
         host.running_agent().is_some_and(|a| a.version == "2.0.0")
     })
     .await
-    .expect(&host.diagnostics());
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
 }
 
 #[tokio::test]

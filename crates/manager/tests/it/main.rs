@@ -11,7 +11,10 @@ use palette_protocol::Version;
 
 /// A tar.gz whose entries are written with raw names (so hostile ones can
 /// be made), `kind` per entry: b'0' file, b'2' symlink, b'1' hard link.
-fn raw_tar_gz(path: &Path, entries: &[(&str, u8, &[u8], &str)]) {
+/// (name, tar entry type, data, link target)
+type RawEntry<'a> = (&'a str, u8, &'a [u8], &'a str);
+
+fn raw_tar_gz(path: &Path, entries: &[RawEntry]) {
     let f = std::fs::File::create(path).unwrap();
     let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
     let mut b = tar::Builder::new(gz);
@@ -66,7 +69,7 @@ fn req(path: &Path, v: &str) -> UpdateRequest {
 #[test]
 fn hostile_archives_are_refused_and_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Vec<(&str, u8, &[u8], &str)>)> = vec![
+    let cases: Vec<(&str, Vec<RawEntry>)> = vec![
         ("dotdot", vec![("../evil", b'0', b"x", "")]),
         ("nested-dotdot", vec![("a/../../evil", b'0', b"x", "")]),
         ("absolute", vec![("/tmp/evil", b'0', b"x", "")]),
