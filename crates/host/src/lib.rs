@@ -13,6 +13,7 @@ pub mod fsx;
 pub mod journal;
 pub mod layout;
 pub mod logging;
+mod platform;
 pub mod settings;
 
 pub use layout::Layout;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
-use file_rotate::{ContentLimit, FileRotate};
+use file_rotate::ContentLimit;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -20,12 +20,11 @@ pub const LOG_ENV: &str = "PALETTE_LOG";
 /// Sends logs to stderr and to `logs_dir/<name>.log`.
 pub fn init(logs_dir: &Path, name: &str) -> std::io::Result<()> {
     fs_err::create_dir_all(logs_dir)?;
-    let file = FileRotate::new(
+    let file = crate::platform::rotating_file(
         logs_dir.join(format!("{name}.log")),
         AppendCount::new(ROTATE_KEEP),
         ContentLimit::BytesSurpassed(ROTATE_BYTES),
         Compression::None,
-        None,
     );
     let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
