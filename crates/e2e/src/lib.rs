@@ -450,6 +450,11 @@ intervals:
         }
     }
 
+    /// The watchdog's process id, while it runs.
+    pub fn watchdog_pid(&self) -> Option<u32> {
+        self.watchdog.as_ref().map(Child::id)
+    }
+
     pub fn config_yml(&self) -> String {
         std::fs::read_to_string(self.base.join("Config/Config.yml")).unwrap()
     }

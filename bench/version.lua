@@ -1,0 +1,2 @@
+wrk.headers["Authorization"] = "Token bench-license-key"
+wrk.path = "/api/v1/agent/version"
