@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: builds every binary (the end-to-end tests run the
-# real ones), then runs every crate's tests.
+# real ones), then runs every crate's tests and prints one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --locked
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+echo
+awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { print p + 0 " passed, " f + 0 " failed" }' "$log"
+exit "$status"
