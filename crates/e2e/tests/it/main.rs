@@ -461,3 +461,119 @@ fn systemd_unit_install_and_remove() {
     assert!(out.status.success());
     assert!(!dir.path().join("palette-watchdog.service").exists());
 }
+
+fn ctl(server: &Server, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin("palettectl"))
+        .args(["--server", &server.url, "--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn palettectl_drives_the_fleet() {
+    let (t, server, host) = setup("ctl-host").await;
+    let archive = release_archive(t.path(), "2.0.0", false);
+    let path = archive.display().to_string();
+
+    let (ok, _, err) = ctl(&server, "not-a-token", &["hosts"]);
+    assert!(!ok && err.contains("refused the token"), "{err}");
+    let (ok, _, err) = ctl(
+        &server,
+        ADMIN,
+        &["release", "publish", "/no/such/file", "--version", "2.0.0"],
+    );
+    assert!(!ok && err.contains("/no/such/file"), "{err}");
+    let (ok, _, err) = ctl(
+        &server,
+        ADMIN,
+        &["release", "publish", &path, "--version", "two"],
+    );
+    assert!(!ok && err.contains("400"), "{err}");
+
+    let (ok, out, err) = ctl(
+        &server,
+        ADMIN,
+        &["release", "publish", &path, "--version", "2.0.0"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("published release") && out.contains("2.0.0"),
+        "{out}"
+    );
+    let (_, out, _) = ctl(&server, ADMIN, &["release", "list"]);
+    assert!(out.contains("2.0.0") && out.contains("archive"), "{out}");
+    wait_for("the host runs 2.0.0", Duration::from_secs(60), || async {
+        host.running_agent().is_some_and(|a| a.version == "2.0.0")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    wait_for("palettectl hosts shows 2.0.0 running", T, || {
+        let server = &server;
+        async move {
+            let (_, out, _) = ctl(server, ADMIN, &["hosts"]);
+            out.lines().any(|l| {
+                l.starts_with("ctl-host")
+                    && l.contains("2.0.0")
+                    && l.contains("running")
+                    && l.contains("Succeeded")
+            })
+        }
+    })
+    .await
+    .unwrap();
+
+    let (ok, out, err) = ctl(
+        &server,
+        ADMIN,
+        &[
+            "command", "send", "restart", "--host", "ctl-host", "--watch", "30",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ctl-host") && out.contains("Succeeded: agent restarted"),
+        "{out}"
+    );
+
+    let file = t.path().join("new.yml");
+    let new = agent_config(&server.url, AGENT_KEY, "FromCtl: yes\n");
+    std::fs::write(&file, &new).unwrap();
+    let (ok, out, err) = ctl(
+        &server,
+        ADMIN,
+        &["config", "push", "ctl-host", &file.display().to_string()],
+    );
+    assert!(
+        ok && out.contains("stored revision") && out.contains("GET-CONFIG command"),
+        "{out}{err}"
+    );
+    wait_for("applied", T, || async { host.config_yml() == new })
+        .await
+        .unwrap();
+    let (_, out, _) = ctl(
+        &server,
+        ADMIN,
+        &["config", "pull", "ctl-host", "--source", "desired"],
+    );
+    assert_eq!(out, new);
+    let cfg_host = host.name.clone();
+    wait_for("the reported config matches the desired one", T, || {
+        let server = &server;
+        let cfg_host = cfg_host.clone();
+        async move {
+            ctl(server, ADMIN, &["config", "diff", &cfg_host])
+                .1
+                .contains("matches the desired one")
+        }
+    })
+    .await
+    .unwrap();
+    let (_, out, _) = ctl(&server, ADMIN, &["config", "history", "ctl-host"]);
+    assert!(out.contains("desired") && out.contains("reported"), "{out}");
+}

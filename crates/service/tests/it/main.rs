@@ -209,3 +209,21 @@ async fn command_backend_failure_names_the_command() {
         "{err}"
     );
 }
+
+/// The manager is started this way: in a process group of its own, so a
+/// signal to the watchdog's group (a terminal's Ctrl-C, a service stop of
+/// the group) does not reach it.
+#[tokio::test]
+async fn detached_children_lead_their_own_process_group() {
+    let mut cmd = tokio::process::Command::new("sleep");
+    cmd.arg("300");
+    let mut child = palette_service::spawn_detached(&mut cmd).unwrap();
+    let pid = child.id().unwrap() as i32;
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    assert_eq!(pgid.as_raw(), pid);
+    assert_ne!(pgid, nix::unistd::getpgrp());
+    // Signalling our own group leaves it alone.
+    let ours = nix::unistd::getpgrp();
+    assert_ne!(ours.as_raw(), pid);
+    child.kill().await.unwrap();
+}
