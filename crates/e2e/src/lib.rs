@@ -106,6 +106,7 @@ pub struct Server {
     pub port: u16,
     pub data: PathBuf,
     child: Option<Child>,
+    client: reqwest::Client,
 }
 
 impl Server {
@@ -114,19 +115,39 @@ impl Server {
     }
 
     pub async fn start_on(data: &Path, port: u16) -> Server {
+        Self::start_with(data, port, None).await
+    }
+
+    /// An HTTPS server with `cert` and `key` (PEM files), reachable as
+    /// `https://localhost:<port>` by clients that trust `ca_pem`.
+    pub async fn start_tls(data: &Path, cert: &Path, key: &Path, ca_pem: &str) -> Server {
+        Self::start_with(data, free_port(), Some((cert, key, ca_pem))).await
+    }
+
+    async fn start_with(data: &Path, port: u16, tls: Option<(&Path, &Path, &str)>) -> Server {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data.join("server.log"))
             .unwrap();
-        let child = Command::new(bin("palette-server"))
-            .args([
-                "--data-dir",
-                &data.display().to_string(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+        let mut cmd = Command::new(bin("palette-server"));
+        cmd.args([
+            "--data-dir",
+            &data.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]);
+        let mut client = reqwest::Client::builder();
+        let mut url = format!("http://127.0.0.1:{port}");
+        if let Some((cert, key, ca)) = tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            client =
+                client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
+            url = format!("https://localhost:{port}");
+        }
+        let client = client.build().unwrap();
+        let child = cmd
             .env("PALETTE_ADMIN_TOKEN", ADMIN)
             .env("PALETTE_AGENT_TOKENS", AGENT_KEY)
             .stdout(log.try_clone().unwrap())
@@ -134,16 +155,19 @@ impl Server {
             .spawn()
             .expect("palette-server starts");
         let s = Server {
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             port,
             data: data.into(),
             child: Some(child),
+            client: client.clone(),
         };
         let url = format!("{}/api/v1/ping", s.url);
         wait_for("the server answers /ping", Duration::from_secs(20), || {
-            let url = url.clone();
+            let (url, client) = (url.clone(), client.clone());
             async move {
-                reqwest::get(url)
+                client
+                    .get(url)
+                    .send()
                     .await
                     .map(|r| r.status().is_success())
                     .unwrap_or(false)
@@ -163,7 +187,7 @@ impl Server {
     pub fn api(&self) -> Api {
         Api {
             url: self.url.clone(),
-            http: reqwest::Client::new(),
+            http: self.client.clone(),
         }
     }
 }

@@ -577,3 +577,127 @@ async fn palettectl_drives_the_fleet() {
     let (_, out, _) = ctl(&server, ADMIN, &["config", "history", "ctl-host"]);
     assert!(out.contains("desired") && out.contains("reported"), "{out}");
 }
+
+/// A crash after the manager switched versions but before the health check:
+/// the next watchdog start checks the new version, and commits it or rolls
+/// it back. Simulated by running the manager's update step by hand.
+#[tokio::test]
+async fn interrupted_update_is_finished_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    for (name, fail, want_version, want_outcome) in [
+        ("recover-good", false, "2.0.0", Outcome::Succeeded),
+        ("recover-bad", true, "1.0.0", Outcome::Failed),
+    ] {
+        let mut host = Host::new(name, &server.url, "v2", "");
+        let archive = release_archive(tmp.path(), "2.0.0", fail);
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
+        };
+        let out = std::process::Command::new(bin("palette-manager"))
+            .args([
+                "--base",
+                &host.base.display().to_string(),
+                "update",
+                &archive.display().to_string(),
+                "--version=2.0.0",
+            ])
+            .arg(format!("--sha256={sha}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            host.base.join("state/update-journal.json").exists(),
+            "the journal records the switch"
+        );
+
+        host.start();
+        wait_for(
+            "the update is finished and reported",
+            Duration::from_secs(60),
+            || async {
+                api.host(name)
+                    .await
+                    .and_then(|h| h.report)
+                    .and_then(|r| r.last_update)
+                    .is_some_and(|u| u.outcome == want_outcome)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+        assert!(!host.base.join("state/update-journal.json").exists());
+        assert_eq!(
+            host.wait_agent_running(T).await.unwrap().version,
+            want_version,
+            "{name}"
+        );
+        host.stop();
+    }
+}
+
+/// Verified TLS: a watchdog trusting the server's CA (`server.ca_file`)
+/// checks in over HTTPS; one that does not trust it is refused, logs why,
+/// and leaves the agent running.
+#[tokio::test]
+async fn https_with_a_private_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (cert_path, key_path, ca_path) = (
+        tmp.path().join("cert.pem"),
+        tmp.path().join("key.pem"),
+        tmp.path().join("ca.pem"),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let server =
+        Server::start_tls(&tmp.path().join("server"), &cert_path, &key_path, &ca.pem()).await;
+    assert!(server.url.starts_with("https://localhost:"));
+    let api = server.api();
+
+    let mut trusting = Host::new("tls-trusting", &server.url, "v2", "");
+    std::fs::write(
+        trusting.base.join("watchdog.yml"),
+        std::fs::read_to_string(trusting.base.join("watchdog.yml"))
+            .unwrap()
+            .replace(
+                "server:\n",
+                &format!("server:\n  ca_file: {}\n", ca_path.display()),
+            ),
+    )
+    .unwrap();
+    trusting.start();
+    let mut untrusting = Host::new("tls-untrusting", &server.url, "v2", "");
+    untrusting.start();
+
+    wait_for("the trusting host checks in over HTTPS", T, || async {
+        api.host("tls-trusting").await.is_some()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", trusting.diagnostics()));
+    untrusting
+        .wait_log("check-in failed; the agent keeps running", T)
+        .await
+        .unwrap();
+    assert!(
+        untrusting.log().to_lowercase().contains("certificate"),
+        "{}",
+        untrusting.log()
+    );
+    assert!(api.host("tls-untrusting").await.is_none());
+    assert!(untrusting.running_agent().is_some());
+}
