@@ -191,21 +191,7 @@ impl Client {
         let url = self.url(&format!(
             "/api/v2/hosts/{host}/configs/latest?source=desired"
         ));
-        let rb = self
-            .http
-            .get(&url)
-            .header(header::AUTHORIZATION, self.auth())
-            .timeout(self.timeout);
-        let res = self.send(rb, &url).await?;
-        let rev = res
-            .headers()
-            .get("x-config-revision")
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        let bytes = res.bytes().await.map_err(|source| ClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
-        Ok((rev, bytes.to_vec()))
+        self.get_config(url).await
     }
 
     pub async fn report_config(
@@ -262,6 +248,12 @@ impl Client {
     /// `GET /config?hostname=H`.
     pub async fn v1_config(&self, host: &str) -> Result<(Option<i64>, Vec<u8>), ClientError> {
         let url = format!("{}?hostname={host}", self.url("/config"));
+        self.get_config(url).await
+    }
+
+    /// A config file and the revision the server gives it (header
+    /// `X-Config-Revision`, sent by our server only).
+    async fn get_config(&self, url: String) -> Result<(Option<i64>, Vec<u8>), ClientError> {
         let rb = self
             .http
             .get(&url)

@@ -11,17 +11,11 @@ use palette_protocol::v2::{CommandKind, ReleaseKind};
 
 use crate::actions::{self, Ctx};
 use crate::backoff::jittered;
+use crate::now_ms;
 use crate::update::{self, Candidate, Integrity};
 
 /// A legacy command older than this is ignored.
 pub const FRESHNESS_MS: i64 = 7 * 60 * 1000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 pub async fn run(ctx: &Ctx) {
     let commands_every = Duration::from_secs(ctx.settings.intervals.commands_secs);

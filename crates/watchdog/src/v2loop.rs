@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::actions::{self, Ctx};
 use crate::backoff::Backoff;
+use crate::now_ms;
 use crate::update::{self, Candidate, Integrity};
 
 pub async fn host_report(ctx: &Ctx) -> HostReport {
@@ -27,13 +28,6 @@ pub async fn host_report(ctx: &Ctx) -> HostReport {
         config_revision: d.config_revision,
         last_update: d.last_update,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub async fn run(ctx: &Ctx) {
