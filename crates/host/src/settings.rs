@@ -41,8 +41,11 @@ pub enum Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
-    /// Our v2 long-poll check-in.
+    /// v2, falling back to v1 when the server does not know the v2 API
+    /// (a legacy Insight Server answers 404).
     #[default]
+    Auto,
+    /// Our v2 long-poll check-in.
     V2,
     /// The legacy Insight Server v1 polling.
     V1,
@@ -97,7 +100,7 @@ pub struct ServerSettings {
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
-            protocol: Protocol::V2,
+            protocol: Protocol::Auto,
             ca_file: None,
             insecure_skip_verify: false,
             checkin_wait_secs: 30,

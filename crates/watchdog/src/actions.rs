@@ -24,6 +24,8 @@ pub struct Ctx {
     pub durable: durable::Store,
     pub supervisor: Supervisor,
     client: Mutex<Option<Client>>,
+    /// The API in use: the setting, or what `auto` found out.
+    protocol: Mutex<Protocol>,
 }
 
 impl Ctx {
@@ -34,6 +36,10 @@ impl Ctx {
         durable: durable::Store,
         supervisor: Supervisor,
     ) -> Self {
+        let protocol = match settings.server.protocol {
+            Protocol::V1 => Protocol::V1,
+            Protocol::V2 | Protocol::Auto => Protocol::V2,
+        };
         Ctx {
             layout,
             settings,
@@ -41,7 +47,18 @@ impl Ctx {
             durable,
             supervisor,
             client: Mutex::new(None),
+            protocol: Mutex::new(protocol),
         }
+    }
+
+    /// `V1` or `V2`: the API this watchdog speaks now.
+    pub fn protocol(&self) -> Protocol {
+        *self.protocol.lock().unwrap()
+    }
+
+    /// `auto` found a legacy-only server.
+    pub fn use_legacy_protocol(&self) {
+        *self.protocol.lock().unwrap() = Protocol::V1;
     }
 
     /// A client for the server `Config.yml` names now; rebuilt when the
@@ -107,9 +124,9 @@ pub async fn perform(ctx: &Ctx, kind: CommandKind) -> Result<String, String> {
 /// Uploads `bytes` as the config this host has.
 pub async fn upload_config(ctx: &Ctx, client: &Client, bytes: Vec<u8>) -> Result<(), String> {
     let sha = hex::encode(Sha256::digest(&bytes));
-    match ctx.settings.server.protocol {
-        Protocol::V2 => client.report_config(&ctx.hostname, bytes).await.map(|_| ()),
+    match ctx.protocol() {
         Protocol::V1 => client.v1_put_config(&ctx.hostname, bytes).await,
+        _ => client.report_config(&ctx.hostname, bytes).await.map(|_| ()),
     }
     .map_err(|e| format!("uploading Config.yml failed: {}", chain(&e)))?;
     ctx.durable.update(|d| d.reported_config_sha = Some(sha));
@@ -118,9 +135,9 @@ pub async fn upload_config(ctx: &Ctx, client: &Client, bytes: Vec<u8>) -> Result
 
 async fn get_config(ctx: &Ctx) -> Result<String, String> {
     let client = ctx.client()?;
-    let (rev, bytes) = match ctx.settings.server.protocol {
-        Protocol::V2 => client.desired_config(&ctx.hostname).await,
+    let (rev, bytes) = match ctx.protocol() {
         Protocol::V1 => client.v1_config(&ctx.hostname).await,
+        _ => client.desired_config(&ctx.hostname).await,
     }
     .map_err(|e| format!("downloading the new Config.yml failed: {}", chain(&e)))?;
     apply_config(ctx, bytes, rev).await

@@ -128,8 +128,13 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     let loop_ctx = ctx.clone();
     let server_loop = tokio::spawn(async move {
         match loop_ctx.settings.server.protocol {
-            Protocol::V2 => v2loop::run(&loop_ctx).await,
             Protocol::V1 => v1loop::run(&loop_ctx).await,
+            Protocol::V2 | Protocol::Auto => {
+                // Returns only when `auto` finds a legacy-only server.
+                v2loop::run(&loop_ctx).await;
+                loop_ctx.use_legacy_protocol();
+                v1loop::run(&loop_ctx).await
+            }
         }
     });
 

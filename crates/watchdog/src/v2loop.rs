@@ -10,8 +10,11 @@ use palette_protocol::timefmt::parse_rfc3339;
 use palette_protocol::v2::{CheckinRequest, CommandAck, HostReport, Outcome};
 use sha2::{Digest, Sha256};
 
+use palette_host::settings::Protocol;
+
 use crate::actions::{self, Ctx};
 use crate::backoff::Backoff;
+use crate::client::ClientError;
 use crate::now_ms;
 use crate::update::{self, Candidate, Integrity};
 
@@ -30,7 +33,16 @@ pub async fn host_report(ctx: &Ctx) -> HostReport {
     }
 }
 
+/// Whether a failed check-in shows a server that knows only the legacy v1
+/// API (it answers 404 on `/api/v2/checkin`).
+pub fn legacy_only(err: &ClientError) -> bool {
+    matches!(err, ClientError::Status { status, .. } if *status == reqwest::StatusCode::NOT_FOUND)
+}
+
+/// Runs the check-in loop. Returns only when `server.protocol` is `auto`
+/// and the server turns out to speak only the legacy v1 API.
 pub async fn run(ctx: &Ctx) {
+    let auto = ctx.settings.server.protocol == Protocol::Auto;
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut seen_release = None;
     let mut seen_config = None;
@@ -59,6 +71,10 @@ pub async fn run(ctx: &Ctx) {
         };
         let resp = match client.checkin(&req, wait).await {
             Ok(r) => r,
+            Err(e) if auto && legacy_only(&e) => {
+                tracing::warn!(endpoint = client.config.endpoint, "the server does not know the v2 API (404 on /api/v2/checkin): using the legacy v1 API (set server.protocol to pin one)");
+                return;
+            }
             Err(e) => {
                 let delay = backoff.next_delay();
                 if down_since.is_none() {
@@ -172,5 +188,22 @@ async fn report_config_if_changed(ctx: &Ctx, client: &crate::client::Client) {
     match actions::upload_config(ctx, client, bytes).await {
         Ok(()) => tracing::info!("current Config.yml reported to the server"),
         Err(e) => tracing::warn!(error = e, "could not report Config.yml; will retry"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_404_means_legacy() {
+        let st = |status| ClientError::Status {
+            url: "u".into(),
+            status,
+            body: String::new(),
+        };
+        assert!(legacy_only(&st(reqwest::StatusCode::NOT_FOUND)));
+        assert!(!legacy_only(&st(reqwest::StatusCode::UNAUTHORIZED)));
+        assert!(!legacy_only(&st(reqwest::StatusCode::BAD_GATEWAY)));
     }
 }

@@ -13,7 +13,7 @@ const T: Duration = Duration::from_secs(30);
 async fn setup(name: &str) -> (tempfile::TempDir, Server, Host) {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server")).await;
-    let mut host = Host::new(name, &server.url, "v2", "");
+    let mut host = Host::new(name, &server.url, "auto", "");
     host.start();
     host.wait_agent_running(T).await.unwrap();
     (tmp, server, host)
