@@ -20,6 +20,10 @@ pub enum CommandKind {
     GetConfig,
     #[serde(rename = "PUT-CONFIG")]
     PutConfig,
+    /// A word this version does not know (sent by a newer server). Never
+    /// issued; a watchdog reports it as failed.
+    #[serde(other)]
+    Unknown,
 }
 
 impl CommandKind {
@@ -38,6 +42,7 @@ impl CommandKind {
             CommandKind::Restart => "restart",
             CommandKind::GetConfig => "GET-CONFIG",
             CommandKind::PutConfig => "PUT-CONFIG",
+            CommandKind::Unknown => "unknown",
         }
     }
 
@@ -49,7 +54,7 @@ impl CommandKind {
 
     /// Whether a legacy v1 watchdog knows this word.
     pub fn is_legacy(self) -> bool {
-        self != CommandKind::Restart
+        !matches!(self, CommandKind::Restart | CommandKind::Unknown)
     }
 }
 
@@ -292,6 +297,13 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", k.as_str()));
         }
         assert_eq!(CommandKind::parse("STOP"), None);
+        assert_eq!(CommandKind::parse("unknown"), None);
+        // A newer server's word does not break a check-in answer.
+        let c: Command = serde_json::from_str(
+            r#"{"id":7,"kind":"reboot","issued_at":"2026-11-27T08:20:26.000Z","expires_at":"2026-11-27T08:30:26.000Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kind, CommandKind::Unknown);
         assert_eq!(CommandKind::parse("get-config"), None);
     }
 

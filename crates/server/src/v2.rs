@@ -201,6 +201,11 @@ async fn create_command(
     require(&state, req.headers(), Role::Operator)?;
     let body = read_body(&state, req, state.settings.max_json_bytes).await?;
     let new: NewCommand = parse_json(&body)?;
+    if new.kind == palette_protocol::v2::CommandKind::Unknown {
+        return Err(bad(
+            "kind must be one of start, stop, restart, GET-CONFIG, PUT-CONFIG",
+        ));
+    }
     let target = match new.target {
         Target::All => Target::All,
         Target::Hosts(hosts) => {

@@ -112,6 +112,10 @@ pub async fn perform(ctx: &Ctx, kind: CommandKind) -> Result<String, String> {
             Ok("agent restarted".into())
         }
         CommandKind::GetConfig => get_config(ctx).await,
+        CommandKind::Unknown => Err(format!(
+            "unknown command kind: this watchdog ({}) cannot perform it; nothing was done",
+            crate::VERSION
+        )),
         CommandKind::PutConfig => {
             let client = ctx.client()?;
             let bytes = fs_err::read(ctx.layout.config_yml()).map_err(|e| e.to_string())?;

@@ -1,0 +1,131 @@
+//! The watchdog's client and actions against real sockets and folders.
+#![cfg(unix)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use palette_host::agent_config::AgentConfig;
+use palette_host::settings::{ServerSettings, Settings};
+use palette_host::Layout;
+use palette_protocol::v2::CommandKind;
+use palette_service::{CommandService, CommandSpec};
+use palette_watchdog::actions::{self, Ctx};
+use palette_watchdog::client::{Client, ClientError};
+use palette_watchdog::durable;
+use palette_watchdog::supervisor::{Policy, Supervisor};
+
+/// `UseProxy` / `ProxyAddress` from Config.yml are honoured: the request
+/// goes to the proxy, in absolute form, with the license token.
+#[tokio::test]
+async fn requests_go_through_the_configured_proxy() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let body = "{\"trial\":false,\"expiration-time\":\"9999-12-31 23:59:59.999999\",\"id\":0,\"stage\":\"Free\",\"owner\":\"none\",\"name\":\"none\",\"valid\":true}\n";
+        write!(
+            sock,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let cfg = AgentConfig {
+        license_key: "key-via-proxy".into(),
+        endpoint: "http://insight.example.invalid".into(),
+        proxy: Some(format!("http://127.0.0.1:{port}")),
+    };
+    let client = Client::new(cfg, &ServerSettings::default()).unwrap();
+    client.check_license().await.unwrap();
+    let head = seen.join().unwrap();
+    assert!(
+        head.starts_with("GET http://insight.example.invalid/api/v1/license HTTP/1.1"),
+        "{head}"
+    );
+    assert!(
+        head.to_lowercase()
+            .contains("authorization: token key-via-proxy"),
+        "{head}"
+    );
+}
+
+#[test]
+fn a_bad_ca_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AgentConfig {
+        license_key: "k".into(),
+        endpoint: "https://h".into(),
+        proxy: None,
+    };
+    let mut s = ServerSettings {
+        ca_file: Some(dir.path().join("missing.pem")),
+        ..Default::default()
+    };
+    let err = Client::new(cfg.clone(), &s).err().unwrap();
+    assert!(matches!(err, ClientError::CaFile { .. }), "{err}");
+    assert!(err.to_string().contains("missing.pem"));
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    s.ca_file = Some(junk);
+    assert!(Client::new(cfg, &s).is_err());
+}
+
+/// A command kind this watchdog does not know (from a newer server) is
+/// reported as failed, and nothing is done.
+#[tokio::test]
+async fn unknown_commands_fail_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(dir.path());
+    layout.ensure_dirs().unwrap();
+    std::fs::write(
+        layout.config_yml(),
+        "LicenseKey: k\nWebservice: {Endpoint: 'http://127.0.0.1:9'}\n",
+    )
+    .unwrap();
+    let store = durable::Store::open(layout.state().join("watchdog.json"));
+    let svc = Arc::new(CommandService::new(CommandSpec {
+        start: vec!["/bin/true".into()],
+        stop: vec!["/bin/true".into()],
+        status: vec!["/bin/false".into()],
+        timeout: Duration::from_secs(5),
+    }));
+    let policy = Policy {
+        keepalive: Duration::from_secs(300),
+        restart_first: Duration::from_millis(100),
+        restart_max: Duration::from_secs(1),
+        stable: Duration::from_secs(1),
+    };
+    let sup = Supervisor::new(svc, store.clone(), policy);
+    let ctx = Ctx::new(
+        layout.clone(),
+        Settings::default(),
+        "h".into(),
+        store.clone(),
+        sup,
+    );
+    let before = std::fs::read(layout.config_yml()).unwrap();
+    let err = actions::perform(&ctx, CommandKind::Unknown)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("unknown command kind") && err.contains("nothing was done"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(layout.config_yml()).unwrap(), before);
+    assert_eq!(
+        store.get().desired,
+        palette_protocol::v2::DesiredState::Running
+    );
+}
