@@ -66,6 +66,21 @@ where
     }
 }
 
+/// Processes whose command line contains every one of `needles`.
+pub fn find_processes(needles: &[&str]) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            needles.iter().all(|n| cmd.contains(n))
+        })
+        .collect()
+}
+
 pub fn alive(pid: u32) -> bool {
     // A zombie still answers signal 0; /proc tells them apart.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -365,12 +380,23 @@ pub fn agent_config(url: &str, key: &str, extra: &str) -> String {
 /// A release archive (tar.gz) of the sample agent as `version`; with
 /// `fail`, the agent exits shortly after starting (fails its health check).
 pub fn release_archive(dir: &Path, version: &str, fail: bool) -> PathBuf {
+    release_archive_with(dir, version, fail, 0)
+}
+
+/// Like `release_archive`, with an extra incompressible file of `pad_mib`
+/// MiB (a release that takes the manager a while to verify and unpack).
+pub fn release_archive_with(dir: &Path, version: &str, fail: bool, pad_mib: usize) -> PathBuf {
     let path = dir.join(format!(
         "agent-{version}{}.tar.gz",
         if fail { "-fail" } else { "" }
     ));
     let f = std::fs::File::create(&path).unwrap();
-    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let level = if pad_mib > 0 {
+        flate2::Compression::none()
+    } else {
+        flate2::Compression::fast()
+    };
+    let gz = flate2::write::GzEncoder::new(f, level);
     let mut b = tar::Builder::new(gz);
     b.append_path_with_name(bin("palette-sample-agent"), "palette-sample-agent")
         .unwrap();
@@ -384,6 +410,18 @@ pub fn release_archive(dir: &Path, version: &str, fail: bool) -> PathBuf {
     add("VERSION", version.as_bytes());
     if fail {
         add("FAIL", b"fail the health check");
+    }
+    if pad_mib > 0 {
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let pad: Vec<u8> = (0..pad_mib * 1024 * 128)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        add("padding.bin", &pad);
     }
     b.into_inner().unwrap().finish().unwrap();
     path
@@ -471,6 +509,14 @@ intervals:
     pub fn stop(&mut self) {
         if let Some(mut c) = self.watchdog.take() {
             sigterm_and_wait(&mut c, Duration::from_secs(20));
+        }
+    }
+
+    /// A crash: SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.watchdog.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

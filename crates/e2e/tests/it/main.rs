@@ -701,3 +701,54 @@ async fn https_with_a_private_ca() {
     assert!(api.host("tls-untrusting").await.is_none());
     assert!(untrusting.running_agent().is_some());
 }
+
+/// The manager outlives a watchdog that dies mid-update: it finishes its
+/// step (the journal reaches "switched"), and the next watchdog checks the
+/// new version's health and commits it.
+#[tokio::test]
+async fn manager_outlives_a_watchdog_killed_mid_update() {
+    let (t, server, mut host) = setup("outlive").await;
+    let api = server.api();
+    let archive = release_archive_with(t.path(), "2.0.0", false, 96);
+    api.publish(&archive, "2.0.0", "archive").await;
+    let base = host.base.display().to_string();
+    let mut manager = 0;
+    wait_for("manager_in_action runs", Duration::from_secs(120), || {
+        let found = find_processes(&["manager_in_action", &base, "update"]);
+        manager = found.first().copied().unwrap_or(0);
+        async move { !found.is_empty() }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    host.kill9();
+    assert!(
+        alive(manager),
+        "the manager died with the watchdog (or finished before it could be observed)"
+    );
+    wait_for(
+        "the manager finishes on its own",
+        Duration::from_secs(120),
+        || async { !alive(manager) },
+    )
+    .await
+    .unwrap();
+    let journal = std::fs::read_to_string(host.base.join("state/update-journal.json")).unwrap();
+    assert!(journal.contains("\"switched\""), "{journal}");
+
+    host.start();
+    wait_for(
+        "the new watchdog commits 2.0.0",
+        Duration::from_secs(60),
+        || async {
+            api.host("outlive")
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update)
+                .is_some_and(|u| u.outcome == Outcome::Succeeded)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(host.wait_agent_running(T).await.unwrap().version, "2.0.0");
+    assert!(!host.base.join("state/update-journal.json").exists());
+}
