@@ -296,10 +296,6 @@ impl AppState {
         list
     }
 
-    pub fn host_known(&self, host: &str) -> bool {
-        self.hosts.lock().unwrap().contains_key(host)
-    }
-
     /// Writes changed last-contact times to the store.
     pub async fn flush_heartbeats(&self) -> StoreResult<usize> {
         let beats: Vec<(String, Millis)> = {
@@ -545,6 +541,16 @@ impl AppState {
 
     pub fn releases(&self) -> Vec<Release> {
         self.releases.read().unwrap().all.clone()
+    }
+
+    /// Whether a published release has this artifact.
+    pub fn has_artifact(&self, sha256: &str) -> bool {
+        self.releases
+            .read()
+            .unwrap()
+            .all
+            .iter()
+            .any(|r| r.sha256 == sha256)
     }
 
     pub fn v1_latest(&self) -> Option<(String, Release)> {

@@ -89,11 +89,7 @@ async fn agent_version(State(state): State<AppState>, headers: HeaderMap) -> Res
     }
 }
 
-pub async fn serve_artifact_pub(state: &AppState, sha256: &str, req: Request) -> Response {
-    serve_artifact(state, sha256, req).await
-}
-
-async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Response {
+pub async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Response {
     let Some(path) = state.artifacts.path_for(sha256) else {
         return text(StatusCode::NOT_FOUND, "404 page not found\n");
     };

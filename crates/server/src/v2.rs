@@ -82,8 +82,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> V2Result<T> {
     serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
-async fn read_body(state: &AppState, req: Request, limit: usize) -> V2Result<bytes::Bytes> {
-    let _ = state;
+async fn read_body(req: Request, limit: usize) -> V2Result<bytes::Bytes> {
     axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| {
@@ -129,7 +128,7 @@ async fn checkin(
 ) -> V2Result<Json<CheckinResponse>> {
     require(&state, req.headers(), Role::Agent)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
+    let body = read_body(req, state.settings.max_json_bytes).await?;
     let mut ci: CheckinRequest = parse_json(&body)?;
     let host = host_param(&ci.host.hostname)?;
     ci.host.hostname = host.clone();
@@ -199,7 +198,7 @@ async fn create_command(
     req: Request,
 ) -> V2Result<(StatusCode, Json<CommandStatus>)> {
     require(&state, req.headers(), Role::Operator)?;
-    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
+    let body = read_body(req, state.settings.max_json_bytes).await?;
     let new: NewCommand = parse_json(&body)?;
     if new.kind == palette_protocol::v2::CommandKind::Unknown {
         return Err(bad(
@@ -390,10 +389,10 @@ async fn download_artifact(
     if state.artifacts.path_for(&sha256).is_none() {
         return bad("artifact id must be 64 lower-case hex digits").into_response();
     }
-    if !state.releases().iter().any(|r| r.sha256 == sha256) {
+    if !state.has_artifact(&sha256) {
         return V2Error(StatusCode::NOT_FOUND, format!("no artifact {sha256}")).into_response();
     }
-    crate::v1::serve_artifact_pub(&state, &sha256, req).await
+    crate::v1::serve_artifact(&state, &sha256, req).await
 }
 
 async fn list_hosts(
@@ -510,7 +509,7 @@ async fn push_config(
     require(&state, req.headers(), Role::Operator)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let host = host_param(&host)?;
-    let body = read_body(&state, req, state.settings.max_config_bytes).await?;
+    let body = read_body(req, state.settings.max_config_bytes).await?;
     if body.is_empty() {
         return Err(bad("config body is empty"));
     }
@@ -543,7 +542,7 @@ async fn report_config(
 ) -> V2Result<(StatusCode, Json<ConfigRevision>)> {
     require(&state, req.headers(), Role::Agent)?;
     let host = host_param(&host)?;
-    let body = read_body(&state, req, state.settings.max_config_bytes).await?;
+    let body = read_body(req, state.settings.max_config_bytes).await?;
     if body.is_empty() {
         return Err(bad("config body is empty"));
     }
@@ -564,7 +563,7 @@ struct TokenBody {
 
 async fn add_agent_token(State(state): State<AppState>, req: Request) -> V2Result<StatusCode> {
     require(&state, req.headers(), Role::Operator)?;
-    let body = read_body(&state, req, 4096).await?;
+    let body = read_body(req, 4096).await?;
     let t: TokenBody = parse_json(&body)?;
     if t.token.trim().len() < 8 || t.token.contains(char::is_whitespace) {
         return Err(bad(
@@ -593,7 +592,7 @@ async fn add_operator_token(
     req: Request,
 ) -> V2Result<(StatusCode, Json<NewToken>)> {
     require(&state, req.headers(), Role::Operator)?;
-    let body = read_body(&state, req, 4096).await?;
+    let body = read_body(req, 4096).await?;
     let l: LabelBody = parse_json(&body)?;
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
