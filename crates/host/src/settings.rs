@@ -298,7 +298,10 @@ mod preset_tests {
         let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist");
         let s = Settings::load(&dist.join("watchdog-systemd-agent.yml")).unwrap();
         assert_eq!(s.agent.backend, Backend::Command);
-        assert_eq!(s.agent.status, ["systemctl", "is-active", "--quiet", "agent.service"]);
+        assert_eq!(
+            s.agent.status,
+            ["systemctl", "is-active", "--quiet", "agent.service"]
+        );
         let p = Settings::load(&dist.join("watchdog-process-agent.yml")).unwrap();
         assert_eq!(p.agent.backend, Backend::Process);
     }
