@@ -26,6 +26,9 @@ pub struct Ctx {
     client: Mutex<Option<Client>>,
     /// The API in use: the setting, or what `auto` found out.
     protocol: Mutex<Protocol>,
+    /// A release whose download failed for a passing reason: (release id,
+    /// not before, current delay).
+    pub download_retry: Mutex<Option<(i64, std::time::Instant, std::time::Duration)>>,
 }
 
 impl Ctx {
@@ -48,6 +51,7 @@ impl Ctx {
             supervisor,
             client: Mutex::new(None),
             protocol: Mutex::new(protocol),
+            download_retry: Mutex::new(None),
         }
     }
 

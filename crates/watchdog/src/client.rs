@@ -67,6 +67,22 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Whether trying again later may succeed (network trouble, a server
+    /// error, a stalled transfer, a local disk problem) — as opposed to an
+    /// answer that will not change (bad checksum, refused credentials).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http { .. } | ClientError::Io { .. } => true,
+            ClientError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            ClientError::Decode { reason, .. } => reason.starts_with("no data for"),
+            _ => false,
+        }
+    }
+}
+
 /// A verified download.
 #[derive(Debug, Clone)]
 pub struct Downloaded {

@@ -41,15 +41,50 @@ pub fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
         .layout
         .current_version()
         .is_none_or(|cur| cand.version > cur);
-    newer && !ctx.durable.get().failed_releases.contains(&cand.release_id)
+    let waiting = ctx
+        .download_retry
+        .lock()
+        .unwrap()
+        .is_some_and(|(id, at, _)| id == cand.release_id && std::time::Instant::now() < at);
+    newer && !waiting && !ctx.durable.get().failed_releases.contains(&cand.release_id)
 }
 
+/// First and longest wait before downloading a release again after a
+/// passing failure.
+const RETRY_FIRST: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// Schedules another download attempt of `id`, backing off.
+fn schedule_retry(ctx: &Ctx, id: i64) -> Duration {
+    let mut slot = ctx.download_retry.lock().unwrap();
+    let delay = match *slot {
+        Some((prev, _, d)) if prev == id => (d * 2).min(RETRY_MAX),
+        _ => RETRY_FIRST,
+    };
+    let delay = crate::backoff::jittered(delay);
+    *slot = Some((id, std::time::Instant::now() + delay, delay));
+    delay
+}
+
+/// Records and logs the outcome. A failure is final for this release
+/// (not retried until another is offered) unless `retry` says otherwise.
 fn report(
     ctx: &Ctx,
     cand_id: i64,
     version: Version,
     outcome: Outcome,
     message: String,
+) -> UpdateReport {
+    report_with(ctx, cand_id, version, outcome, message, false)
+}
+
+fn report_with(
+    ctx: &Ctx,
+    cand_id: i64,
+    version: Version,
+    outcome: Outcome,
+    message: String,
+    retry: bool,
 ) -> UpdateReport {
     match outcome {
         Outcome::Succeeded => tracing::info!(%version, message, "update succeeded"),
@@ -63,7 +98,7 @@ fn report(
     };
     ctx.durable.update(|d| {
         d.last_update = Some(r.clone());
-        if outcome == Outcome::Failed && !d.failed_releases.contains(&cand_id) {
+        if outcome == Outcome::Failed && !retry && !d.failed_releases.contains(&cand_id) {
             d.failed_releases.push(cand_id);
         }
     });
@@ -102,6 +137,22 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
     };
     let got = match client.download(&cand.url, &dest, expect).await {
         Ok(g) => g,
+        Err(e) if e.is_transient() => {
+            let delay = schedule_retry(ctx, cand.release_id);
+            let msg = format!(
+                "download failed, nothing installed; retrying in {} s: {}",
+                delay.as_secs(),
+                chain(&e)
+            );
+            return report_with(
+                ctx,
+                cand.release_id,
+                cand.version,
+                Outcome::Failed,
+                msg,
+                true,
+            );
+        }
         Err(e) => {
             return fail(format!(
                 "download refused, nothing installed: {}",
@@ -109,6 +160,7 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
             ))
         }
     };
+    *ctx.download_retry.lock().unwrap() = None;
     tracing::info!(version = %cand.version, bytes = got.size, sha256 = got.sha256, "download verified");
 
     if let Err(e) = copy_manager(ctx) {

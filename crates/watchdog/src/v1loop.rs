@@ -22,6 +22,7 @@ pub async fn run(ctx: &Ctx) {
     let updates_every = Duration::from_secs(ctx.settings.intervals.updates_secs);
     let mut next_cmd = tokio::time::Instant::now();
     let mut next_upd = tokio::time::Instant::now();
+    let mut refused = None;
     loop {
         let now = tokio::time::Instant::now();
         if now >= next_cmd {
@@ -29,7 +30,7 @@ pub async fn run(ctx: &Ctx) {
             next_cmd = tokio::time::Instant::now() + jittered(commands_every);
         }
         if now >= next_upd {
-            check_update(ctx).await;
+            check_update(ctx, &mut refused).await;
             next_upd = tokio::time::Instant::now() + jittered(updates_every);
         }
         tokio::time::sleep_until(next_cmd.min(next_upd)).await;
@@ -78,7 +79,9 @@ async fn poll_command(ctx: &Ctx) {
     }
 }
 
-async fn check_update(ctx: &Ctx) {
+/// `refused`: the last legacy version refused for want of the MD5 opt-in
+/// (warned about once, not every 3 minutes).
+async fn check_update(ctx: &Ctx, refused: &mut Option<palette_protocol::Version>) {
     let client = match ctx.client() {
         Ok(c) => c,
         Err(e) => return tracing::error!(error = e, "cannot talk to the server"),
@@ -102,7 +105,10 @@ async fn check_update(ctx: &Ctx) {
         return;
     }
     if !ctx.settings.trust.allow_legacy_md5 {
-        tracing::warn!(version = %cand.version, "a legacy release is offered with only an MD5 and no signature; not installed (set trust.allow_legacy_md5 to accept legacy releases)");
+        if *refused != Some(cand.version) {
+            tracing::warn!(version = %cand.version, "a legacy release is offered with only an MD5 and no signature; not installed (set trust.allow_legacy_md5 to accept legacy releases)");
+            *refused = Some(cand.version);
+        }
         return;
     }
     update::install(ctx, &client, cand).await;

@@ -129,3 +129,33 @@ async fn unknown_commands_fail_and_change_nothing() {
         palette_protocol::v2::DesiredState::Running
     );
 }
+
+#[test]
+fn which_download_failures_are_retried() {
+    let status = |code: u16| ClientError::Status {
+        url: "u".into(),
+        status: reqwest::StatusCode::from_u16(code).unwrap(),
+        body: String::new(),
+    };
+    assert!(status(503).is_transient());
+    assert!(status(429).is_transient());
+    assert!(!status(404).is_transient());
+    assert!(!status(401).is_transient());
+    let sum = ClientError::Checksum {
+        url: "u".into(),
+        algo: "sha256",
+        expected: "a".into(),
+        actual: "b".into(),
+    };
+    assert!(!sum.is_transient(), "a wrong checksum will not fix itself");
+    let stalled = ClientError::Decode {
+        url: "u".into(),
+        reason: "no data for 60 s".into(),
+    };
+    assert!(stalled.is_transient());
+    let io = ClientError::Io {
+        path: "p".into(),
+        source: std::io::Error::other("disk full"),
+    };
+    assert!(io.is_transient());
+}
