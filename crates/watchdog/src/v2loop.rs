@@ -103,6 +103,13 @@ pub async fn run(ctx: &Ctx) {
         seen_release = resp.release.as_ref().map(|r| r.id);
         seen_config = resp.config_revision;
 
+        // Only redeliveries: the server did not take our acknowledgements.
+        // Never spin on that; pause before the next check-in.
+        let only_repeats = !resp.commands.is_empty()
+            && resp
+                .commands
+                .iter()
+                .all(|c| ctx.durable.get().performed(c.id).is_some());
         for cmd in resp.commands {
             let (outcome, message) = if let Some(prev) = ctx.durable.get().performed(cmd.id) {
                 (prev, "already performed".to_string())
@@ -173,6 +180,9 @@ pub async fn run(ctx: &Ctx) {
         }
 
         report_config_if_changed(ctx, &client).await;
+        if only_repeats {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
     }
 }
 
