@@ -504,6 +504,9 @@ async fn publish(
     kind: Kind,
     product: String,
 ) -> anyhow::Result<()> {
+    // Refuse what the server would refuse before uploading anything.
+    let version: palette_protocol::Version = version.parse().context("while reading --version")?;
+
     let size = fs_err::metadata(&file)?.len();
     let f = tokio::fs::File::open(&file)
         .await

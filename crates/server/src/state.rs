@@ -269,7 +269,7 @@ impl AppState {
         let hosts = self.hosts.lock().unwrap();
         let mut list: Vec<_> = hosts
             .iter()
-            .filter(|(_, e)| window_ms.is_none_or(|w| now - e.last_seen <= w))
+            .filter(|(_, e)| e.last_seen > 0 && window_ms.is_none_or(|w| now - e.last_seen <= w))
             .map(|(h, e)| (e.last_seen, h.clone(), e.report.clone()))
             .collect();
         drop(hosts);
@@ -372,14 +372,42 @@ impl AppState {
         })
     }
 
-    pub fn config_stored(&self, host: &str, reported: bool) {
-        let mut hosts = self.hosts.lock().unwrap();
-        let e = hosts.entry(host.to_string()).or_default();
-        e.has_config = true;
-        e.config_ask = None;
-        if reported {
-            e.last_upload = Some(now_ms());
+    /// Stores a config revision and updates the views: a reported one
+    /// counts as contact and closes the host's config request; a desired
+    /// one wakes long polls.
+    pub async fn store_config(
+        &self,
+        host: &str,
+        source: v2::ConfigSource,
+        body: &[u8],
+    ) -> StoreResult<v2::ConfigRevision> {
+        let rev = self
+            .store
+            .insert_config(host, source, body, now_ms())
+            .await?;
+        {
+            let mut hosts = self.hosts.lock().unwrap();
+            let e = hosts.entry(host.to_string()).or_default();
+            e.has_config = true;
+            e.config_ask = None;
+            if source == v2::ConfigSource::Reported {
+                let now = now_ms();
+                e.last_upload = Some(now);
+                e.last_seen = now;
+                e.dirty = true;
+            }
         }
+        if source == v2::ConfigSource::Desired {
+            self.notify_change();
+        }
+        tracing::info!(
+            host,
+            revision = rev.revision,
+            source = source.as_str(),
+            bytes = body.len(),
+            "config stored"
+        );
+        Ok(rev)
     }
 
     // ---- commands -----------------------------------------------------

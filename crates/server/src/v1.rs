@@ -356,32 +356,14 @@ async fn put_config(State(state): State<AppState>, req: Request) -> Response {
             format!("No config was requested from {host}; an operator credential is required\n"),
         );
     };
-    match state
-        .store
-        .insert_config(&host, source, &file, crate::state::now_ms())
-        .await
-    {
-        Ok(rev) => {
-            state.config_stored(&host, source == ConfigSource::Reported);
-            state.heartbeat(&host);
-            if source == ConfigSource::Desired {
-                state.notify_change();
-            }
-            tracing::info!(
-                host,
-                revision = rev.revision,
-                source = source.as_str(),
-                bytes = file.len(),
-                "config stored"
-            );
-            text(
-                StatusCode::OK,
-                format!(
-                    "Successfully stored Config.yml for {host}. Written bytes: {}\n",
-                    file.len()
-                ),
-            )
-        }
+    match state.store_config(&host, source, &file).await {
+        Ok(_) => text(
+            StatusCode::OK,
+            format!(
+                "Successfully stored Config.yml for {host}. Written bytes: {}\n",
+                file.len()
+            ),
+        ),
         Err(e) => internal(e),
     }
 }

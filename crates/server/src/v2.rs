@@ -514,10 +514,8 @@ async fn push_config(
         return Err(bad("config body is empty"));
     }
     let revision = state
-        .store
-        .insert_config(&host, ConfigSource::Desired, &body, now_ms())
+        .store_config(&host, ConfigSource::Desired, &body)
         .await?;
-    state.config_stored(&host, false);
     let command = if q.apply.unwrap_or(true) {
         let row = state
             .issue_command(
@@ -528,10 +526,8 @@ async fn push_config(
             .await?;
         Some(command_wire(&row))
     } else {
-        state.notify_change();
         None
     };
-    tracing::info!(host, revision = revision.revision, "desired config pushed");
     Ok((StatusCode::CREATED, Json(PushAnswer { revision, command })))
 }
 
@@ -547,12 +543,8 @@ async fn report_config(
         return Err(bad("config body is empty"));
     }
     let revision = state
-        .store
-        .insert_config(&host, ConfigSource::Reported, &body, now_ms())
+        .store_config(&host, ConfigSource::Reported, &body)
         .await?;
-    state.config_stored(&host, true);
-    state.heartbeat(&host);
-    tracing::info!(host, revision = revision.revision, "reported config stored");
     Ok((StatusCode::CREATED, Json(revision)))
 }
 
