@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
+use palette_protocol::env;
 use palette_protocol::v2::{
     CommandKind, CommandStatus, ConfigRevision, HostInfo, NewCommand, Release, Target,
 };
@@ -20,16 +21,16 @@ struct Cli {
     /// Server base URL.
     #[arg(
         long,
-        env = "PALETTE_SERVER",
+        env = env::SERVER,
         default_value = "http://127.0.0.1:8080",
         global = true
     )]
     server: String,
     /// Operator token.
-    #[arg(long, env = "PALETTE_TOKEN", global = true, hide_env_values = true)]
+    #[arg(long, env = env::TOKEN, global = true, hide_env_values = true)]
     token: Option<String>,
     /// Extra CA certificate (PEM) to trust.
-    #[arg(long, env = "PALETTE_CA_FILE", global = true)]
+    #[arg(long, env = env::CA_FILE, global = true)]
     ca_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,

@@ -15,7 +15,7 @@ pub const ROTATE_BYTES: usize = 10 * 1024 * 1024;
 pub const ROTATE_KEEP: usize = 10;
 
 /// The environment variable that sets the log filter (`info` by default).
-pub const LOG_ENV: &str = "PALETTE_LOG";
+pub const LOG_ENV: &str = palette_protocol::env::LOG;
 
 /// Sends logs to stderr and to `logs_dir/<name>.log`.
 pub fn init(logs_dir: &Path, name: &str) -> std::io::Result<()> {

@@ -7,6 +7,7 @@
 //! Must not: do any I/O (files, network, clocks other than formatting a given
 //! instant). Everything here is deterministic and unit-tested.
 
+pub mod env;
 pub mod hostname;
 pub mod timefmt;
 pub mod v1;

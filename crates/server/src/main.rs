@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use palette_protocol::env;
 use palette_server::ServerOptions;
 
 /// The fleet's control server: legacy Insight Server v1 API and our v2 API.
@@ -11,19 +12,19 @@ use palette_server::ServerOptions;
 #[command(version)]
 struct Cli {
     /// Folder for the database and artifacts.
-    #[arg(long, env = "PALETTE_DATA_DIR", default_value = "palette-data")]
+    #[arg(long, env = env::DATA_DIR, default_value = "palette-data")]
     data_dir: PathBuf,
     /// Address to listen on.
-    #[arg(long, env = "PALETTE_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// PEM certificate chain; serves HTTPS with --tls-key.
-    #[arg(long, env = "PALETTE_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = env::TLS_CERT, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key.
-    #[arg(long, env = "PALETTE_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = env::TLS_KEY, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Largest accepted release artifact, in bytes (default 4 GiB).
-    #[arg(long, env = "PALETTE_MAX_ARTIFACT_BYTES")]
+    #[arg(long, env = env::MAX_ARTIFACT_BYTES)]
     max_artifact_bytes: Option<u64>,
 }
 
@@ -31,18 +32,17 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PALETTE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
-    let admin_token = std::env::var("PALETTE_ADMIN_TOKEN")
+    let admin_token = std::env::var(env::ADMIN_TOKEN)
         .ok()
         .filter(|t| !t.is_empty());
     if admin_token.is_none() {
         tracing::warn!("PALETTE_ADMIN_TOKEN is not set: only operator tokens already in the database can write");
     }
-    let agent_tokens: Vec<String> = std::env::var("PALETTE_AGENT_TOKENS")
+    let agent_tokens: Vec<String> = std::env::var(env::AGENT_TOKENS)
         .unwrap_or_default()
         .split(',')
         .map(|s| s.trim().to_string())

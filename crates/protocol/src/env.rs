@@ -1,0 +1,28 @@
+//! Every environment variable a palette-updater program reads, in one
+//! place. Programs refer to these constants, never to string literals.
+
+/// Log filter for every program (`info` by default), e.g. `debug` or
+/// `palette_watchdog=debug,info`.
+pub const LOG: &str = "PALETTE_LOG";
+
+/// palette-server: the bootstrap operator token (kept only as a hash).
+pub const ADMIN_TOKEN: &str = "PALETTE_ADMIN_TOKEN";
+/// palette-server: comma-separated agent tokens (license keys) to accept.
+pub const AGENT_TOKENS: &str = "PALETTE_AGENT_TOKENS";
+/// palette-server: folder for the database and artifacts (`--data-dir`).
+pub const DATA_DIR: &str = "PALETTE_DATA_DIR";
+/// palette-server: address to listen on (`--listen`).
+pub const LISTEN: &str = "PALETTE_LISTEN";
+/// palette-server: PEM certificate chain (`--tls-cert`).
+pub const TLS_CERT: &str = "PALETTE_TLS_CERT";
+/// palette-server: PEM private key (`--tls-key`).
+pub const TLS_KEY: &str = "PALETTE_TLS_KEY";
+/// palette-server: largest accepted release artifact in bytes.
+pub const MAX_ARTIFACT_BYTES: &str = "PALETTE_MAX_ARTIFACT_BYTES";
+
+/// palettectl: the server's base URL (`--server`).
+pub const SERVER: &str = "PALETTE_SERVER";
+/// palettectl: the operator token (`--token`).
+pub const TOKEN: &str = "PALETTE_TOKEN";
+/// palettectl: an extra CA certificate to trust (`--ca-file`).
+pub const CA_FILE: &str = "PALETTE_CA_FILE";
