@@ -14,7 +14,7 @@ KEY="${PALETTE_AGENT_TOKENS%%,*}"
 
 echo "==> building"
 cargo build --workspace --quiet
-BIN="$(pwd)/target/debug"
+BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug"
 DEMO="$(pwd)/demo"
 HOST="$DEMO/host"
 
