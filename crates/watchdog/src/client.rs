@@ -144,6 +144,14 @@ impl Client {
         format!("Token {}", self.config.license_key)
     }
 
+    /// A request with this client's token and the per-request timeout.
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .header(header::AUTHORIZATION, self.auth())
+            .timeout(self.timeout)
+    }
+
     fn url(&self, path: &str) -> String {
         self.config.url(path)
     }
@@ -192,10 +200,9 @@ impl Client {
         wait: Duration,
     ) -> Result<CheckinResponse, ClientError> {
         let url = format!("{}?wait={}", self.url("/api/v2/checkin"), wait.as_secs());
+        // The long poll may take `wait` longer than any other request.
         let rb = self
-            .http
-            .post(&url)
-            .header(header::AUTHORIZATION, self.auth())
+            .request(reqwest::Method::POST, &url)
             .json(req)
             .timeout(wait + self.timeout);
         let res = self.send(rb, &url).await?;
@@ -216,12 +223,7 @@ impl Client {
         body: Vec<u8>,
     ) -> Result<ConfigRevision, ClientError> {
         let url = self.url(&format!("/api/v2/hosts/{host}/configs/reported"));
-        let rb = self
-            .http
-            .post(&url)
-            .header(header::AUTHORIZATION, self.auth())
-            .body(body)
-            .timeout(self.timeout);
+        let rb = self.request(reqwest::Method::POST, &url).body(body);
         let res = self.send(rb, &url).await?;
         Self::json(res, &url).await
     }
@@ -231,11 +233,7 @@ impl Client {
     /// `GET /command?hostname=H`; `None` on 204.
     pub async fn v1_command(&self, host: &str) -> Result<Option<v1::Command>, ClientError> {
         let url = format!("{}?hostname={host}", self.url("/command"));
-        let rb = self
-            .http
-            .get(&url)
-            .header(header::AUTHORIZATION, self.auth())
-            .timeout(self.timeout);
+        let rb = self.request(reqwest::Method::GET, &url);
         let res = self.send(rb, &url).await?;
         if res.status() == StatusCode::NO_CONTENT {
             return Ok(None);
@@ -246,11 +244,7 @@ impl Client {
     /// `GET /agent/version`; `None` on 404.
     pub async fn v1_agent_version(&self) -> Result<Option<v1::AgentVersion>, ClientError> {
         let url = self.url("/agent/version");
-        let rb = self
-            .http
-            .get(&url)
-            .header(header::AUTHORIZATION, self.auth())
-            .timeout(self.timeout);
+        let rb = self.request(reqwest::Method::GET, &url);
         match self.send(rb, &url).await {
             Ok(res) => Self::json(res, &url).await.map(Some),
             Err(ClientError::Status {
@@ -270,11 +264,7 @@ impl Client {
     /// A config file and the revision the server gives it (header
     /// `X-Config-Revision`, sent by our server only).
     async fn get_config(&self, url: String) -> Result<(Option<i64>, Vec<u8>), ClientError> {
-        let rb = self
-            .http
-            .get(&url)
-            .header(header::AUTHORIZATION, self.auth())
-            .timeout(self.timeout);
+        let rb = self.request(reqwest::Method::GET, &url);
         let res = self.send(rb, &url).await?;
         let rev = res
             .headers()
@@ -294,23 +284,14 @@ impl Client {
         let form = reqwest::multipart::Form::new()
             .text("hostname", host.to_string())
             .part("uploadfile", part);
-        let rb = self
-            .http
-            .put(&url)
-            .header(header::AUTHORIZATION, self.auth())
-            .multipart(form)
-            .timeout(self.timeout);
+        let rb = self.request(reqwest::Method::PUT, &url).multipart(form);
         self.send(rb, &url).await.map(|_| ())
     }
 
     /// `GET /license` with this client's token: does the server accept it?
     pub async fn check_license(&self) -> Result<(), ClientError> {
         let url = self.url("/license");
-        let rb = self
-            .http
-            .get(&url)
-            .header(header::AUTHORIZATION, self.auth())
-            .timeout(self.timeout);
+        let rb = self.request(reqwest::Method::GET, &url);
         let res = self.send(rb, &url).await?;
         let lic: v1::License = Self::json(res, &url).await?;
         if lic.valid {
