@@ -10,6 +10,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod body;
 pub mod sqlite;
 pub mod state;
 pub mod store;
@@ -30,7 +31,9 @@ pub use state::{AppState, Settings};
 
 /// Builds the whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let config_limit = state.settings.max_config_bytes + 64 * 1024;
+    // Multipart uploads: the file part is capped by `max_config_bytes` as it
+    // is read; the whole body may run `DRAIN` over so a 413 reaches the client.
+    let config_limit = state.settings.max_config_bytes + 64 * 1024 + body::DRAIN;
     let no_cache = [
         (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
         (header::PRAGMA, "no-cache"),

@@ -19,6 +19,7 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use crate::auth::{role, Role};
+use crate::body::BodyError;
 use crate::state::AppState;
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -190,31 +191,33 @@ async fn form_fields(
                 }
             };
             let name = field.name().unwrap_or_default().to_string();
-            let data = field.bytes().await.map_err(|e| {
-                let status = e.status();
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    text(
-                        status,
-                        format!(
-                            "Upload is larger than {} bytes\n",
-                            state.settings.max_config_bytes
-                        ),
-                    )
-                } else {
-                    text(
-                        status,
+            let is_file = Some(name.as_str()) == file_field;
+            let cap = if is_file {
+                state.settings.max_config_bytes
+            } else {
+                64 * 1024
+            };
+            let data = crate::body::read_limited(field, cap)
+                .await
+                .map_err(|e| match e {
+                    BodyError::TooLarge => text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("Upload is larger than {cap} bytes\n"),
+                    ),
+                    BodyError::Broken(e) => text(
+                        e.status(),
                         format!("Malformed multipart body: {}\n", e.body_text()),
-                    )
-                }
-            })?;
-            if Some(name.as_str()) == file_field {
+                    ),
+                })?;
+            if is_file {
                 file = Some(data.to_vec());
             } else {
                 fields.push((name, String::from_utf8_lossy(&data).into_owned()));
             }
         }
     } else {
-        let bytes = axum::body::to_bytes(req.into_body(), state.settings.max_json_bytes)
+        let limit = state.settings.max_json_bytes;
+        let bytes = crate::body::read_limited(req.into_body().into_data_stream(), limit)
             .await
             .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large\n"))?;
         fields = form_urlencoded::parse(&bytes).into_owned().collect();

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifacts::IngestError;
 use crate::auth::{role, Role};
+use crate::body::BodyError;
 use crate::state::{command_wire, now_ms, AppState, DEFAULT_COMMAND_TTL_SECS};
 use crate::store::{NewRelease, StoreError};
 
@@ -83,13 +84,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> V2Result<T> {
 }
 
 async fn read_body(req: Request, limit: usize) -> V2Result<bytes::Bytes> {
-    axum::body::to_bytes(req.into_body(), limit)
+    crate::body::read_limited(req.into_body().into_data_stream(), limit)
         .await
-        .map_err(|_| {
-            V2Error(
+        .map_err(|e| match e {
+            BodyError::TooLarge => V2Error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than {limit} bytes"),
-            )
+            ),
+            BodyError::Broken(_) => bad("the request body could not be read"),
         })
 }
 
