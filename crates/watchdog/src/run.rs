@@ -115,6 +115,8 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
 
     // Finish an update a crash interrupted before anything else runs.
     update::recover(&ctx).await;
+    // Subscribed before the agent starts: an immediate crash is seen.
+    let keepalive_loop = supervisor.clone().keep_alive();
     if supervisor.desired() == DesiredState::Running {
         if let Err(e) = svc.start().await {
             tracing::error!(error = %crate::actions::chain(&e), "could not start the agent; the keep-alive will retry");
@@ -122,7 +124,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     } else {
         tracing::info!("the agent stays stopped: an operator commanded stop");
     }
-    let keepalive = tokio::spawn(supervisor.clone().keep_alive());
+    let keepalive = tokio::spawn(keepalive_loop);
     platform::notify_ready();
 
     let loop_ctx = ctx.clone();

@@ -116,10 +116,21 @@ impl Supervisor {
     }
 
     /// Runs the keep-alive until the process ends.
-    pub async fn keep_alive(self) {
-        let mut events = self.svc.events();
+    /// Subscribes to the backend's events now (so no exit between this call
+    /// and the first poll of the future is missed) and returns the loop.
+    pub fn keep_alive(self) -> impl std::future::Future<Output = ()> + Send {
+        let events = self.svc.events();
+        self.keep_alive_with(events)
+    }
+
+    async fn keep_alive_with(self, mut events: Option<tokio::sync::broadcast::Receiver<Event>>) {
         let mut backoff = Backoff::new(self.policy.restart_first, self.policy.restart_max);
-        let mut tick = tokio::time::interval(self.policy.keepalive);
+        // The first periodic check comes one interval from now: the caller
+        // has just started the agent, and exits are handled as events.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.policy.keepalive,
+            self.policy.keepalive,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let exited = tokio::select! {

@@ -159,3 +159,55 @@ fn which_download_failures_are_retried() {
     };
     assert!(io.is_transient());
 }
+
+/// A crash-looping agent is restarted with growing delays: the first one
+/// quick, later ones longer (exponential backoff), never a busy loop.
+#[tokio::test]
+async fn crash_loop_backs_off() {
+    use palette_service::{CommandLine, Event, ProcessService, ProcessSpec, ServiceControl};
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Arc::new(ProcessService::new(ProcessSpec {
+        resolve: Arc::new(|| {
+            Ok(CommandLine {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), "exit 1".into()],
+                cwd: None,
+            })
+        }),
+        log_path: dir.path().join("agent.log"),
+        pid_file: None,
+        stop_timeout: Duration::from_secs(1),
+    }));
+    let store = durable::Store::open(dir.path().join("watchdog.json"));
+    let policy = Policy {
+        keepalive: Duration::from_secs(300),
+        restart_first: Duration::from_millis(50),
+        restart_max: Duration::from_millis(800),
+        stable: Duration::from_secs(60),
+    };
+    let mut events = svc.events().unwrap();
+    let sup = Supervisor::new(svc.clone(), store, policy);
+    let task = tokio::spawn(sup.clone().keep_alive());
+    svc.start().await.unwrap();
+    let mut starts = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while starts.len() < 6 {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("6 starts within 30 s");
+        if let Ok(Event::Started { .. }) = ev {
+            starts.push(std::time::Instant::now());
+        }
+    }
+    let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // Jitter is ±20 %; every delay is at least the first one.
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(40)),
+        "{gaps:?}"
+    );
+    assert!(gaps[3] > gaps[0] * 2, "the delay grows: {gaps:?}");
+    sup.set_desired(palette_protocol::v2::DesiredState::Stopped)
+        .await
+        .unwrap();
+    task.abort();
+}
