@@ -95,6 +95,22 @@ impl Auth for reqwest::RequestBuilder {
     }
 }
 
+/// Sending a request in a test: any transport error fails the test.
+#[allow(async_fn_in_trait)]
+pub trait Fetch {
+    async fn go(self) -> reqwest::Response;
+    async fn json_of<T: serde::de::DeserializeOwned>(self) -> T;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn go(self) -> reqwest::Response {
+        self.send().await.unwrap()
+    }
+    async fn json_of<T: serde::de::DeserializeOwned>(self) -> T {
+        self.go().await.json().await.unwrap()
+    }
+}
+
 /// Publishes a release through the v2 API.
 pub async fn publish(
     s: &TestServer,
@@ -109,9 +125,8 @@ pub async fn publish(
         )))
         .admin()
         .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     res.json().await.unwrap()
 }

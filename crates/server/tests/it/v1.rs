@@ -18,7 +18,7 @@ fn assert_no_cache(res: &reqwest::Response) {
 #[tokio::test]
 async fn ping_license_and_caching_headers() {
     let s = TestServer::start().await;
-    let res = http().get(s.u("/api/v1/ping")).send().await.unwrap();
+    let res = http().get(s.u("/api/v1/ping")).go().await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
     assert_no_cache(&res);
@@ -29,7 +29,7 @@ async fn ping_license_and_caching_headers() {
         if let Some(a) = auth {
             rb = rb.header(AUTHORIZATION, a);
         }
-        let res = rb.send().await.unwrap();
+        let res = rb.go().await;
         assert_eq!(res.status(), 401, "{auth:?}");
         assert_eq!(res.text().await.unwrap(), "Not authorized\n");
     }
@@ -37,9 +37,8 @@ async fn ping_license_and_caching_headers() {
     let res = http()
         .get(s.u("/api/v1/license"))
         .header(AUTHORIZATION, format!("Token {}", AGENT.to_uppercase()))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
     assert_eq!(
@@ -51,11 +50,11 @@ async fn ping_license_and_caching_headers() {
 #[tokio::test]
 async fn unknown_path_and_wrong_method() {
     let s = TestServer::start().await;
-    let res = http().get(s.u("/no/such/path")).send().await.unwrap();
+    let res = http().get(s.u("/no/such/path")).go().await;
     assert_eq!(res.status(), 404);
     assert_no_cache(&res);
     assert_eq!(res.text().await.unwrap(), "404 page not found\n");
-    let res = http().delete(s.u("/api/v1/ping")).send().await.unwrap();
+    let res = http().delete(s.u("/api/v1/ping")).go().await;
     assert_eq!(res.status(), 405);
     assert_eq!(res.text().await.unwrap(), "");
 }
@@ -63,21 +62,11 @@ async fn unknown_path_and_wrong_method() {
 #[tokio::test]
 async fn agent_version_and_download_with_ranges() {
     let s = TestServer::start().await;
-    let res = http()
-        .get(s.u("/api/v1/agent/version"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().get(s.u("/api/v1/agent/version")).agent().go().await;
     assert_eq!(res.status(), 404);
     assert_eq!(res.text().await.unwrap(), "No latest version found yet\n");
     assert_eq!(
-        http()
-            .get(s.u("/api/v1/agent/version"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        http().get(s.u("/api/v1/agent/version")).go().await.status(),
         401
     );
 
@@ -86,12 +75,7 @@ async fn agent_version_and_download_with_ranges() {
     publish(&s, "2.3.3", "windows-x86_64", "msi", b"older").await;
     publish(&s, "9.0.0", "linux-x86_64", "archive", b"not an msi").await;
     let md5 = hex::encode(md5::Md5::digest(&msi));
-    let res = http()
-        .get(s.u("/api/v1/agent/version"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().get(s.u("/api/v1/agent/version")).agent().go().await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
     assert_eq!(
@@ -99,12 +83,7 @@ async fn agent_version_and_download_with_ranges() {
         format!("{{\"Major\":2,\"Minor\":3,\"Patch\":4,\"Product\":\"Agent\",\"Md5\":\"{md5}\",\"Url\":\"/api/v1/agent\"}}\n")
     );
 
-    let res = http()
-        .get(s.u("/api/v1/agent"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().get(s.u("/api/v1/agent")).agent().go().await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()[CONTENT_TYPE], "application/octet-stream");
     assert_eq!(res.headers()["accept-ranges"], "bytes");
@@ -116,62 +95,40 @@ async fn agent_version_and_download_with_ranges() {
         .get(s.u("/api/v1/agent"))
         .agent()
         .header("range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 206);
     assert_eq!(res.bytes().await.unwrap().to_vec(), msi[10..20].to_vec());
     let res = http()
         .get(s.u("/api/v1/agent"))
         .agent()
         .header("range", "bytes=20000-")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 416);
-    let res = http()
-        .head(s.u("/api/v1/agent"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().head(s.u("/api/v1/agent")).agent().go().await;
     assert_eq!(res.status(), 200);
-    assert_eq!(
-        http()
-            .get(s.u("/api/v1/agent"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(http().get(s.u("/api/v1/agent")).go().await.status(), 401);
 
     let res = http()
         .get(s.u("/updates/products/agent/2.3.3/agent.msi"))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().as_ref(), b"older");
     let res = http()
         .get(s.u("/updates/products/agent/7.7.7/agent.msi"))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 404);
 }
 
 #[tokio::test]
 async fn commands_need_an_operator_and_are_exact() {
     let s = TestServer::start().await;
-    let res = http()
-        .get(s.u("/api/v1/command"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().get(s.u("/api/v1/command")).agent().go().await;
     assert_eq!(res.status(), 204);
     assert_eq!(res.text().await.unwrap(), "");
 
@@ -179,25 +136,22 @@ async fn commands_need_an_operator_and_are_exact() {
     let res = http()
         .put(s.u("/api/v1/command"))
         .form(&[("command", "stop")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 401);
     let res = http()
         .put(s.u("/api/v1/command"))
         .agent()
         .form(&[("command", "stop")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 403);
     assert_eq!(
         http()
             .get(s.u("/api/v1/command"))
             .agent()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         204,
         "nothing was stored"
@@ -207,18 +161,16 @@ async fn commands_need_an_operator_and_are_exact() {
         .put(s.u("/api/v1/command"))
         .admin()
         .form(&[("other", "x")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 400);
     assert_eq!(res.text().await.unwrap(), "No 'command' parameter given\n");
     let res = http()
         .put(s.u("/api/v1/command"))
         .admin()
         .form(&[("command", "reboot")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 400);
     assert!(res
         .text()
@@ -229,18 +181,16 @@ async fn commands_need_an_operator_and_are_exact() {
         .put(s.u("/api/v1/command"))
         .admin()
         .form(&[("command", "STOP")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 400, "command words are case-sensitive");
 
     let res = http()
         .put(s.u("/api/v1/command"))
         .admin()
         .form(&[("command", "stop")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
     let put = res.text().await.unwrap();
@@ -252,12 +202,7 @@ async fn commands_need_an_operator_and_are_exact() {
         "whole-second RFC 3339: {ts}"
     );
     assert_eq!(put, format!("{{\"ts\":\"{ts}\",\"command\":\"stop\"}}\n"));
-    let res = http()
-        .get(s.u("/api/v1/command"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().get(s.u("/api/v1/command")).agent().go().await;
     assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
     assert_eq!(res.text().await.unwrap(), put);
 
@@ -267,9 +212,8 @@ async fn commands_need_an_operator_and_are_exact() {
         .put(s.u("/api/v1/command"))
         .admin()
         .multipart(form)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     let v2: serde_json::Value = res.json().await.unwrap();
     assert_eq!(v2["command"], "start");
@@ -279,16 +223,10 @@ async fn commands_need_an_operator_and_are_exact() {
         .post(s.u("/commands/new"))
         .admin()
         .form(&[("command", "GET-CONFIG")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
-    let res = http()
-        .post(s.u("/commands/recent"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().post(s.u("/commands/recent")).agent().go().await;
     let v3: serde_json::Value = res.json().await.unwrap();
     assert_eq!(v3["command"], "GET-CONFIG");
 }
@@ -309,9 +247,8 @@ async fn hostnames_are_validated_everywhere() {
             let res = http()
                 .get(s.u(&format!("{path}?hostname={bad}")))
                 .agent()
-                .send()
-                .await
-                .unwrap();
+                .go()
+                .await;
             assert_eq!(res.status(), 400, "{path}?hostname={bad}");
             assert!(res.text().await.unwrap().contains("hostname"));
         }
@@ -326,9 +263,8 @@ async fn hostnames_are_validated_everywhere() {
         .put(s.u("/api/v1/config"))
         .admin()
         .multipart(form)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 400);
     assert!(!s.data.join("etc").exists());
 }
@@ -347,19 +283,13 @@ fn upload(host: Option<&str>, body: &[u8]) -> reqwest::multipart::Form {
 #[tokio::test]
 async fn config_store_and_serve() {
     let s = TestServer::start().await;
-    let res = http()
-        .get(s.u("/api/v1/config"))
-        .agent()
-        .send()
-        .await
-        .unwrap();
+    let res = http().get(s.u("/api/v1/config")).agent().go().await;
     assert_eq!(res.status(), 400);
     let res = http()
         .get(s.u("/api/v1/config?hostname=web1"))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 404);
 
     let body = b"# keep this comment\nLicenseKey: k\nWebservice:\n  Endpoint: http://x\nAgentOnly: {a: 1}\n";
@@ -367,9 +297,8 @@ async fn config_store_and_serve() {
         .put(s.u("/api/v1/config?hostname=web1"))
         .admin()
         .multipart(upload(None, body))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.text().await.unwrap(),
@@ -381,9 +310,8 @@ async fn config_store_and_serve() {
     let res = http()
         .get(s.u("/api/v1/config?hostname=WEB1"))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.bytes().await.unwrap().as_ref(),
@@ -396,18 +324,16 @@ async fn config_store_and_serve() {
         .put(s.u("/api/v1/config"))
         .admin()
         .multipart(upload(Some("web2"), b"a: 1\n"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     // Missing hostname, missing file part, malformed multipart, oversized.
     let res = http()
         .put(s.u("/api/v1/config"))
         .admin()
         .multipart(upload(None, b"a: 1\n"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 400);
     assert_eq!(res.text().await.unwrap(), "No 'hostname' parameter given\n");
     let form = reqwest::multipart::Form::new().text("other", "x");
@@ -415,9 +341,8 @@ async fn config_store_and_serve() {
         .put(s.u("/api/v1/config?hostname=web1"))
         .admin()
         .multipart(form)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 400);
     assert_eq!(
         res.text().await.unwrap(),
@@ -428,25 +353,22 @@ async fn config_store_and_serve() {
         .admin()
         .header(CONTENT_TYPE, "multipart/form-data; boundary=XYZ")
         .body("--XYZ\r\nContent-Disposition: form-data; name=\"uploadfile\"\r\n\r\nunterminated")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 400);
     let huge = vec![b'a'; 2 * 1024 * 1024];
     let res = http()
         .put(s.u("/api/v1/config?hostname=web1"))
         .admin()
         .multipart(upload(None, &huge))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 413);
     let res = http()
         .get(s.u("/api/v1/config?hostname=web1"))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(
         res.bytes().await.unwrap().as_ref(),
         body,
@@ -462,90 +384,71 @@ async fn tokenless_upload_only_when_asked_and_no_operator_command_is_lost() {
         .put(s.u("/api/v1/config?hostname=web2"))
         .admin()
         .multipart(upload(None, b"a: 2\n"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     let res = http()
         .put(s.u("/api/v1/command"))
         .admin()
         .form(&[("command", "stop")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     let op: serde_json::Value = res.json().await.unwrap();
 
     // A token-less upload for a host nobody asked: refused.
     let res = http()
         .put(s.u("/api/v1/config?hostname=web2"))
         .multipart(upload(None, b"evil: 1\n"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 401);
 
     // web1 is new and has no config: only web1 is asked for PUT-CONFIG...
     let _ = http()
         .get(s.u("/api/v1/ping?hostname=web1"))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     let v: serde_json::Value = http()
         .get(s.u("/api/v1/command?hostname=web1"))
         .agent()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_of()
+        .await;
     assert_eq!(v["command"], "PUT-CONFIG");
     // ...web2 still sees the operator's command.
     let v2: serde_json::Value = http()
         .get(s.u("/api/v1/command?hostname=web2"))
         .agent()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_of()
+        .await;
     assert_eq!(v2, op);
     // The legacy watchdog uploads without a credential: accepted as REPORTED.
     let res = http()
         .put(s.u("/api/v1/config?hostname=web1"))
         .multipart(upload(None, b"mine: 1\n"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     let res = http()
         .get(s.u("/api/v2/hosts/web1/configs"))
         .admin()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     let hist: serde_json::Value = res.json().await.unwrap();
     assert_eq!(hist[0]["source"], "reported");
     // Now web1 gets the operator's command too.
     let v: serde_json::Value = http()
         .get(s.u("/api/v1/command?hostname=web1"))
         .agent()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_of()
+        .await;
     assert_eq!(v, op);
     // And a second token-less upload is refused again.
     let res = http()
         .put(s.u("/api/v1/config?hostname=web1"))
         .multipart(upload(None, b"again: 1\n"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 401);
 
     // An operator GET-CONFIG for all opens the door for web2's report.
@@ -553,15 +456,13 @@ async fn tokenless_upload_only_when_asked_and_no_operator_command_is_lost() {
         .put(s.u("/api/v1/command"))
         .admin()
         .form(&[("command", "GET-CONFIG")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     let res = http()
         .put(s.u("/api/v1/config?hostname=web2"))
         .multipart(upload(None, b"a: 2\n"))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
 }
 
@@ -573,41 +474,22 @@ async fn agents_list_is_operator_only_and_durable() {
         http()
             .get(s.u(&format!("/api/v1/command?hostname={h}")))
             .agent()
-            .send()
-            .await
-            .unwrap();
+            .go()
+            .await;
     }
     // Without a known token, a hostname is no heartbeat.
-    http()
-        .get(s.u("/api/v1/ping?hostname=intruder"))
-        .send()
-        .await
-        .unwrap();
+    http().get(s.u("/api/v1/ping?hostname=intruder")).go().await;
     assert_eq!(
         http()
             .get(s.u("/api/v1/agents"))
             .agent()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         403
     );
-    assert_eq!(
-        http()
-            .get(s.u("/api/v1/agents"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    let res = http()
-        .get(s.u("/api/v1/agents"))
-        .admin()
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(http().get(s.u("/api/v1/agents")).go().await.status(), 401);
+    let res = http().get(s.u("/api/v1/agents")).admin().go().await;
     assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
     let map: serde_json::Map<String, serde_json::Value> = res.json().await.unwrap();
     let names: HashSet<&str> = map.keys().map(String::as_str).collect();
@@ -617,15 +499,8 @@ async fn agents_list_is_operator_only_and_durable() {
     // Restart on the same data dir: the inventory is still there.
     s.stop().await;
     let s = TestServer::start_with(tmp.path(), |_| {}).await;
-    let map: serde_json::Map<String, serde_json::Value> = http()
-        .get(s.u("/api/v1/agents"))
-        .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let map: serde_json::Map<String, serde_json::Value> =
+        http().get(s.u("/api/v1/agents")).admin().json_of().await;
     assert!(
         map.contains_key("alpha") && map.contains_key("beta.example.com"),
         "{map:?}"
@@ -640,9 +515,8 @@ async fn concurrent_heartbeats_from_256_clients() {
         .put(s.u("/api/v1/command"))
         .admin()
         .form(&[("command", "start")])
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     let mut tasks = Vec::new();
     for i in 0..256 {
         let url = s.url.clone();
@@ -652,9 +526,8 @@ async fn concurrent_heartbeats_from_256_clients() {
                 let res = c
                     .get(format!("{url}/api/v1/command?hostname=host-{i:03}"))
                     .header(AUTHORIZATION, format!("Token {AGENT}"))
-                    .send()
-                    .await
-                    .unwrap();
+                    .go()
+                    .await;
                 assert_eq!(res.status(), StatusCode::OK, "host-{i:03} round {round}");
                 let _ = res.bytes().await.unwrap();
             }
@@ -663,24 +536,9 @@ async fn concurrent_heartbeats_from_256_clients() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(
-        http()
-            .get(s.u("/api/v1/ping"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let map: serde_json::Map<String, serde_json::Value> = http()
-        .get(s.u("/api/v1/agents"))
-        .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(http().get(s.u("/api/v1/ping")).go().await.status(), 200);
+    let map: serde_json::Map<String, serde_json::Value> =
+        http().get(s.u("/api/v1/agents")).admin().json_of().await;
     for i in 0..256 {
         assert!(
             map.contains_key(&format!("host-{i:03}")),
@@ -691,15 +549,8 @@ async fn concurrent_heartbeats_from_256_clients() {
     let data = s.data.clone();
     let keep = s.stop().await;
     let s = TestServer::start_with(&data, |_| {}).await;
-    let map: serde_json::Map<String, serde_json::Value> = http()
-        .get(s.u("/api/v1/agents"))
-        .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let map: serde_json::Map<String, serde_json::Value> =
+        http().get(s.u("/api/v1/agents")).admin().json_of().await;
     assert_eq!(map.len(), 256);
     drop(keep);
 }

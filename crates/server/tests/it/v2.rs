@@ -36,9 +36,8 @@ async fn checkin(s: &TestServer, req: &CheckinRequest, wait: u64) -> CheckinResp
         .post(s.u(&format!("/api/v2/checkin?wait={wait}")))
         .agent()
         .json(req)
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     res.json().await.unwrap()
 }
@@ -57,9 +56,8 @@ async fn command(
             target,
             ttl_secs: ttl,
         })
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 201);
     res.json().await.unwrap()
 }
@@ -129,46 +127,26 @@ async fn checkin_delivers_targeted_commands_and_records_acks() {
     let st: CommandStatus = http()
         .get(s.u(&format!("/api/v2/commands/{}", c_all.command.id)))
         .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_of()
+        .await;
     assert_eq!(st.results.len(), 1);
     assert_eq!(st.results[0].hostname, "web1");
     assert_eq!(st.results[0].message, "agent restarted");
     let st: CommandStatus = http()
         .get(s.u(&format!("/api/v2/commands/{}", c_web1.command.id)))
         .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_of()
+        .await;
     assert_eq!(st.results[0].outcome, Outcome::Failed);
-    let list: Vec<CommandStatus> = http()
-        .get(s.u("/api/v2/commands"))
-        .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<CommandStatus> = http().get(s.u("/api/v2/commands")).admin().json_of().await;
     assert_eq!(list.len(), 3);
 
     // The host and its report are in the inventory.
     let h: HostInfo = http()
         .get(s.u("/api/v2/hosts/web1"))
         .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_of()
+        .await;
     assert_eq!(
         h.report.unwrap().agent_version.unwrap().to_string(),
         "1.0.0"
@@ -177,9 +155,8 @@ async fn checkin_delivers_targeted_commands_and_records_acks() {
         http()
             .get(s.u("/api/v2/hosts/nosuch"))
             .admin()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         404
     );
@@ -228,20 +205,14 @@ async fn long_poll_wakes_on_a_command_and_times_out_when_idle() {
             .post(format!("{url}/api/v2/checkin?wait=60"))
             .header(AUTHORIZATION, format!("Token {AGENT}"))
             .json(&checkin_req("waiting"))
-            .send()
-            .await
-            .unwrap();
+            .go()
+            .await;
         (t.elapsed(), res.json::<CheckinResponse>().await.unwrap())
     });
     // Let the waiter reach the server (a condition: the host is in the inventory).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let res = http()
-            .get(s.u("/api/v2/hosts/waiting"))
-            .admin()
-            .send()
-            .await
-            .unwrap();
+        let res = http().get(s.u("/api/v2/hosts/waiting")).admin().go().await;
         if res.status() == 200 {
             break;
         }
@@ -277,19 +248,15 @@ async fn releases_are_offered_by_platform_and_seen_releases_do_not_wake() {
     assert_eq!(rel.version.to_string(), "1.10.0", "numeric, not lexical");
     assert_eq!(rel.kind, ReleaseKind::Archive);
     // Download by the URL given, with the agent token.
-    let res = http().get(s.u(&rel.url)).agent().send().await.unwrap();
+    let res = http().get(s.u(&rel.url)).agent().go().await;
     assert_eq!(res.bytes().await.unwrap().as_ref(), b"one-ten");
-    assert_eq!(
-        http().get(s.u(&rel.url)).send().await.unwrap().status(),
-        401
-    );
+    assert_eq!(http().get(s.u(&rel.url)).go().await.status(), 401);
     assert_eq!(
         http()
             .get(s.u("/api/v2/artifacts/..%2f..%2fetc"))
             .agent()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         400
     );
@@ -297,9 +264,8 @@ async fn releases_are_offered_by_platform_and_seen_releases_do_not_wake() {
         http()
             .get(s.u(&format!("/api/v2/artifacts/{}", "0".repeat(64))))
             .agent()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         404
     );
@@ -380,7 +346,7 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
         ),
     ];
     for (what, rb, want) in cases {
-        let res = rb.send().await.unwrap();
+        let res = rb.go().await;
         assert_eq!(res.status().as_u16(), want, "{what}");
         if want != 401 {
             let body: serde_json::Value = res.json().await.unwrap();
@@ -390,15 +356,7 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
             );
         }
     }
-    let list: Vec<Release> = http()
-        .get(s.u("/api/v2/releases"))
-        .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Release> = http().get(s.u("/api/v2/releases")).admin().json_of().await;
     assert!(list.is_empty());
     // Nothing half-written: no artifact files, no temporaries.
     let count = walk(&tmp.path().join("artifacts"));
@@ -408,9 +366,8 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
     let res = post("version=1.0.0&platform=p&kind=archive")
         .admin()
         .body("y")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 409);
 }
 
@@ -507,7 +464,7 @@ async fn checkin_and_commands_refuse_bad_input() {
         ),
     ];
     for (what, rb, want) in cases {
-        let res = rb.send().await.unwrap();
+        let res = rb.go().await;
         assert_eq!(res.status().as_u16(), want, "{what}");
         let body: serde_json::Value = res.json().await.unwrap();
         assert!(
@@ -517,33 +474,18 @@ async fn checkin_and_commands_refuse_bad_input() {
             "{what}: {body}"
         );
     }
-    let list: Vec<CommandStatus> = http()
-        .get(s.u("/api/v2/commands"))
-        .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<CommandStatus> = http().get(s.u("/api/v2/commands")).admin().json_of().await;
     assert!(list.is_empty(), "no refused command was stored");
     assert_eq!(
-        http()
-            .get(s.u("/api/v2/hosts"))
-            .agent()
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        http().get(s.u("/api/v2/hosts")).agent().go().await.status(),
         403
     );
     assert_eq!(
         http()
             .get(s.u("/api/v2/commands/abc"))
             .admin()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         400
     );
@@ -551,9 +493,8 @@ async fn checkin_and_commands_refuse_bad_input() {
         http()
             .get(s.u("/api/v2/commands/12345"))
             .admin()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         404
     );
@@ -566,9 +507,8 @@ async fn config_revisions_with_history() {
         .post(s.u("/api/v2/hosts/web1/configs"))
         .admin()
         .body("LicenseKey: a\n")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 201);
     let push: serde_json::Value = res.json().await.unwrap();
     let rev1 = push["revision"]["revision"].as_i64().unwrap();
@@ -577,9 +517,8 @@ async fn config_revisions_with_history() {
         .post(s.u("/api/v2/hosts/web1/configs?apply=false"))
         .admin()
         .body("LicenseKey: b\n")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     let push2: serde_json::Value = res.json().await.unwrap();
     assert!(push2["command"].is_null());
     let rev2 = push2["revision"]["revision"].as_i64().unwrap();
@@ -588,17 +527,15 @@ async fn config_revisions_with_history() {
         .post(s.u("/api/v2/hosts/web1/configs/reported"))
         .agent()
         .body("LicenseKey: a\n")
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 201);
     assert_eq!(
         http()
             .post(s.u("/api/v2/hosts/web1/configs/reported"))
             .body("x")
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         401
     );
@@ -607,9 +544,8 @@ async fn config_revisions_with_history() {
             .post(s.u("/api/v2/hosts/web1/configs"))
             .agent()
             .body("x")
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         403
     );
@@ -618,9 +554,8 @@ async fn config_revisions_with_history() {
             .post(s.u("/api/v2/hosts/web1/configs"))
             .admin()
             .body("")
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         400
     );
@@ -629,9 +564,8 @@ async fn config_revisions_with_history() {
             .post(s.u("/api/v2/hosts/web1/configs"))
             .admin()
             .body(vec![b'a'; 2 * 1024 * 1024])
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         413
     );
@@ -639,21 +573,16 @@ async fn config_revisions_with_history() {
     let hist: Vec<ConfigRevision> = http()
         .get(s.u("/api/v2/hosts/web1/configs"))
         .admin()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_of()
+        .await;
     assert_eq!(hist.len(), 3);
     assert_eq!(hist[0].source, ConfigSource::Reported);
     assert_eq!(hist[1].revision, rev2);
     let res = http()
         .get(s.u(&format!("/api/v2/hosts/web1/configs/{rev1}")))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(
         res.headers()["x-config-revision"],
         rev1.to_string().as_str()
@@ -662,17 +591,15 @@ async fn config_revisions_with_history() {
     let res = http()
         .get(s.u("/api/v2/hosts/web1/configs/latest?source=desired"))
         .agent()
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.text().await.unwrap(), "LicenseKey: b\n");
     assert_eq!(
         http()
             .get(s.u("/api/v2/hosts/web1/configs/latest?source=bogus"))
             .agent()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         400
     );
@@ -680,9 +607,8 @@ async fn config_revisions_with_history() {
         http()
             .get(s.u("/api/v2/hosts/web2/configs/latest"))
             .agent()
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         404
     );
@@ -699,9 +625,8 @@ async fn tokens_registered_through_the_api() {
         .post(s.u("/api/v2/operator-tokens"))
         .admin()
         .json(&serde_json::json!({"label": "alice"}))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 201);
     let tok: serde_json::Value = res.json().await.unwrap();
     let alice = tok["token"].as_str().unwrap().to_string();
@@ -709,9 +634,8 @@ async fn tokens_registered_through_the_api() {
         .post(s.u("/api/v2/agent-tokens"))
         .header(AUTHORIZATION, format!("Bearer {alice}"))
         .json(&serde_json::json!({"token": "New-License-42"}))
-        .send()
-        .await
-        .unwrap();
+        .go()
+        .await;
     assert_eq!(res.status(), 201);
     s.stop().await;
     // Both survive a restart, and nothing stores them in clear text.
@@ -720,9 +644,8 @@ async fn tokens_registered_through_the_api() {
         http()
             .get(s.u("/api/v2/hosts"))
             .header(AUTHORIZATION, format!("Bearer {alice}"))
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -730,9 +653,8 @@ async fn tokens_registered_through_the_api() {
         http()
             .get(s.u("/api/v1/license"))
             .header(AUTHORIZATION, "Token new-license-42")
-            .send()
+            .go()
             .await
-            .unwrap()
             .status(),
         200
     );
