@@ -19,6 +19,18 @@ pub const TLS_CERT: &str = "PALETTE_TLS_CERT";
 pub const TLS_KEY: &str = "PALETTE_TLS_KEY";
 /// palette-server: largest accepted release artifact in bytes.
 pub const MAX_ARTIFACT_BYTES: &str = "PALETTE_MAX_ARTIFACT_BYTES";
+/// palette-server: connections served at once (default: half the file
+/// limit, which is raised to its hard maximum at start).
+pub const MAX_CONNECTIONS: &str = "PALETTE_MAX_CONNECTIONS";
+/// palette-server: seconds a client has to send a request's headers; also
+/// the longest idle time of a kept-alive connection (default 20).
+pub const HEADER_TIMEOUT_SECS: &str = "PALETTE_HEADER_TIMEOUT_SECS";
+/// palette-server: seconds a client has to send a whole non-artifact
+/// request body (default 60).
+pub const BODY_TIMEOUT_SECS: &str = "PALETTE_BODY_TIMEOUT_SECS";
+/// palette-server: longest pause, in seconds, in an artifact upload
+/// (default 60).
+pub const UPLOAD_STALL_SECS: &str = "PALETTE_UPLOAD_STALL_SECS";
 
 /// palettectl: the server's base URL (`--server`).
 pub const SERVER: &str = "PALETTE_SERVER";

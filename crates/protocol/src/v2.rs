@@ -169,6 +169,10 @@ fn default_product() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckinRequest {
     pub host: HostReport,
+    /// The store the `results` belong to (from an earlier answer's
+    /// `store_id`): a server with another store ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_id: Option<String>,
     /// Acknowledgements of commands performed since the last check-in.
     #[serde(default)]
     pub results: Vec<CommandAck>,
@@ -184,6 +188,11 @@ pub struct CheckinRequest {
 /// The answer to a check-in: what this host must do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckinResponse {
+    /// The identity of the server's store (a UUID made when it was
+    /// created): command ids are unique only within one store, so a
+    /// watchdog keys what it performed by (store, id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_id: Option<String>,
     pub commands: Vec<Command>,
     pub release: Option<Release>,
     pub config_revision: Option<i64>,

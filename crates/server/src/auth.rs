@@ -37,6 +37,12 @@ pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
     }
 }
 
+/// The key a credential is counted under (license keys compare
+/// case-insensitively, so they are counted that way too).
+pub fn credential_key(headers: &HeaderMap) -> Option<TokenHash> {
+    presented_token(headers).map(|t| token_hash(&t.to_lowercase()))
+}
+
 pub fn role(state: &AppState, headers: &HeaderMap) -> Role {
     match presented_token(headers) {
         Some(t) if state.is_operator(t) => Role::Operator,

@@ -11,6 +11,8 @@
 pub mod artifacts;
 pub mod auth;
 pub mod body;
+pub mod conn;
+mod platform;
 pub mod sqlite;
 pub mod state;
 pub mod store;
@@ -28,6 +30,18 @@ use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use state::{AppState, Settings};
+
+/// An error and its sources on one line, `a: b: c`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
 
 /// Builds the whole HTTP application.
 pub fn app(state: AppState) -> Router {
@@ -67,6 +81,8 @@ pub struct ServerOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Largest accepted release artifact.
     pub max_artifact_bytes: u64,
+    /// Connection and body limits.
+    pub limits: conn::Limits,
 }
 
 impl ServerOptions {
@@ -78,6 +94,7 @@ impl ServerOptions {
             agent_tokens: Vec::new(),
             tls: None,
             max_artifact_bytes: Settings::new(PathBuf::new()).max_artifact_bytes,
+            limits: conn::Limits::default(),
         }
     }
 }
@@ -91,6 +108,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
         .with_context(|| format!("while opening the database {}", db.display()))?;
     let mut settings = Settings::new(opts.data_dir.clone());
     settings.max_artifact_bytes = opts.max_artifact_bytes;
+    settings.limits = opts.limits.clone();
     AppState::load(
         Arc::new(store),
         settings,
@@ -99,6 +117,23 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     )
     .await
     .context("while loading the server state")
+}
+
+/// Header timeout (which also ends idle kept-alive HTTP/1 connections) and
+/// HTTP/2 keep-alive pings that find dead peers.
+fn configure_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limits: &conn::Limits,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
 }
 
 /// Binds `opts.listen` and serves until `shutdown` resolves.
@@ -119,7 +154,27 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
+    let fd_limit = platform::raise_nofile_limit();
+    let fd_cap = fd_limit.map(|l| conn::cap_for_fd_limit(l.min(1 << 21)));
+    let max_connections = match (opts.limits.max_connections, fd_cap) {
+        (Some(asked), Some(cap)) if asked > cap => {
+            tracing::warn!(asked, cap, fd_limit, "--max-connections is more than the file limit allows; using {cap}");
+            cap
+        }
+        (Some(asked), _) => asked,
+        (None, Some(cap)) => cap,
+        (None, None) => 10_000,
+    };
     let state = open_state(&opts).await?;
+    state.collect_orphan_artifacts().await;
+    tracing::info!(
+        store_id = state.store_id(),
+        max_connections,
+        fd_limit,
+        header_timeout_s = opts.limits.header_timeout.as_secs(),
+        "store opened"
+    );
+    let tracker = conn::Tracker::new(max_connections);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(state.clone().heartbeat_flusher(stop_rx));
     let app = app(state);
@@ -143,17 +198,22 @@ pub async fn serve_on(
                     )
                 })?;
             tracing::info!(listen = %opts.listen, data_dir = %opts.data_dir.display(), "palette-server listening (HTTPS)");
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
-                .serve(svc)
-                .await
+            let mut server = axum_server::from_tcp_rustls(listener, config)
+                .map(|tls| conn::LimitAcceptor::new(tls, tracker))
+                .handle(handle);
+            configure_http(server.http_builder(), &opts.limits);
+            server.serve(svc).await
         }
         None => {
             tracing::info!(listen = %opts.listen, data_dir = %opts.data_dir.display(), "palette-server listening (HTTP)");
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(svc)
-                .await
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(conn::LimitAcceptor::new(
+                    axum_server::accept::DefaultAcceptor::new(),
+                    tracker,
+                ))
+                .handle(handle);
+            configure_http(server.http_builder(), &opts.limits);
+            server.serve(svc).await
         }
     };
     let _ = stop_tx.send(true);

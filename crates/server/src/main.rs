@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use palette_protocol::env;
@@ -26,6 +27,21 @@ struct Cli {
     /// Largest accepted release artifact, in bytes (default 4 GiB).
     #[arg(long, env = env::MAX_ARTIFACT_BYTES)]
     max_artifact_bytes: Option<u64>,
+    /// Connections served at once (default: half the file limit, which is
+    /// raised to its hard maximum at start). At the cap the longest-idle
+    /// connection is closed; when all are busy, new ones get 503.
+    #[arg(long, env = env::MAX_CONNECTIONS)]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers; also how long a
+    /// kept-alive connection may sit idle.
+    #[arg(long, env = env::HEADER_TIMEOUT_SECS, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body (artifacts aside).
+    #[arg(long, env = env::BODY_TIMEOUT_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_secs: u64,
+    /// Longest pause, in seconds, allowed in an artifact upload.
+    #[arg(long, env = env::UPLOAD_STALL_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    upload_stall_secs: u64,
 }
 
 #[tokio::main]
@@ -55,6 +71,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(max) = cli.max_artifact_bytes {
         opts.max_artifact_bytes = max;
     }
+    opts.limits = palette_server::conn::Limits {
+        header_timeout: Duration::from_secs(cli.header_timeout_secs),
+        body_timeout: Duration::from_secs(cli.body_timeout_secs),
+        upload_stall_timeout: Duration::from_secs(cli.upload_stall_secs),
+        max_connections: cli.max_connections,
+    };
     palette_server::serve(opts, async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests and writing the inventory");

@@ -1,5 +1,13 @@
 //! The embedded SQLite store: one file (`palette.db`) in the data dir, WAL
 //! journal, `synchronous=FULL`, migrations embedded in the binary.
+//!
+//! Every write runs in an explicit transaction on a connection of its own
+//! and returns only after `COMMIT` succeeded (and, with `synchronous=FULL`,
+//! was synced), so a failed commit is never acknowledged. A connection that
+//! saw any error is closed instead of going back to the pool: a transaction
+//! SQLite left half-open (it may or may not roll back on SQLITE_FULL) can
+//! never poison a later request, and the pool heals itself with fresh
+//! connections once the disk does.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -12,21 +20,48 @@ use palette_protocol::v2::{
     CommandAck, CommandKind, ConfigRevision, ConfigSource, Outcome, ReleaseKind, Target,
 };
 use palette_protocol::Version;
+use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
-use crate::store::{CommandRow, HostRow, NewRelease, Store, StoreError, StoreResult};
+use crate::store::{
+    CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult,
+};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        "store identity",
+        include_str!("../migrations/sqlite/0002_store_identity.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    id: String,
+    writes: OutageLog,
+    reads: OutageLog,
+}
+
+/// A random UUID (version 4) as text.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl SqliteStore {
@@ -41,6 +76,7 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts)
             .await?;
         let migrator = Migrator {
@@ -61,7 +97,41 @@ impl SqliteStore {
             ..Migrator::DEFAULT
         };
         migrator.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        sqlx::query("INSERT INTO store_meta (key, value) VALUES ('store_id', ?) ON CONFLICT DO NOTHING")
+            .bind(new_uuid())
+            .execute(&pool)
+            .await?;
+        let id: String = sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'store_id'")
+            .fetch_one(&pool)
+            .await?;
+        Ok(SqliteStore {
+            pool,
+            id,
+            writes: OutageLog::default(),
+            reads: OutageLog::default(),
+        })
+    }
+
+    async fn conn(&self) -> StoreResult<PoolConnection<Sqlite>> {
+        let r = self.pool.acquire().await.map_err(StoreError::from);
+        self.writes.observe("writes", r)
+    }
+
+    /// Ends a write: a connection that saw an error is closed, never reused
+    /// (closing rolls back whatever SQLite left open).
+    fn finish<T, E: Into<StoreError>>(
+        &self,
+        mut conn: PoolConnection<Sqlite>,
+        r: Result<T, E>,
+    ) -> StoreResult<T> {
+        if r.is_err() {
+            conn.close_on_drop();
+        }
+        self.writes.observe("writes", r.map_err(Into::into))
+    }
+
+    fn read<T>(&self, r: Result<T, sqlx::Error>) -> StoreResult<T> {
+        self.reads.observe("reads", r.map_err(StoreError::from))
     }
 }
 
@@ -101,26 +171,36 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn store_id(&self) -> &str {
+        &self.id
+    }
+
     async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        for (host, at) in beats {
-            sqlx::query(
-                "INSERT INTO hosts (hostname, first_seen, last_seen) VALUES (?1, ?2, ?2)
-                 ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
-            )
-            .bind(host)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            for (host, at) in beats {
+                sqlx::query(
+                    "INSERT INTO hosts (hostname, first_seen, last_seen) VALUES (?1, ?2, ?2)
+                     ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                )
+                .bind(host)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
         }
-        tx.commit().await?;
-        Ok(())
+        .await;
+        self.finish(conn, r)
     }
 
     async fn load_hosts(&self) -> StoreResult<Vec<HostRow>> {
-        let rows = sqlx::query("SELECT hostname, first_seen, last_seen, report FROM hosts")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = self.read(
+            sqlx::query("SELECT hostname, first_seen, last_seen, report FROM hosts")
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         rows.iter()
             .map(|r| {
                 Ok(HostRow {
@@ -134,17 +214,23 @@ impl Store for SqliteStore {
     }
 
     async fn save_report(&self, hostname: &str, report_json: &str, at: Millis) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO hosts (hostname, first_seen, last_seen, report, report_at) VALUES (?1, ?3, ?3, ?2, ?3)
-             ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),
-                 report = excluded.report, report_at = excluded.report_at",
-        )
-        .bind(hostname)
-        .bind(report_json)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "INSERT INTO hosts (hostname, first_seen, last_seen, report, report_at) VALUES (?1, ?3, ?3, ?2, ?3)
+                 ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),
+                     report = excluded.report, report_at = excluded.report_at",
+            )
+            .bind(hostname)
+            .bind(report_json)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        self.finish(conn, r)
     }
 
     async fn insert_command(
@@ -155,15 +241,24 @@ impl Store for SqliteStore {
         expires_at: Millis,
     ) -> StoreResult<CommandRow> {
         let target_json = serde_json::to_string(target).expect("target serialises");
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO commands (kind, target, issued_at, expires_at) VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(kind.as_str())
-        .bind(&target_json)
-        .bind(issued_at)
-        .bind(expires_at)
-        .fetch_one(&self.pool)
-        .await?;
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            let id = sqlx::query(
+                "INSERT INTO commands (kind, target, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(kind.as_str())
+            .bind(&target_json)
+            .bind(issued_at)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid();
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        }
+        .await;
+        let id = self.finish(conn, r)?;
         Ok(CommandRow {
             id,
             kind,
@@ -174,18 +269,22 @@ impl Store for SqliteStore {
     }
 
     async fn command(&self, id: i64) -> StoreResult<Option<CommandRow>> {
-        let row = sqlx::query("SELECT * FROM commands WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = self.read(
+            sqlx::query("SELECT * FROM commands WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await,
+        )?;
         row.as_ref().map(command_from_row).transpose()
     }
 
     async fn recent_commands(&self, limit: i64) -> StoreResult<Vec<CommandRow>> {
-        let rows = sqlx::query("SELECT * FROM commands ORDER BY id DESC LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = self.read(
+            sqlx::query("SELECT * FROM commands ORDER BY id DESC LIMIT ?")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         rows.iter().map(command_from_row).collect()
     }
 
@@ -194,25 +293,34 @@ impl Store for SqliteStore {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
         };
-        let done = sqlx::query(
-            "INSERT INTO command_acks (command_id, hostname, outcome, message, at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(ack.id)
-        .bind(&ack.hostname)
-        .bind(outcome)
-        .bind(&ack.message)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            let done = sqlx::query(
+                "INSERT INTO command_acks (command_id, hostname, outcome, message, at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(ack.id)
+            .bind(&ack.hostname)
+            .bind(outcome)
+            .bind(&ack.message)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done.rows_affected() == 1)
+        }
+        .await;
+        self.finish(conn, r)
     }
 
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>> {
-        let rows = sqlx::query("SELECT * FROM command_acks WHERE command_id = ? ORDER BY at")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = self.read(
+            sqlx::query("SELECT * FROM command_acks WHERE command_id = ? ORDER BY at")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         rows.iter()
             .map(|r| {
                 let outcome: String = r.try_get("outcome")?;
@@ -244,45 +352,60 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT command_id FROM command_acks WHERE hostname = ? AND command_id IN ({list})"
         );
-        Ok(sqlx::query_scalar(&sql)
-            .bind(hostname)
-            .fetch_all(&self.pool)
-            .await?)
+        self.read(
+            sqlx::query_scalar(&sql)
+                .bind(hostname)
+                .fetch_all(&self.pool)
+                .await,
+        )
     }
 
     async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64> {
-        let res = sqlx::query_scalar(
-            "INSERT INTO releases (product, version, platform, kind, sha256, md5, size, signature, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&r.product)
-        .bind(r.version.to_string())
-        .bind(&r.platform)
-        .bind(r.kind.as_str())
-        .bind(&r.sha256)
-        .bind(&r.md5)
-        .bind(r.size as i64)
-        .bind(&r.signature)
-        .bind(r.created_at)
-        .fetch_one(&self.pool)
-        .await;
-        match res {
-            Ok(id) => Ok(id),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                "release {} {} {} {}",
-                r.product,
-                r.version,
-                r.platform,
-                r.kind.as_str()
-            ))),
-            Err(e) => Err(e.into()),
+        let mut conn = self.conn().await?;
+        let res = async {
+            let mut tx = conn.begin().await?;
+            let id = sqlx::query(
+                "INSERT INTO releases (product, version, platform, kind, sha256, md5, size, signature, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.product)
+            .bind(r.version.to_string())
+            .bind(&r.platform)
+            .bind(r.kind.as_str())
+            .bind(&r.sha256)
+            .bind(&r.md5)
+            .bind(r.size as i64)
+            .bind(&r.signature)
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid();
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
         }
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "release {} {} {} {}",
+                    r.product,
+                    r.version,
+                    r.platform,
+                    r.kind.as_str()
+                ))
+            } else {
+                e.into()
+            }
+        });
+        self.finish(conn, res)
     }
 
     async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>> {
-        let rows = sqlx::query("SELECT * FROM releases ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = self.read(
+            sqlx::query("SELECT * FROM releases ORDER BY id")
+                .fetch_all(&self.pool)
+                .await,
+        )?;
         rows.iter()
             .map(|r| {
                 let version: String = r.try_get("version")?;
@@ -308,26 +431,54 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {
+        self.read(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM releases WHERE sha256 = ?)")
+                .bind(sha256)
+                .fetch_one(&self.pool)
+                .await,
+        )
+    }
+
     async fn insert_config(
         &self,
         hostname: &str,
         source: ConfigSource,
         body: &[u8],
         at: Millis,
+        keep: usize,
     ) -> StoreResult<ConfigRevision> {
         let sha = hex::encode(Sha256::digest(body));
-        let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO configs (hostname, source, sha256, size, body, created_at) VALUES (?, ?, ?, ?, ?, ?)
-             RETURNING revision",
-        )
-        .bind(hostname)
-        .bind(source.as_str())
-        .bind(&sha)
-        .bind(body.len() as i64)
-        .bind(body)
-        .bind(at)
-        .fetch_one(&self.pool)
-        .await?;
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            let revision = sqlx::query(
+                "INSERT INTO configs (hostname, source, sha256, size, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(hostname)
+            .bind(source.as_str())
+            .bind(&sha)
+            .bind(body.len() as i64)
+            .bind(body)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid();
+            sqlx::query(
+                "DELETE FROM configs WHERE hostname = ?1 AND source = ?2 AND revision NOT IN
+                 (SELECT revision FROM configs WHERE hostname = ?1 AND source = ?2
+                  ORDER BY revision DESC LIMIT ?3)",
+            )
+            .bind(hostname)
+            .bind(source.as_str())
+            .bind(keep.max(1) as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(revision)
+        }
+        .await;
+        let revision = self.finish(conn, r)?;
         Ok(ConfigRevision {
             revision,
             hostname: hostname.to_string(),
@@ -339,13 +490,15 @@ impl Store for SqliteStore {
     }
 
     async fn config_history(&self, hostname: &str) -> StoreResult<Vec<ConfigRevision>> {
-        let rows = sqlx::query(
-            "SELECT revision, hostname, source, sha256, size, created_at FROM configs
-             WHERE hostname = ? ORDER BY revision DESC",
-        )
-        .bind(hostname)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self.read(
+            sqlx::query(
+                "SELECT revision, hostname, source, sha256, size, created_at FROM configs
+                 WHERE hostname = ? ORDER BY revision DESC",
+            )
+            .bind(hostname)
+            .fetch_all(&self.pool)
+            .await,
+        )?;
         rows.iter().map(config_from_row).collect()
     }
 
@@ -354,11 +507,13 @@ impl Store for SqliteStore {
         hostname: &str,
         revision: i64,
     ) -> StoreResult<Option<(ConfigRevision, Vec<u8>)>> {
-        let row = sqlx::query("SELECT * FROM configs WHERE hostname = ? AND revision = ?")
-            .bind(hostname)
-            .bind(revision)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = self.read(
+            sqlx::query("SELECT * FROM configs WHERE hostname = ? AND revision = ?")
+                .bind(hostname)
+                .bind(revision)
+                .fetch_optional(&self.pool)
+                .await,
+        )?;
         row.map(|r| Ok((config_from_row(&r)?, r.try_get("body")?)))
             .transpose()
     }
@@ -368,7 +523,7 @@ impl Store for SqliteStore {
         hostname: &str,
         source: Option<ConfigSource>,
     ) -> StoreResult<Option<(ConfigRevision, Vec<u8>)>> {
-        let row = match source {
+        let row = self.read(match source {
             Some(s) => {
                 sqlx::query(
                     "SELECT * FROM configs WHERE hostname = ? AND source = ? ORDER BY revision DESC LIMIT 1",
@@ -376,55 +531,73 @@ impl Store for SqliteStore {
                 .bind(hostname)
                 .bind(s.as_str())
                 .fetch_optional(&self.pool)
-                .await?
+                .await
             }
             None => {
                 sqlx::query("SELECT * FROM configs WHERE hostname = ? ORDER BY revision DESC LIMIT 1")
                     .bind(hostname)
                     .fetch_optional(&self.pool)
-                    .await?
+                    .await
             }
-        };
+        })?;
         row.map(|r| Ok((config_from_row(&r)?, r.try_get("body")?)))
             .transpose()
     }
 
     async fn hosts_with_config(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT hostname FROM configs")
-            .fetch_all(&self.pool)
-            .await?)
+        self.read(
+            sqlx::query_scalar("SELECT DISTINCT hostname FROM configs")
+                .fetch_all(&self.pool)
+                .await,
+        )
     }
 
     async fn add_agent_token(&self, hash: &str, at: Millis) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO agent_tokens (hash, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(hash)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "INSERT INTO agent_tokens (hash, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(hash)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        self.finish(conn, r)
     }
 
     async fn agent_tokens(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT hash FROM agent_tokens")
-            .fetch_all(&self.pool)
-            .await?)
+        self.read(
+            sqlx::query_scalar("SELECT hash FROM agent_tokens")
+                .fetch_all(&self.pool)
+                .await,
+        )
     }
 
     async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
-        sqlx::query("INSERT INTO operator_tokens (hash, label, created_at) VALUES (?, ?, ?)")
-            .bind(hash)
-            .bind(label)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query("INSERT INTO operator_tokens (hash, label, created_at) VALUES (?, ?, ?)")
+                .bind(hash)
+                .bind(label)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        self.finish(conn, r)
     }
 
     async fn operator_tokens(&self) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT hash FROM operator_tokens")
-            .fetch_all(&self.pool)
-            .await?)
+        self.read(
+            sqlx::query_scalar("SELECT hash FROM operator_tokens")
+                .fetch_all(&self.pool)
+                .await,
+        )
     }
 }

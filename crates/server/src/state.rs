@@ -43,6 +43,16 @@ pub struct Settings {
     pub max_json_bytes: usize,
     /// Longest long-poll wait a client may ask for.
     pub max_wait_secs: u64,
+    /// Config revisions kept per host and source (older ones are deleted).
+    pub max_config_revisions: usize,
+    /// Largest host report (the `host` of a v2 check-in, as JSON).
+    pub max_report_bytes: usize,
+    /// New host names one agent credential may introduce at once...
+    pub new_hosts_burst: u32,
+    /// ...and per minute after that.
+    pub new_hosts_per_minute: u32,
+    /// Limits on connections and request bodies (see `conn`).
+    pub limits: crate::conn::Limits,
 }
 
 impl Settings {
@@ -53,6 +63,11 @@ impl Settings {
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
             max_json_bytes: 1024 * 1024,
             max_wait_secs: 120,
+            max_config_revisions: 50,
+            max_report_bytes: 16 * 1024,
+            new_hosts_burst: 2000,
+            new_hosts_per_minute: 600,
+            limits: crate::conn::Limits::default(),
         }
     }
 }
@@ -64,6 +79,13 @@ struct HostEntry {
     has_config: bool,
     /// When the server last asked this (legacy) host for its config.
     config_ask: Option<Millis>,
+    /// When an authenticated poll of this host was answered PUT-CONFIG or
+    /// GET-CONFIG, and that command's `ts`: the only thing that allows a
+    /// token-less upload.
+    upload_asked: Option<(Millis, String)>,
+    /// The `ts` of the ask the host's last upload answered: the same
+    /// command redelivered does not open the door again.
+    upload_done_for: Option<String>,
     /// When the host last uploaded its config.
     last_upload: Option<Millis>,
     report: Option<HostReport>,
@@ -96,10 +118,27 @@ pub struct Inner {
     hosts: Mutex<HashMap<String, HostEntry>>,
     commands: RwLock<CommandCache>,
     issue_lock: tokio::sync::Mutex<()>,
+    /// Held from placing an artifact to recording its release, so a failed
+    /// publish can delete the file it placed without racing another.
+    publish_lock: tokio::sync::Mutex<()>,
     releases: RwLock<ReleaseCache>,
     agent_tokens: RwLock<HashSet<TokenHash>>,
     operator_tokens: RwLock<HashSet<TokenHash>>,
+    new_hosts: Mutex<HashMap<TokenHash, Bucket>>,
     changes: watch::Sender<u64>,
+}
+
+/// A token bucket: how many new host names a credential may still add.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+/// Why a host was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyNewHosts {
+    pub retry_after_secs: u64,
 }
 
 impl std::ops::Deref for AppState {
@@ -123,6 +162,15 @@ fn release_from(id: i64, r: NewRelease) -> Release {
         signature: r.signature,
         created_at: rfc3339_millis(r.created_at),
     }
+}
+
+/// Why a publish failed: nothing of it is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Artifact(#[from] crate::artifacts::IngestError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The URL a legacy watchdog downloads the newest agent installer from.
@@ -178,9 +226,11 @@ impl AppState {
             hosts: Mutex::new(hosts),
             commands: RwLock::new(CommandCache::default()),
             issue_lock: tokio::sync::Mutex::new(()),
+            publish_lock: tokio::sync::Mutex::new(()),
             releases: RwLock::new(ReleaseCache::default()),
             agent_tokens: RwLock::new(agent),
             operator_tokens: RwLock::new(operator),
+            new_hosts: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
         }));
         let mut recent = state.store.recent_commands(10_000).await?;
@@ -231,27 +281,50 @@ impl AppState {
 
     // ---- hosts --------------------------------------------------------
 
-    /// Records contact from `host` (already validated). A host the server
-    /// holds no config for is asked for it (see `v1_command_for`).
+    /// The store's identity (see `Store::store_id`).
+    pub fn store_id(&self) -> &str {
+        self.store.store_id()
+    }
+
+    /// Whether `host` may be recorded for the agent credential `token`: a
+    /// known host always; a new name only while the credential's budget of
+    /// new names lasts (`new_hosts_burst`, refilled at
+    /// `new_hosts_per_minute`), so a leaked license key cannot fill the
+    /// inventory with made-up hosts.
+    pub fn admit_host(&self, host: &str, token: &TokenHash) -> Result<(), TooManyNewHosts> {
+        if self.hosts.lock().unwrap().contains_key(host) {
+            return Ok(());
+        }
+        let burst = f64::from(self.settings.new_hosts_burst.max(1));
+        let per_sec = f64::from(self.settings.new_hosts_per_minute.max(1)) / 60.0;
+        let now = std::time::Instant::now();
+        let mut buckets = self.new_hosts.lock().unwrap();
+        let b = buckets.entry(*token).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - b.tokens) / per_sec).ceil() as u64;
+            tracing::debug!(host, retry_after_s = wait, "new host name refused: this credential added too many recently");
+            Err(TooManyNewHosts {
+                retry_after_secs: wait.max(1),
+            })
+        }
+    }
+
+    /// Records contact from `host` (already validated and admitted). A host
+    /// the server holds no config for is asked for it (see `v1_command_for`).
     pub fn heartbeat(&self, host: &str) {
         let now = now_ms();
         let mut hosts = self.hosts.lock().unwrap();
-        match hosts.get_mut(host) {
-            Some(e) => {
-                e.last_seen = now;
-                e.dirty = true;
-            }
-            None => {
-                hosts.insert(
-                    host.to_string(),
-                    HostEntry {
-                        last_seen: now,
-                        dirty: true,
-                        ..Default::default()
-                    },
-                );
-            }
-        }
+        let e = hosts.entry(host.to_string()).or_default();
+        e.last_seen = now;
+        e.dirty = true;
     }
 
     pub fn record_report(&self, report: &HostReport) {
@@ -337,8 +410,10 @@ impl AppState {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => break,
             }
+            // A failed flush keeps its batch (marked dirty again) for the
+            // next tick; the store logs the outage once per episode.
             if let Err(e) = self.flush_heartbeats().await {
-                tracing::warn!(error = %e, "could not write heartbeats; retrying in 1 s");
+                tracing::debug!(error = %e, "could not write heartbeats; retrying in 1 s");
             }
         }
         if let Err(e) = self.flush_heartbeats().await {
@@ -349,26 +424,16 @@ impl AppState {
     // ---- configs ------------------------------------------------------
 
     /// Whether a host may upload its config without an operator credential:
-    /// the server asked it (no config stored yet) or a live GET-CONFIG /
-    /// PUT-CONFIG command for it has been issued since its last upload.
+    /// only a known host whose own poll, made with a valid agent credential,
+    /// was answered PUT-CONFIG or GET-CONFIG recently and since its last
+    /// upload. An unknown name, or a host nobody asked, never may.
     pub fn config_upload_expected(&self, host: &str) -> bool {
         let now = now_ms();
-        let (needs, last_upload) = {
-            let hosts = self.hosts.lock().unwrap();
-            match hosts.get(host) {
-                Some(e) => (!e.has_config, e.last_upload),
-                None => (true, None),
-            }
-        };
-        if needs {
-            return true;
-        }
-        let cmds = self.commands.read().unwrap();
-        cmds.live.iter().any(|c| {
-            matches!(c.kind, CommandKind::GetConfig | CommandKind::PutConfig)
-                && c.targets(host)
-                && (c.expires_at > now || now - c.issued_at < LEGACY_FRESHNESS_MS)
-                && last_upload.is_none_or(|u| c.issued_at > u)
+        let hosts = self.hosts.lock().unwrap();
+        hosts.get(host).is_some_and(|e| {
+            e.upload_asked
+                .as_ref()
+                .is_some_and(|(asked, _)| now - asked < LEGACY_FRESHNESS_MS + 3 * 60_000)
         })
     }
 
@@ -383,7 +448,13 @@ impl AppState {
     ) -> StoreResult<v2::ConfigRevision> {
         let rev = self
             .store
-            .insert_config(host, source, body, now_ms())
+            .insert_config(
+                host,
+                source,
+                body,
+                now_ms(),
+                self.settings.max_config_revisions,
+            )
             .await?;
         {
             let mut hosts = self.hosts.lock().unwrap();
@@ -393,6 +464,9 @@ impl AppState {
             if source == v2::ConfigSource::Reported {
                 let now = now_ms();
                 e.last_upload = Some(now);
+                if let Some((_, ts)) = e.upload_asked.take() {
+                    e.upload_done_for = Some(ts);
+                }
                 e.last_seen = now;
                 e.dirty = true;
             }
@@ -456,8 +530,25 @@ impl AppState {
         Ok(row)
     }
 
-    /// What a legacy watchdog polling `GET /api/v1/command` should see.
+    /// What a legacy watchdog polling `GET /api/v1/command` (with a valid
+    /// agent credential) should see. Answering a host PUT-CONFIG or
+    /// GET-CONFIG is what allows its next token-less config upload.
     pub fn v1_command_for(&self, host: Option<&str>) -> Option<v1::Command> {
+        let cmd = self.v1_command_inner(host);
+        if let (Some(host), Some(cmd)) = (host, &cmd) {
+            let word = cmd.command.as_str();
+            if word == CommandKind::PutConfig.as_str() || word == CommandKind::GetConfig.as_str() {
+                if let Some(e) = self.hosts.lock().unwrap().get_mut(host) {
+                    if e.upload_done_for.as_deref() != Some(cmd.ts.as_str()) {
+                        e.upload_asked = Some((now_ms(), cmd.ts.clone()));
+                    }
+                }
+            }
+        }
+        cmd
+    }
+
+    fn v1_command_inner(&self, host: Option<&str>) -> Option<v1::Command> {
         let now = now_ms();
         let op = {
             let cache = self.commands.read().unwrap();
@@ -559,12 +650,63 @@ impl AppState {
         });
     }
 
-    pub async fn add_release(&self, r: NewRelease) -> StoreResult<Release> {
-        let id = self.store.insert_release(&r).await?;
-        let release = release_from(id, r);
-        self.cache_release(release.clone());
-        self.notify_change();
-        Ok(release)
+    /// Places a staged artifact and records its release; the 2xx that
+    /// follows means both are durable. On failure the artifact file is
+    /// deleted again unless another release names it.
+    pub async fn publish(
+        &self,
+        staged: crate::artifacts::Staged,
+        mut r: NewRelease,
+    ) -> Result<Release, PublishError> {
+        let _guard = self.publish_lock.lock().await;
+        let ingested = self.artifacts.place(staged)?;
+        r.sha256 = ingested.sha256;
+        r.md5 = ingested.md5;
+        r.size = ingested.size;
+        match self.store.insert_release(&r).await {
+            Ok(id) => {
+                let release = release_from(id, r);
+                self.cache_release(release.clone());
+                self.notify_change();
+                Ok(release)
+            }
+            Err(e) => {
+                if !self.has_artifact(&r.sha256) {
+                    if let Err(rm) = self.artifacts.remove(&r.sha256) {
+                        tracing::warn!(sha256 = r.sha256, error = %rm, "could not delete the artifact of a failed publish; it is collected at the next start");
+                    }
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Deletes artifact files that no release names (left by a crash
+    /// between storing a file and recording its release).
+    pub async fn collect_orphan_artifacts(&self) {
+        let _guard = self.publish_lock.lock().await;
+        let files = match self.artifacts.list() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list artifacts to collect orphans");
+                return;
+            }
+        };
+        let mut removed = 0;
+        for sha in files {
+            if !self.has_artifact(&sha) {
+                match self.artifacts.remove(&sha) {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(sha256 = sha, error = %e, "could not delete an orphan artifact"),
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(
+                files = removed,
+                "deleted artifact files that no release names (a publish cut short)"
+            );
+        }
     }
 
     pub fn releases(&self) -> Vec<Release> {

@@ -7,17 +7,129 @@ use palette_protocol::timefmt::Millis;
 use palette_protocol::v2::{CommandAck, CommandKind, ConfigRevision, ConfigSource, Target};
 use thiserror::Error;
 
-/// Why a store operation failed.
+/// Why a store operation failed. Nothing was written when any of these is
+/// returned: a write either commits (and is synced) or fails as a whole.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The disk holding the database is full (SQLITE_FULL, ENOSPC).
+    #[error("the disk holding the database is full")]
+    Full(#[source] sqlx::Error),
+    /// No database connection could be had in time.
+    #[error("the database is busy")]
+    Busy(#[source] sqlx::Error),
     #[error("database error")]
-    Db(#[from] sqlx::Error),
+    Db(#[source] sqlx::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0} already exists")]
     Conflict(String),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_disk_full(&e) {
+            StoreError::Full(e)
+        } else if matches!(e, sqlx::Error::PoolTimedOut) {
+            StoreError::Busy(e)
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}
+
+/// SQLITE_FULL (13, in the low byte of an extended code) or an I/O error
+/// whose cause is a full disk.
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 13),
+        sqlx::Error::Io(io) => is_enospc(io),
+        _ => false,
+    }
+}
+
+/// Whether an I/O error means the disk is full.
+pub fn is_enospc(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
+impl StoreError {
+    /// The HTTP status a request that hit this error answers with.
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// The one-line reason a client is given.
+    pub fn public_reason(&self) -> String {
+        match self {
+            StoreError::Full(_) => {
+                "the server's disk is full: nothing was stored; retry later".into()
+            }
+            StoreError::Busy(_) => "the server's database is busy: nothing was stored; retry later".into(),
+            StoreError::Conflict(what) => format!("{what} already exists"),
+            _ => "internal error: nothing was stored; see the server log".into(),
+        }
+    }
+
+    /// Whether this failure is the store's health (disk, database) rather
+    /// than the request's content.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Full(_) | StoreError::Busy(_) | StoreError::Db(_)
+        )
+    }
+}
+
+/// Logs store outages once per episode: the first failure at error level,
+/// the rest at debug level, and one line when the store works again.
+#[derive(Debug, Default)]
+pub struct OutageLog {
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl OutageLog {
+    pub fn observe<T>(&self, what: &'static str, r: StoreResult<T>) -> StoreResult<T> {
+        use std::sync::atomic::Ordering;
+        match &r {
+            Ok(_) => {
+                let n = self.failures.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    tracing::info!(
+                        what,
+                        failures = n,
+                        "database {what} work again; the requests that failed were answered with an error and stored nothing"
+                    );
+                }
+            }
+            Err(e) if e.is_outage() => {
+                if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::error!(
+                        what,
+                        error = %e,
+                        cause = %crate::error_chain(e),
+                        "database {what} failing: answering 5xx and storing nothing until it recovers (further failures are logged at debug level)"
+                    );
+                } else {
+                    tracing::debug!(what, error = %crate::error_chain(e), "database {what} still failing");
+                }
+            }
+            Err(_) => {}
+        }
+        r
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -67,6 +179,9 @@ pub struct NewRelease {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The store's identity, made once when it was created.
+    fn store_id(&self) -> &str;
+
     /// Records last-contact times for many hosts in one transaction.
     async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()>;
     async fn load_hosts(&self) -> StoreResult<Vec<HostRow>>;
@@ -91,13 +206,18 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64>;
     async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>>;
+    /// Whether any release (of any product) has this artifact.
+    async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool>;
 
+    /// Stores a revision and keeps only the newest `keep` of that host and
+    /// source.
     async fn insert_config(
         &self,
         hostname: &str,
         source: ConfigSource,
         body: &[u8],
         at: Millis,
+        keep: usize,
     ) -> StoreResult<ConfigRevision>;
     async fn config_history(&self, hostname: &str) -> StoreResult<Vec<ConfigRevision>>;
     async fn config_revision(

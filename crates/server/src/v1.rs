@@ -18,9 +18,10 @@ use serde::Deserialize;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use crate::auth::{role, Role};
+use crate::auth::{credential_key, role, Role};
 use crate::body::BodyError;
 use crate::state::AppState;
+use crate::store::StoreError;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -156,8 +157,28 @@ async fn get_command(
     }
 }
 
-/// Reads the form fields of a urlencoded or multipart body.
+/// Reads the form fields of a urlencoded or multipart body, within the
+/// body timeout.
 async fn form_fields(
+    state: &AppState,
+    req: Request,
+    file_field: Option<&str>,
+) -> Result<(Vec<(String, String)>, Option<Vec<u8>>), Response> {
+    let within = state.settings.limits.body_timeout;
+    tokio::time::timeout(within, form_fields_inner(state, req, file_field))
+        .await
+        .unwrap_or_else(|_| {
+            Err(text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "The request body did not arrive within {} s\n",
+                    within.as_secs()
+                ),
+            ))
+        })
+}
+
+async fn form_fields_inner(
     state: &AppState,
     req: Request,
     file_field: Option<&str>,
@@ -258,16 +279,22 @@ async fn put_command(State(state): State<AppState>, req: Request) -> Response {
             };
             body_with_type(StatusCode::OK, JSON, v1::encode(&cmd))
         }
-        Err(e) => internal(e),
+        Err(e) => store_failed(e),
     }
 }
 
-pub fn internal(e: impl std::error::Error) -> Response {
-    tracing::error!(error = %e, source = ?e.source(), "request failed");
-    text(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Internal error; see the server log\n",
-    )
+/// A store failure as a v1 answer: 507 for a full disk, 503 when busy,
+/// 500 otherwise; outages are logged once per episode by the store.
+pub fn store_failed(e: StoreError) -> Response {
+    if !e.is_outage() {
+        tracing::error!(error = %crate::error_chain(&e), "request failed");
+    }
+    let mut res = text(e.status(), format!("{}\n", e.public_reason()));
+    if e.is_outage() {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    }
+    res
 }
 
 async fn get_config(
@@ -281,19 +308,12 @@ async fn get_config(
     let Some(host) = query_host(&q) else {
         return text(StatusCode::BAD_REQUEST, "No 'hostname' parameter given\n");
     };
-    let found = match state
+    // Only what an operator set: a config a host reported (or anyone
+    // uploaded without a credential) is never handed out by GET-CONFIG.
+    let found = state
         .store
         .latest_config(&host, Some(ConfigSource::Desired))
-        .await
-    {
-        Ok(None) => {
-            state
-                .store
-                .latest_config(&host, Some(ConfigSource::Reported))
-                .await
-        }
-        other => other,
-    };
+        .await;
     match found {
         Ok(Some((rev, body))) => {
             let mut res = (StatusCode::OK, body).into_response();
@@ -305,9 +325,9 @@ async fn get_config(
         }
         Ok(None) => text(
             StatusCode::NOT_FOUND,
-            format!("No config stored for {host}\n"),
+            format!("No config set for {host} by an operator\n"),
         ),
-        Err(e) => internal(e),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -367,7 +387,7 @@ async fn put_config(State(state): State<AppState>, req: Request) -> Response {
                 file.len()
             ),
         ),
-        Err(e) => internal(e),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -396,8 +416,19 @@ pub async fn heartbeat_layer(
         {
             match validate_hostname(&host) {
                 Ok(h) => {
-                    if role(&state, req.headers()) >= Role::Agent && req.method() != Method::OPTIONS
-                    {
+                    let r = role(&state, req.headers());
+                    if r >= Role::Agent && req.method() != Method::OPTIONS {
+                        if let (Role::Agent, Some(key)) = (r, credential_key(req.headers())) {
+                            if let Err(e) = state.admit_host(&h, &key) {
+                                let mut res = text(
+                                    StatusCode::TOO_MANY_REQUESTS,
+                                    format!("Too many new host names for this credential; retry in {} s\n", e.retry_after_secs),
+                                );
+                                res.headers_mut()
+                                    .insert(header::RETRY_AFTER, e.retry_after_secs.into());
+                                return res;
+                            }
+                        }
                         state.heartbeat(&h);
                     }
                 }

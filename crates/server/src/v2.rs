@@ -20,39 +20,104 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::IngestError;
-use crate::auth::{role, Role};
+use crate::auth::{credential_key, role, Role};
 use crate::body::BodyError;
-use crate::state::{command_wire, now_ms, AppState, DEFAULT_COMMAND_TTL_SECS};
+use crate::state::{
+    command_wire, now_ms, AppState, PublishError, TooManyNewHosts, DEFAULT_COMMAND_TTL_SECS,
+};
 use crate::store::{NewRelease, StoreError};
 
 /// A v2 error: a status and a one-line reason as `{"error": "..."}`.
-pub struct V2Error(pub StatusCode, pub String);
+pub struct V2Error {
+    status: StatusCode,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl V2Error {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        V2Error {
+            status,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+}
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        (self.0, Json(ApiError { error: self.1 })).into_response()
+        let mut res = (self.status, Json(ApiError { error: self.message })).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        res
     }
 }
 
 impl From<StoreError> for V2Error {
     fn from(e: StoreError) -> Self {
+        // Outages are logged once per episode by the store; anything else
+        // (a corrupt row) is logged here.
+        if !e.is_outage() && !matches!(e, StoreError::Conflict(_)) {
+            tracing::error!(error = %crate::error_chain(&e), "store failed");
+        }
+        let mut err = V2Error::new(e.status(), e.public_reason());
+        if e.is_outage() {
+            err.retry_after_secs = Some(30);
+        }
+        err
+    }
+}
+
+impl From<TooManyNewHosts> for V2Error {
+    fn from(e: TooManyNewHosts) -> Self {
+        V2Error {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "too many new host names for this credential; retry in {} s",
+                e.retry_after_secs
+            ),
+            retry_after_secs: Some(e.retry_after_secs),
+        }
+    }
+}
+
+impl From<PublishError> for V2Error {
+    fn from(e: PublishError) -> Self {
         match e {
-            StoreError::Conflict(what) => {
-                V2Error(StatusCode::CONFLICT, format!("{what} already exists"))
-            }
-            other => {
-                tracing::error!(error = %other, source = ?std::error::Error::source(&other), "store failed");
-                V2Error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error; see the server log".into(),
-                )
-            }
+            PublishError::Store(e) => e.into(),
+            PublishError::Artifact(e) => ingest_error(e),
+        }
+    }
+}
+
+fn ingest_error(e: IngestError) -> V2Error {
+    match e {
+        IngestError::TooLarge { .. } => V2Error::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        IngestError::Stalled { .. } => V2Error::new(StatusCode::REQUEST_TIMEOUT, e.to_string()),
+        IngestError::Empty | IngestError::ShaMismatch { .. } | IngestError::Body(_) => {
+            bad(e.to_string())
+        }
+        IngestError::Io { .. } if e.is_disk_full() => {
+            tracing::error!(error = %crate::error_chain(&e), "artifact not stored: the disk is full");
+            V2Error::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the server's disk is full: the artifact was not stored; retry later",
+            )
+        }
+        IngestError::Io { .. } => {
+            tracing::error!(error = %crate::error_chain(&e), "artifact write failed");
+            V2Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not store the artifact; see the server log",
+            )
         }
     }
 }
 
 fn bad(msg: impl Into<String>) -> V2Error {
-    V2Error(StatusCode::BAD_REQUEST, msg.into())
+    V2Error::new(StatusCode::BAD_REQUEST, msg.into())
 }
 
 type V2Result<T> = Result<T, V2Error>;
@@ -62,14 +127,14 @@ fn require(state: &AppState, headers: &HeaderMap, min: Role) -> V2Result<Role> {
     if r >= min {
         Ok(r)
     } else if r == Role::Anonymous {
-        Err(V2Error(
+        Err(V2Error::new(
             StatusCode::UNAUTHORIZED,
-            "missing or unknown token".into(),
+            "missing or unknown token",
         ))
     } else {
-        Err(V2Error(
+        Err(V2Error::new(
             StatusCode::FORBIDDEN,
-            "an operator token is required".into(),
+            "an operator token is required",
         ))
     }
 }
@@ -83,11 +148,20 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> V2Result<T> {
     serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
-async fn read_body(req: Request, limit: usize) -> V2Result<bytes::Bytes> {
-    crate::body::read_limited(req.into_body().into_data_stream(), limit)
+/// Reads a (non-artifact) body within `limit` bytes and the body timeout.
+async fn read_body(state: &AppState, req: Request, limit: usize) -> V2Result<bytes::Bytes> {
+    let within = state.settings.limits.body_timeout;
+    let read = crate::body::read_limited(req.into_body().into_data_stream(), limit);
+    tokio::time::timeout(within, read)
         .await
+        .map_err(|_| {
+            V2Error::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {} s", within.as_secs()),
+            )
+        })?
         .map_err(|e| match e {
-            BodyError::TooLarge => V2Error(
+            BodyError::TooLarge => V2Error::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than {limit} bytes"),
             ),
@@ -128,13 +202,42 @@ async fn checkin(
     q: Result<Query<WaitQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<Json<CheckinResponse>> {
-    require(&state, req.headers(), Role::Agent)?;
+    let role = require(&state, req.headers(), Role::Agent)?;
+    let key = credential_key(req.headers());
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    let body = read_body(req, state.settings.max_json_bytes).await?;
+    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
     let mut ci: CheckinRequest = parse_json(&body)?;
     let host = host_param(&ci.host.hostname)?;
     ci.host.hostname = host.clone();
+    let report_json = serde_json::to_string(&ci.host).expect("report serialises");
+    if report_json.len() > state.settings.max_report_bytes {
+        return Err(V2Error::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "host report is {} bytes, more than the limit of {}",
+                report_json.len(),
+                state.settings.max_report_bytes
+            ),
+        ));
+    }
+    if let (Role::Agent, Some(key)) = (role, key) {
+        state.admit_host(&host, &key)?;
+    }
     let now = now_ms();
+    if ci
+        .store_id
+        .as_deref()
+        .is_some_and(|s| s != state.store_id())
+        && !ci.results.is_empty()
+    {
+        tracing::info!(
+            host,
+            their_store = ci.store_id.as_deref(),
+            acks = ci.results.len(),
+            "acknowledgements for another store's commands ignored (the host last talked to a different server store)"
+        );
+        ci.results.clear();
+    }
     for mut ack in ci.results.drain(..) {
         ack.hostname = host.clone();
         if state.store.command(ack.id).await?.is_none() {
@@ -149,9 +252,8 @@ async fn checkin(
             tracing::info!(host, id = ack.id, outcome = ?ack.outcome, message = ack.message, "command acknowledged");
         }
     }
-    state.record_report(&ci.host);
-    let report_json = serde_json::to_string(&ci.host).expect("report serialises");
     state.store.save_report(&host, &report_json, now).await?;
+    state.record_report(&ci.host);
 
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.settings.max_wait_secs));
     let deadline = tokio::time::Instant::now() + wait;
@@ -189,6 +291,7 @@ async fn answer_for(
         .await?
         .map(|(rev, _)| rev.revision);
     Ok(CheckinResponse {
+        store_id: Some(state.store_id().to_string()),
         commands,
         release,
         config_revision,
@@ -200,7 +303,7 @@ async fn create_command(
     req: Request,
 ) -> V2Result<(StatusCode, Json<CommandStatus>)> {
     require(&state, req.headers(), Role::Operator)?;
-    let body = read_body(req, state.settings.max_json_bytes).await?;
+    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
     let new: NewCommand = parse_json(&body)?;
     if new.kind == palette_protocol::v2::CommandKind::Unknown {
         return Err(bad(
@@ -275,7 +378,7 @@ async fn get_command(
         .store
         .command(id)
         .await?
-        .ok_or_else(|| V2Error(StatusCode::NOT_FOUND, format!("no command {id}")))?;
+        .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no command {id}")))?;
     let results = state.store.acks_for_command(id).await?;
     Ok(Json(CommandStatus {
         command: command_wire(&row),
@@ -331,7 +434,7 @@ async fn publish_release(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     {
         if len > state.settings.max_artifact_bytes {
-            return Err(V2Error(
+            return Err(V2Error::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "artifact is larger than the limit of {} bytes",
@@ -341,30 +444,31 @@ async fn publish_release(
         }
     }
     let stream = req.into_body().into_data_stream();
-    let ingested = state
+    let staged = state
         .artifacts
-        .ingest(stream, state.settings.max_artifact_bytes, q.sha256.as_deref())
+        .ingest(
+            stream,
+            state.settings.max_artifact_bytes,
+            q.sha256.as_deref(),
+            state.settings.limits.upload_stall_timeout,
+        )
         .await
-        .map_err(|e| match e {
-            IngestError::TooLarge { .. } => V2Error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-            IngestError::Empty | IngestError::ShaMismatch { .. } | IngestError::Body(_) => bad(e.to_string()),
-            IngestError::Io { .. } => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "artifact write failed");
-                V2Error(StatusCode::INTERNAL_SERVER_ERROR, "could not store the artifact; see the server log".into())
-            }
-        })?;
+        .map_err(ingest_error)?;
     let release = state
-        .add_release(NewRelease {
-            product,
-            version,
-            platform: q.platform,
-            kind,
-            sha256: ingested.sha256,
-            md5: ingested.md5,
-            size: ingested.size,
-            signature: q.signature,
-            created_at: now_ms(),
-        })
+        .publish(
+            staged,
+            NewRelease {
+                product,
+                version,
+                platform: q.platform,
+                kind,
+                sha256: String::new(),
+                md5: String::new(),
+                size: 0,
+                signature: q.signature,
+                created_at: now_ms(),
+            },
+        )
         .await?;
     tracing::info!(id = release.id, product = release.product, version = %release.version, platform = release.platform, kind = release.kind.as_str(), size = release.size, "release published");
     Ok((StatusCode::CREATED, Json(release)))
@@ -392,7 +496,7 @@ async fn download_artifact(
         return bad("artifact id must be 64 lower-case hex digits").into_response();
     }
     if !state.has_artifact(&sha256) {
-        return V2Error(StatusCode::NOT_FOUND, format!("no artifact {sha256}")).into_response();
+        return V2Error::new(StatusCode::NOT_FOUND, format!("no artifact {sha256}")).into_response();
     }
     crate::v1::serve_artifact(&state, &sha256, req).await
 }
@@ -417,7 +521,7 @@ async fn get_host(
         .into_iter()
         .find(|h| h.hostname == host)
         .map(Json)
-        .ok_or_else(|| V2Error(StatusCode::NOT_FOUND, format!("no host {host}")))
+        .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no host {host}")))
 }
 
 async fn config_history(
@@ -454,7 +558,7 @@ async fn config_revision(
         .config_revision(&host, revision)
         .await?
         .ok_or_else(|| {
-            V2Error(
+            V2Error::new(
                 StatusCode::NOT_FOUND,
                 format!("no config revision {revision} for {host}"),
             )
@@ -486,7 +590,7 @@ async fn latest_config(
         .store
         .latest_config(&host, source)
         .await?
-        .ok_or_else(|| V2Error(StatusCode::NOT_FOUND, format!("no config for {host}")))?;
+        .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no config for {host}")))?;
     Ok(config_response(rev, body))
 }
 
@@ -511,7 +615,7 @@ async fn push_config(
     require(&state, req.headers(), Role::Operator)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let host = host_param(&host)?;
-    let body = read_body(req, state.settings.max_config_bytes).await?;
+    let body = read_body(&state, req, state.settings.max_config_bytes).await?;
     if body.is_empty() {
         return Err(bad("config body is empty"));
     }
@@ -538,9 +642,12 @@ async fn report_config(
     Path(host): Path<String>,
     req: Request,
 ) -> V2Result<(StatusCode, Json<ConfigRevision>)> {
-    require(&state, req.headers(), Role::Agent)?;
+    let role = require(&state, req.headers(), Role::Agent)?;
     let host = host_param(&host)?;
-    let body = read_body(req, state.settings.max_config_bytes).await?;
+    if let (Role::Agent, Some(key)) = (role, credential_key(req.headers())) {
+        state.admit_host(&host, &key)?;
+    }
+    let body = read_body(&state, req, state.settings.max_config_bytes).await?;
     if body.is_empty() {
         return Err(bad("config body is empty"));
     }
@@ -557,7 +664,7 @@ struct TokenBody {
 
 async fn add_agent_token(State(state): State<AppState>, req: Request) -> V2Result<StatusCode> {
     require(&state, req.headers(), Role::Operator)?;
-    let body = read_body(req, 4096).await?;
+    let body = read_body(&state, req, 4096).await?;
     let t: TokenBody = parse_json(&body)?;
     if t.token.trim().len() < 8 || t.token.contains(char::is_whitespace) {
         return Err(bad(
@@ -586,7 +693,7 @@ async fn add_operator_token(
     req: Request,
 ) -> V2Result<(StatusCode, Json<NewToken>)> {
     require(&state, req.headers(), Role::Operator)?;
-    let body = read_body(req, 4096).await?;
+    let body = read_body(&state, req, 4096).await?;
     let l: LabelBody = parse_json(&body)?;
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);

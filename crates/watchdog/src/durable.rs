@@ -31,9 +31,37 @@ pub struct Durable {
     /// Releases that failed to install or failed their health check; not
     /// retried until the server offers another.
     pub failed_releases: Vec<i64>,
+    /// The server store the ids above belong to (its `store_id`).
+    pub store_id: Option<String>,
 }
 
 impl Durable {
+    /// Notes the store a check-in answer came from. Ids are unique only
+    /// within one store: when the server's store is another one (restored,
+    /// replaced), what was keyed by the old store's ids is forgotten, so a
+    /// new command is never skipped as "already performed". Returns the old
+    /// store's id when it changed.
+    pub fn switch_store(&mut self, store_id: &str) -> Option<String> {
+        match self.store_id.as_deref() {
+            Some(old) if old != store_id => {
+                let old = old.to_string();
+                self.performed.clear();
+                self.pending_acks.clear();
+                self.failed_releases.clear();
+                self.config_revision = None;
+                self.store_id = Some(store_id.to_string());
+                Some(old)
+            }
+            Some(_) => None,
+            None => {
+                // First answer with an identity (or a watchdog that predates
+                // store ids): what it recorded came from this store.
+                self.store_id = Some(store_id.to_string());
+                None
+            }
+        }
+    }
+
     pub fn performed(&self, id: i64) -> Option<Outcome> {
         self.performed
             .iter()

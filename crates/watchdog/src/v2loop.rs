@@ -64,6 +64,7 @@ pub async fn run(ctx: &Ctx) {
         };
         let sent_acks = ctx.durable.get().pending_acks;
         let req = CheckinRequest {
+            store_id: ctx.durable.get().store_id,
             host: host_report(ctx).await,
             results: sent_acks.clone(),
             seen_release,
@@ -99,6 +100,15 @@ pub async fn run(ctx: &Ctx) {
                 d.pending_acks
                     .retain(|a| !sent_acks.iter().any(|s| s.id == a.id))
             });
+        }
+        if let Some(store) = resp.store_id.as_deref() {
+            if let Some(old) = ctx.durable.update(|d| d.switch_store(store)) {
+                tracing::warn!(
+                    old_store = old,
+                    new_store = store,
+                    "the server's store changed (restored or replaced): command and release ids start afresh; forgetting those of the old store"
+                );
+            }
         }
         seen_release = resp.release.as_ref().map(|r| r.id);
         seen_config = resp.config_revision;

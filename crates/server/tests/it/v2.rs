@@ -25,6 +25,7 @@ fn report(host: &str) -> HostReport {
 fn checkin_req(host: &str) -> CheckinRequest {
     CheckinRequest {
         host: report(host),
+        store_id: None,
         results: vec![],
         seen_release: None,
         seen_config: None,
