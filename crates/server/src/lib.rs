@@ -83,6 +83,10 @@ pub struct ServerOptions {
     pub max_artifact_bytes: u64,
     /// Connection and body limits.
     pub limits: conn::Limits,
+    /// New host names one agent credential may introduce at once, and per
+    /// minute after that.
+    pub new_hosts_burst: u32,
+    pub new_hosts_per_minute: u32,
 }
 
 impl ServerOptions {
@@ -95,6 +99,8 @@ impl ServerOptions {
             tls: None,
             max_artifact_bytes: Settings::new(PathBuf::new()).max_artifact_bytes,
             limits: conn::Limits::default(),
+            new_hosts_burst: Settings::new(PathBuf::new()).new_hosts_burst,
+            new_hosts_per_minute: Settings::new(PathBuf::new()).new_hosts_per_minute,
         }
     }
 }
@@ -109,6 +115,8 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     let mut settings = Settings::new(opts.data_dir.clone());
     settings.max_artifact_bytes = opts.max_artifact_bytes;
     settings.limits = opts.limits.clone();
+    settings.new_hosts_burst = opts.new_hosts_burst;
+    settings.new_hosts_per_minute = opts.new_hosts_per_minute;
     AppState::load(
         Arc::new(store),
         settings,

@@ -42,6 +42,13 @@ struct Cli {
     /// Longest pause, in seconds, allowed in an artifact upload.
     #[arg(long, env = env::UPLOAD_STALL_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     upload_stall_secs: u64,
+    /// New host names one agent credential (license key) may introduce at
+    /// once; past it, unknown names get 429 until the budget refills.
+    #[arg(long, env = env::NEW_HOSTS_BURST, default_value_t = 2000)]
+    new_hosts_burst: u32,
+    /// How fast that budget refills, in host names per minute.
+    #[arg(long, env = env::NEW_HOSTS_PER_MINUTE, default_value_t = 600)]
+    new_hosts_per_minute: u32,
 }
 
 #[tokio::main]
@@ -77,6 +84,8 @@ async fn main() -> anyhow::Result<()> {
         upload_stall_timeout: Duration::from_secs(cli.upload_stall_secs),
         max_connections: cli.max_connections,
     };
+    opts.new_hosts_burst = cli.new_hosts_burst;
+    opts.new_hosts_per_minute = cli.new_hosts_per_minute;
     palette_server::serve(opts, async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests and writing the inventory");

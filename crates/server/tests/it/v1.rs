@@ -451,7 +451,7 @@ async fn tokenless_upload_only_when_asked_and_no_operator_command_is_lost() {
         .await;
     assert_eq!(res.status(), 401);
 
-    // An operator GET-CONFIG for all opens the door for web2's report.
+    // An operator GET-CONFIG for all is not enough by itself...
     http()
         .put(s.u("/api/v1/command"))
         .admin()
@@ -463,7 +463,33 @@ async fn tokenless_upload_only_when_asked_and_no_operator_command_is_lost() {
         .multipart(upload(None, b"a: 2\n"))
         .go()
         .await;
+    assert_eq!(res.status(), 401, "web2 has not been told GET-CONFIG yet");
+    // ...web2's own poll, answered GET-CONFIG, opens the door once.
+    let v: serde_json::Value = http()
+        .get(s.u("/api/v1/command?hostname=web2"))
+        .agent()
+        .json_of()
+        .await;
+    assert_eq!(v["command"], "GET-CONFIG");
+    let res = http()
+        .put(s.u("/api/v1/config?hostname=web2"))
+        .multipart(upload(None, b"a: 2\n"))
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
+    // The same command redelivered does not open it again.
+    let v: serde_json::Value = http()
+        .get(s.u("/api/v1/command?hostname=web2"))
+        .agent()
+        .json_of()
+        .await;
+    assert_eq!(v["command"], "GET-CONFIG");
+    let res = http()
+        .put(s.u("/api/v1/config?hostname=web2"))
+        .multipart(upload(None, b"evil: 2\n"))
+        .go()
+        .await;
+    assert_eq!(res.status(), 401);
 }
 
 #[tokio::test]

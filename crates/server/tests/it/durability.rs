@@ -1,0 +1,266 @@
+//! A full disk: the data folder on a small tmpfs, filled to the last byte.
+//! Every write must answer 5xx and store nothing, writes must work again
+//! when space returns (no restart), and after a restart everything that was
+//! acknowledged is there, with no id reused. Runs as root (CI does); where
+//! mounting is not permitted the test says so and passes without running.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { path, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Fills the filesystem holding `dir` until not one more byte fits.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    for chunk in [1 << 20, 64 << 10, 4 << 10, 512, 1] {
+        let buf = vec![0u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
+    path
+}
+
+#[derive(Debug, Default)]
+struct Acked {
+    commands: BTreeMap<i64, String>,
+    configs: Vec<i64>,
+    releases: Vec<String>,
+    operator_tokens: Vec<String>,
+}
+
+async fn post_command(s: &TestServer, kind: &str, acked: &mut Acked) -> reqwest::StatusCode {
+    let res = http()
+        .post(s.u("/api/v2/commands"))
+        .admin()
+        .json(&serde_json::json!({"kind": kind, "target": "all"}))
+        .go()
+        .await;
+    let status = res.status();
+    if status.is_success() {
+        let v: serde_json::Value = res.json().await.unwrap();
+        let id = v["id"].as_i64().unwrap();
+        assert!(
+            acked.commands.insert(id, kind.into()).is_none(),
+            "command id {id} was acknowledged twice"
+        );
+    }
+    status
+}
+
+async fn push_config(s: &TestServer, n: usize, acked: &mut Acked) -> reqwest::StatusCode {
+    let body = format!("LicenseKey: k{n}\npad: {}\n", "x".repeat(64 * 1024));
+    let res = http()
+        .post(s.u("/api/v2/hosts/web1/configs?apply=false"))
+        .admin()
+        .body(body)
+        .go()
+        .await;
+    let status = res.status();
+    if status.is_success() {
+        let v: serde_json::Value = res.json().await.unwrap();
+        acked
+            .configs
+            .push(v["revision"]["revision"].as_i64().unwrap());
+    }
+    status
+}
+
+async fn publish(s: &TestServer, version: &str, acked: &mut Acked) -> reqwest::StatusCode {
+    let res = http()
+        .post(s.u(&format!(
+            "/api/v2/releases?version={version}&platform=linux-x86_64&kind=archive"
+        )))
+        .admin()
+        .body(vec![version.as_bytes()[0]; 1 << 20])
+        .go()
+        .await;
+    let status = res.status();
+    if status.is_success() {
+        acked.releases.push(version.into());
+    }
+    status
+}
+
+async fn new_operator_token(s: &TestServer, acked: &mut Acked) -> reqwest::StatusCode {
+    let res = http()
+        .post(s.u("/api/v2/operator-tokens"))
+        .admin()
+        .json(&serde_json::json!({"label": "ci"}))
+        .go()
+        .await;
+    let status = res.status();
+    if status.is_success() {
+        let v: serde_json::Value = res.json().await.unwrap();
+        acked
+            .operator_tokens
+            .push(v["token"].as_str().unwrap().into());
+    }
+    status
+}
+
+#[tokio::test]
+async fn a_full_disk_loses_nothing_acknowledged() {
+    let fs = match Tmpfs::mount("24m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED a_full_disk_loses_nothing_acknowledged: {why} (needs root and permission to mount tmpfs)");
+            return;
+        }
+    };
+    let data = fs.path.join("data");
+    let mut acked = Acked::default();
+    let s = TestServer::start_with(&data, |_| {}).await;
+
+    // Before: everything works.
+    assert_eq!(post_command(&s, "restart", &mut acked).await, 201);
+    assert_eq!(push_config(&s, 0, &mut acked).await, 201);
+    assert_eq!(publish(&s, "1.0.0", &mut acked).await, 201);
+    assert_eq!(new_operator_token(&s, &mut acked).await, 201);
+
+    // The disk fills up.
+    let filler = fill(&fs.path);
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(("command", post_command(&s, "stop", &mut acked).await));
+        statuses.push(("config", push_config(&s, i + 1, &mut acked).await));
+    }
+    statuses.push(("release", publish(&s, "2.0.0", &mut acked).await));
+    statuses.push(("token", new_operator_token(&s, &mut acked).await));
+    // Legacy hosts keep polling: their heartbeats are batched in memory and
+    // the flushes fail for a while.
+    for i in 0..10 {
+        let res = http()
+            .get(s.u(&format!("/api/v1/command?hostname=legacy{i}")))
+            .agent()
+            .go()
+            .await;
+        assert!(res.status().is_success(), "a poll needs no disk");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await; // two failed flushes
+    for (what, status) in &statuses {
+        assert_eq!(
+            *status,
+            reqwest::StatusCode::INSUFFICIENT_STORAGE,
+            "{what} on a full disk: every write answers 507 ({statuses:?})"
+        );
+    }
+    assert!(
+        std::fs::read_dir(data.join("artifacts/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the refused upload left no temporary"
+    );
+
+    // Space returns: writes work at once, without a restart, ids unique.
+    std::fs::remove_file(&filler).unwrap();
+    let before_max = *acked.commands.keys().last().unwrap();
+    for _ in 0..10 {
+        assert_eq!(post_command(&s, "start", &mut acked).await, 201);
+    }
+    assert!(acked.commands.keys().last().unwrap() > &before_max);
+    assert_eq!(push_config(&s, 99, &mut acked).await, 201);
+    assert_eq!(publish(&s, "3.0.0", &mut acked).await, 201);
+    assert_eq!(new_operator_token(&s, &mut acked).await, 201);
+    // Reads are consistent: every acknowledged command, every time.
+    for _ in 0..5 {
+        let list: Vec<serde_json::Value> =
+            http().get(s.u("/api/v2/commands")).admin().json_of().await;
+        let ids: Vec<i64> = list
+            .iter()
+            .map(|c| c["id"].as_i64().unwrap())
+            .collect();
+        for id in acked.commands.keys() {
+            assert!(ids.contains(id), "command {id} missing from {ids:?}");
+        }
+    }
+
+    // Restart: everything acknowledged is there.
+    s.stop().await;
+    let s = TestServer::start_with(&data, |_| {}).await;
+    for (id, kind) in &acked.commands {
+        let v: serde_json::Value = http()
+            .get(s.u(&format!("/api/v2/commands/{id}")))
+            .admin()
+            .json_of()
+            .await;
+        assert_eq!(v["kind"], kind.as_str(), "command {id}");
+    }
+    let hist: Vec<serde_json::Value> = http()
+        .get(s.u("/api/v2/hosts/web1/configs"))
+        .admin()
+        .json_of()
+        .await;
+    let revs: Vec<i64> = hist
+        .iter()
+        .map(|r| r["revision"].as_i64().unwrap())
+        .collect();
+    for r in &acked.configs {
+        assert!(revs.contains(r), "config revision {r} missing from {revs:?}");
+    }
+    let releases: Vec<serde_json::Value> =
+        http().get(s.u("/api/v2/releases")).agent().json_of().await;
+    for v in &acked.releases {
+        assert!(
+            releases.iter().any(|r| r["version"] == v.as_str()),
+            "release {v} missing"
+        );
+    }
+    for t in &acked.operator_tokens {
+        let res = http()
+            .get(s.u("/api/v2/hosts"))
+            .bearer_auth(t)
+            .go()
+            .await;
+        assert_eq!(res.status(), 200, "operator token lost");
+    }
+    let hosts: Vec<serde_json::Value> = http().get(s.u("/api/v2/hosts")).admin().json_of().await;
+    for i in 0..10 {
+        let name = format!("legacy{i}");
+        assert!(
+            hosts.iter().any(|h| h["hostname"] == name.as_str()),
+            "{name}'s heartbeat batch was lost"
+        );
+    }
+    // No id is ever reused.
+    let mut next = Acked::default();
+    post_command(&s, "restart", &mut next).await;
+    let new_id = *next.commands.keys().next().unwrap();
+    assert!(new_id > *acked.commands.keys().last().unwrap());
+    s.stop().await;
+}
