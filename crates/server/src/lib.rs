@@ -166,7 +166,12 @@ pub async fn serve_on(
     let fd_cap = fd_limit.map(|l| conn::cap_for_fd_limit(l.min(1 << 21)));
     let max_connections = match (opts.limits.max_connections, fd_cap) {
         (Some(asked), Some(cap)) if asked > cap => {
-            tracing::warn!(asked, cap, fd_limit, "--max-connections is more than the file limit allows; using {cap}");
+            tracing::warn!(
+                asked,
+                cap,
+                fd_limit,
+                "--max-connections is more than the file limit allows; using {cap}"
+            );
             cap
         }
         (Some(asked), _) => asked,

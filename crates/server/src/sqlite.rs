@@ -27,12 +27,14 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
-use crate::store::{
-    CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult,
-};
+use crate::store::{CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
     (
         2,
         "store identity",
@@ -97,10 +99,12 @@ impl SqliteStore {
             ..Migrator::DEFAULT
         };
         migrator.run(&pool).await?;
-        sqlx::query("INSERT INTO store_meta (key, value) VALUES ('store_id', ?) ON CONFLICT DO NOTHING")
-            .bind(new_uuid())
-            .execute(&pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO store_meta (key, value) VALUES ('store_id', ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(new_uuid())
+        .execute(&pool)
+        .await?;
         let id: String = sqlx::query_scalar("SELECT value FROM store_meta WHERE key = 'store_id'")
             .fetch_one(&pool)
             .await?;

@@ -310,7 +310,11 @@ impl AppState {
             Ok(())
         } else {
             let wait = ((1.0 - b.tokens) / per_sec).ceil() as u64;
-            tracing::debug!(host, retry_after_s = wait, "new host name refused: this credential added too many recently");
+            tracing::debug!(
+                host,
+                retry_after_s = wait,
+                "new host name refused: this credential added too many recently"
+            );
             Err(TooManyNewHosts {
                 retry_after_secs: wait.max(1),
             })
@@ -697,7 +701,9 @@ impl AppState {
             if !self.has_artifact(&sha) {
                 match self.artifacts.remove(&sha) {
                     Ok(()) => removed += 1,
-                    Err(e) => tracing::warn!(sha256 = sha, error = %e, "could not delete an orphan artifact"),
+                    Err(e) => {
+                        tracing::warn!(sha256 = sha, error = %e, "could not delete an orphan artifact")
+                    }
                 }
             }
         }

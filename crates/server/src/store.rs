@@ -77,7 +77,9 @@ impl StoreError {
             StoreError::Full(_) => {
                 "the server's disk is full: nothing was stored; retry later".into()
             }
-            StoreError::Busy(_) => "the server's database is busy: nothing was stored; retry later".into(),
+            StoreError::Busy(_) => {
+                "the server's database is busy: nothing was stored; retry later".into()
+            }
             StoreError::Conflict(what) => format!("{what} already exists"),
             _ => "internal error: nothing was stored; see the server log".into(),
         }

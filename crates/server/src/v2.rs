@@ -46,10 +46,15 @@ impl V2Error {
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        let mut res = (self.status, Json(ApiError { error: self.message })).into_response();
+        let mut res = (
+            self.status,
+            Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response();
         if let Some(secs) = self.retry_after_secs {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, secs.into());
+            res.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
         res
     }
@@ -157,7 +162,10 @@ async fn read_body(state: &AppState, req: Request, limit: usize) -> V2Result<byt
         .map_err(|_| {
             V2Error::new(
                 StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within {} s", within.as_secs()),
+                format!(
+                    "the request body did not arrive within {} s",
+                    within.as_secs()
+                ),
             )
         })?
         .map_err(|e| match e {
@@ -496,7 +504,8 @@ async fn download_artifact(
         return bad("artifact id must be 64 lower-case hex digits").into_response();
     }
     if !state.has_artifact(&sha256) {
-        return V2Error::new(StatusCode::NOT_FOUND, format!("no artifact {sha256}")).into_response();
+        return V2Error::new(StatusCode::NOT_FOUND, format!("no artifact {sha256}"))
+            .into_response();
     }
     crate::v1::serve_artifact(&state, &sha256, req).await
 }

@@ -201,10 +201,7 @@ async fn a_full_disk_loses_nothing_acknowledged() {
     for _ in 0..5 {
         let list: Vec<serde_json::Value> =
             http().get(s.u("/api/v2/commands")).admin().json_of().await;
-        let ids: Vec<i64> = list
-            .iter()
-            .map(|c| c["id"].as_i64().unwrap())
-            .collect();
+        let ids: Vec<i64> = list.iter().map(|c| c["id"].as_i64().unwrap()).collect();
         for id in acked.commands.keys() {
             assert!(ids.contains(id), "command {id} missing from {ids:?}");
         }
@@ -231,7 +228,10 @@ async fn a_full_disk_loses_nothing_acknowledged() {
         .map(|r| r["revision"].as_i64().unwrap())
         .collect();
     for r in &acked.configs {
-        assert!(revs.contains(r), "config revision {r} missing from {revs:?}");
+        assert!(
+            revs.contains(r),
+            "config revision {r} missing from {revs:?}"
+        );
     }
     let releases: Vec<serde_json::Value> =
         http().get(s.u("/api/v2/releases")).agent().json_of().await;
@@ -242,11 +242,7 @@ async fn a_full_disk_loses_nothing_acknowledged() {
         );
     }
     for t in &acked.operator_tokens {
-        let res = http()
-            .get(s.u("/api/v2/hosts"))
-            .bearer_auth(t)
-            .go()
-            .await;
+        let res = http().get(s.u("/api/v2/hosts")).bearer_auth(t).go().await;
         assert_eq!(res.status(), 200, "operator token lost");
     }
     let hosts: Vec<serde_json::Value> = http().get(s.u("/api/v2/hosts")).admin().json_of().await;

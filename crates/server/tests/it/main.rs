@@ -1,6 +1,9 @@
 //! palette-server over real HTTP on loopback, with a real SQLite file.
 
+#[cfg(unix)]
 mod durability;
+#[cfg(unix)]
+mod hostile;
 mod support;
 mod takeover;
 mod tls;

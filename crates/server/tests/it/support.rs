@@ -130,3 +130,106 @@ pub async fn publish(
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     res.json().await.unwrap()
 }
+
+/// The real `palette-server` binary as a child process (for what needs a
+/// process of its own: a file limit, kill -9).
+pub struct BinServer {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    child: std::process::Child,
+}
+
+impl BinServer {
+    /// Starts the binary on a free port with `args`, under a file limit of
+    /// `nofile` (soft and hard) when given, and waits until it answers.
+    pub async fn start(data: &Path, args: &[&str], nofile: Option<u64>) -> BinServer {
+        std::fs::create_dir_all(data).unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("server.log"))
+            .unwrap();
+        let bin = env!("CARGO_BIN_EXE_palette-server");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = std::process::Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        cmd.arg("--data-dir")
+            .arg(data)
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .env("PALETTE_ADMIN_TOKEN", ADMIN)
+            .env("PALETTE_AGENT_TOKENS", AGENT)
+            .env("PALETTE_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("palette-server starts");
+        let s = BinServer {
+            url: format!("http://{addr}"),
+            addr,
+            data: data.to_path_buf(),
+            child,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http().get(s.u("/api/v1/ping")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "palette-server did not come up; log: {}",
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s
+    }
+
+    pub fn u(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean anything up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `cond` holds, polling every 50 ms, failing after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -109,7 +109,12 @@ async fn a_planted_config_never_reaches_a_legacy_host() {
         .go()
         .await;
     assert_eq!(res.status(), 404);
-    assert!(!res.bytes().await.unwrap().windows(8).any(|w| w == b"attacker"));
+    assert!(!res
+        .bytes()
+        .await
+        .unwrap()
+        .windows(8)
+        .any(|w| w == b"attacker"));
 
     // Once an operator sets the config, that is what the host gets.
     let res = http()
