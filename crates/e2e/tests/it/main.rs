@@ -128,6 +128,38 @@ async fn restart_command_and_duplicate_delivery_is_performed_once() {
 }
 
 #[tokio::test]
+async fn a_new_server_store_never_makes_the_watchdog_skip_a_command() {
+    let (t, mut server, host) = setup("restored").await;
+    let api = server.api();
+    let before = host.running_agent().unwrap();
+    let id = api.command(CommandKind::Restart, "restored").await;
+    assert_eq!(api.ack(id, T).await.0, Outcome::Succeeded);
+    let after = host.wait_agent_running(T).await.unwrap();
+    assert_ne!(before.pid, after.pid);
+
+    // The server is replaced by one with a new store (a rebuilt server, or
+    // a backup from before any command) at the same address: its ids start
+    // afresh, so its first command has the id the host already performed.
+    let port = server.port;
+    server.stop();
+    let server = Server::start_on(&t.path().join("server-new"), port).await;
+    let api = server.api();
+    let id2 = api.command(CommandKind::Stop, "restored").await;
+    assert_eq!(id2, id, "the new store reuses the id");
+    let (outcome, msg) = api.ack(id2, T).await;
+    assert_eq!(outcome, Outcome::Succeeded, "{msg}");
+    assert_ne!(msg, "already performed");
+    wait_for("the agent stops", T, || async {
+        host.running_agent().is_none()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    host.wait_log("the server's store changed", T)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn publish_v2_then_a_failing_v3_rolls_back() {
     let (t, server, host) = setup("updater").await;
     let api = server.api();
