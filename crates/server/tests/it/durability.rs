@@ -61,6 +61,7 @@ struct Acked {
     configs: Vec<i64>,
     releases: Vec<String>,
     operator_tokens: Vec<String>,
+    agent_tokens: Vec<String>,
 }
 
 async fn post_command(s: &TestServer, kind: &str, acked: &mut Acked) -> reqwest::StatusCode {
@@ -133,6 +134,21 @@ async fn new_operator_token(s: &TestServer, acked: &mut Acked) -> reqwest::Statu
     status
 }
 
+async fn add_agent_token(s: &TestServer, n: usize, acked: &mut Acked) -> reqwest::StatusCode {
+    let token = format!("agent-token-{n:04}");
+    let res = http()
+        .post(s.u("/api/v2/agent-tokens"))
+        .admin()
+        .json(&serde_json::json!({ "token": token }))
+        .go()
+        .await;
+    let status = res.status();
+    if status.is_success() {
+        acked.agent_tokens.push(token);
+    }
+    status
+}
+
 #[tokio::test]
 async fn a_full_disk_loses_nothing_acknowledged() {
     let fs = match Tmpfs::mount("24m") {
@@ -151,6 +167,7 @@ async fn a_full_disk_loses_nothing_acknowledged() {
     assert_eq!(push_config(&s, 0, &mut acked).await, 201);
     assert_eq!(publish(&s, "1.0.0", &mut acked).await, 201);
     assert_eq!(new_operator_token(&s, &mut acked).await, 201);
+    assert_eq!(add_agent_token(&s, 0, &mut acked).await, 201);
 
     // The disk fills up.
     let filler = fill(&fs.path);
@@ -161,6 +178,19 @@ async fn a_full_disk_loses_nothing_acknowledged() {
     }
     statuses.push(("release", publish(&s, "2.0.0", &mut acked).await));
     statuses.push(("token", new_operator_token(&s, &mut acked).await));
+    statuses.push(("agent token", add_agent_token(&s, 1, &mut acked).await));
+    let res = http()
+        .post(s.u("/api/v2/checkin"))
+        .agent()
+        .json(&serde_json::json!({
+            "host": {"hostname": "v2host", "platform": "linux-x86_64",
+                     "watchdog_version": "1.0.0", "agent_version": null,
+                     "agent_state": "running", "desired_state": "running",
+                     "config_revision": null}
+        }))
+        .go()
+        .await;
+    statuses.push(("check-in report", res.status()));
     // Legacy hosts keep polling: their heartbeats are batched in memory and
     // the flushes fail for a while.
     for i in 0..10 {
@@ -197,6 +227,7 @@ async fn a_full_disk_loses_nothing_acknowledged() {
     assert_eq!(push_config(&s, 99, &mut acked).await, 201);
     assert_eq!(publish(&s, "3.0.0", &mut acked).await, 201);
     assert_eq!(new_operator_token(&s, &mut acked).await, 201);
+    assert_eq!(add_agent_token(&s, 2, &mut acked).await, 201);
     // Reads are consistent: every acknowledged command, every time.
     for _ in 0..5 {
         let list: Vec<serde_json::Value> =
@@ -244,6 +275,14 @@ async fn a_full_disk_loses_nothing_acknowledged() {
     for t in &acked.operator_tokens {
         let res = http().get(s.u("/api/v2/hosts")).bearer_auth(t).go().await;
         assert_eq!(res.status(), 200, "operator token lost");
+    }
+    for t in &acked.agent_tokens {
+        let res = http()
+            .get(s.u("/api/v1/license"))
+            .header("Authorization", format!("Token {t}"))
+            .go()
+            .await;
+        assert_eq!(res.status(), 200, "agent token {t} lost");
     }
     let hosts: Vec<serde_json::Value> = http().get(s.u("/api/v2/hosts")).admin().json_of().await;
     for i in 0..10 {
