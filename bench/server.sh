@@ -11,7 +11,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -q -p palette-server -p palette-ctl
 DATA="$(mktemp -d)"; PORT=18181; URL="http://127.0.0.1:$PORT"
 PALETTE_LOG=warn PALETTE_ADMIN_TOKEN=bench-admin PALETTE_AGENT_TOKENS=bench-license-key \
-  target/release/palette-server --data-dir "$DATA" --listen "127.0.0.1:$PORT" >"$DATA/server.log" 2>&1 &
+  target/release/palette-server --data-dir "$DATA" --listen "127.0.0.1:$PORT" --new-hosts-burst 1000000 >"$DATA/server.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done

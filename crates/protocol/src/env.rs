@@ -32,9 +32,9 @@ pub const BODY_TIMEOUT_SECS: &str = "PALETTE_BODY_TIMEOUT_SECS";
 /// (default 60).
 pub const UPLOAD_STALL_SECS: &str = "PALETTE_UPLOAD_STALL_SECS";
 /// palette-server: new host names one agent credential may introduce at
-/// once (default 2000)...
+/// once (default 10000)...
 pub const NEW_HOSTS_BURST: &str = "PALETTE_NEW_HOSTS_BURST";
-/// ...and per minute after that (default 600).
+/// ...and per minute after that (default 1200).
 pub const NEW_HOSTS_PER_MINUTE: &str = "PALETTE_NEW_HOSTS_PER_MINUTE";
 
 /// palettectl: the server's base URL (`--server`).

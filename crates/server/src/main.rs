@@ -44,10 +44,10 @@ struct Cli {
     upload_stall_secs: u64,
     /// New host names one agent credential (license key) may introduce at
     /// once; past it, unknown names get 429 until the budget refills.
-    #[arg(long, env = env::NEW_HOSTS_BURST, default_value_t = 2000)]
+    #[arg(long, env = env::NEW_HOSTS_BURST, default_value_t = 10_000)]
     new_hosts_burst: u32,
     /// How fast that budget refills, in host names per minute.
-    #[arg(long, env = env::NEW_HOSTS_PER_MINUTE, default_value_t = 600)]
+    #[arg(long, env = env::NEW_HOSTS_PER_MINUTE, default_value_t = 1200)]
     new_hosts_per_minute: u32,
 }
 

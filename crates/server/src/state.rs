@@ -65,8 +65,8 @@ impl Settings {
             max_wait_secs: 120,
             max_config_revisions: 50,
             max_report_bytes: 16 * 1024,
-            new_hosts_burst: 2000,
-            new_hosts_per_minute: 600,
+            new_hosts_burst: 10_000,
+            new_hosts_per_minute: 1200,
             limits: crate::conn::Limits::default(),
         }
     }
@@ -133,6 +133,8 @@ pub struct Inner {
 struct Bucket {
     tokens: f64,
     at: std::time::Instant,
+    /// Whether running dry was logged (again once it has refilled).
+    warned: bool,
 }
 
 /// Why a host was not admitted.
@@ -302,14 +304,26 @@ impl AppState {
         let b = buckets.entry(*token).or_insert(Bucket {
             tokens: burst,
             at: now,
+            warned: false,
         });
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec).min(burst);
         b.at = now;
+        if b.tokens >= burst {
+            b.warned = false;
+        }
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             Ok(())
         } else {
             let wait = ((1.0 - b.tokens) / per_sec).ceil() as u64;
+            if !std::mem::replace(&mut b.warned, true) {
+                tracing::warn!(
+                    host,
+                    burst = self.settings.new_hosts_burst,
+                    per_minute = self.settings.new_hosts_per_minute,
+                    "one agent credential introduced more new host names than allowed: refusing unknown names with 429 until its budget refills (raise --new-hosts-burst for a large enrollment; a leaked key shows this way)"
+                );
+            }
             tracing::debug!(
                 host,
                 retry_after_s = wait,
