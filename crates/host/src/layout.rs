@@ -63,6 +63,14 @@ impl Layout {
     pub fn state(&self) -> PathBuf {
         self.base.join("state")
     }
+    /// Held by the one watchdog running on this folder.
+    pub fn watchdog_lock(&self) -> PathBuf {
+        self.state().join("watchdog.lock")
+    }
+    /// Held by a manager for its whole run.
+    pub fn manager_lock(&self) -> PathBuf {
+        self.state().join("manager.lock")
+    }
     pub fn journal(&self) -> PathBuf {
         self.state().join("update-journal.json")
     }

@@ -3,8 +3,9 @@
 //! Owns: the folder layout (`layout`), atomic file writes (`fsx`), the
 //! watchdog's local settings (`settings`, never changed remotely), the
 //! agent's shared `Config/Config.yml` (`agent_config`), the `current`
-//! version pointer (`layout`), the update journal (`journal`) and log
-//! set-up (`logging`). Used by both the watchdog and the manager.
+//! version pointer (`layout`), the update journal (`journal`), the
+//! manager's result file (`manager_result`), the single-instance and
+//! manager locks (`lock`) and log set-up (`logging`). Used by both the watchdog and the manager.
 //!
 //! Must not: talk to the network or control processes.
 
@@ -12,7 +13,9 @@ pub mod agent_config;
 pub mod fsx;
 pub mod journal;
 pub mod layout;
+pub mod lock;
 pub mod logging;
+pub mod manager_result;
 mod platform;
 pub mod settings;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use palette_host::manager_result::{ManagerResult, RecoveryKind};
 use palette_host::settings::{Backend, Settings};
 use palette_host::Layout;
 use palette_manager::extract::Limits;
@@ -66,13 +67,63 @@ fn main() {
             layout.logs().display()
         );
     }
-    if let Err(e) = run(cli.op, &layout) {
+    // One manager at a time, for its whole run: a watchdog restarted while
+    // this one works waits for it instead of recovering over it.
+    if let Err(e) = fs_err::create_dir_all(layout.state()) {
+        tracing::error!(error = %e, "cannot create the state folder");
+        std::process::exit(1);
+    }
+    let _lock = match palette_host::lock::lock_waiting(&layout.manager_lock(), |pid| {
+        tracing::warn!(
+            ?pid,
+            "another manager is running on this folder; waiting for it to finish"
+        )
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot take the manager lock");
+            std::process::exit(1);
+        }
+    };
+    let name = cli.op.name();
+    let mut result = ManagerResult {
+        op: name.into(),
+        ok: true,
+        reason: None,
+        recovery: None,
+        version: None,
+        current: None,
+        pid: std::process::id(),
+    };
+    let outcome = run(cli.op, &layout, &mut result);
+    if let Err(e) = &outcome {
         tracing::error!("{e:#}");
+        result.ok = false;
+        result.reason = Some(format!("{e:#}"));
+    }
+    if let Err(e) = result.save(&layout) {
+        tracing::error!(error = %e, "cannot write the manager's result file");
+    }
+    if outcome.is_err() {
         std::process::exit(1);
     }
 }
 
-fn run(op: Op, layout: &Layout) -> anyhow::Result<()> {
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Update { .. } => "update",
+            Op::Commit => "commit",
+            Op::Rollback => "rollback",
+            Op::Recover => "recover",
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Restart => "restart",
+        }
+    }
+}
+
+fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()> {
     match op {
         Op::Update {
             artifact,
@@ -81,6 +132,7 @@ fn run(op: Op, layout: &Layout) -> anyhow::Result<()> {
             release_id,
         } => {
             let version = version.parse().context("while reading --version")?;
+            result.version = Some(version);
             tracing::info!(artifact = %artifact.display(), %version, "update requested");
             ops::install_archive(
                 layout,
@@ -98,6 +150,7 @@ fn run(op: Op, layout: &Layout) -> anyhow::Result<()> {
         }
         Op::Rollback => {
             let restored = ops::rollback(layout)?;
+            result.current = restored;
             println!(
                 "{}",
                 restored
@@ -107,6 +160,15 @@ fn run(op: Op, layout: &Layout) -> anyhow::Result<()> {
         }
         Op::Recover => {
             let r = ops::recover(layout)?;
+            let (kind, version) = match &r {
+                ops::Recovery::Nothing => (RecoveryKind::Nothing, None),
+                ops::Recovery::Discarded { version } => (RecoveryKind::Discarded, Some(*version)),
+                ops::Recovery::NeedsHealthCheck { version, .. } => {
+                    (RecoveryKind::NeedsHealthCheck, Some(*version))
+                }
+            };
+            result.recovery = Some(kind);
+            result.version = version;
             println!("{r:?}");
         }
         Op::Start | Op::Stop | Op::Restart => {

@@ -43,6 +43,20 @@ async fn main() -> anyhow::Result<()> {
         Layout::from_arg_or_exe(cli.base).context("while working out the install folder")?;
     match cli.cmd {
         Cmd::Run => {
+            layout.ensure_dirs().with_context(|| {
+                format!("while creating the folders under {}", layout.base.display())
+            })?;
+            // One watchdog per install folder, checked before anything is
+            // touched (even the log).
+            let _instance = match palette_host::lock::try_lock(&layout.watchdog_lock()) {
+                Ok(l) => l,
+                Err(palette_host::lock::LockError::Held { pid, .. }) => anyhow::bail!(
+                    "another palette-watchdog (pid {}) is already running on {}; this one exits without touching anything",
+                    pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+                    layout.base.display()
+                ),
+                Err(e) => return Err(e).context("while taking the single-instance lock"),
+            };
             palette_host::logging::init(&layout.logs(), "watchdog")
                 .with_context(|| format!("while opening the log in {}", layout.logs().display()))?;
             let result = palette_watchdog::run::run(layout).await;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use palette_manager::ops::Recovery;
+use palette_host::manager_result::{ManagerResult, RecoveryKind};
 use palette_protocol::v2::{Outcome, ReleaseKind, UpdateReport};
 use palette_protocol::Version;
 use palette_service::Event;
@@ -180,7 +180,7 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
         format!("--sha256={}", got.sha256),
         format!("--release-id={}", cand.release_id),
     ];
-    if let Err(e) = run_manager(ctx, &args).await {
+    if let Err(e) = run_manager(ctx, &args).await.map(drop) {
         let _ = ctx.supervisor.resume().await;
         return fail(format!(
             "the manager refused the update, old version kept: {e}"
@@ -193,7 +193,7 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
 async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
     match health_check(ctx).await {
         Ok(()) => match run_manager(ctx, &["commit".into()]).await {
-            Ok(()) => report(
+            Ok(_) => report(
                 ctx,
                 release_id,
                 version,
@@ -218,7 +218,7 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "none".into());
             let msg = match rolled {
-                Ok(()) => format!(
+                Ok(_) => format!(
                     "version {version} failed its health check ({why}); rolled back to {back}"
                 ),
                 Err(e) => format!(
@@ -268,15 +268,37 @@ async fn health_check(ctx: &Ctx) -> Result<(), String> {
     }
 }
 
-/// After a restart: finishes an update a crash interrupted.
+/// After a restart: finishes an update a crash interrupted. A manager
+/// still running (detached, left by the watchdog before this one) holds the
+/// manager lock: this waits for it, then runs `manager_in_action recover`
+/// like any other manager step, never over a live manager.
 pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
-    match palette_manager::ops::recover(&ctx.layout) {
-        Ok(Recovery::Nothing) => None,
-        Ok(Recovery::Discarded { version }) => {
+    let lock_path = ctx.layout.manager_lock();
+    if palette_host::lock::is_held(&lock_path) {
+        tracing::warn!("a manager started before this watchdog is still running; waiting for it before recovering");
+        let waited = tokio::task::spawn_blocking(move || {
+            palette_host::lock::lock_waiting(&lock_path, |_| {}).map(drop)
+        })
+        .await;
+        if let Ok(Err(e)) = waited {
+            tracing::error!(error = %e, "cannot wait for the running manager");
+        } else {
+            tracing::info!("the earlier manager finished");
+        }
+    }
+    let result = match run_manager(ctx, &["recover".into()]).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = e, "update recovery failed");
+            return None;
+        }
+    };
+    match (result.recovery, result.version) {
+        (Some(RecoveryKind::Discarded), Some(version)) => {
             tracing::warn!(%version, "an update interrupted before its switch was discarded; the old version stays");
             None
         }
-        Ok(Recovery::NeedsHealthCheck { version, .. }) => {
+        (Some(RecoveryKind::NeedsHealthCheck), Some(version)) => {
             tracing::warn!(%version, "an update was interrupted after its switch; checking the new version's health");
             let id = palette_host::journal::Journal::load(&ctx.layout)
                 .ok()
@@ -286,10 +308,7 @@ pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
             let _ = ctx.supervisor.pause().await;
             Some(finish(ctx, id, version).await)
         }
-        Err(e) => {
-            tracing::error!(error = %chain(&e), "update recovery failed");
-            None
-        }
+        _ => None,
     }
 }
 
@@ -306,12 +325,15 @@ fn copy_manager(ctx: &Ctx) -> Result<(), String> {
 
 /// Runs `manager_in_action` in its own process group (it outlives a
 /// stopped watchdog) and waits for it. Its output goes to a file, not a
-/// pipe, so it never dies of a closed pipe.
-async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<(), String> {
+/// pipe, so it never dies of a closed pipe; its outcome is read from the
+/// result file it writes (`state/manager-result.json`).
+async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<ManagerResult, String> {
     let exe = ctx.layout.manager_in_action();
     if !exe.exists() {
         copy_manager(ctx)?;
     }
+    ManagerResult::clear(&ctx.layout)
+        .map_err(|e| format!("cannot clear the manager's result file: {e}"))?;
     let out_path = ctx.layout.logs().join("manager-console.log");
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -332,20 +354,21 @@ async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<(), String> {
         .wait()
         .await
         .map_err(|e| format!("waiting for the manager: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        let text = fs_err::read_to_string(&out_path).unwrap_or_default();
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| l.contains("ERROR"))
-            .or_else(|| text.lines().last())
-            .unwrap_or("");
-        let last = last
-            .split_once("ERROR")
-            .map(|(_, m)| m.trim())
-            .unwrap_or(last);
-        Err(format!("manager {} exited with {status}: {last}", args[0]))
+    let result = ManagerResult::load(&ctx.layout).ok().flatten();
+    match result {
+        Some(r) if r.ok && status.success() => Ok(r),
+        Some(r) if !r.ok => Err(format!(
+            "manager {} failed: {}",
+            args[0],
+            r.reason.as_deref().unwrap_or("no reason given")
+        )),
+        _ => {
+            let text = fs_err::read_to_string(&out_path).unwrap_or_default();
+            let last = text.lines().last().unwrap_or("").trim();
+            Err(format!(
+                "manager {} exited with {status} without a result; its last output: {last}",
+                args[0]
+            ))
+        }
     }
 }

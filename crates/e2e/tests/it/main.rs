@@ -784,3 +784,94 @@ async fn manager_outlives_a_watchdog_killed_mid_update() {
     assert_eq!(host.wait_agent_running(T).await.unwrap().version, "2.0.0");
     assert!(!host.base.join("state/update-journal.json").exists());
 }
+
+#[tokio::test]
+async fn a_watchdog_restarted_during_a_live_manager_waits_for_it() {
+    // The race fault injection found: `systemctl restart` leaves the
+    // detached manager unpacking while a new watchdog starts and recovers.
+    // Repeated: each round restarts the watchdog at once while the manager
+    // still works; every round must end committed, never with `current`
+    // naming a version without its binary.
+    let (t, server, mut host) = setup("racer").await;
+    let api = server.api();
+    let base = host.base.display().to_string();
+    for (round, version) in ["2.0.0", "3.0.0", "4.0.0"].iter().enumerate() {
+        let archive = release_archive_with(t.path(), version, false, 48);
+        api.publish(&archive, version, "archive").await;
+        let mut manager = 0;
+        wait_for("manager_in_action runs", Duration::from_secs(120), || {
+            let found = find_processes(&["manager_in_action", &base, "update"]);
+            manager = found.first().copied().unwrap_or(0);
+            async move { !found.is_empty() }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e:#}\n{}", host.diagnostics()));
+        host.kill9();
+        host.start();
+        let still_running = alive(manager);
+        wait_for(
+            "the update is committed",
+            Duration::from_secs(120),
+            || async {
+                api.host("racer")
+                    .await
+                    .and_then(|h| h.report)
+                    .and_then(|r| r.last_update)
+                    .is_some_and(|u| {
+                        u.version.to_string() == *version && u.outcome == Outcome::Succeeded
+                    })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e:#}\n{}", host.diagnostics()));
+        let current = std::fs::read_to_string(host.base.join("versions/current")).unwrap();
+        assert_eq!(current.trim(), *version, "round {round}");
+        assert!(
+            host.base
+                .join("versions")
+                .join(version)
+                .join("palette-sample-agent")
+                .exists(),
+            "round {round}: versions/current names a version without its binary"
+        );
+        assert_eq!(host.wait_agent_running(T).await.unwrap().version, *version);
+        if still_running {
+            assert!(
+                host.log().contains("still running; waiting for it"),
+                "round {round}: the new watchdog did not wait for the live manager"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_watchdog_on_the_same_folder_refuses_and_touches_nothing() {
+    let (_t, _s, host) = setup("single").await;
+    let agent = host.running_agent().unwrap();
+    let first = host.watchdog_pid().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(bin("palette-watchdog"))
+            .args(["run", "--base", &host.base.display().to_string()])
+            .output(),
+    )
+    .await
+    .expect("the second watchdog exits at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already running") && stderr.contains(&first.to_string()),
+        "{stderr}"
+    );
+    assert_eq!(
+        host.running_agent().unwrap().pid,
+        agent.pid,
+        "the agent kept its pid"
+    );
+    assert_eq!(
+        host.log().matches(" starting").count(),
+        1,
+        "the second watchdog wrote to the log"
+    );
+}
