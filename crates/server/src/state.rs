@@ -747,6 +747,26 @@ impl AppState {
         self.releases.read().unwrap().v1_latest.clone()
     }
 
+    /// `/api/v1/agent/version?platform=P` (sent by our own watchdog in v1
+    /// mode): the newest agent release for that platform, whatever its
+    /// kind, with a download URL that serves exactly it.
+    pub fn v1_offer_for(&self, platform: &str) -> Option<(String, Release)> {
+        let r = self.release_for("agent", platform)?;
+        let url = format!(
+            "{V1_AGENT_URL}?platform={}",
+            form_urlencoded::byte_serialize(platform.as_bytes()).collect::<String>()
+        );
+        let body = v1::encode(&v1::AgentVersion {
+            major: r.version.major,
+            minor: r.version.minor,
+            patch: r.version.patch,
+            product: "Agent".into(),
+            md5: r.md5.clone(),
+            url,
+        });
+        Some((body, r))
+    }
+
     pub fn msi_release(&self, version: &Version) -> Option<Release> {
         self.releases
             .read()

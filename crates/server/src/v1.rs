@@ -81,11 +81,32 @@ async fn license(State(state): State<AppState>, headers: HeaderMap) -> Response 
     body_with_type(StatusCode::OK, TEXT, v1::encode(&v1::License::unlimited()))
 }
 
-async fn agent_version(State(state): State<AppState>, headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+struct PlatformQuery {
+    platform: Option<String>,
+}
+
+/// The legacy offer (the newest MSI), or with `platform=P` (our own
+/// watchdog in v1 mode) the newest agent release for that platform.
+fn v1_offer(
+    state: &AppState,
+    q: &PlatformQuery,
+) -> Option<(String, palette_protocol::v2::Release)> {
+    match q.platform.as_deref() {
+        Some(p) => state.v1_offer_for(p),
+        None => state.v1_latest(),
+    }
+}
+
+async fn agent_version(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PlatformQuery>,
+) -> Response {
     if let Err(r) = require(&state, &headers, Role::Agent) {
         return r;
     }
-    match state.v1_latest() {
+    match v1_offer(&state, &q) {
         Some((body, _)) => body_with_type(StatusCode::OK, TEXT, body),
         None => text(StatusCode::NOT_FOUND, "No latest version found yet\n"),
     }
@@ -102,11 +123,15 @@ pub async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Res
     }
 }
 
-async fn agent_download(State(state): State<AppState>, req: Request) -> Response {
+async fn agent_download(
+    State(state): State<AppState>,
+    Query(q): Query<PlatformQuery>,
+    req: Request,
+) -> Response {
     if let Err(r) = require(&state, req.headers(), Role::Agent) {
         return r;
     }
-    match state.v1_latest() {
+    match v1_offer(&state, &q) {
         Some((_, release)) => serve_artifact(&state, &release.sha256, req).await,
         None => text(StatusCode::NOT_FOUND, "No latest version found yet\n"),
     }

@@ -29,6 +29,14 @@ pub struct Ctx {
     /// A release whose download failed for a passing reason: (release id,
     /// not before, current delay).
     pub download_retry: Mutex<Option<(i64, std::time::Instant, std::time::Duration)>>,
+    /// The release an update job is working on (set by the controller).
+    active_update: Mutex<Option<i64>>,
+    /// v2 command ids handed to the controller and not acknowledged yet: a
+    /// redelivery meanwhile is neither performed nor acknowledged.
+    in_flight: Mutex<std::collections::HashSet<i64>>,
+    /// When a transport last made progress (ms since the epoch): a check-in
+    /// answered or failed, a poll made.
+    progress: std::sync::atomic::AtomicI64,
 }
 
 impl Ctx {
@@ -52,7 +60,47 @@ impl Ctx {
             client: Mutex::new(None),
             protocol: Mutex::new(protocol),
             download_retry: Mutex::new(None),
+            active_update: Mutex::new(None),
+            in_flight: Mutex::new(std::collections::HashSet::new()),
+            progress: std::sync::atomic::AtomicI64::new(crate::now_ms()),
         }
+    }
+
+    pub fn set_active_update(&self, release_id: i64) {
+        *self.active_update.lock().unwrap() = Some(release_id);
+    }
+
+    pub fn clear_active_update(&self) {
+        *self.active_update.lock().unwrap() = None;
+    }
+
+    /// The release an update job is working on now.
+    pub fn active_update(&self) -> Option<i64> {
+        *self.active_update.lock().unwrap()
+    }
+
+    /// Marks `id` as handed to the controller; `false` if it already was.
+    pub fn start_command(&self, id: i64) -> bool {
+        self.in_flight.lock().unwrap().insert(id)
+    }
+
+    pub fn finished_command(&self, id: i64) {
+        self.in_flight.lock().unwrap().remove(&id);
+    }
+
+    pub fn command_in_flight(&self, id: i64) -> bool {
+        self.in_flight.lock().unwrap().contains(&id)
+    }
+
+    /// A transport made progress now.
+    pub fn progressed(&self) {
+        self.progress
+            .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Milliseconds since a transport last made progress.
+    pub fn since_progress_ms(&self) -> i64 {
+        crate::now_ms() - self.progress.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `V1` or `V2`: the API this watchdog speaks now.
@@ -154,6 +202,19 @@ async fn get_config(ctx: &Ctx) -> Result<String, String> {
 /// Validates and applies a new `Config.yml`. On any refusal the old file
 /// stays untouched.
 pub async fn apply_config(ctx: &Ctx, bytes: Vec<u8>, rev: Option<i64>) -> Result<String, String> {
+    let target = ctx.layout.config_yml();
+    if fs_err::read(&target).is_ok_and(|cur| cur == bytes) {
+        ctx.durable.update(|d| {
+            if rev.is_some() {
+                d.config_revision = rev;
+            }
+        });
+        tracing::info!(revision = ?rev, "GET-CONFIG delivered the Config.yml already in place; nothing to do");
+        return Ok(format!(
+            "Config.yml unchanged{}; agent not restarted",
+            rev.map(|r| format!(" (revision {r})")).unwrap_or_default()
+        ));
+    }
     let scratch = ctx.layout.updates().join("Config.yml.new");
     palette_host::fsx::atomic_write(&scratch, &bytes)
         .map_err(|e| format!("cannot stage the new config: {e}"))?;
@@ -168,7 +229,6 @@ pub async fn apply_config(ctx: &Ctx, bytes: Vec<u8>, rev: Option<i64>) -> Result
             chain(&e)
         )
     })?;
-    let target = ctx.layout.config_yml();
     if let Ok(old) = fs_err::read(&target) {
         let _ = palette_host::fsx::atomic_write(
             &ctx.layout.config_dir().join("Config.yml.previous"),

@@ -241,9 +241,18 @@ impl Client {
         Self::json(res, &url).await.map(Some)
     }
 
-    /// `GET /agent/version`; `None` on 404.
-    pub async fn v1_agent_version(&self) -> Result<Option<v1::AgentVersion>, ClientError> {
-        let url = self.url("/agent/version");
+    /// `GET /agent/version`; `None` on 404. The `platform` parameter lets
+    /// our server offer what this platform installs (a legacy server
+    /// ignores it and offers its MSI, which the update refuses by content).
+    pub async fn v1_agent_version(
+        &self,
+        platform: &str,
+    ) -> Result<Option<v1::AgentVersion>, ClientError> {
+        let url = format!(
+            "{}?platform={}",
+            self.url("/agent/version"),
+            url::form_urlencoded::byte_serialize(platform.as_bytes()).collect::<String>()
+        );
         let rb = self.request(reqwest::Method::GET, &url);
         match self.send(rb, &url).await {
             Ok(res) => Self::json(res, &url).await.map(Some),

@@ -13,6 +13,7 @@
 pub mod actions;
 pub mod backoff;
 pub mod client;
+pub mod controller;
 pub mod durable;
 mod platform;
 pub mod run;

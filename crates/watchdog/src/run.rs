@@ -12,7 +12,10 @@ use palette_service::{
     CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec, ServiceControl,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::actions::Ctx;
+use crate::controller::{Controller, Handle};
 use crate::supervisor::{Policy, Supervisor};
 use crate::{durable, platform, update, v1loop, v2loop};
 
@@ -73,7 +76,10 @@ pub fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceContr
     }
 }
 
-/// The host name to report: the setting, else the system's.
+/// The host name to report: the setting, else the system's, validated but
+/// kept exactly as written (a legacy server compares names
+/// case-sensitively, and Windows names are usually upper case; our server
+/// compares them case-insensitively).
 pub fn hostname(settings: &Settings) -> anyhow::Result<String> {
     let raw = match &settings.hostname {
         Some(h) => h.clone(),
@@ -81,7 +87,8 @@ pub fn hostname(settings: &Settings) -> anyhow::Result<String> {
     };
     palette_protocol::validate_hostname(&raw).with_context(|| {
         format!("host name {raw:?} cannot be reported; set `hostname` in watchdog.yml")
-    })
+    })?;
+    Ok(raw)
 }
 
 pub async fn run(layout: Layout) -> anyhow::Result<()> {
@@ -115,8 +122,9 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
 
     // Finish an update a crash interrupted before anything else runs.
     update::recover(&ctx).await;
+    let shutdown = CancellationToken::new();
     // Subscribed before the agent starts: an immediate crash is seen.
-    let keepalive_loop = supervisor.clone().keep_alive();
+    let keepalive_loop = supervisor.clone().keep_alive(shutdown.clone());
     if supervisor.desired() == DesiredState::Running {
         if let Err(e) = svc.start().await {
             tracing::error!(error = %crate::actions::chain(&e), "could not start the agent; the keep-alive will retry");
@@ -125,26 +133,37 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
         tracing::info!("the agent stays stopped: an operator commanded stop");
     }
     let keepalive = tokio::spawn(keepalive_loop);
+    let (controller, handle) = Controller::new(ctx.clone(), shutdown.clone());
+    let controller = tokio::spawn(controller.run());
     platform::notify_ready();
+    let pinger = tokio::spawn(liveness_pinger(
+        ctx.clone(),
+        handle.clone(),
+        shutdown.clone(),
+    ));
 
-    let loop_ctx = ctx.clone();
+    let (loop_ctx, loop_shutdown) = (ctx.clone(), shutdown.clone());
     let server_loop = tokio::spawn(async move {
         match loop_ctx.settings.server.protocol {
-            Protocol::V1 => v1loop::run(&loop_ctx).await,
+            Protocol::V1 => v1loop::run(&loop_ctx, &handle, &loop_shutdown).await,
             Protocol::V2 | Protocol::Auto => {
-                // Returns only when `auto` finds a legacy-only server.
-                v2loop::run(&loop_ctx).await;
-                loop_ctx.use_legacy_protocol();
-                v1loop::run(&loop_ctx).await
+                // `true` only when `auto` finds a legacy-only server.
+                if v2loop::run(&loop_ctx, &handle, &loop_shutdown).await {
+                    loop_ctx.use_legacy_protocol();
+                    v1loop::run(&loop_ctx, &handle, &loop_shutdown).await
+                }
             }
         }
     });
 
     platform::shutdown_signal().await;
     platform::notify_stopping();
-    tracing::info!("stopping: stopping the agent, then exiting");
-    server_loop.abort();
-    keepalive.abort();
+    tracing::info!("stopping: finishing what is in flight, stopping the agent, then exiting");
+    shutdown.cancel();
+    let _ = server_loop.await;
+    let _ = controller.await;
+    let _ = keepalive.await;
+    let _ = pinger.await;
     if ctx.settings.agent.backend == Backend::Process {
         if let Err(e) = svc.stop().await {
             tracing::error!(error = %crate::actions::chain(&e), "could not stop the agent");
@@ -152,4 +171,40 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     }
     tracing::info!("palette-watchdog stopped");
     Ok(())
+}
+
+/// Pings systemd's watchdog timer only while the controller answers and a
+/// transport made progress recently: a stuck watchdog is restarted by
+/// systemd instead of pinging from a task that works while the rest hangs.
+async fn liveness_pinger(ctx: Arc<Ctx>, handle: Handle, shutdown: CancellationToken) {
+    let Some(every) = platform::watchdog_ping_interval() else {
+        return;
+    };
+    // The longest a healthy transport can go without progress: a long poll
+    // plus its timeout, plus the longest backoff.
+    let s = &ctx.settings;
+    let patience_ms = ((s.server.checkin_wait_secs
+        + s.server.timeout_secs
+        + s.intervals.commands_secs.max(60)
+        + 120)
+        * 1000) as i64;
+    let mut said = false;
+    loop {
+        if crate::v2loop::sleep_or_shutdown(every, &shutdown).await {
+            return;
+        }
+        let controller_ok = handle.responsive(every).await;
+        let transport_ok = ctx.since_progress_ms() < patience_ms;
+        if controller_ok && transport_ok {
+            platform::watchdog_ping();
+            said = false;
+        } else if !said {
+            tracing::error!(
+                controller_ok,
+                transport_ok,
+                "the watchdog looks stuck; no longer pinging systemd, which will restart it"
+            );
+            said = true;
+        }
+    }
 }

@@ -80,9 +80,13 @@ impl Supervisor {
     }
 
     /// `restart`: the agent runs afterwards (desired state becomes running).
+    /// While paused (an update installs) only the wish is recorded.
     pub async fn restart(&self) -> Result<(), ServiceError> {
         self.state.update(|d| d.desired = DesiredState::Running);
-        let _inner = self.inner.lock().await;
+        let inner = self.inner.lock().await;
+        if inner.paused {
+            return Ok(());
+        }
         self.svc.restart().await
     }
 
@@ -118,9 +122,17 @@ impl Supervisor {
     /// Runs the keep-alive until the process ends.
     /// Subscribes to the backend's events now (so no exit between this call
     /// and the first poll of the future is missed) and returns the loop.
-    pub fn keep_alive(self) -> impl std::future::Future<Output = ()> + Send {
+    pub fn keep_alive(
+        self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send {
         let events = self.svc.events();
-        self.keep_alive_with(events)
+        async move {
+            tokio::select! {
+                _ = self.keep_alive_with(events) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
     }
 
     async fn keep_alive_with(self, mut events: Option<tokio::sync::broadcast::Receiver<Event>>) {

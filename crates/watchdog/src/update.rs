@@ -105,9 +105,78 @@ fn report_with(
     r
 }
 
-/// Runs the whole update; never panics, always reports.
-pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateReport {
-    let fail = |msg: String| report(ctx, cand.release_id, cand.version, Outcome::Failed, msg);
+/// How an update job ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// It ran to an outcome, which was recorded and logged.
+    Reported(UpdateReport),
+    /// Its download was cancelled (a stop, a newer release, shutdown):
+    /// nothing was installed and nothing is held against the release.
+    Cancelled,
+}
+
+/// What a file's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Gzip,
+    Zip,
+    /// An OLE compound file: a Windows Installer package.
+    Msi,
+    Unknown,
+}
+
+/// Recognises a download by its magic bytes.
+pub fn sniff(path: &std::path::Path) -> std::io::Result<Content> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let mut f = fs_err::File::open(path)?;
+    let n = f.read(&mut head)?;
+    let head = &head[..n];
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Content::Gzip
+    } else if head.starts_with(b"PK\x03\x04") {
+        Content::Zip
+    } else if head.starts_with(&[0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1]) {
+        Content::Msi
+    } else {
+        Content::Unknown
+    })
+}
+
+/// Runs the whole update; never panics, always reports unless cancelled
+/// while downloading. `installing` is set once nothing can cancel it any
+/// more (the agent is about to be stopped).
+pub async fn install(
+    ctx: &Ctx,
+    client: &Client,
+    cand: Candidate,
+    cancel: &tokio_util::sync::CancellationToken,
+    installing: &std::sync::atomic::AtomicBool,
+) -> Ended {
+    Ended::Reported(
+        match install_inner(ctx, client, cand, cancel, installing).await {
+            Some(r) => r,
+            None => return Ended::Cancelled,
+        },
+    )
+}
+
+async fn install_inner(
+    ctx: &Ctx,
+    client: &Client,
+    cand: Candidate,
+    cancel: &tokio_util::sync::CancellationToken,
+    installing: &std::sync::atomic::AtomicBool,
+) -> Option<UpdateReport> {
+    let fail = |msg: String| {
+        Some(report(
+            ctx,
+            cand.release_id,
+            cand.version,
+            Outcome::Failed,
+            msg,
+        ))
+    };
     if cand.kind != ReleaseKind::Archive {
         return fail(format!(
             "release kind {} cannot be installed on {} yet",
@@ -135,7 +204,15 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
         },
         Integrity::Md5(hex) => Expect::Md5(hex),
     };
-    let got = match client.download(&cand.url, &dest, expect).await {
+    let downloaded = tokio::select! {
+        r = client.download(&cand.url, &dest, expect) => r,
+        _ = cancel.cancelled() => {
+            let _ = fs_err::remove_file(dest.with_extension("part"));
+            tracing::info!(version = %cand.version, "download cancelled; nothing installed");
+            return None;
+        }
+    };
+    let got = match downloaded {
         Ok(g) => g,
         Err(e) if e.is_transient() => {
             let delay = schedule_retry(ctx, cand.release_id);
@@ -144,14 +221,14 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
                 delay.as_secs(),
                 chain(&e)
             );
-            return report_with(
+            return Some(report_with(
                 ctx,
                 cand.release_id,
                 cand.version,
                 Outcome::Failed,
                 msg,
                 true,
-            );
+            ));
         }
         Err(e) => {
             return fail(format!(
@@ -162,6 +239,28 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
     };
     *ctx.download_retry.lock().unwrap() = None;
     tracing::info!(version = %cand.version, bytes = got.size, sha256 = got.sha256, "download verified");
+
+    // What the file is decides what can install it: refused here, before
+    // anything is stopped.
+    match sniff(&dest) {
+        Ok(Content::Gzip | Content::Zip) => {}
+        Ok(Content::Msi) => {
+            let _ = fs_err::remove_file(&dest);
+            return fail(format!(
+                "the release is a Windows Installer (MSI) package, which cannot be installed on {}; the agent was not stopped",
+                ctx.settings.platform
+            ));
+        }
+        Ok(Content::Unknown) => {
+            let _ = fs_err::remove_file(&dest);
+            return fail(
+                "the release is neither a tar.gz nor a zip archive; the agent was not stopped"
+                    .into(),
+            );
+        }
+        Err(e) => return fail(format!("cannot read the download: {e}")),
+    }
+    installing.store(true, std::sync::atomic::Ordering::SeqCst);
 
     if let Err(e) = copy_manager(ctx) {
         return fail(e);
@@ -186,7 +285,7 @@ pub async fn install(ctx: &Ctx, client: &Client, cand: Candidate) -> UpdateRepor
             "the manager refused the update, old version kept: {e}"
         ));
     }
-    finish(ctx, cand.release_id, cand.version).await
+    Some(finish(ctx, cand.release_id, cand.version).await)
 }
 
 /// Starts the switched-to version, checks it, and commits or rolls back.

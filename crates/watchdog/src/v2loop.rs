@@ -4,7 +4,10 @@
 //! connected host in well under a second. The server being down only
 //! delays this loop (jittered backoff); the agent is untouched.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use palette_protocol::timefmt::parse_rfc3339;
 use palette_protocol::v2::{CheckinRequest, CommandAck, HostReport, Outcome};
@@ -15,6 +18,7 @@ use palette_host::settings::Protocol;
 use crate::actions::{self, Ctx};
 use crate::backoff::Backoff;
 use crate::client::ClientError;
+use crate::controller::{Handle, Msg};
 use crate::now_ms;
 use crate::update::{self, Candidate, Integrity};
 
@@ -39,16 +43,23 @@ pub fn legacy_only(err: &ClientError) -> bool {
     matches!(err, ClientError::Status { status, .. } if *status == reqwest::StatusCode::NOT_FOUND)
 }
 
-/// Runs the check-in loop. Returns only when `server.protocol` is `auto`
-/// and the server turns out to speak only the legacy v1 API.
-pub async fn run(ctx: &Ctx) {
+/// Runs the check-in loop until `shutdown`. Returns `true` only when
+/// `server.protocol` is `auto` and the server turns out to speak only the
+/// legacy v1 API. Commands and releases go to the controller; this loop
+/// never waits for them, and checks in again at once when the controller
+/// has acknowledgements or an update outcome to report.
+pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) -> bool {
     let auto = ctx.settings.server.protocol == Protocol::Auto;
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut seen_release = None;
     let mut seen_config = None;
     let mut down_since: Option<std::time::Instant> = None;
+    let mut last_offer: Option<(i64, std::time::Instant)> = None;
     let wait = Duration::from_secs(ctx.settings.server.checkin_wait_secs);
     loop {
+        if shutdown.is_cancelled() {
+            return false;
+        }
         let client = match ctx.client() {
             Ok(c) => c,
             Err(e) => {
@@ -58,23 +69,33 @@ pub async fn run(ctx: &Ctx) {
                     retry_s = delay.as_secs(),
                     "cannot talk to the server"
                 );
-                tokio::time::sleep(delay).await;
+                ctx.progressed();
+                if sleep_or_shutdown(delay, shutdown).await {
+                    return false;
+                }
                 continue;
             }
         };
-        let sent_acks = ctx.durable.get().pending_acks;
+        let durable = ctx.durable.get();
+        let sent_acks = durable.pending_acks;
         let req = CheckinRequest {
-            store_id: ctx.durable.get().store_id,
+            store_id: durable.store_id,
             host: host_report(ctx).await,
             results: sent_acks.clone(),
             seen_release,
             seen_config,
         };
-        let resp = match client.checkin(&req, wait).await {
+        let answer = tokio::select! {
+            r = client.checkin(&req, wait) => r,
+            _ = handle.news.notified() => continue,
+            _ = shutdown.cancelled() => return false,
+        };
+        ctx.progressed();
+        let resp = match answer {
             Ok(r) => r,
             Err(e) if auto && legacy_only(&e) => {
                 tracing::warn!(endpoint = client.config.endpoint, "the server does not know the v2 API (404 on /api/v2/checkin): using the legacy v1 API (set server.protocol to pin one)");
-                return;
+                return true;
             }
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -84,7 +105,9 @@ pub async fn run(ctx: &Ctx) {
                 } else {
                     tracing::debug!(error = %actions::chain(&e), "check-in still failing");
                 }
-                tokio::time::sleep(delay).await;
+                if sleep_or_shutdown(delay, shutdown).await {
+                    return false;
+                }
                 continue;
             }
         };
@@ -116,61 +139,68 @@ pub async fn run(ctx: &Ctx) {
         // Only redeliveries: the server did not take our acknowledgements.
         // Never spin on that; pause before the next check-in.
         let only_repeats = !resp.commands.is_empty()
-            && resp
-                .commands
-                .iter()
-                .all(|c| ctx.durable.get().performed(c.id).is_some());
+            && resp.commands.iter().all(|c| {
+                ctx.command_in_flight(c.id) || ctx.durable.get().performed(c.id).is_some()
+            });
         for cmd in resp.commands {
-            let (outcome, message) = if let Some(prev) = ctx.durable.get().performed(cmd.id) {
-                (prev, "already performed".to_string())
-            } else if parse_rfc3339(&cmd.expires_at)
-                .map(|t| t < now_ms())
-                .unwrap_or(false)
-            {
-                ctx.durable
-                    .update(|d| d.mark_performed(cmd.id, Outcome::Failed));
-                (
-                    Outcome::Failed,
-                    format!("{} expired before it could be performed", cmd.kind.as_str()),
-                )
+            if ctx.command_in_flight(cmd.id) {
+                continue; // the controller has it; its ack comes when done
+            }
+            let refusal = if let Some(prev) = ctx.durable.get().performed(cmd.id) {
+                Some((prev, "already performed".to_string()))
             } else {
-                // Recorded before acting: a crash mid-way never repeats it.
-                ctx.durable
-                    .update(|d| d.mark_performed(cmd.id, Outcome::Failed));
-                tracing::info!(
-                    id = cmd.id,
-                    command = cmd.kind.as_str(),
-                    "performing command"
-                );
-                let (o, m) = match actions::perform(ctx, cmd.kind).await {
-                    Ok(m) => (Outcome::Succeeded, m),
-                    Err(m) => (Outcome::Failed, m),
-                };
-                ctx.durable.update(|d| d.mark_performed(cmd.id, o));
-                match o {
-                    Outcome::Succeeded => tracing::info!(
-                        id = cmd.id,
-                        command = cmd.kind.as_str(),
-                        message = m,
-                        "command done"
-                    ),
-                    Outcome::Failed => tracing::error!(
-                        id = cmd.id,
-                        command = cmd.kind.as_str(),
-                        message = m,
-                        "command failed"
-                    ),
+                match parse_rfc3339(&cmd.expires_at) {
+                    Ok(t) if t < now_ms() => Some((
+                        Outcome::Failed,
+                        format!("{} expired before it could be performed", cmd.kind.as_str()),
+                    )),
+                    Ok(_) => None,
+                    Err(_) => Some((
+                        Outcome::Failed,
+                        format!(
+                            "{} refused: its expiry {:?} cannot be read",
+                            cmd.kind.as_str(),
+                            cmd.expires_at
+                        ),
+                    )),
                 }
-                (o, m)
             };
-            let ack = CommandAck {
-                id: cmd.id,
-                hostname: ctx.hostname.clone(),
-                outcome,
-                message,
-                at: String::new(),
-            };
-            ctx.durable.update(|d| d.pending_acks.push(ack));
+            if let Some((outcome, message)) = refusal {
+                if message != "already performed" {
+                    tracing::warn!(
+                        id = cmd.id,
+                        command = cmd.kind.as_str(),
+                        message,
+                        "command not performed"
+                    );
+                }
+                let ack = CommandAck {
+                    id: cmd.id,
+                    hostname: ctx.hostname.clone(),
+                    outcome,
+                    message,
+                    at: String::new(),
+                };
+                ctx.durable.update(|d| {
+                    d.mark_performed(cmd.id, outcome);
+                    d.pending_acks.push(ack);
+                });
+                handle.news.notify_one();
+                continue;
+            }
+            // Recorded before acting: a crash mid-way never repeats it.
+            ctx.durable
+                .update(|d| d.mark_performed(cmd.id, Outcome::Failed));
+            ctx.start_command(cmd.id);
+            if !handle
+                .send(Msg::Perform {
+                    id: Some(cmd.id),
+                    kind: cmd.kind,
+                })
+                .await
+            {
+                return false;
+            }
         }
 
         if let Some(r) = resp.release {
@@ -184,15 +214,35 @@ pub async fn run(ctx: &Ctx) {
                     size: r.size,
                 },
             };
-            if update::wanted(ctx, &cand) {
-                update::install(ctx, &client, cand).await;
+            let fresh = last_offer.is_none_or(|(id, at)| {
+                id != cand.release_id || at.elapsed() > Duration::from_secs(60)
+            });
+            if ctx.active_update() != Some(cand.release_id) && update::wanted(ctx, &cand) && fresh {
+                last_offer = Some((cand.release_id, std::time::Instant::now()));
+                if !handle
+                    .send(Msg::Offer {
+                        cand,
+                        client: client.clone(),
+                    })
+                    .await
+                {
+                    return false;
+                }
             }
         }
 
         report_config_if_changed(ctx, &client).await;
-        if only_repeats {
-            tokio::time::sleep(backoff.next_delay()).await;
+        if only_repeats && sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+            return false;
         }
+    }
+}
+
+/// Sleeps `d`; `true` if shutdown came first.
+pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
     }
 }
 

@@ -3,21 +3,22 @@
 
 use std::time::Duration;
 
-/// Tells systemd the watchdog is up, and keeps pinging its watchdog timer
-/// when the unit sets `WatchdogSec`.
+/// Tells systemd the watchdog is up.
 pub fn notify_ready() {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+}
+
+/// How often to ping systemd's watchdog timer (half of `WatchdogSec`), when
+/// the unit sets one.
+pub fn watchdog_ping_interval() -> Option<Duration> {
     let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let every = Duration::from_micros(usec / 2);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-            }
-        });
-    }
+    (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
+        .then(|| Duration::from_micros(usec / 2))
+}
+
+/// One ping of systemd's watchdog timer.
+pub fn watchdog_ping() {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
 }
 
 pub fn notify_stopping() {

@@ -3,6 +3,13 @@
 
 pub fn notify_ready() {}
 
+/// The service control manager has no watchdog timer to ping.
+pub fn watchdog_ping_interval() -> Option<std::time::Duration> {
+    None
+}
+
+pub fn watchdog_ping() {}
+
 pub fn notify_stopping() {}
 
 pub async fn shutdown_signal() {

@@ -187,7 +187,8 @@ async fn crash_loop_backs_off() {
     };
     let mut events = svc.events().unwrap();
     let sup = Supervisor::new(svc.clone(), store, policy);
-    let task = tokio::spawn(sup.clone().keep_alive());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(sup.clone().keep_alive(shutdown.clone()));
     svc.start().await.unwrap();
     let mut starts = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -209,5 +210,6 @@ async fn crash_loop_backs_off() {
     sup.set_desired(palette_protocol::v2::DesiredState::Stopped)
         .await
         .unwrap();
-    task.abort();
+    shutdown.cancel();
+    task.await.unwrap();
 }
