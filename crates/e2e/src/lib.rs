@@ -587,3 +587,95 @@ impl Drop for Host {
         }
     }
 }
+
+/// A TCP proxy on loopback in front of a server: it can slow the server's
+/// answers to a given rate (a slow link, to hold a download open) and it
+/// records the start of what clients send (the wire, as the server sees it).
+pub struct Proxy {
+    pub url: String,
+    wire: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// The proxy keeps at most this much of what clients sent.
+const WIRE_KEEP: usize = 4 << 20;
+
+impl Proxy {
+    pub async fn start(target_port: u16, bytes_per_sec: Option<u64>) -> Proxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let wire = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (w, s) = (wire.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let client = tokio::select! {
+                    c = listener.accept() => match c { Ok((c, _)) => c, Err(_) => continue },
+                    _ = s.cancelled() => return,
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (w, s1, s2) = (w.clone(), s.clone(), s.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = tokio::select! {
+                            r = cr.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+                            _ = s1.cancelled() => break,
+                        };
+                        {
+                            let mut w = w.lock().unwrap();
+                            let room = WIRE_KEEP.saturating_sub(w.len());
+                            w.extend_from_slice(&buf[..n.min(room)]);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = tokio::select! {
+                            r = sr.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+                            _ = s2.cancelled() => break,
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if let Some(rate) = bytes_per_sec {
+                            let pause = Duration::from_secs_f64(n as f64 / rate as f64);
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = s2.cancelled() => break,
+                            }
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                });
+            }
+        });
+        Proxy {
+            url: format!("http://127.0.0.1:{port}"),
+            wire,
+            stop,
+        }
+    }
+
+    /// What clients sent so far (the start of it), as text.
+    pub fn wire(&self) -> String {
+        String::from_utf8_lossy(&self.wire.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -46,6 +46,12 @@ pub enum ClientError {
     },
     #[error("{url} answered with a body that could not be read: {reason}")]
     Decode { url: String, reason: String },
+    #[error("{url} answered with more than {limit} bytes; refused")]
+    TooLarge { url: String, limit: u64 },
+    #[error("the license at {url} is not valid")]
+    LicenseInvalid { url: String },
+    #[error("download {url} stalled: no data for {secs} s")]
+    Stalled { url: String, secs: u64 },
     #[error("download {url} has {algo} {actual}, expected {expected}")]
     Checksum {
         url: String,
@@ -73,14 +79,51 @@ impl ClientError {
     /// answer that will not change (bad checksum, refused credentials).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Http { .. } | ClientError::Io { .. } => true,
+            ClientError::Http { .. } | ClientError::Io { .. } | ClientError::Stalled { .. } => true,
             ClientError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            ClientError::Decode { reason, .. } => reason.starts_with("no data for"),
             _ => false,
         }
     }
+}
+
+/// The most the watchdog reads of a JSON answer (a check-in, a version).
+pub const MAX_JSON_BYTES: u64 = 4 * 1024 * 1024;
+/// The most it reads of a `Config.yml`.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+/// The most it keeps of an error answer's body (for the message).
+const MAX_ERROR_BYTES: u64 = 4 * 1024;
+
+/// Reads a body, refusing it beyond `limit` bytes (announced or received):
+/// a hostile or broken server cannot make the watchdog hold more.
+async fn read_capped(
+    res: reqwest::Response,
+    url: &str,
+    limit: u64,
+) -> Result<bytes::Bytes, ClientError> {
+    if res.content_length().is_some_and(|n| n > limit) {
+        return Err(ClientError::TooLarge {
+            url: url.into(),
+            limit,
+        });
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut stream = res.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| ClientError::Http {
+            url: url.into(),
+            source,
+        })?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ClientError::TooLarge {
+                url: url.into(),
+                limit,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// A verified download.
@@ -169,7 +212,17 @@ impl Client {
             Ok(res)
         } else {
             let status = res.status();
-            let body = res.text().await.unwrap_or_default();
+            // Only the start of an error body is kept, and only that much read.
+            let mut head = Vec::new();
+            let mut stream = res.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                let room = MAX_ERROR_BYTES as usize - head.len();
+                head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if head.len() >= MAX_ERROR_BYTES as usize {
+                    break;
+                }
+            }
+            let body = String::from_utf8_lossy(&head);
             Err(ClientError::Status {
                 url: url.into(),
                 status,
@@ -182,10 +235,7 @@ impl Client {
         res: reqwest::Response,
         url: &str,
     ) -> Result<T, ClientError> {
-        let bytes = res.bytes().await.map_err(|source| ClientError::Http {
-            url: url.into(),
-            source,
-        })?;
+        let bytes = read_capped(res, url, MAX_JSON_BYTES).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url: url.into(),
             reason: e.to_string(),
@@ -279,10 +329,7 @@ impl Client {
             .headers()
             .get("x-config-revision")
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        let bytes = res.bytes().await.map_err(|source| ClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let bytes = read_capped(res, &url, MAX_CONFIG_BYTES).await?;
         Ok((rev, bytes.to_vec()))
     }
 
@@ -306,10 +353,7 @@ impl Client {
         if lic.valid {
             Ok(())
         } else {
-            Err(ClientError::Decode {
-                url,
-                reason: "the license is not valid".into(),
-            })
+            Err(ClientError::LicenseInvalid { url })
         }
     }
 
@@ -353,9 +397,9 @@ impl Client {
             let chunk = match tokio::time::timeout(idle, stream.next()).await {
                 Err(_) => {
                     let _ = tokio::fs::remove_file(&part).await;
-                    return Err(ClientError::Decode {
+                    return Err(ClientError::Stalled {
                         url,
-                        reason: format!("no data for {} s", idle.as_secs()),
+                        secs: idle.as_secs(),
                     });
                 }
                 Ok(None) => break,

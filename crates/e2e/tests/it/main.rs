@@ -387,9 +387,12 @@ async fn legacy_v1_mode_against_the_v1_api() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server")).await;
     let api = server.api();
+    // The host name is upper case, as Windows names usually are: it stays
+    // so on the wire (a legacy server compares names case-sensitively).
+    let wire = Proxy::start(server.port, None).await;
     let mut host = Host::new(
-        "legacy-host",
-        &server.url,
+        "Legacy-Host",
+        &wire.url,
         "v1",
         "trust:\n  allow_legacy_md5: true\n",
     );
@@ -401,6 +404,9 @@ async fn legacy_v1_mode_against_the_v1_api() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let sent = wire.wire();
+    assert!(sent.contains("hostname=Legacy-Host"), "{sent}");
+    assert!(!sent.contains("hostname=legacy-host"), "{sent}");
 
     api.v1_command("stop").await;
     wait_for("stop", T, || async { host.running_agent().is_none() })
@@ -409,7 +415,7 @@ async fn legacy_v1_mode_against_the_v1_api() {
     api.v1_command("start").await;
     host.wait_agent_running(T).await.unwrap();
 
-    let new = agent_config(&server.url, AGENT_KEY, "Legacy: pushed\n");
+    let new = agent_config(&wire.url, AGENT_KEY, "Legacy: pushed\n");
     api.v1_put_config("legacy-host", &new).await;
     api.v1_command("GET-CONFIG").await;
     wait_for("GET-CONFIG applied", T, || async {
@@ -426,14 +432,128 @@ async fn legacy_v1_mode_against_the_v1_api() {
     .await
     .unwrap();
 
-    // A legacy release (kind msi on the wire, MD5 only) is installed on opt-in.
+    // Our v1 watchdog updates from our server: the v1 offer follows the
+    // host's platform (an archive here), MD5 only, installed on opt-in.
     let a2 = release_archive(tmp.path(), "2.0.0", false);
-    api.publish(&a2, "2.0.0", "msi").await;
-    wait_for("the host runs 2.0.0", Duration::from_secs(60), || async {
+    api.publish(&a2, "2.0.0", "archive").await;
+    let running = wait_for("the host runs 2.0.0", Duration::from_secs(60), || async {
         host.running_agent().is_some_and(|a| a.version == "2.0.0")
+    })
+    .await;
+    running.unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let agent = host.running_agent().unwrap();
+
+    // An MSI offered to a Linux host is recognised by its content and
+    // refused before anything is stopped.
+    let msi = tmp.path().join("agent-3.0.0.msi");
+    let mut body = vec![0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1];
+    body.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&msi, body).unwrap();
+    api.publish(&msi, "3.0.0", "msi").await;
+    host.wait_log(
+        "Windows Installer (MSI) package, which cannot be installed",
+        T,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(
+        host.running_agent().unwrap().pid,
+        agent.pid,
+        "the agent was never stopped for the MSI"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_during_a_slow_download_cancels_it_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    // 1 MiB/s: the 48 MiB release below takes most of a minute to arrive.
+    let slow = Proxy::start(server.port, Some(1 << 20)).await;
+    let mut host = Host::new("slowlink", &slow.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let big = release_archive_with(tmp.path(), "2.0.0", false, 48);
+    api.publish(&big, "2.0.0", "archive").await;
+    host.wait_log("downloading update", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+
+    let asked = std::time::Instant::now();
+    let id = api.command(CommandKind::Stop, "slowlink").await;
+    // Well within the download's remaining time: the stop does not wait.
+    let (outcome, msg) = api.ack(id, Duration::from_secs(20)).await;
+    println!(
+        "stop during a download acknowledged in {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(outcome, Outcome::Succeeded, "{msg}");
+    assert!(host.running_agent().is_none(), "the agent is stopped");
+    host.wait_log("cancelling the download", T).await.unwrap();
+    host.wait_log("download cancelled; nothing installed", T)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(host.base.join("versions/current"))
+            .unwrap()
+            .trim(),
+        "1.0.0"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(host.base.join("Updates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "Updates/ holds {leftovers:?}");
+}
+
+#[tokio::test]
+async fn a_newer_release_published_during_a_download_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let slow = Proxy::start(server.port, Some(1 << 20)).await;
+    let mut host = Host::new("superseded", &slow.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let big = release_archive_with(tmp.path(), "2.0.0", false, 48);
+    api.publish(&big, "2.0.0", "archive").await;
+    host.wait_log("downloading update", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let small = release_archive(tmp.path(), "3.0.0", false);
+    api.publish(&small, "3.0.0", "archive").await;
+    wait_for("the host runs 3.0.0", Duration::from_secs(40), || async {
+        host.running_agent().is_some_and(|a| a.version == "3.0.0")
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert!(host
+        .log()
+        .contains("a newer release supersedes the one downloading"));
+    assert!(
+        !host.base.join("versions/2.0.0").exists(),
+        "the superseded release was never installed"
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_get_config_does_not_restart_the_agent() {
+    let (_t, server, host) = setup("steady").await;
+    let api = server.api();
+    let agent = host.running_agent().unwrap();
+    let pushed = api.push_config("steady", &host.config_yml()).await;
+    let id = pushed["command"]["id"]
+        .as_i64()
+        .expect("the push sent a GET-CONFIG");
+    let (outcome, msg) = api.ack(id, T).await;
+    assert_eq!(outcome, Outcome::Succeeded, "{msg}");
+    assert!(msg.contains("unchanged"), "{msg}");
+    assert_eq!(
+        host.running_agent().unwrap().pid,
+        agent.pid,
+        "not restarted"
+    );
 }
 
 #[tokio::test]

@@ -148,16 +148,85 @@ fn which_download_failures_are_retried() {
         actual: "b".into(),
     };
     assert!(!sum.is_transient(), "a wrong checksum will not fix itself");
-    let stalled = ClientError::Decode {
+    let stalled = ClientError::Stalled {
+        url: "u".into(),
+        secs: 60,
+    };
+    assert!(stalled.is_transient());
+    let decode = ClientError::Decode {
         url: "u".into(),
         reason: "no data for 60 s".into(),
     };
-    assert!(stalled.is_transient());
+    assert!(
+        !decode.is_transient(),
+        "decided on the variant, never on text"
+    );
     let io = ClientError::Io {
         path: "p".into(),
         source: std::io::Error::other("disk full"),
     };
     assert!(io.is_transient());
+}
+
+/// A hostile server answering 256 MiB: with or without a Content-Length,
+/// the client refuses past its cap, having read little more than the cap.
+#[tokio::test]
+async fn oversized_answers_are_refused_without_reading_them() {
+    for announce in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sender = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            // A client that stopped reading ends the sending, one way or
+            // the other.
+            sock.set_write_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            let total: u64 = 256 << 20;
+            let framing = if announce {
+                format!("content-length: {total}\r\n")
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                sock,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{framing}connection: close\r\n\r\n"
+            );
+            let chunk = vec![b' '; 65536];
+            let mut sent = 0u64;
+            while sent < total {
+                if sock.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent += chunk.len() as u64;
+            }
+            sent
+        });
+        let cfg = AgentConfig {
+            license_key: "k".into(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            proxy: None,
+        };
+        let client = Client::new(cfg, &ServerSettings::default()).unwrap();
+        let err = client.v1_agent_version("linux-x86_64").await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::TooLarge { limit, .. } if limit == palette_watchdog::client::MAX_JSON_BYTES),
+            "{err:?}"
+        );
+        drop(client);
+        let sent = tokio::task::spawn_blocking(move || sender.join().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            sent < 64 << 20,
+            "the client kept reading: {sent} bytes sent (announced: {announce})"
+        );
+    }
 }
 
 /// A crash-looping agent is restarted with growing delays: the first one
