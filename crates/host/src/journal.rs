@@ -37,6 +37,21 @@ impl Journal {
         fsx::read_json(&layout.journal())
     }
 
+    /// Loads the journal; one that cannot be read (damaged, truncated) is
+    /// set aside as `update-journal.json.corrupt` with an error logged, and
+    /// treated as none: what is on disk (`versions/`) decides from there.
+    pub fn load_or_set_aside(layout: &Layout) -> std::io::Result<Option<Journal>> {
+        match Self::load(layout) {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let aside = layout.journal().with_extension("json.corrupt");
+                fs_err::rename(layout.journal(), &aside)?;
+                tracing::error!(error = %e, aside = %aside.display(), "the update journal is unreadable: set aside; the installed versions on disk decide what runs");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     pub fn save(&self, layout: &Layout) -> std::io::Result<()> {
         fsx::write_json(&layout.journal(), self)
     }

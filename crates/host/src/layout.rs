@@ -98,6 +98,34 @@ impl Layout {
         text.trim().parse().ok()
     }
 
+    /// What `versions/current` holds.
+    pub fn current_pointer_state(&self) -> Pointer {
+        match fs_err::read_to_string(self.current_pointer()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Pointer::Missing,
+            Err(e) => Pointer::Unreadable(e.to_string()),
+            Ok(text) => match text.trim().parse::<Version>() {
+                Ok(v) if self.version_dir(&v).is_dir() => Pointer::Names(v),
+                Ok(v) => Pointer::NamesMissing(v),
+                Err(_) => Pointer::Unreadable(format!("{:?} is not a version", text.trim())),
+            },
+        }
+    }
+
+    /// Installed versions (folders under `versions/` named as versions),
+    /// newest first.
+    pub fn installed_versions(&self) -> Vec<Version> {
+        let mut out: Vec<Version> = fs_err::read_dir(self.versions())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| b.cmp(a));
+        out
+    }
+
     /// Points `versions/current` at `v`, atomically.
     pub fn set_current(&self, v: &Version) -> std::io::Result<()> {
         crate::fsx::atomic_write(&self.current_pointer(), format!("{v}\n").as_bytes())
@@ -116,6 +144,19 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// The state of `versions/current`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pointer {
+    /// No pointer: nothing installed yet (or it was deleted).
+    Missing,
+    /// It names an installed version.
+    Names(Version),
+    /// It names a version whose folder does not exist.
+    NamesMissing(Version),
+    /// It cannot be read or does not hold a version.
+    Unreadable(String),
 }
 
 #[cfg(test)]

@@ -19,4 +19,4 @@ pub mod manager_result;
 mod platform;
 pub mod settings;
 
-pub use layout::Layout;
+pub use layout::{Layout, Pointer};

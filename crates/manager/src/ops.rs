@@ -94,7 +94,7 @@ pub fn install_archive(
     layout
         .ensure_dirs()
         .map_err(io("creating the install folders"))?;
-    if let Some(j) = Journal::load(layout).map_err(io("reading the update journal"))? {
+    if let Some(j) = Journal::load_or_set_aside(layout).map_err(io("reading the update journal"))? {
         tracing::warn!(version = %j.version, step = ?j.step, "an earlier update was interrupted; recovering it first");
         if j.step == Step::Switched {
             rollback(layout)?;
@@ -189,7 +189,12 @@ pub fn commit(layout: &Layout) -> Result<Version, OpError> {
         return Err(OpError::WrongStep(j.step));
     }
     Journal::clear(layout).map_err(io("clearing the update journal"))?;
-    prune(layout, &[Some(j.version), j.previous]);
+    match j.previous {
+        Some(_) => prune(layout, &[Some(j.version), j.previous]),
+        // No previous version recorded: a first install, or a pointer that
+        // could not be read. Nothing is deleted on such uncertain ground.
+        None => tracing::info!("no previous version recorded; no installed version is pruned"),
+    }
     tracing::info!(version = %j.version, "update committed");
     Ok(j.version)
 }
@@ -242,7 +247,16 @@ pub enum Recovery {
 
 /// Finishes what a crash interrupted.
 pub fn recover(layout: &Layout) -> Result<Recovery, OpError> {
-    let Some(j) = Journal::load(layout).map_err(io("reading the update journal"))? else {
+    let Some(j) = Journal::load_or_set_aside(layout).map_err(io("reading the update journal"))?
+    else {
+        // Leftovers of an update whose journal is gone or was unreadable.
+        if let Ok(rd) = fs_err::read_dir(layout.versions()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".staging-") {
+                    let _ = fs_err::remove_dir_all(e.path());
+                }
+            }
+        }
         return Ok(Recovery::Nothing);
     };
     let _ = fs_err::remove_dir_all(layout.versions().join(format!(".staging-{}", j.version)));

@@ -85,24 +85,48 @@ pub struct Store {
     inner: Arc<Mutex<Durable>>,
 }
 
+/// The second durable copy, written after the first: a damaged
+/// `watchdog.json` never forgets an operator's `stop`.
+fn backup_of(path: &std::path::Path) -> PathBuf {
+    path.with_extension("json.bak")
+}
+
 impl Store {
-    /// Loads the file; a corrupt one is set aside (never silently
-    /// overwritten) and the defaults are used.
+    /// Loads the file; a damaged one is set aside (never silently
+    /// overwritten) and the second copy is used; only when both are
+    /// unreadable are the defaults used.
     pub fn open(path: PathBuf) -> Self {
+        let backup = backup_of(&path);
         let state = match palette_host::fsx::read_json::<Durable>(&path) {
             Ok(Some(s)) => s,
-            Ok(None) => Durable::default(),
+            Ok(None) => match palette_host::fsx::read_json::<Durable>(&backup) {
+                Ok(Some(s)) => {
+                    tracing::warn!(path = %path.display(), "durable state missing; restored from its second copy");
+                    s
+                }
+                _ => Durable::default(),
+            },
             Err(e) => {
                 let aside = path.with_extension("json.corrupt");
                 let _ = fs_err::rename(&path, &aside);
-                tracing::error!(error = %e, aside = %aside.display(), "durable state unreadable; set aside, starting from defaults");
-                Durable::default()
+                match palette_host::fsx::read_json::<Durable>(&backup) {
+                    Ok(Some(s)) => {
+                        tracing::error!(error = %e, aside = %aside.display(), desired = ?s.desired, "durable state unreadable; set aside and restored from its second copy");
+                        s
+                    }
+                    _ => {
+                        tracing::error!(error = %e, aside = %aside.display(), "durable state and its second copy unreadable; set aside, starting from defaults");
+                        Durable::default()
+                    }
+                }
             }
         };
-        Store {
+        let store = Store {
             path,
             inner: Arc::new(Mutex::new(state)),
-        }
+        };
+        store.update(|_| ());
+        store
     }
 
     pub fn get(&self) -> Durable {
@@ -113,8 +137,10 @@ impl Store {
     pub fn update<R>(&self, f: impl FnOnce(&mut Durable) -> R) -> R {
         let mut guard = self.inner.lock().unwrap();
         let r = f(&mut guard);
-        if let Err(e) = palette_host::fsx::write_json(&self.path, &*guard) {
-            tracing::error!(error = %e, path = %self.path.display(), "could not write durable state");
+        for path in [self.path.clone(), backup_of(&self.path)] {
+            if let Err(e) = palette_host::fsx::write_json(&path, &*guard) {
+                tracing::error!(error = %e, path = %path.display(), "could not write durable state");
+            }
         }
         r
     }

@@ -76,6 +76,58 @@ pub fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceContr
     }
 }
 
+/// Whether version `v` is usable: its folder exists and, when the agent
+/// command runs a program from it, that program is there.
+fn usable(layout: &Layout, settings: &Settings, v: &palette_protocol::Version) -> bool {
+    let dir = layout.version_dir(v);
+    if !dir.is_dir() {
+        return false;
+    }
+    match settings.agent.command.first() {
+        Some(program)
+            if settings.agent.backend == Backend::Process && program.contains("{current}") =>
+        {
+            let path = program
+                .replace("{current}", &dir.display().to_string())
+                .replace("{base}", &layout.base.display().to_string())
+                .replace("{exe}", std::env::consts::EXE_SUFFIX);
+            std::path::Path::new(&path).is_file()
+        }
+        _ => true,
+    }
+}
+
+/// A `versions/current` that is unreadable, or names a version that is
+/// missing or lacks its program, would leave the agent down: point it at the
+/// newest installed version that is usable instead, and say so. Nothing is
+/// deleted here.
+pub fn repair_current(layout: &Layout, settings: &Settings) {
+    let state = layout.current_pointer_state();
+    let why = match &state {
+        palette_host::Pointer::Names(v) if usable(layout, settings, v) => return,
+        palette_host::Pointer::Names(v) => format!("it names {v}, whose program is missing"),
+        palette_host::Pointer::NamesMissing(v) => format!("it names {v}, which is not installed"),
+        palette_host::Pointer::Unreadable(e) => format!("it cannot be read: {e}"),
+        palette_host::Pointer::Missing if layout.installed_versions().is_empty() => return,
+        palette_host::Pointer::Missing => "it is missing".into(),
+    };
+    match layout
+        .installed_versions()
+        .into_iter()
+        .find(|v| usable(layout, settings, v))
+    {
+        Some(v) => match layout.set_current(&v) {
+            Ok(()) => tracing::error!(
+                pointer = %layout.current_pointer().display(),
+                now = %v,
+                "versions/current was unusable ({why}); it now names the newest installed version that has its program"
+            ),
+            Err(e) => tracing::error!(error = %e, "versions/current is unusable ({why}) and could not be repaired"),
+        },
+        None => tracing::error!("versions/current is unusable ({why}) and no installed version has its program: the agent cannot start until a release is installed"),
+    }
+}
+
 /// The host name to report: the setting, else the system's, validated but
 /// kept exactly as written (a legacy server compares names
 /// case-sensitively, and Windows names are usually upper case; our server
@@ -122,6 +174,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
 
     // Finish an update a crash interrupted before anything else runs.
     update::recover(&ctx).await;
+    repair_current(&ctx.layout, &ctx.settings);
     let shutdown = CancellationToken::new();
     // Subscribed before the agent starts: an immediate crash is seen.
     let keepalive_loop = supervisor.clone().keep_alive(shutdown.clone());

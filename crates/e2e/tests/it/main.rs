@@ -995,3 +995,102 @@ async fn a_second_watchdog_on_the_same_folder_refuses_and_touches_nothing() {
         "the second watchdog wrote to the log"
     );
 }
+
+#[tokio::test]
+async fn damaged_local_state_ends_in_the_safest_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+
+    // A garbage update journal is set aside; later updates still work.
+    let mut journal = Host::new("dmg-journal", &server.url, "v2", "");
+    std::fs::create_dir_all(journal.base.join("state")).unwrap();
+    std::fs::write(journal.base.join("state/update-journal.json"), b"{garbage").unwrap();
+    journal.start();
+    journal.wait_agent_running(T).await.unwrap();
+    assert!(journal
+        .base
+        .join("state/update-journal.json.corrupt")
+        .exists());
+    assert!(!journal.base.join("state/update-journal.json").exists());
+
+    // `versions/current` names a version that is not installed: the newest
+    // installed one runs instead.
+    let mut missing = Host::new("dmg-missing", &server.url, "v2", "");
+    std::fs::write(missing.base.join("versions/current"), "9.9.9\n").unwrap();
+    missing.start();
+    assert_eq!(
+        missing.wait_agent_running(T).await.unwrap().version,
+        "1.0.0"
+    );
+    assert!(missing.log().contains("versions/current was unusable"));
+
+    // Garbage in `versions/current`: repaired, and nothing is deleted.
+    let mut garbage = Host::new("dmg-garbage", &server.url, "v2", "");
+    let old = garbage.base.join("versions/0.9.0");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(
+        garbage.base.join("versions/1.0.0/palette-sample-agent"),
+        old.join("palette-sample-agent"),
+    )
+    .unwrap();
+    std::fs::write(old.join("VERSION"), "0.9.0").unwrap();
+    std::fs::write(garbage.base.join("versions/current"), "\u{0}garbage").unwrap();
+    garbage.start();
+    assert_eq!(
+        garbage.wait_agent_running(T).await.unwrap().version,
+        "1.0.0"
+    );
+    assert!(old.exists(), "an installed version was deleted");
+
+    // A truncated watchdog.json does not forget an operator's stop.
+    let id = api.command(CommandKind::Stop, "dmg-missing").await;
+    assert_eq!(api.ack(id, T).await.0, Outcome::Succeeded);
+    wait_for("stopped", T, || async { missing.running_agent().is_none() })
+        .await
+        .unwrap();
+    missing.stop();
+    let state = missing.base.join("state/watchdog.json");
+    let full = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &full[..full.len() / 2]).unwrap();
+    missing.start();
+    missing
+        .wait_log("restored from its second copy", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", missing.diagnostics()));
+    missing
+        .wait_log("the agent stays stopped: an operator commanded stop", T)
+        .await
+        .unwrap();
+    assert!(missing.running_agent().is_none());
+
+    // And the host whose journal was garbage updates normally.
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&a2, "2.0.0", "archive").await;
+    wait_for(
+        "dmg-journal runs 2.0.0",
+        Duration::from_secs(60),
+        || async {
+            journal
+                .running_agent()
+                .is_some_and(|a| a.version == "2.0.0")
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", journal.diagnostics()));
+    wait_for(
+        "dmg-garbage runs 2.0.0",
+        Duration::from_secs(60),
+        || async {
+            garbage
+                .running_agent()
+                .is_some_and(|a| a.version == "2.0.0")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        garbage.base.join("versions/1.0.0").exists(),
+        "the previous version is kept"
+    );
+}
