@@ -5,6 +5,7 @@
 //!   - command issue → executed (acknowledged) latency through the long poll
 //!
 //! Run with `bench/watchdog.sh` (builds the release binaries first).
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 
 #[cfg(unix)]
 #[tokio::main]

@@ -6,6 +6,7 @@
 //! The binaries are taken from the cargo target folder this test runs from;
 //! build them first (`cargo build --workspace`, part of the README's test
 //! command).
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 #![cfg(unix)]
 
 use std::path::{Path, PathBuf};

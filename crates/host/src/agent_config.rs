@@ -102,6 +102,7 @@ impl AgentConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

@@ -4,6 +4,9 @@
 //! crash never leaves a stale lock behind. The holder's pid is written into
 //! the file for the error message of whoever finds it held.
 
+// std's File: its `lock`/`try_lock` are what this module is for.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -111,6 +114,7 @@ pub fn is_held(path: &Path) -> bool {
 pub const WAIT_REPORT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

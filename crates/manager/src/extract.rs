@@ -115,7 +115,7 @@ impl Sink<'_> {
             path: path.clone(),
             source,
         };
-        let mut out = std::fs::OpenOptions::new()
+        let mut out = fs_err::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)

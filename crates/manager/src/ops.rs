@@ -72,7 +72,7 @@ pub struct UpdateRequest {
 fn append_installer_log(layout: &Layout, lines: &[String]) {
     use std::io::Write;
     let path = layout.logs().join("installer.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Ok(mut f) = fs_err::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)

@@ -3,7 +3,7 @@
 #[cfg(unix)]
 pub fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
 }
 
 #[cfg(not(unix))]

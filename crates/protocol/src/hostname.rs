@@ -51,6 +51,7 @@ pub fn validate_hostname(name: &str) -> Result<String, HostnameError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

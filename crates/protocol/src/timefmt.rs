@@ -35,6 +35,7 @@ fn to_datetime(ms: Millis) -> OffsetDateTime {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

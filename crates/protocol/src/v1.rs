@@ -76,6 +76,7 @@ pub fn encode<T: Serialize>(v: &T) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

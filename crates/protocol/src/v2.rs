@@ -295,6 +295,7 @@ pub struct ApiError {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

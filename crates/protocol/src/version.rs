@@ -121,6 +121,7 @@ impl<'de> Deserialize<'de> for Version {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

@@ -134,7 +134,7 @@ impl ArtifactStore {
             path: dest.clone(),
             source: e.error,
         })?;
-        if let Ok(d) = std::fs::File::open(dir) {
+        if let Ok(d) = fs_err::File::open(dir) {
             let _ = d.sync_all();
         }
         Ok(staged.ingested)

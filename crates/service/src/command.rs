@@ -33,9 +33,9 @@ impl CommandService {
         what: &'static str,
         argv: &[String],
     ) -> Result<std::process::Output, ServiceError> {
-        let (program, args) = argv.split_first().ok_or(ServiceError::Resolve(format!(
-            "the {what} command is empty"
-        )))?;
+        let (program, args) = argv
+            .split_first()
+            .ok_or(ServiceError::EmptyCommand { what })?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .stdin(std::process::Stdio::null())

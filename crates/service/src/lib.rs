@@ -36,8 +36,10 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the agent command could not be worked out: {0}")]
-    Resolve(String),
+    #[error("the agent command could not be worked out")]
+    Resolve(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the {what} command is empty")]
+    EmptyCommand { what: &'static str },
     #[error("{what} command {program} exited with {status}: {stderr}")]
     CommandFailed {
         what: &'static str,

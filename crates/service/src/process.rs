@@ -25,7 +25,8 @@ pub struct CommandLine {
     pub cwd: Option<PathBuf>,
 }
 
-type Resolver = dyn Fn() -> Result<CommandLine, String> + Send + Sync;
+type Resolver =
+    dyn Fn() -> Result<CommandLine, Box<dyn std::error::Error + Send + Sync>> + Send + Sync;
 
 /// How to run the agent.
 pub struct ProcessSpec {
@@ -78,6 +79,7 @@ impl ProcessService {
         Some(pid)
     }
 
+    #[allow(clippy::disallowed_types)] // the std handle goes to the child
     fn open_log(&self) -> Result<std::fs::File, ServiceError> {
         let path = &self.spec.log_path;
         let err = |source| ServiceError::Log {
@@ -87,20 +89,23 @@ impl ProcessService {
         if let Some(dir) = path.parent() {
             fs_err::create_dir_all(dir).map_err(err)?;
         }
-        if std::fs::metadata(path)
+        if fs_err::metadata(path)
             .map(|m| m.len() > LOG_ROTATE_BYTES)
             .unwrap_or(false)
         {
             for i in (1..LOG_KEEP).rev() {
                 let from = path.with_extension(format!("log.{i}"));
-                let _ = std::fs::rename(&from, path.with_extension(format!("log.{}", i + 1)));
+                let _ = fs_err::rename(&from, path.with_extension(format!("log.{}", i + 1)));
             }
-            let _ = std::fs::rename(path, path.with_extension("log.1"));
+            let _ = fs_err::rename(path, path.with_extension("log.1"));
         }
-        std::fs::OpenOptions::new()
+        // The child's stdout/stderr need the std handle.
+        fs_err::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
+            .map(fs_err::File::into_parts)
+            .map(|(file, _path)| file)
             .map_err(err)
     }
 }

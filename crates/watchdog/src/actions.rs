@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::client::Client;
 use crate::durable;
+use crate::error::ActionError;
 use crate::supervisor::Supervisor;
+
+type ConfigStamp = Option<(u64, Option<std::time::SystemTime>)>;
 
 /// Everything a loop needs, shared.
 pub struct Ctx {
@@ -23,7 +26,9 @@ pub struct Ctx {
     pub hostname: String,
     pub durable: durable::Store,
     pub supervisor: Supervisor,
-    client: Mutex<Option<Client>>,
+    /// The client, and the size and mtime of the `Config.yml` it was
+    /// built from.
+    client: Mutex<Option<(Client, ConfigStamp)>>,
     /// The API in use: the setting, or what `auto` found out.
     protocol: Mutex<Protocol>,
     /// A release whose download failed for a passing reason: (release id,
@@ -115,95 +120,108 @@ impl Ctx {
 
     /// A client for the server `Config.yml` names now; rebuilt when the
     /// file's endpoint, key or proxy change.
-    pub fn client(&self) -> Result<Client, String> {
+    /// A client for the server `Config.yml` names now; rebuilt when the
+    /// file's endpoint, key or proxy change. The file is read again only
+    /// when its size or modification time changed.
+    pub fn client(&self) -> Result<Client, ActionError> {
         let path = self.layout.config_yml();
-        let bytes =
-            fs_err::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let cfg = AgentConfig::parse(&bytes)
-            .map_err(|e| format!("{} is unusable: {}", path.display(), chain(&e)))?;
+        let stamp = fs_err::metadata(&path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
         let mut cached = self.client.lock().unwrap();
-        if let Some(c) = cached.as_ref().filter(|c| c.config == cfg) {
-            return Ok(c.clone());
+        if let Some((c, s)) = cached.as_ref() {
+            if stamp.is_some() && *s == stamp {
+                return Ok(c.clone());
+            }
         }
-        let c = Client::new(cfg, &self.settings.server).map_err(|e| chain(&e))?;
-        *cached = Some(c.clone());
+        let bytes = fs_err::read(&path).map_err(|source| ActionError::ReadConfig {
+            path: path.clone(),
+            source,
+        })?;
+        let cfg =
+            AgentConfig::parse(&bytes).map_err(|source| ActionError::BadConfig { path, source })?;
+        if let Some((c, s)) = cached.as_mut() {
+            if c.config == cfg {
+                *s = stamp;
+                return Ok(c.clone());
+            }
+        }
+        let c = Client::new(cfg, &self.settings.server).map_err(ActionError::Client)?;
+        *cached = Some((c.clone(), stamp));
         Ok(c)
     }
 }
 
-/// An error with its causes on one line.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crate::error::chain;
 
-/// Performs one command; `Ok` and `Err` carry the message for the operator.
-pub async fn perform(ctx: &Ctx, kind: CommandKind) -> Result<String, String> {
+/// Performs one command; `Ok` carries the message for the operator.
+pub async fn perform(ctx: &Ctx, kind: CommandKind) -> Result<String, ActionError> {
     let sup = &ctx.supervisor;
     match kind {
         CommandKind::Start => {
-            sup.set_desired(DesiredState::Running)
-                .await
-                .map_err(|e| chain(&e))?;
+            sup.set_desired(DesiredState::Running).await?;
             Ok("agent started".into())
         }
         CommandKind::Stop => {
-            sup.set_desired(DesiredState::Stopped)
-                .await
-                .map_err(|e| chain(&e))?;
+            sup.set_desired(DesiredState::Stopped).await?;
             Ok("agent stopped; it stays stopped until a start or restart command".into())
         }
         CommandKind::Restart => {
-            sup.restart().await.map_err(|e| chain(&e))?;
+            sup.restart().await?;
             Ok("agent restarted".into())
         }
         CommandKind::GetConfig => get_config(ctx).await,
-        CommandKind::Unknown => Err(format!(
-            "unknown command kind: this watchdog ({}) cannot perform it; nothing was done",
-            crate::VERSION
-        )),
+        CommandKind::Unknown => Err(ActionError::UnknownCommand {
+            version: crate::VERSION,
+        }),
         CommandKind::PutConfig => {
             let client = ctx.client()?;
-            let bytes = fs_err::read(ctx.layout.config_yml()).map_err(|e| e.to_string())?;
+            let path = ctx.layout.config_yml();
+            let bytes = read_file(&path)
+                .await
+                .map_err(|source| ActionError::ReadConfig { path, source })?;
             upload_config(ctx, &client, bytes).await?;
             Ok("Config.yml uploaded".into())
         }
     }
 }
 
+/// Reads a small file off the async worker threads.
+async fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    tokio::fs::read(path).await
+}
+
 /// Uploads `bytes` as the config this host has.
-pub async fn upload_config(ctx: &Ctx, client: &Client, bytes: Vec<u8>) -> Result<(), String> {
+pub async fn upload_config(ctx: &Ctx, client: &Client, bytes: Vec<u8>) -> Result<(), ActionError> {
     let sha = hex::encode(Sha256::digest(&bytes));
     match ctx.protocol() {
         Protocol::V1 => client.v1_put_config(&ctx.hostname, bytes).await,
         _ => client.report_config(&ctx.hostname, bytes).await.map(|_| ()),
     }
-    .map_err(|e| format!("uploading Config.yml failed: {}", chain(&e)))?;
+    .map_err(ActionError::Upload)?;
     ctx.durable.update(|d| d.reported_config_sha = Some(sha));
     Ok(())
 }
 
-async fn get_config(ctx: &Ctx) -> Result<String, String> {
+async fn get_config(ctx: &Ctx) -> Result<String, ActionError> {
     let client = ctx.client()?;
     let (rev, bytes) = match ctx.protocol() {
         Protocol::V1 => client.v1_config(&ctx.hostname).await,
         _ => client.desired_config(&ctx.hostname).await,
     }
-    .map_err(|e| format!("downloading the new Config.yml failed: {}", chain(&e)))?;
+    .map_err(ActionError::Download)?;
     apply_config(ctx, bytes, rev).await
 }
 
 /// Validates and applies a new `Config.yml`. On any refusal the old file
 /// stays untouched.
-pub async fn apply_config(ctx: &Ctx, bytes: Vec<u8>, rev: Option<i64>) -> Result<String, String> {
+pub async fn apply_config(
+    ctx: &Ctx,
+    bytes: Vec<u8>,
+    rev: Option<i64>,
+) -> Result<String, ActionError> {
     let target = ctx.layout.config_yml();
-    if fs_err::read(&target).is_ok_and(|cur| cur == bytes) {
+    if read_file(&target).await.is_ok_and(|cur| cur == bytes) {
         ctx.durable.update(|d| {
             if rev.is_some() {
                 d.config_revision = rev;
@@ -216,27 +234,27 @@ pub async fn apply_config(ctx: &Ctx, bytes: Vec<u8>, rev: Option<i64>) -> Result
         ));
     }
     let scratch = ctx.layout.updates().join("Config.yml.new");
-    palette_host::fsx::atomic_write(&scratch, &bytes)
-        .map_err(|e| format!("cannot stage the new config: {e}"))?;
-    let new =
-        AgentConfig::parse(&bytes).map_err(|e| format!("new Config.yml refused: {}", chain(&e)))?;
-    let probe = Client::new(new.clone(), &ctx.settings.server)
-        .map_err(|e| format!("new Config.yml refused: {}", chain(&e)))?;
-    probe.check_license().await.map_err(|e| {
-        format!(
-            "new Config.yml refused: its endpoint {} does not accept its license key: {}",
-            new.endpoint,
-            chain(&e)
-        )
-    })?;
+    palette_host::fsx::atomic_write(&scratch, &bytes).map_err(ActionError::Stage)?;
+    let new = AgentConfig::parse(&bytes).map_err(ActionError::Refused)?;
+    let probe =
+        Client::new(new.clone(), &ctx.settings.server).map_err(ActionError::RefusedClient)?;
+    probe
+        .check_license()
+        .await
+        .map_err(|source| ActionError::LicenseRefused {
+            endpoint: new.endpoint.clone(),
+            source,
+        })?;
     if let Ok(old) = fs_err::read(&target) {
         let _ = palette_host::fsx::atomic_write(
             &ctx.layout.config_dir().join("Config.yml.previous"),
             &old,
         );
     }
-    palette_host::fsx::atomic_write(&target, &bytes)
-        .map_err(|e| format!("cannot replace {}: {e}", target.display()))?;
+    palette_host::fsx::atomic_write(&target, &bytes).map_err(|source| ActionError::Replace {
+        path: target.clone(),
+        source,
+    })?;
     let _ = fs_err::remove_file(&scratch);
     ctx.durable.update(|d| {
         if rev.is_some() {
@@ -250,7 +268,7 @@ pub async fn apply_config(ctx: &Ctx, bytes: Vec<u8>, rev: Option<i64>) -> Result
     );
     if let Err(e) = upload_config(ctx, &probe, bytes).await {
         tracing::warn!(
-            error = e,
+            error = %chain(&e),
             "applied config could not be uploaded; it will be reported at the next check-in"
         );
         msg.push_str("; upload of the applied copy failed, will retry");
@@ -258,11 +276,11 @@ pub async fn apply_config(ctx: &Ctx, bytes: Vec<u8>, rev: Option<i64>) -> Result
     match ctx.supervisor.restart_if_running().await {
         Ok(true) => msg.push_str("; agent restarted"),
         Ok(false) => msg.push_str("; agent was not running, left stopped"),
-        Err(e) => {
-            return Err(format!(
-                "{msg}, but restarting the agent failed: {}",
-                chain(&e)
-            ))
+        Err(source) => {
+            return Err(ActionError::RestartAfterApply {
+                applied: msg,
+                source,
+            })
         }
     }
     Ok(msg)

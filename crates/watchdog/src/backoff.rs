@@ -40,6 +40,7 @@ pub fn jittered(d: Duration) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

@@ -183,7 +183,7 @@ impl Controller {
         tracing::info!(?id, command = kind.as_str(), "performing command");
         let (outcome, message) = match actions::perform(&self.ctx, kind).await {
             Ok(m) => (Outcome::Succeeded, m),
-            Err(m) => (Outcome::Failed, m),
+            Err(e) => (Outcome::Failed, actions::chain(&e)),
         };
         match outcome {
             Outcome::Succeeded => {

@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod client;
 pub mod controller;
 pub mod durable;
+pub mod error;
 mod platform;
 pub mod run;
 pub mod supervisor;

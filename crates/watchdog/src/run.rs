@@ -16,21 +16,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::Ctx;
 use crate::controller::{Controller, Handle};
+use crate::error::ResolveError;
 use crate::supervisor::{Policy, Supervisor};
 use crate::{durable, platform, update, v1loop, v2loop};
 
 /// Replaces `{base}`, `{current}` and `{exe}` in a command word.
-fn expand(word: &str, layout: &Layout) -> Result<String, String> {
+fn expand(word: &str, layout: &Layout) -> Result<String, ResolveError> {
     let mut w = word
         .replace("{base}", &layout.base.display().to_string())
         .replace("{exe}", std::env::consts::EXE_SUFFIX);
     if w.contains("{current}") {
-        let v = layout.current_version().ok_or_else(|| {
-            format!(
-                "no agent version is installed ({} is missing)",
-                layout.current_pointer().display()
-            )
-        })?;
+        let v = layout
+            .current_version()
+            .ok_or_else(|| ResolveError::NoCurrent {
+                pointer: layout.current_pointer(),
+            })?;
         w = w.replace("{current}", &layout.version_dir(&v).display().to_string());
     }
     Ok(w)
@@ -49,7 +49,7 @@ pub fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceContr
                         .map(|w| expand(w, &l))
                         .collect::<Result<Vec<_>, _>>()?;
                     if expanded.is_empty() {
-                        return Err("agent.command is empty".into());
+                        return Err(ResolveError::EmptyCommand.into());
                     }
                     let program = expanded.remove(0).into();
                     Ok(CommandLine {

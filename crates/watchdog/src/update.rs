@@ -14,6 +14,7 @@ use palette_service::Event;
 
 use crate::actions::{chain, Ctx};
 use crate::client::{Client, Expect};
+use crate::error::{HealthError, ManagerError};
 
 /// How a download is checked.
 #[derive(Debug, Clone)]
@@ -263,7 +264,7 @@ async fn install_inner(
     installing.store(true, std::sync::atomic::Ordering::SeqCst);
 
     if let Err(e) = copy_manager(ctx) {
-        return fail(e);
+        return fail(chain(&e));
     }
     if let Err(e) = ctx.supervisor.pause().await {
         let _ = ctx.supervisor.resume().await;
@@ -279,10 +280,11 @@ async fn install_inner(
         format!("--sha256={}", got.sha256),
         format!("--release-id={}", cand.release_id),
     ];
-    if let Err(e) = run_manager(ctx, &args).await.map(drop) {
+    if let Err(e) = run_manager(ctx, &args).await {
         let _ = ctx.supervisor.resume().await;
         return fail(format!(
-            "the manager refused the update, old version kept: {e}"
+            "the manager refused the update, old version kept: {}",
+            chain(&e)
         ));
     }
     Some(finish(ctx, cand.release_id, cand.version).await)
@@ -304,7 +306,10 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
                 release_id,
                 version,
                 Outcome::Failed,
-                format!("version {version} runs but could not be committed: {e}"),
+                format!(
+                    "version {version} runs but could not be committed: {}",
+                    chain(&e)
+                ),
             ),
         },
         Err(why) => {
@@ -316,12 +321,14 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
                 .current_version()
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "none".into());
+            let why = chain(&why);
             let msg = match rolled {
                 Ok(_) => format!(
                     "version {version} failed its health check ({why}); rolled back to {back}"
                 ),
                 Err(e) => format!(
-                    "version {version} failed its health check ({why}); ROLLBACK FAILED: {e}"
+                    "version {version} failed its health check ({why}); ROLLBACK FAILED: {}",
+                    chain(&e)
                 ),
             };
             report(ctx, release_id, version, Outcome::Failed, msg)
@@ -331,19 +338,19 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
 
 /// Resumes supervision and requires the agent to keep running for
 /// `agent.health_secs`.
-async fn health_check(ctx: &Ctx) -> Result<(), String> {
+async fn health_check(ctx: &Ctx) -> Result<(), HealthError> {
     let window = Duration::from_secs(ctx.settings.agent.health_secs);
     let mut events = ctx.supervisor.service().events();
     ctx.supervisor
         .resume()
         .await
-        .map_err(|e| format!("it did not start: {}", chain(&e)))?;
+        .map_err(HealthError::DidNotStart)?;
     if let Some(rx) = events.as_mut() {
         let deadline = tokio::time::Instant::now() + window;
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Err(_) => break,
-                Ok(Ok(Event::Exited { how, .. })) => return Err(format!("it exited with {how}")),
+                Ok(Ok(Event::Exited { how, .. })) => return Err(HealthError::Exited(how)),
                 Ok(_) => {}
             }
         }
@@ -360,10 +367,7 @@ async fn health_check(ctx: &Ctx) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!(
-            "it was not running {} s after the start",
-            window.as_secs()
-        ))
+        Err(HealthError::NotRunning(window.as_secs()))
     }
 }
 
@@ -388,7 +392,7 @@ pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
     let result = match run_manager(ctx, &["recover".into()]).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = e, "update recovery failed");
+            tracing::error!(error = %chain(&e), "update recovery failed");
             return None;
         }
     };
@@ -411,14 +415,16 @@ pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
     }
 }
 
-fn copy_manager(ctx: &Ctx) -> Result<(), String> {
+fn copy_manager(ctx: &Ctx) -> Result<(), ManagerError> {
     let src = ctx.layout.manager();
     let dst = ctx.layout.manager_in_action();
     let tmp = dst.with_extension("new");
-    fs_err::copy(&src, &tmp)
-        .map_err(|e| format!("cannot copy the manager to {}: {e}", tmp.display()))?;
-    fs_err::rename(&tmp, &dst)
-        .map_err(|e| format!("cannot put {} in place: {e}", dst.display()))?;
+    let copy = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| ManagerError::Copy { path, source }
+    };
+    fs_err::copy(&src, &tmp).map_err(copy(&tmp))?;
+    fs_err::rename(&tmp, &dst).map_err(copy(&dst))?;
     Ok(())
 }
 
@@ -426,48 +432,50 @@ fn copy_manager(ctx: &Ctx) -> Result<(), String> {
 /// stopped watchdog) and waits for it. Its output goes to a file, not a
 /// pipe, so it never dies of a closed pipe; its outcome is read from the
 /// result file it writes (`state/manager-result.json`).
-async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<ManagerResult, String> {
+async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<ManagerResult, ManagerError> {
     let exe = ctx.layout.manager_in_action();
     if !exe.exists() {
         copy_manager(ctx)?;
     }
-    ManagerResult::clear(&ctx.layout)
-        .map_err(|e| format!("cannot clear the manager's result file: {e}"))?;
+    let spawn = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| ManagerError::Spawn { path, source }
+    };
+    ManagerResult::clear(&ctx.layout).map_err(spawn(&ManagerResult::path(&ctx.layout)))?;
     let out_path = ctx.layout.logs().join("manager-console.log");
-    let out = std::fs::OpenOptions::new()
+    // The manager's stdout/stderr need the std handle.
+    let (out, _) = fs_err::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .open(&out_path)
-        .map_err(|e| format!("cannot open {}: {e}", out_path.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
+        .map_err(spawn(&out_path))?
+        .into_parts();
+    let err = out.try_clone().map_err(spawn(&out_path))?;
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.arg("--base")
         .arg(&ctx.layout.base)
         .args(args)
         .stdout(out)
         .stderr(err);
-    let mut child = palette_service::spawn_detached(&mut cmd)
-        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| format!("waiting for the manager: {e}"))?;
+    let mut child = palette_service::spawn_detached(&mut cmd).map_err(spawn(&exe))?;
+    let status = child.wait().await.map_err(spawn(&exe))?;
     let result = ManagerResult::load(&ctx.layout).ok().flatten();
     match result {
         Some(r) if r.ok && status.success() => Ok(r),
-        Some(r) if !r.ok => Err(format!(
-            "manager {} failed: {}",
-            args[0],
-            r.reason.as_deref().unwrap_or("no reason given")
-        )),
+        Some(r) if !r.ok => Err(ManagerError::Failed {
+            op: args[0].clone(),
+            reason: r.reason.unwrap_or_else(|| "no reason given".into()),
+        }),
         _ => {
-            let text = fs_err::read_to_string(&out_path).unwrap_or_default();
-            let last = text.lines().last().unwrap_or("").trim();
-            Err(format!(
-                "manager {} exited with {status} without a result; its last output: {last}",
-                args[0]
-            ))
+            let text = tokio::fs::read_to_string(&out_path)
+                .await
+                .unwrap_or_default();
+            Err(ManagerError::NoResult {
+                op: args[0].clone(),
+                status: status.to_string(),
+                last: text.lines().last().unwrap_or("").trim().to_string(),
+            })
         }
     }
 }

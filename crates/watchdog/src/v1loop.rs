@@ -18,6 +18,7 @@ use crate::now_ms;
 use crate::update::{self, Candidate, Integrity};
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 
@@ -99,7 +100,7 @@ async fn poll_command(ctx: &Ctx) -> Option<CommandKind> {
     let client = match ctx.client() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = e, "cannot talk to the server");
+            tracing::error!(error = %actions::chain(&e), "cannot talk to the server");
             return None;
         }
     };
@@ -145,7 +146,7 @@ async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, crate::c
     let client = match ctx.client() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = e, "cannot talk to the server");
+            tracing::error!(error = %actions::chain(&e), "cannot talk to the server");
             return None;
         }
     };

@@ -65,7 +65,7 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::error!(
-                    error = e,
+                    error = %actions::chain(&e),
                     retry_s = delay.as_secs(),
                     "cannot talk to the server"
                 );
@@ -257,11 +257,14 @@ async fn report_config_if_changed(ctx: &Ctx, client: &crate::client::Client) {
     }
     match actions::upload_config(ctx, client, bytes).await {
         Ok(()) => tracing::info!("current Config.yml reported to the server"),
-        Err(e) => tracing::warn!(error = e, "could not report Config.yml; will retry"),
+        Err(e) => {
+            tracing::warn!(error = %actions::chain(&e), "could not report Config.yml; will retry")
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 mod tests {
     use super::*;
 

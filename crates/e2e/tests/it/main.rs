@@ -1,6 +1,7 @@
 //! End to end: the real palette-server, palette-watchdog, palette-manager
 //! and sample agent as separate processes on loopback. Every wait is a
 //! condition with a deadline.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 #![cfg(unix)]
 
 use std::time::Duration;

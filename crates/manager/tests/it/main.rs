@@ -1,4 +1,5 @@
 //! The manager's steps on real folders and real (also hostile) archives.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

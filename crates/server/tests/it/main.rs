@@ -1,4 +1,5 @@
 //! palette-server over real HTTP on loopback, with a real SQLite file.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 
 #[cfg(unix)]
 mod durability;

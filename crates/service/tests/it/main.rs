@@ -1,4 +1,5 @@
 //! Real processes under both backends.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 #![cfg(unix)]
 
 use std::sync::Arc;
@@ -9,7 +10,10 @@ use palette_service::{
     Status,
 };
 
-fn sh(script: &str) -> Arc<dyn Fn() -> Result<CommandLine, String> + Send + Sync> {
+type Resolve =
+    dyn Fn() -> Result<CommandLine, Box<dyn std::error::Error + Send + Sync>> + Send + Sync;
+
+fn sh(script: &str) -> Arc<Resolve> {
     let script = script.to_string();
     Arc::new(move || {
         Ok(CommandLine {
