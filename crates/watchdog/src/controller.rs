@@ -247,9 +247,11 @@ impl Controller {
         let release_id = cand.release_id;
         self.ctx.set_active_update(release_id);
         let task = tokio::spawn(async move {
-            let ended = update::install(&ctx, &client, cand, &canc, &inst).await;
-            if let Ended::Cancelled = ended {
-                tracing::debug!(%version, "update job cancelled");
+            match update::install(&ctx, &client, cand, &canc, &inst).await {
+                Ended::Cancelled => tracing::debug!(%version, "update job cancelled"),
+                Ended::Reported(r) => {
+                    tracing::debug!(%version, outcome = ?r.outcome, "update job reported")
+                }
             }
             let _ = tx.send(version);
         });

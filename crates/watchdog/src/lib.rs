@@ -1,28 +1,36 @@
 //! palette-watchdog: the long-running service on each host.
 //!
-//! Owns: keeping the agent alive (`supervisor`: desired state, restart
-//! backoff), talking to the server (`client`; v2 long poll in `v2loop`,
-//! legacy v1 polling in `v1loop`), carrying out commands and remote
-//! configuration (`actions`), updates through the manager (`update`), its
-//! durable state (`durable`) and its systemd unit (`systemd`).
+//! How it runs (`run`): one **controller** task (`controller`) owns the
+//! agent (through the `supervisor`: desired state, restart backoff), the
+//! command bookkeeping of the durable state (`durable`) and the update job
+//! (`update`, which has the manager do the risky steps). It takes typed
+//! messages: `Perform` and `Offer` from the transport tasks — the v2 long
+//! poll (`v2loop`) or legacy v1 polling (`v1loop`), both over the one HTTP
+//! client (`client`) — and `Ping` from the liveness pinger that feeds
+//! systemd's watchdog timer. Transports never wait for the controller: they
+//! keep checking in while an update downloads or installs, and the
+//! controller wakes the v2 transport when an acknowledgement is ready. The
+//! keep-alive runs in its own task. Everything stops through one
+//! `CancellationToken`. Commands and remote configuration are carried out in
+//! `actions`; failures are typed (`error`); the systemd unit is `systemd`.
 //!
 //! Must not: install anything itself (the manager does), touch the agent's
 //! `Config.yml` except through a validated atomic replace, or let the server
 //! being unreachable affect the running agent.
 
 pub mod actions;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod client;
-pub mod controller;
+pub(crate) mod controller;
 pub mod durable;
 pub mod error;
 mod platform;
 pub mod run;
 pub mod supervisor;
 pub mod systemd;
-pub mod update;
-pub mod v1loop;
-pub mod v2loop;
+pub(crate) mod update;
+pub(crate) mod v1loop;
+pub(crate) mod v2loop;
 
 /// This watchdog's version, reported to the server.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
