@@ -1095,3 +1095,130 @@ async fn damaged_local_state_ends_in_the_safest_state() {
         "the previous version is kept"
     );
 }
+
+#[tokio::test]
+async fn a_fixed_legacy_release_republished_under_the_same_version_is_installed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new(
+        "republish",
+        &server.url,
+        "v1",
+        "trust:\n  allow_legacy_md5: true\n",
+    );
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let bad = release_archive(tmp.path(), "2.0.0", true);
+    api.publish(&bad, "2.0.0", "archive").await;
+    host.wait_log("failed its health check", Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    host.wait_log("failed here before; skipped", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(host.wait_agent_running(T).await.unwrap().version, "1.0.0");
+    // The fixed file, same version (our server needs another kind to hold
+    // both; a legacy server simply replaces the file): a new release.
+    let good = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&good, "2.0.0", "installer").await;
+    wait_for(
+        "the host runs the fixed 2.0.0",
+        Duration::from_secs(60),
+        || async { host.running_agent().is_some_and(|a| a.version == "2.0.0") },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+}
+
+/// A hostile v2 server: its check-in answer carries a command whose expiry
+/// cannot be read. The watchdog must refuse it (acknowledged as failed),
+/// never perform it. Returns the check-in bodies it received.
+async fn fake_v2_server(
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let bodies = bodies.clone();
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                let (head_end, len) = loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&data[..i]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (i + 4, len);
+                    }
+                };
+                while data.len() < head_end + len {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+                let body = String::from_utf8_lossy(&data[head_end..]).into_owned();
+                let answer = if head.starts_with("POST /api/v2/checkin") {
+                    bodies.lock().unwrap().push(body);
+                    r#"{"store_id":"fake","commands":[{"id":7,"kind":"stop","issued_at":"2026-01-01T00:00:00Z","expires_at":"not a time"}],"release":null,"config_revision":null}"#
+                } else {
+                    "{}"
+                };
+                let _ = sock
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                            answer.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_command_with_an_unreadable_expiry_is_refused() {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (url, server) = fake_v2_server(bodies.clone()).await;
+    let mut host = Host::new("hostile", &url, "v2", "");
+    host.start();
+    let agent = host.wait_agent_running(T).await.unwrap();
+    wait_for("the refusal is acknowledged", T, || async {
+        bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("\"id\":7") && b.contains("failed") && b.contains("cannot be read"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(
+        host.running_agent().map(|a| a.pid),
+        Some(agent.pid),
+        "the stop was not performed"
+    );
+    server.abort();
+}
