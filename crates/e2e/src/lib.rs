@@ -449,6 +449,18 @@ impl Host {
     /// `Config.yml` for `server_url` and a `watchdog.yml` with short
     /// intervals. `settings_extra` is appended to `watchdog.yml`.
     pub fn new(name: &str, server_url: &str, protocol: &str, settings_extra: &str) -> Host {
+        Self::with_agent_settings(name, server_url, protocol, "", settings_extra)
+    }
+
+    /// As `new`, with `agent_extra` (indented lines) added to the `agent:`
+    /// block of `watchdog.yml`.
+    pub fn with_agent_settings(
+        name: &str,
+        server_url: &str,
+        protocol: &str,
+        agent_extra: &str,
+        settings_extra: &str,
+    ) -> Host {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().to_path_buf();
         let v1 = base.join("versions/1.0.0");
@@ -469,7 +481,7 @@ agent:
   command: ['{{current}}/palette-sample-agent', '--base', '{{base}}']
   health_secs: 1
   stop_timeout_secs: 5
-server:
+{agent_extra}server:
   protocol: {protocol}
   checkin_wait_secs: 5
   timeout_secs: 10

@@ -65,8 +65,14 @@ pub struct AgentSettings {
     pub status: Vec<String>,
     /// Seconds between SIGTERM and SIGKILL (process) or the command limit.
     pub stop_timeout_secs: u64,
-    /// A new version must run this long after an update to be kept.
+    /// A new version (or a new `Config.yml`) must keep running this long
+    /// after an update to be kept.
     pub health_secs: u64,
+    /// Optional probe that must also succeed within `health_secs`: a
+    /// command (exit 0; `{base}`, `{current}` and `{exe}` expanded)...
+    pub health_command: Vec<String>,
+    /// ...and/or an HTTP URL that must answer 2xx.
+    pub health_url: Option<String>,
 }
 
 impl Default for AgentSettings {
@@ -79,6 +85,8 @@ impl Default for AgentSettings {
             status: vec![],
             stop_timeout_secs: 10,
             health_secs: 10,
+            health_command: vec![],
+            health_url: None,
         }
     }
 }
@@ -226,6 +234,13 @@ impl Settings {
                 )
             }
             _ => {}
+        }
+        if let Some(u) = &self.agent.health_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!(
+                    "agent.health_url {u:?} must be an http:// or https:// URL"
+                ));
+            }
         }
         if self.server.checkin_wait_secs > 300 {
             return Err("server.checkin_wait_secs must be at most 300".into());

@@ -18,9 +18,19 @@ struct Webservice {
 }
 
 #[derive(Deserialize, Default)]
+struct SampleAgent {
+    /// Exit with 4 shortly after starting: a config the agent cannot live
+    /// with (used to test config rollback).
+    #[serde(rename = "Fail", default)]
+    fail: bool,
+}
+
+#[derive(Deserialize, Default)]
 struct Config {
     #[serde(rename = "Webservice", default)]
     webservice: Option<Webservice>,
+    #[serde(rename = "SampleAgent", default)]
+    sample_agent: Option<SampleAgent>,
 }
 
 fn arg_base() -> Option<PathBuf> {
@@ -49,10 +59,14 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_default()
         });
     let cfg_path = base.join("Config").join("Config.yml");
-    let endpoint = fs_err::read_to_string(&cfg_path)
+    let config = fs_err::read_to_string(&cfg_path)
         .ok()
         .and_then(|t| serde_saphyr::from_str::<Config>(&t).ok())
-        .and_then(|c| c.webservice.and_then(|w| w.endpoint))
+        .unwrap_or_default();
+    let fail_by_config = config.sample_agent.as_ref().is_some_and(|s| s.fail);
+    let endpoint = config
+        .webservice
+        .and_then(|w| w.endpoint)
         .unwrap_or_default();
     println!(
         "sample agent {version} started (pid {}), endpoint {endpoint:?}",
@@ -67,6 +81,11 @@ async fn main() -> anyhow::Result<()> {
     fs_err::write(&tmp, status)?;
     fs_err::rename(&tmp, state.join("sample-agent.json"))?;
 
+    if fail_by_config {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        eprintln!("sample agent {version}: Config.yml says SampleAgent.Fail; exiting with 4");
+        std::process::exit(4);
+    }
     if dir.join("FAIL").exists() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         eprintln!("sample agent {version}: FAIL file present; exiting with 3");

@@ -245,43 +245,77 @@ pub async fn apply_config(
             endpoint: new.endpoint.clone(),
             source,
         })?;
-    if let Ok(old) = fs_err::read(&target) {
+    let previous = read_file(&target).await.ok();
+    if let Some(old) = &previous {
         let _ = palette_host::fsx::atomic_write(
             &ctx.layout.config_dir().join("Config.yml.previous"),
-            &old,
+            old,
         );
     }
+    // Subscribed before the restart: an agent that dies at once on the new
+    // file is seen.
+    let events = ctx.supervisor.service().events();
     palette_host::fsx::atomic_write(&target, &bytes).map_err(|source| ActionError::Replace {
         path: target.clone(),
         source,
     })?;
     let _ = fs_err::remove_file(&scratch);
-    ctx.durable.update(|d| {
-        if rev.is_some() {
-            d.config_revision = rev;
-        }
-    });
-    tracing::info!(revision = ?rev, endpoint = new.endpoint, "new Config.yml applied");
+    tracing::info!(revision = ?rev, endpoint = new.endpoint, "new Config.yml in place");
     let mut msg = format!(
         "Config.yml applied{}",
         rev.map(|r| format!(" (revision {r})")).unwrap_or_default()
     );
-    if let Err(e) = upload_config(ctx, &probe, bytes).await {
-        tracing::warn!(
-            error = %chain(&e),
-            "applied config could not be uploaded; it will be reported at the next check-in"
-        );
-        msg.push_str("; upload of the applied copy failed, will retry");
-    }
-    match ctx.supervisor.restart_if_running().await {
-        Ok(true) => msg.push_str("; agent restarted"),
-        Ok(false) => msg.push_str("; agent was not running, left stopped"),
+    let restarted = match ctx.supervisor.restart_if_running().await {
+        Ok(r) => r,
         Err(source) => {
             return Err(ActionError::RestartAfterApply {
                 applied: msg,
                 source,
             })
         }
+    };
+    if restarted {
+        // The agent must stay up (and pass its probe) on the new file, or
+        // the previous file comes back.
+        if let Err(why) = crate::health::watch(ctx, events).await {
+            let why = chain(&why);
+            let log = crate::health::agent_log_tail(ctx, 5);
+            let restart = match &previous {
+                Some(old) => {
+                    palette_host::fsx::atomic_write(&target, old).map_err(|source| {
+                        ActionError::Replace {
+                            path: target.clone(),
+                            source,
+                        }
+                    })?;
+                    match ctx.supervisor.restart_if_running().await {
+                        Ok(_) => String::new(),
+                        Err(e) => format!(" but restarting the agent on it failed: {}", chain(&e)),
+                    }
+                }
+                None => " (there was none; the new file stays)".into(),
+            };
+            tracing::error!(revision = ?rev, why, "new Config.yml rolled back: the agent was not healthy on it");
+            // Make sure a start after a crash-exit uses the restored file.
+            let _ = ctx.supervisor.set_desired(ctx.supervisor.desired()).await;
+            return Err(ActionError::ConfigRolledBack { why, restart, log });
+        }
+        msg.push_str("; agent restarted and healthy");
+    } else {
+        msg.push_str("; agent was not running, left stopped");
+    }
+    ctx.durable.update(|d| {
+        if rev.is_some() {
+            d.config_revision = rev;
+        }
+    });
+    tracing::info!(revision = ?rev, "new Config.yml applied");
+    if let Err(e) = upload_config(ctx, &probe, bytes).await {
+        tracing::warn!(
+            error = %chain(&e),
+            "applied config could not be uploaded; it will be reported at the next check-in"
+        );
+        msg.push_str("; upload of the applied copy failed, will retry");
     }
     Ok(msg)
 }

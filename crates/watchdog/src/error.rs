@@ -59,6 +59,13 @@ pub enum ActionError {
     },
     #[error("the agent could not be controlled")]
     Service(#[from] ServiceError),
+    /// The new config was put back to the previous one.
+    #[error("the agent was not healthy on the new Config.yml ({why}); the previous file was restored{restart}; agent log: {log}")]
+    ConfigRolledBack {
+        why: String,
+        restart: String,
+        log: String,
+    },
     #[error("unknown command kind: this watchdog ({version}) cannot perform it; nothing was done")]
     UnknownCommand { version: &'static str },
 }
@@ -106,6 +113,8 @@ pub enum HealthError {
     Exited(String),
     #[error("it was not running {0} s after the start")]
     NotRunning(u64),
+    #[error("its health probe failed: {0}")]
+    Probe(String),
 }
 
 /// An error with its causes on one line, for logs and operators.

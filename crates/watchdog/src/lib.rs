@@ -24,6 +24,7 @@ pub mod client;
 pub(crate) mod controller;
 pub mod durable;
 pub mod error;
+pub(crate) mod health;
 mod platform;
 pub mod run;
 pub mod supervisor;

@@ -21,7 +21,7 @@ use crate::supervisor::{Policy, Supervisor};
 use crate::{durable, platform, update, v1loop, v2loop};
 
 /// Replaces `{base}`, `{current}` and `{exe}` in a command word.
-fn expand(word: &str, layout: &Layout) -> Result<String, ResolveError> {
+pub(crate) fn expand(word: &str, layout: &Layout) -> Result<String, ResolveError> {
     let mut w = word
         .replace("{base}", &layout.base.display().to_string())
         .replace("{exe}", std::env::consts::EXE_SUFFIX);

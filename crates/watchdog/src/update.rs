@@ -10,7 +10,6 @@ use std::time::Duration;
 use palette_host::manager_result::{ManagerResult, RecoveryKind};
 use palette_protocol::v2::{Outcome, ReleaseKind, UpdateReport};
 use palette_protocol::Version;
-use palette_service::Event;
 
 use crate::actions::{chain, Ctx};
 use crate::client::{Client, Expect};
@@ -336,39 +335,14 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
     }
 }
 
-/// Resumes supervision and requires the agent to keep running for
-/// `agent.health_secs`.
+/// Resumes supervision; the agent must then pass the health watch.
 async fn health_check(ctx: &Ctx) -> Result<(), HealthError> {
-    let window = Duration::from_secs(ctx.settings.agent.health_secs);
-    let mut events = ctx.supervisor.service().events();
+    let events = ctx.supervisor.service().events();
     ctx.supervisor
         .resume()
         .await
         .map_err(HealthError::DidNotStart)?;
-    if let Some(rx) = events.as_mut() {
-        let deadline = tokio::time::Instant::now() + window;
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_) => break,
-                Ok(Ok(Event::Exited { how, .. })) => return Err(HealthError::Exited(how)),
-                Ok(_) => {}
-            }
-        }
-    } else {
-        tokio::time::sleep(window).await;
-    }
-    if ctx
-        .supervisor
-        .service()
-        .status()
-        .await
-        .map(|s| s.is_running())
-        .unwrap_or(false)
-    {
-        Ok(())
-    } else {
-        Err(HealthError::NotRunning(window.as_secs()))
-    }
+    crate::health::watch(ctx, events).await
 }
 
 /// After a restart: finishes an update a crash interrupted. A manager

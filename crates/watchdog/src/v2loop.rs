@@ -232,8 +232,16 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
         }
 
         report_config_if_changed(ctx, &client).await;
-        if only_repeats && sleep_or_shutdown(backoff.next_delay(), shutdown).await {
-            return false;
+        // Only commands already performed or still being performed came
+        // back: the server holds them until it has our acknowledgements.
+        // Wait for the controller's news (an ack ready), or back off if the
+        // server does not take them — never spin.
+        if only_repeats {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = handle.news.notified() => {}
+                _ = shutdown.cancelled() => return false,
+            }
         }
     }
 }

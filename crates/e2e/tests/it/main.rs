@@ -1222,3 +1222,63 @@ async fn a_command_with_an_unreadable_expiry_is_refused() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn a_config_that_makes_the_agent_exit_is_rolled_back() {
+    let (_t, server, host) = setup("cfgroll").await;
+    let api = server.api();
+    let before = host.config_yml();
+    let bad = agent_config(&server.url, AGENT_KEY, "SampleAgent:\n  Fail: true\n");
+    let pushed = api.push_config("cfgroll", &bad).await;
+    let id = pushed["command"]["id"]
+        .as_i64()
+        .expect("a GET-CONFIG was sent");
+    let (outcome, msg) = api.ack(id, T).await;
+    assert_eq!(outcome, Outcome::Failed, "{msg}");
+    assert!(msg.contains("previous file was restored"), "{msg}");
+    assert!(
+        msg.contains("SampleAgent.Fail"),
+        "the agent's last log lines are in the report: {msg}"
+    );
+    assert_eq!(host.config_yml(), before, "the previous file is back");
+    wait_for("the agent runs on the previous file", T, || async {
+        host.running_agent().is_some()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+}
+
+#[tokio::test]
+async fn a_failing_health_probe_rolls_the_release_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    // The probe passes only for version 1.0.0.
+    let mut host = Host::with_agent_settings(
+        "probed",
+        &server.url,
+        "v2",
+        "  health_command: ['grep', '-q', '1.0.0', '{current}/VERSION']\n",
+        "",
+    );
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&a2, "2.0.0", "archive").await;
+    wait_for(
+        "the failed update is reported",
+        Duration::from_secs(60),
+        || async {
+            api.host("probed")
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update)
+                .is_some_and(|u| {
+                    u.outcome == Outcome::Failed && u.message.contains("health probe failed")
+                })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(host.wait_agent_running(T).await.unwrap().version, "1.0.0");
+}
