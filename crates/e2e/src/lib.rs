@@ -461,7 +461,30 @@ impl Host {
         agent_extra: &str,
         settings_extra: &str,
     ) -> Host {
-        let tmp = tempfile::tempdir().unwrap();
+        Self::build(tempfile::tempdir().unwrap(), name, server_url, protocol, agent_extra, settings_extra)
+    }
+
+    /// As `new`, with the install folder inside `parent` (a small tmpfs in
+    /// the disk tests).
+    pub fn new_in(parent: &Path, name: &str, server_url: &str, settings_extra: &str) -> Host {
+        Self::build(
+            tempfile::tempdir_in(parent).unwrap(),
+            name,
+            server_url,
+            "v2",
+            "",
+            settings_extra,
+        )
+    }
+
+    fn build(
+        tmp: tempfile::TempDir,
+        name: &str,
+        server_url: &str,
+        protocol: &str,
+        agent_extra: &str,
+        settings_extra: &str,
+    ) -> Host {
         let base = tmp.path().to_path_buf();
         let v1 = base.join("versions/1.0.0");
         std::fs::create_dir_all(&v1).unwrap();
@@ -615,7 +638,18 @@ const WIRE_KEEP: usize = 4 << 20;
 
 impl Proxy {
     pub async fn start(target_port: u16, bytes_per_sec: Option<u64>) -> Proxy {
+        Self::start_with(target_port, bytes_per_sec, None).await
+    }
+
+    /// As `start`; with `cut_after`, the first answer longer than that many
+    /// bytes is cut off there (the connection closed mid-body), once.
+    pub async fn start_with(
+        target_port: u16,
+        bytes_per_sec: Option<u64>,
+        cut_after: Option<u64>,
+    ) -> Proxy {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cut_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let wire = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -634,6 +668,7 @@ impl Proxy {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
                 let (w, s1, s2) = (w.clone(), s.clone(), s.clone());
+                let cut_done = cut_done.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
@@ -654,11 +689,22 @@ impl Proxy {
                 });
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
+                    let mut total = 0u64;
                     loop {
                         let n = tokio::select! {
                             r = sr.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
                             _ = s2.cancelled() => break,
                         };
+                        total += n as u64;
+                        if let Some(cut) = cut_after {
+                            if total > cut
+                                && !cut_done.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                let keep = n - (total - cut) as usize;
+                                let _ = cw.write_all(&buf[..keep]).await;
+                                break;
+                            }
+                        }
                         if cw.write_all(&buf[..n]).await.is_err() {
                             break;
                         }

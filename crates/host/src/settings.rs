@@ -103,6 +103,8 @@ pub struct ServerSettings {
     pub checkin_wait_secs: u64,
     /// Per-request timeout (apart from the long poll and downloads).
     pub timeout_secs: u64,
+    /// Cap on release downloads, in bytes per second (none by default).
+    pub download_rate_bytes_per_sec: Option<u64>,
 }
 
 impl Default for ServerSettings {
@@ -113,6 +115,7 @@ impl Default for ServerSettings {
             insecure_skip_verify: false,
             checkin_wait_secs: 30,
             timeout_secs: 30,
+            download_rate_bytes_per_sec: None,
         }
     }
 }
@@ -132,6 +135,9 @@ pub struct Intervals {
     pub restart_max_secs: u64,
     /// An agent that ran this long resets the restart backoff.
     pub restart_stable_secs: u64,
+    /// First wait before retrying a download (or install) that failed for
+    /// a passing reason; doubles up to 30 minutes.
+    pub download_retry_secs: u64,
 }
 
 impl Default for Intervals {
@@ -143,6 +149,7 @@ impl Default for Intervals {
             restart_first_ms: 200,
             restart_max_secs: 60,
             restart_stable_secs: 60,
+            download_retry_secs: 30,
         }
     }
 }

@@ -126,6 +126,22 @@ async fn read_capped(
     Ok(buf.freeze())
 }
 
+/// Feeds a file already on disk to the hashers (a resumed download is
+/// verified whole).
+async fn hash_file(path: &Path, sha: &mut Sha256, md5: &mut Md5) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        sha.update(&buf[..n]);
+        md5.update(&buf[..n]);
+    }
+}
+
 /// A verified download.
 #[derive(Debug, Clone)]
 pub struct Downloaded {
@@ -361,42 +377,99 @@ impl Client {
 
     /// Streams `path_or_url` into `dest` (never the whole file in memory),
     /// hashing on the way; the file is renamed into place only when it
-    /// matches `expect`.
+    /// matches `expect`. It is written to `dest.part` first: a transfer cut
+    /// short (network, stall, a watchdog restart) leaves the part, and the
+    /// next call resumes it with `Range`, re-hashing what it already has so
+    /// the whole file is verified. A local disk error or a mismatch deletes
+    /// the part. `rate` caps the transfer in bytes per second.
     pub async fn download(
         &self,
         path_or_url: &str,
         dest: &Path,
         expect: Expect<'_>,
+        rate: Option<u64>,
     ) -> Result<Downloaded, ClientError> {
         let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
             path_or_url.to_string()
         } else {
             self.url(path_or_url)
         };
-        let rb = self
-            .http
-            .get(&url)
-            .header(header::AUTHORIZATION, self.auth());
-        let res = self.send(rb, &url).await?;
         let part = dest.with_extension("part");
         let ioerr = |source| ClientError::Io {
             path: part.display().to_string(),
             source,
         };
-        let mut file = tokio::fs::File::create(&part).await.map_err(ioerr)?;
-        let mut sha = Sha256::new();
-        let mut md5 = Md5::new();
-        let mut size = 0u64;
         let limit = match expect {
             Expect::Sha256 { size: Some(s), .. } => Some(s),
             _ => None,
         };
+        let mut sha = Sha256::new();
+        let mut md5 = Md5::new();
+        let mut have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+        if limit.is_some_and(|l| have >= l) {
+            // Complete or too long: start over (a complete part would have
+            // been renamed).
+            let _ = tokio::fs::remove_file(&part).await;
+            have = 0;
+        }
+        if have > 0 {
+            if let Err(e) = hash_file(&part, &mut sha, &mut md5).await {
+                tracing::warn!(error = %e, "cannot read the partial download; starting over");
+                let _ = tokio::fs::remove_file(&part).await;
+                have = 0;
+                sha = Sha256::new();
+                md5 = Md5::new();
+            }
+        }
+        let mut rb = self
+            .http
+            .get(&url)
+            .header(header::AUTHORIZATION, self.auth());
+        if have > 0 {
+            rb = rb.header(header::RANGE, format!("bytes={have}-"));
+        }
+        let res = match self.send(rb, &url).await {
+            Err(ClientError::Status { status, .. })
+                if status == StatusCode::RANGE_NOT_SATISFIABLE && have > 0 =>
+            {
+                let _ = tokio::fs::remove_file(&part).await;
+                tracing::warn!("the server cannot resume the download; starting over");
+                let rb = self
+                    .http
+                    .get(&url)
+                    .header(header::AUTHORIZATION, self.auth());
+                have = 0;
+                sha = Sha256::new();
+                md5 = Md5::new();
+                self.send(rb, &url).await?
+            }
+            other => other?,
+        };
+        let resumed = have > 0 && res.status() == StatusCode::PARTIAL_CONTENT;
+        let mut file = if resumed {
+            tracing::info!(offset = have, "resuming the download where it stopped");
+            tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&part)
+                .await
+                .map_err(ioerr)?
+        } else {
+            if have > 0 {
+                tracing::info!("the server sent the whole file; starting the download over");
+                sha = Sha256::new();
+                md5 = Md5::new();
+            }
+            have = 0;
+            tokio::fs::File::create(&part).await.map_err(ioerr)?
+        };
+        let mut size = have;
+        let started = tokio::time::Instant::now();
         let mut stream = res.bytes_stream();
         let idle = Duration::from_secs(60);
         loop {
             let chunk = match tokio::time::timeout(idle, stream.next()).await {
+                // The part stays: the next attempt resumes it.
                 Err(_) => {
-                    let _ = tokio::fs::remove_file(&part).await;
                     return Err(ClientError::Stalled {
                         url,
                         secs: idle.as_secs(),
@@ -422,7 +495,19 @@ impl Client {
             }
             sha.update(&chunk);
             md5.update(&chunk);
-            file.write_all(&chunk).await.map_err(ioerr)?;
+            if let Err(e) = file.write_all(&chunk).await {
+                // A full or failing disk: leave nothing behind.
+                drop(file);
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(ioerr(e));
+            }
+            if let Some(rate) = rate.filter(|r| *r > 0) {
+                let due = Duration::from_secs_f64((size - have) as f64 / rate as f64);
+                let elapsed = started.elapsed();
+                if due > elapsed {
+                    tokio::time::sleep(due - elapsed).await;
+                }
+            }
         }
         file.sync_all().await.map_err(ioerr)?;
         drop(file);

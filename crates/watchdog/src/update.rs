@@ -49,17 +49,20 @@ pub fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
     newer && !waiting && !ctx.durable.get().failed_releases.contains(&cand.release_id)
 }
 
-/// First and longest wait before downloading a release again after a
-/// passing failure.
-const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait before downloading a release again after a passing
+/// failure (the first is `intervals.download_retry_secs`).
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// Free space kept beyond what a download and its unpacking need.
+const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 
 /// Schedules another download attempt of `id`, backing off.
 fn schedule_retry(ctx: &Ctx, id: i64) -> Duration {
+    let first = Duration::from_secs(ctx.settings.intervals.download_retry_secs.max(1))
+        .min(RETRY_MAX);
     let mut slot = ctx.download_retry.lock().unwrap();
     let delay = match *slot {
         Some((prev, _, d)) if prev == id => (d * 2).min(RETRY_MAX),
-        _ => RETRY_FIRST,
+        _ => first,
     };
     let delay = crate::backoff::jittered(delay);
     *slot = Some((id, std::time::Instant::now() + delay, delay));
@@ -186,8 +189,19 @@ async fn install_inner(
     }
     tracing::info!(version = %cand.version, release = cand.release_id, "downloading update");
     let updates = ctx.layout.updates();
+    // Named by content: a part of this very file is kept and resumed;
+    // everything else in Updates/ is left over from earlier attempts.
+    let content_id = match &cand.integrity {
+        Integrity::Sha256 { hex, .. } => hex.to_ascii_lowercase(),
+        Integrity::Md5(hex) => format!("md5-{}", hex.to_ascii_lowercase()),
+    };
+    let dest = updates.join(format!("agent-{content_id}"));
+    let keep = dest.with_extension("part");
     if let Ok(entries) = fs_err::read_dir(&updates) {
         for e in entries.flatten() {
+            if e.path() == keep {
+                continue;
+            }
             let _ = if e.path().is_dir() {
                 fs_err::remove_dir_all(e.path())
             } else {
@@ -196,7 +210,31 @@ async fn install_inner(
         }
     }
     let _ = fs_err::create_dir_all(&updates);
-    let dest = updates.join(format!("agent-v{}", cand.version));
+    // Room for the download and its unpacking, checked before starting.
+    if let Integrity::Sha256 { size, .. } = &cand.integrity {
+        let have_part = fs_err::metadata(&keep).map(|m| m.len()).unwrap_or(0);
+        let need = size.saturating_sub(have_part) + size.saturating_mul(2) + SPACE_MARGIN;
+        if let Some(free) = crate::platform::available_space(&updates) {
+            if free < need {
+                let delay = schedule_retry(ctx, cand.release_id);
+                let msg = format!(
+                    "not enough free disk space for the update: {} MiB needed (download, unpacking and a margin), {} MiB free in {}; nothing was stopped; retrying in {} s",
+                    need >> 20,
+                    free >> 20,
+                    updates.display(),
+                    delay.as_secs()
+                );
+                return Some(report_with(
+                    ctx,
+                    cand.release_id,
+                    cand.version,
+                    Outcome::Failed,
+                    msg,
+                    true,
+                ));
+            }
+        }
+    }
     let expect = match &cand.integrity {
         Integrity::Sha256 { hex, size } => Expect::Sha256 {
             hex,
@@ -205,7 +243,7 @@ async fn install_inner(
         Integrity::Md5(hex) => Expect::Md5(hex),
     };
     let downloaded = tokio::select! {
-        r = client.download(&cand.url, &dest, expect) => r,
+        r = client.download(&cand.url, &dest, expect, ctx.settings.server.download_rate_bytes_per_sec) => r,
         _ = cancel.cancelled() => {
             let _ = fs_err::remove_file(dest.with_extension("part"));
             tracing::info!(version = %cand.version, "download cancelled; nothing installed");
@@ -351,6 +389,15 @@ async fn health_check(ctx: &Ctx) -> Result<(), HealthError> {
 /// like any other manager step, never over a live manager.
 pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
     let lock_path = ctx.layout.manager_lock();
+    let staging_left = fs_err::read_dir(ctx.layout.versions())
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".staging-"))
+        })
+        .unwrap_or(false);
+    if !ctx.layout.journal().exists() && !staging_left && !palette_host::lock::is_held(&lock_path) {
+        return None; // nothing was interrupted: no manager run needed
+    }
     if palette_host::lock::is_held(&lock_path) {
         tracing::warn!("a manager started before this watchdog is still running; waiting for it before recovering");
         let waited = tokio::task::spawn_blocking(move || {
@@ -397,8 +444,15 @@ fn copy_manager(ctx: &Ctx) -> Result<(), ManagerError> {
         let path = path.to_path_buf();
         move |source| ManagerError::Copy { path, source }
     };
-    fs_err::copy(&src, &tmp).map_err(copy(&tmp))?;
-    fs_err::rename(&tmp, &dst).map_err(copy(&dst))?;
+    // Whatever fails, no partial copy is left on a full disk.
+    if let Err(e) = fs_err::copy(&src, &tmp) {
+        let _ = fs_err::remove_file(&tmp);
+        return Err(copy(&tmp)(e));
+    }
+    if let Err(e) = fs_err::rename(&tmp, &dst) {
+        let _ = fs_err::remove_file(&tmp);
+        return Err(copy(&dst)(e));
+    }
     Ok(())
 }
 

@@ -1282,3 +1282,96 @@ async fn a_failing_health_probe_rolls_the_release_back() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     assert_eq!(host.wait_agent_running(T).await.unwrap().version, "1.0.0");
 }
+
+#[tokio::test]
+async fn a_download_cut_off_halfway_resumes_from_the_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let proxy = Proxy::start_with(server.port, None, Some(8 << 20)).await;
+    let mut host = Host::new("resumer", &proxy.url, "v2", "  download_retry_secs: 1\n");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let big = release_archive_with(tmp.path(), "2.0.0", false, 24);
+    api.publish(&big, "2.0.0", "archive").await;
+    wait_for("the host runs 2.0.0", Duration::from_secs(90), || async {
+        host.running_agent().is_some_and(|a| a.version == "2.0.0")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert!(
+        host.log().contains("resuming the download where it stopped"),
+        "{}",
+        host.diagnostics()
+    );
+    let wire = proxy.wire().to_lowercase();
+    assert!(wire.contains("range: bytes="), "no Range request was sent");
+}
+
+#[tokio::test]
+async fn too_little_disk_fails_the_update_cleanly_and_says_why() {
+    // Room for the install folder (debug binaries) but not for the release.
+    let fs = match Tmpfs::mount("400m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED too_little_disk_fails_the_update_cleanly_and_says_why: {why}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new_in(&fs.path, "cramped", &server.url, "");
+    host.start();
+    let agent = host.wait_agent_running(T).await.unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let big = release_archive_with(tmp.path(), "2.0.0", false, 100);
+    api.publish(&big, "2.0.0", "archive").await;
+    wait_for("the host reports why", Duration::from_secs(60), || async {
+        api.host("cramped")
+            .await
+            .and_then(|h| h.report)
+            .and_then(|r| r.last_update)
+            .is_some_and(|u| u.outcome == Outcome::Failed && u.message.contains("not enough free disk space"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(host.running_agent().unwrap().pid, agent.pid, "nothing was stopped");
+    let leftovers: Vec<_> = std::fs::read_dir(host.base.join("Updates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "Updates/ holds {leftovers:?}");
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {} (needs root and permission to mount)",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { path, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

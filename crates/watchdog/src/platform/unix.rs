@@ -34,3 +34,9 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// Bytes free for this user on the filesystem holding `path`.
+pub fn available_space(path: &std::path::Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+}

@@ -15,3 +15,9 @@ pub fn notify_stopping() {}
 pub async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
+
+/// Not measured on Windows yet: the check is skipped (the Windows issue
+/// adds GetDiskFreeSpaceExW).
+pub fn available_space(_path: &std::path::Path) -> Option<u64> {
+    None
+}
