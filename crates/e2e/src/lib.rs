@@ -461,7 +461,14 @@ impl Host {
         agent_extra: &str,
         settings_extra: &str,
     ) -> Host {
-        Self::build(tempfile::tempdir().unwrap(), name, server_url, protocol, agent_extra, settings_extra)
+        Self::build(
+            tempfile::tempdir().unwrap(),
+            name,
+            server_url,
+            protocol,
+            agent_extra,
+            settings_extra,
+        )
     }
 
     /// As `new`, with the install folder inside `parent` (a small tmpfs in

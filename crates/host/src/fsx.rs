@@ -41,6 +41,14 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Whether an I/O error is the local disk's trouble (full, over quota,
+/// read-only, failing) rather than bad content.
+pub fn is_local_disk_trouble(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+        || matches!(e.raw_os_error(), Some(5 | 28 | 30 | 122))
+}
+
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;

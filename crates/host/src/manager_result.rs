@@ -36,6 +36,10 @@ pub struct ManagerResult {
     /// `rollback`: the version `current` names afterwards.
     #[serde(default)]
     pub current: Option<Version>,
+    /// The failure was the local disk's (full, read-only, failing): a
+    /// passing trouble, retried, never held against the release.
+    #[serde(default)]
+    pub local_io: bool,
     pub pid: u32,
 }
 

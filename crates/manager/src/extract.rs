@@ -54,6 +54,30 @@ impl Default for Limits {
     }
 }
 
+/// How much an archive may expand, at most: this many times its own size...
+pub const MAX_RATIO: u64 = 100;
+/// ...but never less than this (small archives of a few large files).
+pub const RATIO_FLOOR: u64 = 64 * 1024 * 1024;
+/// Free space left on the disk after unpacking.
+pub const FREE_MARGIN: u64 = 32 * 1024 * 1024;
+
+impl Limits {
+    /// The limits for an archive of `archive_bytes` unpacked onto a disk
+    /// with `free` bytes available (when known): the fixed cap, a ratio to
+    /// the archive's size (a tiny archive cannot expand into gigabytes) and
+    /// the free space minus a margin (unpacking never fills the disk).
+    pub fn for_archive(archive_bytes: u64, free: Option<u64>) -> Limits {
+        let mut l = Limits::default();
+        l.max_bytes = l
+            .max_bytes
+            .min(archive_bytes.saturating_mul(MAX_RATIO).max(RATIO_FLOOR));
+        if let Some(free) = free {
+            l.max_bytes = l.max_bytes.min(free.saturating_sub(FREE_MARGIN));
+        }
+        l
+    }
+}
+
 /// Checks an entry path and returns it relative to the target folder.
 pub fn safe_relative(name: &str) -> Result<PathBuf, ExtractError> {
     let unsafe_path = || ExtractError::UnsafePath(name.to_string());

@@ -11,4 +11,4 @@
 
 pub mod extract;
 pub mod ops;
-mod platform;
+pub mod platform;

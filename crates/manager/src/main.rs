@@ -93,6 +93,7 @@ fn main() {
         recovery: None,
         version: None,
         current: None,
+        local_io: false,
         pid: std::process::id(),
     };
     let outcome = run(cli.op, &layout, &mut result);
@@ -100,6 +101,12 @@ fn main() {
         tracing::error!("{e:#}");
         result.ok = false;
         result.reason = Some(format!("{e:#}"));
+        // A full or failing local disk is a passing trouble: the watchdog
+        // retries once it clears, instead of holding it against the release.
+        result.local_io = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(palette_host::fsx::is_local_disk_trouble)
+        });
     }
     if let Err(e) = result.save(&layout) {
         tracing::error!(error = %e, "cannot write the manager's result file");
@@ -134,6 +141,10 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
             let version = version.parse().context("while reading --version")?;
             result.version = Some(version);
             tracing::info!(artifact = %artifact.display(), %version, "update requested");
+            let limits = Limits::for_archive(
+                fs_err::metadata(&artifact).map(|m| m.len()).unwrap_or(0),
+                palette_manager::platform::available_space(&layout.versions()),
+            );
             ops::install_archive(
                 layout,
                 &ops::UpdateRequest {
@@ -142,7 +153,7 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
                     sha256,
                     release_id,
                 },
-                Limits::default(),
+                limits,
             )?;
         }
         Op::Commit => {

@@ -405,7 +405,10 @@ impl Client {
         };
         let mut sha = Sha256::new();
         let mut md5 = Md5::new();
-        let mut have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+        let mut have = tokio::fs::metadata(&part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         if limit.is_some_and(|l| have >= l) {
             // Complete or too long: start over (a complete part would have
             // been renamed).

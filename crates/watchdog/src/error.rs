@@ -95,13 +95,32 @@ pub enum ManagerError {
         source: std::io::Error,
     },
     #[error("manager {op} failed: {reason}")]
-    Failed { op: String, reason: String },
+    Failed {
+        op: String,
+        reason: String,
+        /// The local disk's trouble (full, read-only, failing): passing.
+        local_io: bool,
+    },
     #[error("manager {op} exited with {status} without a result; its last output: {last}")]
     NoResult {
         op: String,
         status: String,
         last: String,
     },
+}
+
+impl ManagerError {
+    /// Whether the failure was the local disk's or the host's (passing:
+    /// retried later) rather than the release's.
+    pub fn is_local_trouble(&self) -> bool {
+        match self {
+            ManagerError::Failed { local_io, .. } => *local_io,
+            ManagerError::Copy { source, .. } | ManagerError::Spawn { source, .. } => {
+                palette_host::fsx::is_local_disk_trouble(source)
+            }
+            ManagerError::NoResult { .. } => false,
+        }
+    }
 }
 
 /// Why a new version failed its health check.

@@ -57,8 +57,8 @@ const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 
 /// Schedules another download attempt of `id`, backing off.
 fn schedule_retry(ctx: &Ctx, id: i64) -> Duration {
-    let first = Duration::from_secs(ctx.settings.intervals.download_retry_secs.max(1))
-        .min(RETRY_MAX);
+    let first =
+        Duration::from_secs(ctx.settings.intervals.download_retry_secs.max(1)).min(RETRY_MAX);
     let mut slot = ctx.download_retry.lock().unwrap();
     let delay = match *slot {
         Some((prev, _, d)) if prev == id => (d * 2).min(RETRY_MAX),
@@ -301,7 +301,13 @@ async fn install_inner(
     installing.store(true, std::sync::atomic::Ordering::SeqCst);
 
     if let Err(e) = copy_manager(ctx) {
-        return fail(chain(&e));
+        return Some(local_trouble_or_fail(
+            ctx,
+            &cand,
+            &dest,
+            &e,
+            "the manager could not be put in place",
+        ));
     }
     if let Err(e) = ctx.supervisor.pause().await {
         let _ = ctx.supervisor.resume().await;
@@ -319,12 +325,51 @@ async fn install_inner(
     ];
     if let Err(e) = run_manager(ctx, &args).await {
         let _ = ctx.supervisor.resume().await;
-        return fail(format!(
-            "the manager refused the update, old version kept: {}",
-            chain(&e)
+        return Some(local_trouble_or_fail(
+            ctx,
+            &cand,
+            &dest,
+            &e,
+            "the manager refused the update, old version kept",
         ));
     }
     Some(finish(ctx, cand.release_id, cand.version).await)
+}
+
+/// A manager step failed: the local disk's trouble is passing (the
+/// download is deleted to free the space, retried with backoff), anything
+/// else is held against the release.
+fn local_trouble_or_fail(
+    ctx: &Ctx,
+    cand: &Candidate,
+    dest: &std::path::Path,
+    e: &ManagerError,
+    what: &str,
+) -> UpdateReport {
+    if e.is_local_trouble() {
+        let _ = fs_err::remove_file(dest);
+        let delay = schedule_retry(ctx, cand.release_id);
+        report_with(
+            ctx,
+            cand.release_id,
+            cand.version,
+            Outcome::Failed,
+            format!(
+                "{what}: a local disk problem ({}); nothing was kept, retrying in {} s",
+                chain(e),
+                delay.as_secs()
+            ),
+            true,
+        )
+    } else {
+        report(
+            ctx,
+            cand.release_id,
+            cand.version,
+            Outcome::Failed,
+            format!("{what}: {}", chain(e)),
+        )
+    }
 }
 
 /// Starts the switched-to version, checks it, and commits or rolls back.
@@ -494,6 +539,7 @@ async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<ManagerResult, Manage
         Some(r) if !r.ok => Err(ManagerError::Failed {
             op: args[0].clone(),
             reason: r.reason.unwrap_or_else(|| "no reason given".into()),
+            local_io: r.local_io,
         }),
         _ => {
             let text = tokio::fs::read_to_string(&out_path)

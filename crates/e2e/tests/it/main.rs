@@ -1300,7 +1300,8 @@ async fn a_download_cut_off_halfway_resumes_from_the_offset() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     assert!(
-        host.log().contains("resuming the download where it stopped"),
+        host.log()
+            .contains("resuming the download where it stopped"),
         "{}",
         host.diagnostics()
     );
@@ -1323,7 +1324,10 @@ async fn too_little_disk_fails_the_update_cleanly_and_says_why() {
     let api = server.api();
     let mut host = Host::new_in(&fs.path, "cramped", &server.url, "");
     host.start();
-    let agent = host.wait_agent_running(T).await.unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let agent = host
+        .wait_agent_running(T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     let big = release_archive_with(tmp.path(), "2.0.0", false, 100);
     api.publish(&big, "2.0.0", "archive").await;
     wait_for("the host reports why", Duration::from_secs(60), || async {
@@ -1331,11 +1335,17 @@ async fn too_little_disk_fails_the_update_cleanly_and_says_why() {
             .await
             .and_then(|h| h.report)
             .and_then(|r| r.last_update)
-            .is_some_and(|u| u.outcome == Outcome::Failed && u.message.contains("not enough free disk space"))
+            .is_some_and(|u| {
+                u.outcome == Outcome::Failed && u.message.contains("not enough free disk space")
+            })
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
-    assert_eq!(host.running_agent().unwrap().pid, agent.pid, "nothing was stopped");
+    assert_eq!(
+        host.running_agent().unwrap().pid,
+        agent.pid,
+        "nothing was stopped"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(host.base.join("Updates"))
         .unwrap()
         .flatten()
@@ -1372,6 +1382,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
     }
 }

@@ -295,3 +295,29 @@ fn recovery_after_a_crash_at_each_step() {
         Recovery::Nothing
     );
 }
+
+/// A small archive that expands enormously (a "zip bomb" of zeros) is
+/// refused by the ratio limit long before the fixed cap, and the limits
+/// never exceed the free space.
+#[test]
+fn expansion_is_bounded_by_ratio_and_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.tar.gz");
+    let zeros = vec![0u8; 96 * 1024 * 1024];
+    raw_tar_gz(&bomb, &[("big.bin", b'0', &zeros, "")]);
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    assert!(size < 1024 * 1024, "the bomb is small: {size} bytes");
+    let limits = Limits::for_archive(size, None);
+    assert!(limits.max_bytes < 96 * 1024 * 1024);
+    let out = dir.path().join("out");
+    assert!(matches!(
+        extract(&bomb, &out, limits),
+        Err(ExtractError::TooLarge { .. })
+    ));
+    // Free space bounds it too.
+    let l = Limits::for_archive(1 << 30, Some(100 << 20));
+    assert_eq!(
+        l.max_bytes,
+        (100 << 20) - palette_manager::extract::FREE_MARGIN
+    );
+}

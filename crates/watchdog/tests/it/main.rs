@@ -287,3 +287,27 @@ async fn crash_loop_backs_off() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// Local disk trouble in a manager step is passing (retried, never held
+/// against the release); bad content is not.
+#[test]
+fn local_disk_trouble_is_passing() {
+    use palette_watchdog::error::ManagerError;
+    let failed = |local_io| ManagerError::Failed {
+        op: "update".into(),
+        reason: "r".into(),
+        local_io,
+    };
+    assert!(failed(true).is_local_trouble());
+    assert!(!failed(false).is_local_trouble());
+    let full = ManagerError::Copy {
+        path: "p".into(),
+        source: std::io::Error::from_raw_os_error(28),
+    };
+    assert!(full.is_local_trouble());
+    let denied = ManagerError::Spawn {
+        path: "p".into(),
+        source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    };
+    assert!(!denied.is_local_trouble());
+}
