@@ -47,8 +47,9 @@ enum Cmd {
     /// Per-host Config.yml: push, pull, diff, history.
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// List hosts and their state.
-    Hosts,
+    /// List hosts and their state; with a host name, that host in detail
+    /// (its update in progress, the last update's outcome and why).
+    Hosts { host: Option<String> },
     /// Credentials.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -393,7 +394,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Hosts => {
+        Cmd::Hosts { host: Some(host) } => {
+            let h: HostInfo = api
+                .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}")))
+                .await?;
+            println!("host:          {}", h.hostname);
+            println!("last seen:     {}", h.last_seen);
+            let Some(r) = &h.report else {
+                println!("(a legacy v1 host: no report)");
+                return Ok(());
+            };
+            let ver = |v: Option<palette_protocol::Version>| {
+                v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+            };
+            println!("platform:      {}", r.platform);
+            println!("watchdog:      {}", r.watchdog_version);
+            println!(
+                "agent:         {} ({:?}, desired {:?})",
+                ver(r.agent_version),
+                r.agent_state,
+                r.desired_state
+            );
+            println!(
+                "config:        revision {}",
+                r.config_revision
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+            match &r.update_progress {
+                Some(p) => {
+                    let pct = p
+                        .total
+                        .filter(|t| *t > 0)
+                        .map(|t| format!(" ({}%)", p.bytes * 100 / t))
+                        .unwrap_or_default();
+                    println!(
+                        "updating:      {} {:?}: {} of {} bytes{pct}",
+                        p.version,
+                        p.phase,
+                        p.bytes,
+                        p.total.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+                    );
+                }
+                None => println!("updating:      no"),
+            }
+            match &r.last_update {
+                Some(u) => println!(
+                    "last update:   {} {:?}: {}",
+                    u.version, u.outcome, u.message
+                ),
+                None => println!("last update:   -"),
+            }
+            Ok(())
+        }
+        Cmd::Hosts { host: None } => {
             let list: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
             println!(
                 "{:<32} {:<25} {:<10} {:<9} {:<9} LAST UPDATE",

@@ -159,6 +159,31 @@ pub struct HostReport {
     pub config_revision: Option<i64>,
     #[serde(default)]
     pub last_update: Option<UpdateReport>,
+    /// An update in progress: its phase and, while downloading, how far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_progress: Option<UpdateProgress>,
+}
+
+/// Where an update in progress stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateProgress {
+    pub release_id: i64,
+    pub version: Version,
+    pub phase: UpdatePhase,
+    /// Bytes downloaded so far (including a resumed part).
+    pub bytes: u64,
+    /// The download's size, when known.
+    pub total: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePhase {
+    Downloading,
+    /// The agent is stopped and the manager installs.
+    Installing,
+    /// The new version runs and must prove itself.
+    HealthChecking,
 }
 
 fn default_product() -> String {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use palette_host::agent_config::AgentConfig;
 use palette_host::settings::{Protocol, Settings};
 use palette_host::Layout;
-use palette_protocol::v2::{CommandKind, DesiredState};
+use palette_protocol::v2::{CommandKind, DesiredState, UpdatePhase, UpdateProgress};
 use sha2::{Digest, Sha256};
 
 use crate::client::Client;
@@ -42,6 +42,10 @@ pub struct Ctx {
     /// When a transport last made progress (ms since the epoch): a check-in
     /// answered or failed, a poll made.
     progress: std::sync::atomic::AtomicI64,
+    /// The update in progress (set by the update job) and its downloaded
+    /// bytes, for the host report.
+    update_phase: Mutex<Option<(i64, palette_protocol::Version, UpdatePhase, Option<u64>)>>,
+    pub(crate) download_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Ctx {
@@ -68,7 +72,35 @@ impl Ctx {
             active_update: Mutex::new(None),
             in_flight: Mutex::new(std::collections::HashSet::new()),
             progress: std::sync::atomic::AtomicI64::new(crate::now_ms()),
+            update_phase: Mutex::new(None),
+            download_bytes: Default::default(),
         }
+    }
+
+    /// The update job entered `phase` (or ended, with `None`).
+    pub(crate) fn set_update_phase(
+        &self,
+        phase: Option<(i64, palette_protocol::Version, UpdatePhase, Option<u64>)>,
+    ) {
+        if let Some((_, v, p, _)) = &phase {
+            tracing::debug!(version = %v, phase = ?p, "update phase");
+        }
+        *self.update_phase.lock().unwrap() = phase;
+    }
+
+    /// Where an update in progress stands, for the host report.
+    pub fn update_progress(&self) -> Option<UpdateProgress> {
+        let phase = self.update_phase.lock().unwrap().clone()?;
+        let (release_id, version, phase, total) = phase;
+        Some(UpdateProgress {
+            release_id,
+            version,
+            phase,
+            bytes: self
+                .download_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            total,
+        })
     }
 
     pub fn set_active_update(&self, release_id: i64) {

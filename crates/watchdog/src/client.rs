@@ -388,6 +388,7 @@ impl Client {
         dest: &Path,
         expect: Expect<'_>,
         rate: Option<u64>,
+        progress: &std::sync::atomic::AtomicU64,
     ) -> Result<Downloaded, ClientError> {
         let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
             path_or_url.to_string()
@@ -466,6 +467,7 @@ impl Client {
             tokio::fs::File::create(&part).await.map_err(ioerr)?
         };
         let mut size = have;
+        progress.store(size, std::sync::atomic::Ordering::Relaxed);
         let started = tokio::time::Instant::now();
         let mut stream = res.bytes_stream();
         let idle = Duration::from_secs(60);
@@ -498,6 +500,7 @@ impl Client {
             }
             sha.update(&chunk);
             md5.update(&chunk);
+            progress.store(size, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = file.write_all(&chunk).await {
                 // A full or failing disk: leave nothing behind.
                 drop(file);

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use palette_host::manager_result::{ManagerResult, RecoveryKind};
-use palette_protocol::v2::{Outcome, ReleaseKind, UpdateReport};
+use palette_protocol::v2::{Outcome, ReleaseKind, UpdatePhase, UpdateReport};
 use palette_protocol::Version;
 
 use crate::actions::{chain, Ctx};
@@ -156,12 +156,24 @@ pub async fn install(
     cancel: &tokio_util::sync::CancellationToken,
     installing: &std::sync::atomic::AtomicBool,
 ) -> Ended {
-    Ended::Reported(
-        match install_inner(ctx, client, cand, cancel, installing).await {
-            Some(r) => r,
-            None => return Ended::Cancelled,
-        },
-    )
+    let total = match &cand.integrity {
+        Integrity::Sha256 { size, .. } => Some(*size),
+        Integrity::Md5(_) => None,
+    };
+    ctx.download_bytes
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    ctx.set_update_phase(Some((
+        cand.release_id,
+        cand.version,
+        UpdatePhase::Downloading,
+        total,
+    )));
+    let ended = install_inner(ctx, client, cand, cancel, installing).await;
+    ctx.set_update_phase(None);
+    match ended {
+        Some(r) => Ended::Reported(r),
+        None => Ended::Cancelled,
+    }
 }
 
 async fn install_inner(
@@ -243,7 +255,7 @@ async fn install_inner(
         Integrity::Md5(hex) => Expect::Md5(hex),
     };
     let downloaded = tokio::select! {
-        r = client.download(&cand.url, &dest, expect, ctx.settings.server.download_rate_bytes_per_sec) => r,
+        r = client.download(&cand.url, &dest, expect, ctx.settings.server.download_rate_bytes_per_sec, &ctx.download_bytes) => r,
         _ = cancel.cancelled() => {
             let _ = fs_err::remove_file(dest.with_extension("part"));
             tracing::info!(version = %cand.version, "download cancelled; nothing installed");
@@ -299,6 +311,12 @@ async fn install_inner(
         Err(e) => return fail(format!("cannot read the download: {e}")),
     }
     installing.store(true, std::sync::atomic::Ordering::SeqCst);
+    ctx.set_update_phase(Some((
+        cand.release_id,
+        cand.version,
+        UpdatePhase::Installing,
+        Some(got.size),
+    )));
 
     if let Err(e) = copy_manager(ctx) {
         return Some(local_trouble_or_fail(
@@ -420,6 +438,15 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
 
 /// Resumes supervision; the agent must then pass the health watch.
 async fn health_check(ctx: &Ctx) -> Result<(), HealthError> {
+    let phase = ctx.update_progress();
+    if let Some(p) = phase {
+        ctx.set_update_phase(Some((
+            p.release_id,
+            p.version,
+            UpdatePhase::HealthChecking,
+            p.total,
+        )));
+    }
     let events = ctx.supervisor.service().events();
     ctx.supervisor
         .resume()

@@ -34,6 +34,7 @@ pub async fn host_report(ctx: &Ctx) -> HostReport {
         desired_state: d.desired,
         config_revision: d.config_revision,
         last_update: d.last_update,
+        update_progress: ctx.update_progress(),
     }
 }
 

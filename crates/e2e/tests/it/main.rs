@@ -479,6 +479,22 @@ async fn a_stop_during_a_slow_download_cancels_it_at_once() {
     host.wait_log("downloading update", T)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    // The server shows the download in progress, and palettectl says so.
+    wait_for("the download's progress reaches the server", T, || async {
+        let h = api.host("slowlink").await;
+        h.and_then(|h| h.report)
+            .and_then(|r| r.update_progress)
+            .is_some_and(|p| {
+                p.phase == palette_protocol::v2::UpdatePhase::Downloading
+                    && p.bytes > 0
+                    && p.total.is_some_and(|t| t > p.bytes)
+            })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let (ok, out, err) = ctl(&server, ADMIN, &["hosts", "slowlink"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("updating:      2.0.0 Downloading"), "{out}");
 
     let asked = std::time::Instant::now();
     let id = api.command(CommandKind::Stop, "slowlink").await;

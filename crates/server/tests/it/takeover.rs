@@ -148,6 +148,7 @@ fn report(host: &str, padding: usize) -> CheckinRequest {
             desired_state: DesiredState::Running,
             config_revision: None,
             last_update: None,
+            update_progress: None,
         },
         store_id: None,
         results: vec![],

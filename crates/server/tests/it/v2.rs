@@ -19,6 +19,7 @@ fn report(host: &str) -> HostReport {
         desired_state: DesiredState::Running,
         config_revision: None,
         last_update: None,
+        update_progress: None,
     }
 }
 
