@@ -18,6 +18,8 @@ use crate::error::ActionError;
 use crate::supervisor::Supervisor;
 
 type ConfigStamp = Option<(u64, Option<std::time::SystemTime>)>;
+/// An update job's phase: release id, version, phase, download size.
+pub(crate) type Phase = (i64, palette_protocol::Version, UpdatePhase, Option<u64>);
 
 /// Everything a loop needs, shared.
 pub struct Ctx {
@@ -44,7 +46,7 @@ pub struct Ctx {
     progress: std::sync::atomic::AtomicI64,
     /// The update in progress (set by the update job) and its downloaded
     /// bytes, for the host report.
-    update_phase: Mutex<Option<(i64, palette_protocol::Version, UpdatePhase, Option<u64>)>>,
+    update_phase: Mutex<Option<Phase>>,
     pub(crate) download_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -80,7 +82,7 @@ impl Ctx {
     /// The update job entered `phase` (or ended, with `None`).
     pub(crate) fn set_update_phase(
         &self,
-        phase: Option<(i64, palette_protocol::Version, UpdatePhase, Option<u64>)>,
+        phase: Option<Phase>,
     ) {
         if let Some((_, v, p, _)) = &phase {
             tracing::debug!(version = %v, phase = ?p, "update phase");
@@ -90,7 +92,7 @@ impl Ctx {
 
     /// Where an update in progress stands, for the host report.
     pub fn update_progress(&self) -> Option<UpdateProgress> {
-        let phase = self.update_phase.lock().unwrap().clone()?;
+        let phase = (*self.update_phase.lock().unwrap())?;
         let (release_id, version, phase, total) = phase;
         Some(UpdateProgress {
             release_id,
