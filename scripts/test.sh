@@ -3,11 +3,14 @@
 # real ones), then runs every crate's tests and prints one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --workspace --locked
+# The manager's test-only crash points (src/fault.rs) are compiled in; they
+# do nothing unless PALETTE_CRASH_AT names one.
+FEATURES=(--features palette-manager/fault-injection)
+cargo build --workspace --locked "${FEATURES[@]}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
 echo
 awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { print p + 0 " passed, " f + 0 " failed" }' "$log"

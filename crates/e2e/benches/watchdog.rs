@@ -3,6 +3,7 @@
 //!   - agent crash → running-again latency (p50 / p99 over 30 kills)
 //!   - peak RSS while downloading a 1 GiB release (BENCH_DOWNLOAD_MIB, default 1024)
 //!   - command issue → executed (acknowledged) latency through the long poll
+//!   - agent downtime during an update (old agent's exit → new one running)
 //!
 //! Run with `bench/watchdog.sh` (builds the release binaries first).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
@@ -128,6 +129,45 @@ mod bench {
             pct(&mut lat, 0.99)
         );
 
+        // Agent downtime during an update: from the old agent's exit to the
+        // new one running (health window 1 s in these settings, not part of
+        // the downtime).
+        let mut down = Vec::new();
+        let mut total = Vec::new();
+        for i in 1..=5 {
+            let version = format!("2.0.{i}");
+            let archive = release_archive(tmp.path(), &version, false);
+            let old = host.running_agent().unwrap();
+            let t = Instant::now();
+            api.publish(&archive, &version, "archive").await;
+            let mut exited_at = None;
+            loop {
+                if exited_at.is_none() && !alive(old.pid) {
+                    exited_at = Some(Instant::now());
+                }
+                if let Some(a) = host.running_agent() {
+                    if a.version == version {
+                        let now = Instant::now();
+                        down.push(now - exited_at.unwrap_or(now));
+                        total.push(t.elapsed());
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            wait_for("committed", Duration::from_secs(60), || async {
+                host.log().matches("update succeeded").count() >= i
+            })
+            .await
+            .unwrap();
+        }
+        println!(
+            "agent update: downtime (old agent's exit → new one running) p50 {:?}, max {:?}; publish → new agent running p50 {:?} (5 updates)",
+            pct(&mut down, 0.5),
+            pct(&mut down, 1.0),
+            pct(&mut total, 0.5)
+        );
+
         let mib = env("BENCH_DOWNLOAD_MIB", 1024);
         let big = tmp.path().join("big.bin");
         {
@@ -162,13 +202,15 @@ mod bench {
             .await
             .unwrap();
         assert_eq!(res.status(), 201);
+        let ended = |log: String| {
+            log.matches("update failed").count() + log.matches("update succeeded").count()
+        };
+        let before_updates = ended(host.log());
         let t = Instant::now();
         wait_for(
             "the 1 GiB update attempt ends",
             Duration::from_secs(600),
-            || async {
-                host.log().contains("update failed") || host.log().contains("update succeeded")
-            },
+            || async { ended(host.log()) > before_updates },
         )
         .await
         .unwrap();

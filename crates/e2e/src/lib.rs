@@ -532,6 +532,12 @@ intervals:
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the watchdog with extra environment variables (which its
+    /// manager runs inherit).
+    pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
         assert!(self.watchdog.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -540,6 +546,7 @@ intervals:
             .unwrap();
         let child = Command::new(bin("palette-watchdog"))
             .args(["run", "--base", &self.base.display().to_string()])
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -10,5 +10,6 @@
 //! outlives a watchdog that is stopped mid-update.
 
 pub mod extract;
+pub mod fault;
 pub mod ops;
 pub mod platform;

@@ -123,6 +123,7 @@ pub fn install_archive(
     journal
         .save(layout)
         .map_err(io("writing the update journal"))?;
+    crate::fault::point("update:verified");
     tracing::info!(version = %req.version, previous = ?previous.map(|v| v.to_string()), "artifact verified; unpacking");
 
     let staging = layout.versions().join(format!(".staging-{}", req.version));
@@ -147,6 +148,7 @@ pub fn install_archive(
             });
         }
     }
+    crate::fault::point("update:unpacked");
     let dest = layout.version_dir(&req.version);
     if Some(req.version) != previous && dest.exists() {
         fs_err::remove_dir_all(&dest)
@@ -167,14 +169,17 @@ pub fn install_archive(
     journal
         .save(layout)
         .map_err(io("writing the update journal"))?;
+    crate::fault::point("update:extracted");
 
     layout
         .set_current(&req.version)
         .map_err(io("switching versions/current"))?;
+    crate::fault::point("update:current-set");
     journal.step = Step::Switched;
     journal
         .save(layout)
         .map_err(io("writing the update journal"))?;
+    crate::fault::point("update:switched");
     tracing::info!(version = %req.version, "versions/current switched; the new version awaits its health check");
     Ok(())
 }
@@ -188,7 +193,9 @@ pub fn commit(layout: &Layout) -> Result<Version, OpError> {
     if j.step != Step::Switched {
         return Err(OpError::WrongStep(j.step));
     }
+    crate::fault::point("commit:before-clear");
     Journal::clear(layout).map_err(io("clearing the update journal"))?;
+    crate::fault::point("commit:cleared");
     match j.previous {
         Some(_) => prune(layout, &[Some(j.version), j.previous]),
         // No previous version recorded: a first install, or a pointer that

@@ -43,3 +43,8 @@ pub const SERVER: &str = "PALETTE_SERVER";
 pub const TOKEN: &str = "PALETTE_TOKEN";
 /// palettectl: an extra CA certificate to trust (`--ca-file`).
 pub const CA_FILE: &str = "PALETTE_CA_FILE";
+
+/// Tests only: the manager dies at the named crash point (e.g.
+/// `update:switched`). Honoured only by debug builds with the cargo feature
+/// `fault-injection`; release builds refuse that feature.
+pub const CRASH_AT: &str = "PALETTE_CRASH_AT";

@@ -80,10 +80,7 @@ impl Ctx {
     }
 
     /// The update job entered `phase` (or ended, with `None`).
-    pub(crate) fn set_update_phase(
-        &self,
-        phase: Option<Phase>,
-    ) {
+    pub(crate) fn set_update_phase(&self, phase: Option<Phase>) {
         if let Some((_, v, p, _)) = &phase {
             tracing::debug!(version = %v, phase = ?p, "update phase");
         }

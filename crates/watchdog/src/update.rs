@@ -342,6 +342,12 @@ async fn install_inner(
         format!("--release-id={}", cand.release_id),
     ];
     if let Err(e) = run_manager(ctx, &args).await {
+        if let ManagerError::NoResult { .. } = e {
+            // The manager died mid-way (killed, crashed): finish or undo
+            // what it journaled now, not at the next watchdog start.
+            tracing::error!(error = %chain(&e), "the manager died during the update; recovering now");
+            return Some(after_manager_death(ctx, &cand).await);
+        }
         let _ = ctx.supervisor.resume().await;
         return Some(local_trouble_or_fail(
             ctx,
@@ -390,11 +396,60 @@ fn local_trouble_or_fail(
     }
 }
 
+/// After the manager died during an update: `recover` decides. Before the
+/// switch the old version stays (a passing failure: retried later); after
+/// it the new version is health-checked and committed or rolled back.
+async fn after_manager_death(ctx: &Ctx, cand: &Candidate) -> UpdateReport {
+    match run_manager(ctx, &["recover".into()]).await {
+        Ok(r) if r.recovery == Some(RecoveryKind::NeedsHealthCheck) => {
+            Box::pin(finish(ctx, cand.release_id, cand.version)).await
+        }
+        other => {
+            let _ = ctx.supervisor.resume().await;
+            let delay = schedule_retry(ctx, cand.release_id);
+            let how = match other {
+                Ok(_) => "its work was undone".to_string(),
+                Err(e) => format!("recovery failed too: {}", chain(&e)),
+            };
+            report_with(
+                ctx,
+                cand.release_id,
+                cand.version,
+                Outcome::Failed,
+                format!(
+                    "the manager died before switching versions; {how}; the old version runs; retrying in {} s",
+                    delay.as_secs()
+                ),
+                true,
+            )
+        }
+    }
+}
+
+/// Commits the switched-to version. A manager that died while committing
+/// is followed by `recover`: an open journal is committed again, a closed
+/// one means the commit was done.
+async fn commit(ctx: &Ctx) -> Result<(), ManagerError> {
+    match run_manager(ctx, &["commit".into()]).await {
+        Ok(_) => Ok(()),
+        Err(ManagerError::NoResult { .. }) => {
+            tracing::error!("the manager died while committing; checking the journal");
+            match run_manager(ctx, &["recover".into()]).await?.recovery {
+                Some(RecoveryKind::NeedsHealthCheck) => {
+                    run_manager(ctx, &["commit".into()]).await.map(drop)
+                }
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Starts the switched-to version, checks it, and commits or rolls back.
 async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
     match health_check(ctx).await {
-        Ok(()) => match run_manager(ctx, &["commit".into()]).await {
-            Ok(_) => report(
+        Ok(()) => match commit(ctx).await {
+            Ok(()) => report(
                 ctx,
                 release_id,
                 version,

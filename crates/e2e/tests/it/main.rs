@@ -1404,3 +1404,174 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// The crash points of `palette-manager` (src/fault.rs), in update order.
+const CRASH_POINTS: &[&str] = &[
+    "update:verified",
+    "update:unpacked",
+    "update:extracted",
+    "update:current-set",
+    "update:switched",
+    "commit:before-clear",
+    "commit:cleared",
+];
+
+/// The host is consistent: no open journal, `versions/current` names an
+/// installed version with its program, and exactly one agent runs, on it.
+fn consistent(host: &Host) -> Result<String, String> {
+    if host.base.join("state/update-journal.json").exists() {
+        return Err("the journal is still open".into());
+    }
+    let current = std::fs::read_to_string(host.base.join("versions/current"))
+        .map_err(|e| format!("versions/current: {e}"))?;
+    let current = current.trim().to_string();
+    if !host
+        .base
+        .join("versions")
+        .join(&current)
+        .join("palette-sample-agent")
+        .exists()
+    {
+        return Err(format!(
+            "versions/current names {current}, which lacks its program"
+        ));
+    }
+    let base = host.base.display().to_string();
+    let agents: Vec<u32> = find_processes(&["palette-sample-agent", &base])
+        .into_iter()
+        .filter(|p| alive(*p))
+        .collect();
+    if agents.len() != 1 {
+        return Err(format!("{} agents run: {agents:?}", agents.len()));
+    }
+    match host.running_agent() {
+        Some(a) if a.version == current => Ok(current),
+        Some(a) => Err(format!(
+            "the agent runs {}, current is {current}",
+            a.version
+        )),
+        None => Err("no agent runs".into()),
+    }
+}
+
+/// Waits (60 s at most) until the host is consistent on a version `want`
+/// accepts; the last inconsistency otherwise.
+async fn settle(host: &Host, want: impl Fn(&str) -> bool) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = consistent(host);
+        match &state {
+            Ok(v) if want(v) => return state,
+            _ if std::time::Instant::now() > deadline => {
+                return Err(format!("not settled: {state:?}"))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_manager_killed_at_every_step_of_an_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&a2, "2.0.0", "archive").await;
+    for point in CRASH_POINTS {
+        let name = format!("crash-{}", point.replace(':', "-"));
+        let mut host = Host::new(&name, &server.url, "v2", "");
+        host.start_with_env(&[(palette_protocol::env::CRASH_AT, point)]);
+        // The manager dies at `point`; the watchdog recovers at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let outcome = loop {
+            let last = api
+                .host(&name)
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update);
+            if let Some(u) = last {
+                break u;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{point}: no outcome reported\n{}",
+                host.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Dying before the journal is cleared: the commit is retried at once
+        // and dies again at the same point.
+        let committing = *point == "commit:before-clear";
+        if committing {
+            // The commit is retried at once and dies again at the same
+            // point (a crash point is not a passing fault): the new version
+            // runs, its journal stays open until the next start.
+            let agent = host.wait_agent_running(T).await.unwrap();
+            assert_eq!(agent.version, "2.0.0", "{point}");
+        }
+        let version = if committing {
+            "2.0.0".to_string()
+        } else {
+            settle(&host, |_| true)
+                .await
+                .unwrap_or_else(|e| panic!("{point}: {e}\n{}", host.diagnostics()))
+        };
+        // Past the switch (or with the journal already cleared, which
+        // recovery reads as committed): the new version is kept.
+        let after_switch = *point == "update:switched" || *point == "commit:cleared";
+        if committing {
+            assert!(
+                outcome.message.contains("could not be committed"),
+                "{point}: {}",
+                outcome.message
+            );
+        } else if after_switch {
+            assert_eq!(version, "2.0.0", "{point}");
+            assert_eq!(
+                outcome.outcome,
+                Outcome::Succeeded,
+                "{point}: {}",
+                outcome.message
+            );
+        } else {
+            assert_eq!(version, "1.0.0", "{point}");
+            assert_eq!(outcome.outcome, Outcome::Failed, "{point}");
+            assert!(
+                outcome
+                    .message
+                    .contains("the manager died before switching"),
+                "{point}: {}",
+                outcome.message
+            );
+        }
+        // Restarted as systemd would, without the crash point: every host
+        // ends on the new version, consistent.
+        host.stop();
+        let settings = host.base.join("watchdog.yml");
+        let text = std::fs::read_to_string(&settings).unwrap();
+        std::fs::write(
+            &settings,
+            text.replace(
+                "  restart_first_ms: 100\n",
+                "  restart_first_ms: 100\n  download_retry_secs: 1\n",
+            ),
+        )
+        .unwrap();
+        host.start();
+        settle(&host, |v| v == "2.0.0")
+            .await
+            .unwrap_or_else(|e| panic!("{point}: after a restart: {e}\n{}", host.diagnostics()));
+        wait_for("the server shows 2.0.0 succeeded", T, || async {
+            api.host(&name)
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update)
+                .is_some_and(|u| {
+                    u.outcome == Outcome::Succeeded && u.version.to_string() == "2.0.0"
+                })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{point}: {e:#}\n{}", host.diagnostics()));
+        host.stop();
+    }
+}
