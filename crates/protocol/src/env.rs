@@ -2,8 +2,10 @@
 //! place. Programs refer to these constants, never to string literals.
 
 /// Log filter for every program (`info` by default), e.g. `debug` or
-/// `palette_watchdog=debug,info`.
+/// `palette_watchdog=debug,info` (tracing-subscriber's `EnvFilter` syntax).
 pub const LOG: &str = "PALETTE_LOG";
+/// palette-server: `text` (default) or `json` (one JSON object a line).
+pub const LOG_FORMAT: &str = "PALETTE_LOG_FORMAT";
 
 /// palette-server: the bootstrap operator token (kept only as a hash).
 pub const ADMIN_TOKEN: &str = "PALETTE_ADMIN_TOKEN";

@@ -12,6 +12,8 @@ pub mod artifacts;
 pub mod auth;
 pub mod body;
 pub mod conn;
+pub mod metrics;
+mod ops;
 mod platform;
 pub mod sqlite;
 pub mod state;
@@ -56,6 +58,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(v1::router())
         .merge(v2::router().layer(DefaultBodyLimit::disable()))
+        .merge(ops::router())
         .fallback(|| async { v1::text(StatusCode::NOT_FOUND, "404 page not found\n") })
         .layer(DefaultBodyLimit::max(config_limit))
         .layer(axum::middleware::from_fn_with_state(

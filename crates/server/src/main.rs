@@ -39,6 +39,9 @@ struct Cli {
     /// Seconds a client has to send a whole request body (artifacts aside).
     #[arg(long, env = env::BODY_TIMEOUT_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout_secs: u64,
+    /// Log lines as `text` (colours only on a terminal) or `json`.
+    #[arg(long, env = env::LOG_FORMAT, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Longest pause, in seconds, allowed in an artifact upload.
     #[arg(long, env = env::UPLOAD_STALL_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     upload_stall_secs: u64,
@@ -53,14 +56,21 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        // Colours only on a terminal: a log file gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| "info".into());
+    if cli.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            // Colours only on a terminal: a log file gets plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init();
+    }
     let admin_token = std::env::var(env::ADMIN_TOKEN)
         .ok()
         .filter(|t| !t.is_empty());

@@ -179,6 +179,23 @@ impl Store for SqliteStore {
         &self.id
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "INSERT INTO store_meta (key, value) VALUES ('ready_probe', ?)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(crate::state::now_ms().to_string())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        self.finish(conn, r)
+    }
+
     async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         let r = async {

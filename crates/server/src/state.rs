@@ -21,6 +21,9 @@ use crate::store::{CommandRow, NewRelease, Store, StoreResult};
 pub const LEGACY_FRESHNESS_MS: Millis = 7 * 60 * 1000;
 /// Default lifetime of a command.
 pub const DEFAULT_COMMAND_TTL_SECS: u64 = 600;
+/// A host seen this recently counts as online (legacy hosts poll every two
+/// minutes, v2 hosts long-poll for at most two).
+pub const ONLINE_MS: Millis = 5 * 60 * 1000;
 /// Hosts silent this long are left out of the legacy agent list.
 pub const AGENT_LIST_WINDOW_MS: Millis = 24 * 3600 * 1000;
 
@@ -115,6 +118,7 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub settings: Settings,
     pub artifacts: ArtifactStore,
+    pub metrics: crate::metrics::Metrics,
     hosts: Mutex<HashMap<String, HostEntry>>,
     commands: RwLock<CommandCache>,
     issue_lock: tokio::sync::Mutex<()>,
@@ -225,6 +229,7 @@ impl AppState {
             store,
             settings,
             artifacts,
+            metrics: crate::metrics::Metrics::new(),
             hosts: Mutex::new(hosts),
             commands: RwLock::new(CommandCache::default()),
             issue_lock: tokio::sync::Mutex::new(()),
@@ -350,7 +355,74 @@ impl AppState {
         let e = hosts.entry(report.hostname.clone()).or_default();
         e.last_seen = now_ms();
         e.dirty = true;
+        let before = e.report.as_ref().and_then(|r| r.last_update.as_ref());
+        if let Some(u) = &report.last_update {
+            let new = before.is_none_or(|b| {
+                b.release_id != u.release_id || b.outcome != u.outcome || b.message != u.message
+            });
+            if new {
+                self.metrics.update_outcome(match u.outcome {
+                    v2::Outcome::Succeeded => "succeeded",
+                    v2::Outcome::Failed => "failed",
+                });
+            }
+        }
         e.report = Some(report.clone());
+    }
+
+    /// Sets the inventory gauges (hosts online and offline, hosts by agent
+    /// version, live commands, releases) for a `/metrics` answer. Online:
+    /// seen within `ONLINE_MS`.
+    pub fn refresh_gauges(&self) {
+        let now = now_ms();
+        let (mut online, mut offline) = (0u64, 0u64);
+        let mut by_version: HashMap<String, u64> = HashMap::new();
+        {
+            let hosts = self.hosts.lock().unwrap();
+            for e in hosts.values().filter(|e| e.last_seen > 0) {
+                if now - e.last_seen <= ONLINE_MS {
+                    online += 1;
+                } else {
+                    offline += 1;
+                }
+                let v = match &e.report {
+                    Some(r) => r
+                        .agent_version
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    None => "legacy".into(),
+                };
+                *by_version.entry(v).or_default() += 1;
+            }
+        }
+        let m = &self.metrics;
+        m.set(
+            "palette_hosts",
+            vec![("state", "online".into())],
+            online as f64,
+        );
+        m.set(
+            "palette_hosts",
+            vec![("state", "offline".into())],
+            offline as f64,
+        );
+        for (v, n) in by_version {
+            m.set(
+                "palette_hosts_by_agent_version",
+                vec![("version", v)],
+                n as f64,
+            );
+        }
+        let live = {
+            let cache = self.commands.read().unwrap();
+            cache.live.iter().filter(|c| c.expires_at > now).count()
+        };
+        m.set("palette_commands_live", vec![], live as f64);
+        m.set(
+            "palette_releases",
+            vec![],
+            self.releases.read().unwrap().all.len() as f64,
+        );
     }
 
     /// Hosts and their last contact, newest first, optionally only those

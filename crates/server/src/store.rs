@@ -183,6 +183,8 @@ pub struct NewRelease {
 pub trait Store: Send + Sync + 'static {
     /// The store's identity, made once when it was created.
     fn store_id(&self) -> &str;
+    /// A small write, committed: the store can take writes now.
+    async fn ping(&self) -> StoreResult<()>;
 
     /// Records last-contact times for many hosts in one transaction.
     async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()>;

@@ -41,6 +41,9 @@ fn not_authorized() -> Response {
 
 fn require(state: &AppState, headers: &HeaderMap, min: Role) -> Result<Role, Response> {
     let r = role(state, headers);
+    if r < min {
+        state.metrics.auth_failures.increment(1);
+    }
     if r >= min {
         Ok(r)
     } else if min == Role::Operator && r == Role::Agent {
@@ -118,7 +121,18 @@ pub async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Res
     };
     let svc = ServeFile::new_with_mime(path, &"application/octet-stream".parse().unwrap());
     match svc.oneshot(req).await {
-        Ok(res) => res.map(Body::new),
+        Ok(res) => {
+            if res.status().is_success() {
+                if let Some(n) = res
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                {
+                    state.metrics.artifact_bytes.increment(n);
+                }
+            }
+            res.map(Body::new)
+        }
         Err(e) => match e {},
     }
 }

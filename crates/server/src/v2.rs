@@ -129,6 +129,9 @@ type V2Result<T> = Result<T, V2Error>;
 
 fn require(state: &AppState, headers: &HeaderMap, min: Role) -> V2Result<Role> {
     let r = role(state, headers);
+    if r < min {
+        state.metrics.auth_failures.increment(1);
+    }
     if r >= min {
         Ok(r)
     } else if r == Role::Anonymous {
@@ -211,6 +214,7 @@ async fn checkin(
     req: Request,
 ) -> V2Result<Json<CheckinResponse>> {
     let role = require(&state, req.headers(), Role::Agent)?;
+    state.metrics.checkins.increment(1);
     let key = credential_key(req.headers());
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let body = read_body(&state, req, state.settings.max_json_bytes).await?;
@@ -248,15 +252,19 @@ async fn checkin(
     }
     for mut ack in ci.results.drain(..) {
         ack.hostname = host.clone();
-        if state.store.command(ack.id).await?.is_none() {
+        let Some(cmd) = state.store.command(ack.id).await? else {
             tracing::warn!(
                 host,
                 id = ack.id,
                 "acknowledgement of an unknown command ignored"
             );
             continue;
-        }
+        };
         if state.store.record_ack(&ack, now).await? {
+            state
+                .metrics
+                .ack_latency
+                .record((now - cmd.issued_at).max(0) as f64 / 1000.0);
             tracing::info!(host, id = ack.id, outcome = ?ack.outcome, message = ack.message, "command acknowledged");
         }
     }
@@ -266,6 +274,7 @@ async fn checkin(
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.settings.max_wait_secs));
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = state.subscribe();
+    let _in_flight = LongPoll::new(&state);
     loop {
         changes.borrow_and_update();
         let answer = answer_for(&state, &host, &ci).await?;
@@ -283,6 +292,22 @@ async fn checkin(
             }
             _ = tokio::time::sleep_until(deadline) => return Ok(Json(answer)),
         }
+    }
+}
+
+/// Counts a check-in as a long poll in flight while it lives.
+struct LongPoll(AppState);
+
+impl LongPoll {
+    fn new(state: &AppState) -> Self {
+        state.metrics.long_polls.increment(1.0);
+        LongPoll(state.clone())
+    }
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        self.0.metrics.long_polls.decrement(1.0);
     }
 }
 

@@ -202,6 +202,9 @@ async fn a_full_disk_loses_nothing_acknowledged() {
         assert!(res.status().is_success(), "a poll needs no disk");
     }
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await; // two failed flushes
+                                                                      // Not ready while nothing can be stored; alive all the same.
+    assert_eq!(http().get(s.u("/readyz")).go().await.status(), 503);
+    assert_eq!(http().get(s.u("/healthz")).go().await.status(), 200);
     for (what, status) in &statuses {
         assert_eq!(
             *status,
@@ -219,6 +222,7 @@ async fn a_full_disk_loses_nothing_acknowledged() {
 
     // Space returns: writes work at once, without a restart, ids unique.
     std::fs::remove_file(&filler).unwrap();
+    assert_eq!(http().get(s.u("/readyz")).go().await.status(), 200);
     let before_max = *acked.commands.keys().last().unwrap();
     for _ in 0..10 {
         assert_eq!(post_command(&s, "start", &mut acked).await, 201);

@@ -276,3 +276,18 @@ fn tokio_stream_of(
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = BinServer::start(tmp.path(), &["--log-format", "json"], None).await;
+    let log = s.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+    assert!(log.contains("palette-server listening"));
+}

@@ -5,6 +5,7 @@
 mod durability;
 #[cfg(unix)]
 mod hostile;
+mod ops;
 mod support;
 mod takeover;
 mod tls;
