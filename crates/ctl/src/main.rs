@@ -32,6 +32,10 @@ struct Cli {
     /// Extra CA certificate (PEM) to trust.
     #[arg(long, env = env::CA_FILE, global = true)]
     ca_file: Option<PathBuf>,
+    /// Output of read commands: a table for people, or JSON (the v2 API's
+    /// shapes, see docs/api-v2.md) for scripts.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -74,6 +78,22 @@ enum ReleaseCmd {
 
 fn palette_default_platform() -> String {
     format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// Exit codes: 0 all good, 1 an error, 2 a usage error (clap), 3 some
+/// targeted host failed or did not answer in time.
+const EXIT_HOSTS: i32 = 3;
+
+/// Prints `v` as pretty JSON.
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,8 +151,9 @@ enum ConfigCmd {
         host: String,
         #[arg(long, value_parser = ["desired", "reported"])]
         source: Option<String>,
-        #[arg(long, short)]
-        output: Option<PathBuf>,
+        /// Save to this file instead of printing.
+        #[arg(long = "to")]
+        save_to: Option<PathBuf>,
     },
     /// Show how HOST's reported config differs from its desired one.
     Diff {
@@ -202,13 +223,44 @@ impl Api {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
-        eprintln!("palettectl: {e:#}");
-        std::process::exit(1);
+    match run(cli).await {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("palettectl: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; `Ok` carries the exit code (0, or 3 when hosts failed
+/// or did not answer).
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let out = cli.output;
+    run_inner(cli)
+        .await
+        .map(|()| 0)
+        .or_else(|e| match e.downcast::<HostsFailed>() {
+            Ok(h) => {
+                if out == Output::Table {
+                    eprintln!("palettectl: {h}");
+                }
+                Ok(EXIT_HOSTS)
+            }
+            Err(e) => Err(e),
+        })
+}
+
+/// Some targeted hosts failed or did not answer in time (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} host(s) failed, {missing} did not answer in time")]
+struct HostsFailed {
+    failed: usize,
+    missing: usize,
+}
+
+async fn run_inner(cli: Cli) -> anyhow::Result<()> {
+    let out = cli.output;
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .connect_timeout(Duration::from_secs(10));
@@ -233,6 +285,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => publish(&api, file, version, platform, kind, product).await,
         Cmd::Release(ReleaseCmd::List) => {
             let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
+            if out == Output::Json {
+                return print_json(&list);
+            }
             println!(
                 "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  SHA256",
                 "ID", "PRODUCT", "VERSION", "PLATFORM", "KIND", "SIZE"
@@ -270,7 +325,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Target::Hosts(hosts.clone())
             };
-            let expected = if all { None } else { Some(hosts.len()) };
+            // Who should answer: the named hosts the server knows, or with
+            // --all every host online now (seen within 5 minutes).
+            let known: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+            let expected: Vec<String> = if all {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                known
+                    .iter()
+                    .filter(|h| {
+                        palette_protocol::timefmt::parse_rfc3339(&h.last_seen)
+                            .is_ok_and(|t| now - t <= 5 * 60 * 1000)
+                    })
+                    .map(|h| h.hostname.clone())
+                    .collect()
+            } else {
+                hosts.iter().map(|h| h.to_lowercase()).collect()
+            };
+            let unknown: Vec<&String> = expected
+                .iter()
+                .filter(|h| !known.iter().any(|k| &k.hostname == *h))
+                .collect();
+            for h in &unknown {
+                eprintln!("warning: the server knows no host {h:?}: it will not answer");
+            }
             let body = NewCommand {
                 kind,
                 target,
@@ -279,14 +359,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let st: CommandStatus = api
                 .json(api.req(Method::POST, "/api/v2/commands").json(&body))
                 .await?;
-            println!(
-                "command {} ({}) issued, expires {}",
-                st.command.id,
-                kind.as_str(),
-                st.command.expires_at
-            );
-            if watch > 0 {
-                watch_acks(&api, st.command.id, expected, Duration::from_secs(watch)).await?;
+            if out == Output::Table {
+                println!(
+                    "command {} ({}) issued, expires {}",
+                    st.command.id,
+                    kind.as_str(),
+                    st.command.expires_at
+                );
+            }
+            let answerable = expected.len() - unknown.len();
+            let watch = if answerable == 0 { 0 } else { watch };
+            let final_status = if watch > 0 {
+                watch_acks(
+                    &api,
+                    st.command.id,
+                    &expected,
+                    Duration::from_secs(watch),
+                    out == Output::Table,
+                )
+                .await?
+            } else {
+                st
+            };
+            if out == Output::Json {
+                print_json(&final_status)?;
+            }
+            let failed = final_status
+                .results
+                .iter()
+                .filter(|a| a.outcome == palette_protocol::v2::Outcome::Failed)
+                .count();
+            let missing = expected
+                .iter()
+                .filter(|h| !final_status.results.iter().any(|a| &a.hostname == *h))
+                .count();
+            if failed > 0 || missing > 0 {
+                return Err(HostsFailed { failed, missing }.into());
             }
             Ok(())
         }
@@ -294,12 +402,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let st: CommandStatus = api
                 .json(api.req(Method::GET, &format!("/api/v2/commands/{id}")))
                 .await?;
+            if out == Output::Json {
+                return print_json(&st);
+            }
             print_command(&st);
             Ok(())
         }
         Cmd::Command(CommandCmd::List) => {
             let list: Vec<CommandStatus> =
                 api.json(api.req(Method::GET, "/api/v2/commands")).await?;
+            if out == Output::Json {
+                return print_json(&list);
+            }
             for st in list {
                 print_command(&st);
             }
@@ -329,7 +443,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Config(ConfigCmd::Pull {
             host,
             source,
-            output,
+            save_to,
         }) => {
             let q = source.map(|s| format!("?source={s}")).unwrap_or_default();
             let res = api
@@ -339,7 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ))
                 .await?;
             let bytes = res.bytes().await?;
-            match output {
+            match save_to {
                 Some(p) => {
                     fs_err::write(&p, &bytes)?;
                     eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
@@ -382,6 +496,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let list: Vec<ConfigRevision> = api
                 .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}/configs")))
                 .await?;
+            if out == Output::Json {
+                return print_json(&list);
+            }
             for r in list {
                 println!(
                     "{:>5}  {:<9} {:>7} bytes  {}  {}",
@@ -398,6 +515,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let h: HostInfo = api
                 .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}")))
                 .await?;
+            if out == Output::Json {
+                return print_json(&h);
+            }
             println!("host:          {}", h.hostname);
             println!("last seen:     {}", h.last_seen);
             let Some(r) = &h.report else {
@@ -449,6 +569,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Hosts { host: None } => {
             let list: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+            if out == Output::Json {
+                return print_json(&list);
+            }
             println!(
                 "{:<32} {:<25} {:<10} {:<9} {:<9} LAST UPDATE",
                 "HOST", "LAST SEEN", "AGENT", "STATE", "DESIRED"
@@ -524,30 +647,40 @@ fn print_command(st: &CommandStatus) {
     }
 }
 
+/// Prints acknowledgements as they arrive, until every `expected` host
+/// answered or `limit` passed; returns the command's last status.
 async fn watch_acks(
     api: &Api,
     id: i64,
-    expected: Option<usize>,
+    expected: &[String],
     limit: Duration,
-) -> anyhow::Result<()> {
+    print: bool,
+) -> anyhow::Result<CommandStatus> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut shown = 0;
     loop {
         let st: CommandStatus = api
             .json(api.req(Method::GET, &format!("/api/v2/commands/{id}")))
             .await?;
-        for a in &st.results[shown..] {
-            println!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
+        if print {
+            for a in &st.results[shown..] {
+                println!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
+            }
         }
         shown = st.results.len();
-        if expected.is_some_and(|n| shown >= n) {
-            return Ok(());
+        let all_answered = expected
+            .iter()
+            .all(|h| st.results.iter().any(|a| &a.hostname == h));
+        if all_answered {
+            return Ok(st);
         }
         if tokio::time::Instant::now() >= deadline {
-            eprintln!("{shown} acknowledgement(s) after {} s; `palettectl command show {id}` shows later ones", limit.as_secs());
-            return Ok(());
+            if print {
+                eprintln!("{shown} acknowledgement(s) after {} s; `palettectl command show {id}` shows later ones", limit.as_secs());
+            }
+            return Ok(st);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

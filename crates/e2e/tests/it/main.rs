@@ -1575,3 +1575,117 @@ async fn the_manager_killed_at_every_step_of_an_update() {
         host.stop();
     }
 }
+
+/// palettectl as a process: (exit code, stdout, stderr).
+async fn ctl_code(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(bin("palettectl"))
+        .args(["--server", &server.url, "--token", ADMIN])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn palettectl_exit_codes_json_and_early_return() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut fast1 = Host::new("fast1", &server.url, "v2", "");
+    let mut fast2 = Host::new("fast2", &server.url, "v2", "");
+    fast1.start();
+    fast2.start();
+    for h in [&fast1, &fast2] {
+        h.wait_agent_running(T).await.unwrap();
+        wait_for("the host is known", T, || async {
+            api.host(&h.name).await.is_some()
+        })
+        .await
+        .unwrap();
+    }
+
+    // --all waits for every online host, and no longer.
+    let t = std::time::Instant::now();
+    let (code, out, err) = ctl_code(
+        &server,
+        &["command", "send", "restart", "--all", "--watch", "120"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("fast1") && out.contains("fast2"), "{out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "--all waited {:?} although both hosts answered",
+        t.elapsed()
+    );
+
+    // JSON for scripts: the API's shapes.
+    let (code, out, err) = ctl_code(&server, &["-o", "json", "hosts"]).await;
+    assert_eq!(code, 0, "{err}");
+    let hosts: Vec<palette_protocol::v2::HostInfo> = serde_json::from_str(&out).unwrap();
+    assert_eq!(hosts.len(), 2);
+    let (code, out, err) = ctl_code(
+        &server,
+        &[
+            "-o", "json", "command", "send", "restart", "--host", "fast1",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let st: palette_protocol::v2::CommandStatus = serde_json::from_str(&out).unwrap();
+    assert_eq!(st.results.len(), 1);
+    assert_eq!(st.results[0].outcome, Outcome::Succeeded);
+    let (code, out, _) = ctl_code(&server, &["-o", "json", "release", "list"]).await;
+    assert_eq!(code, 0);
+    let _: Vec<palette_protocol::v2::Release> = serde_json::from_str(&out).unwrap();
+
+    // A host that fails the command: exit 3 (no config stored for fast1, so
+    // its GET-CONFIG fails).
+    let (code, out, err) = ctl_code(
+        &server,
+        &["command", "send", "get-config", "--host", "fast1"],
+    )
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("Failed"), "{out}");
+
+    // A host the server does not know: exit 3 at once.
+    let t = std::time::Instant::now();
+    let (code, _, err) = ctl_code(
+        &server,
+        &[
+            "command",
+            "send",
+            "stop",
+            "--host",
+            "no-such-host",
+            "--watch",
+            "120",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3);
+    assert!(err.contains("knows no host"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(60));
+
+    // A host that is down: exit 3 when the wait runs out.
+    fast2.stop();
+    let (code, _, err) = ctl_code(
+        &server,
+        &[
+            "command", "send", "restart", "--host", "fast2", "--watch", "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("did not answer in time"), "{err}");
+
+    // A usage error: exit 2.
+    let (code, _, _) = ctl_code(&server, &["command", "send", "reboot", "--all"]).await;
+    assert_eq!(code, 2);
+}
