@@ -72,8 +72,19 @@ enum ReleaseCmd {
         kind: Kind,
         #[arg(long, default_value = "agent")]
         product: String,
+        /// Publish even a version lower than the newest one offered.
+        #[arg(long)]
+        force: bool,
     },
     List,
+    /// Stop offering a release to any host (hosts that run it keep it).
+    Withdraw {
+        version: String,
+        #[arg(long, default_value_t = palette_default_platform())]
+        platform: String,
+        #[arg(long, default_value = "agent")]
+        product: String,
+    },
 }
 
 fn palette_default_platform() -> String {
@@ -282,7 +293,38 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             platform,
             kind,
             product,
-        }) => publish(&api, file, version, platform, kind, product).await,
+            force,
+        }) => publish(&api, file, version, platform, kind, product, force).await,
+        Cmd::Release(ReleaseCmd::Withdraw {
+            version,
+            platform,
+            product,
+        }) => {
+            let version: palette_protocol::Version =
+                version.parse().context("while reading the version")?;
+            let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
+            let matching: Vec<&Release> = list
+                .iter()
+                .filter(|r| r.version == version && r.platform == platform && r.product == product)
+                .collect();
+            if matching.is_empty() {
+                bail!("no {product} release {version} for {platform}");
+            }
+            for r in matching {
+                let w: Release = api
+                    .json(api.req(Method::POST, &format!("/api/v2/releases/{}/withdraw", r.id)))
+                    .await?;
+                println!(
+                    "withdrew release {}: {} {} {} {} (no host is offered it any more)",
+                    w.id,
+                    w.product,
+                    w.version,
+                    w.platform,
+                    w.kind.as_str()
+                );
+            }
+            Ok(())
+        }
         Cmd::Release(ReleaseCmd::List) => {
             let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
             if out == Output::Json {
@@ -294,14 +336,18 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             );
             for r in list {
                 println!(
-                    "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  {}",
+                    "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  {}{}",
                     r.id,
                     r.product,
                     r.version.to_string(),
                     r.platform,
                     r.kind.as_str(),
                     r.size,
-                    &r.sha256[..16]
+                    &r.sha256[..16],
+                    r.withdrawn_at
+                        .as_deref()
+                        .map(|t| format!("  withdrawn {t}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
@@ -691,6 +737,7 @@ async fn publish(
     platform: String,
     kind: Kind,
     product: String,
+    force: bool,
 ) -> anyhow::Result<()> {
     // Refuse what the server would refuse before uploading anything.
     let version: palette_protocol::Version = version.parse().context("while reading --version")?;
@@ -720,7 +767,7 @@ async fn publish(
         Kind::Installer => "installer",
     };
     let path = format!(
-        "/api/v2/releases?product={product}&version={version}&platform={platform}&kind={kind}"
+        "/api/v2/releases?product={product}&version={version}&platform={platform}&kind={kind}&force={force}"
     );
     let rb = api
         .req(Method::POST, &path)

@@ -272,6 +272,9 @@ pub struct Release {
     /// Where to download the artifact (server-relative).
     pub url: String,
     pub created_at: String,
+    /// Set when an operator withdrew it: no host is offered it any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at: Option<String>,
 }
 
 /// Where a config revision came from.

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "store identity",
         include_str!("../migrations/sqlite/0002_store_identity.sql"),
     ),
+    (
+        3,
+        "release withdrawal",
+        include_str!("../migrations/sqlite/0003_release_withdrawal.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -446,10 +451,29 @@ impl Store for SqliteStore {
                         size: r.try_get::<i64, _>("size")? as u64,
                         signature: r.try_get("signature")?,
                         created_at: r.try_get("created_at")?,
+                        withdrawn_at: r.try_get("withdrawn_at")?,
                     },
                 ))
             })
             .collect()
+    }
+
+    async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool> {
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            let done = sqlx::query(
+                "UPDATE releases SET withdrawn_at = coalesce(withdrawn_at, ?) WHERE id = ?",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done.rows_affected() == 1)
+        }
+        .await;
+        self.finish(conn, r)
     }
 
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {

@@ -167,6 +167,7 @@ fn release_from(id: i64, r: NewRelease) -> Release {
         size: r.size,
         signature: r.signature,
         created_at: rfc3339_millis(r.created_at),
+        withdrawn_at: r.withdrawn_at.map(rfc3339_millis),
     }
 }
 
@@ -721,10 +722,16 @@ impl AppState {
     fn cache_release(&self, r: Release) {
         let mut cache = self.releases.write().unwrap();
         cache.all.push(r);
+        Self::render_v1_latest(&mut cache);
+    }
+
+    fn render_v1_latest(cache: &mut ReleaseCache) {
         let newest_msi = cache
             .all
             .iter()
-            .filter(|r| r.product == "agent" && r.kind == ReleaseKind::Msi)
+            .filter(|r| {
+                r.product == "agent" && r.kind == ReleaseKind::Msi && r.withdrawn_at.is_none()
+            })
             .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
             .cloned();
         cache.v1_latest = newest_msi.map(|r| {
@@ -845,20 +852,49 @@ impl AppState {
             .unwrap()
             .all
             .iter()
-            .filter(|r| r.product == "agent" && r.kind == ReleaseKind::Msi && &r.version == version)
+            .filter(|r| {
+                r.product == "agent"
+                    && r.kind == ReleaseKind::Msi
+                    && &r.version == version
+                    && r.withdrawn_at.is_none()
+            })
             .max_by_key(|r| r.id)
             .cloned()
     }
 
+    /// Withdraws a release: from now on no host is offered it (hosts that
+    /// run it keep it; they are offered the newest remaining release only
+    /// if it is newer, as watchdogs never downgrade). `None`: no such id.
+    pub async fn withdraw(&self, id: i64) -> StoreResult<Option<Release>> {
+        if !self.store.withdraw_release(id, now_ms()).await? {
+            return Ok(None);
+        }
+        let mut cache = self.releases.write().unwrap();
+        let now = rfc3339_millis(now_ms());
+        let r = cache.all.iter_mut().find(|r| r.id == id).map(|r| {
+            r.withdrawn_at.get_or_insert(now);
+            r.clone()
+        });
+        Self::render_v1_latest(&mut cache);
+        drop(cache);
+        self.notify_change();
+        Ok(r)
+    }
+
+    /// The newest release for (`product`, `platform`) still offered.
+    pub fn newest_offered(&self, product: &str, platform: &str) -> Option<Release> {
+        self.release_for(product, platform)
+    }
+
     /// The release a host of `platform` running `product` should have: the
-    /// newest one published for it.
+    /// newest one published for it and not withdrawn.
     pub fn release_for(&self, product: &str, platform: &str) -> Option<Release> {
         self.releases
             .read()
             .unwrap()
             .all
             .iter()
-            .filter(|r| r.product == product && r.platform == platform)
+            .filter(|r| r.product == product && r.platform == platform && r.withdrawn_at.is_none())
             .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
             .cloned()
     }

@@ -177,6 +177,8 @@ pub struct NewRelease {
     pub size: u64,
     pub signature: Option<String>,
     pub created_at: Millis,
+    /// When it was withdrawn (never at publish).
+    pub withdrawn_at: Option<Millis>,
 }
 
 #[async_trait]
@@ -210,6 +212,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64>;
     async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>>;
+    /// Marks a release withdrawn; false when there is no such release.
+    async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool>;
     /// Whether any release (of any product) has this artifact.
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool>;
 

@@ -186,6 +186,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v2/commands", post(create_command).get(list_commands))
         .route("/api/v2/commands/{id}", get(get_command))
         .route("/api/v2/releases", post(publish_release).get(list_releases))
+        .route("/api/v2/releases/{id}/withdraw", post(withdraw_release))
         .route("/api/v2/artifacts/{sha256}", get(download_artifact))
         .route("/api/v2/hosts", get(list_hosts))
         .route("/api/v2/hosts/{host}", get(get_host))
@@ -428,6 +429,8 @@ struct PublishQuery {
     kind: String,
     sha256: Option<String>,
     signature: Option<String>,
+    /// Publish even a version lower than the newest offered one.
+    force: Option<bool>,
 }
 
 fn plain_name(what: &str, s: &str) -> V2Result<()> {
@@ -461,6 +464,19 @@ async fn publish_release(
             q.kind
         ))
     })?;
+    // Refused before a byte is read: a lower version than the newest one
+    // offered is almost always a mistake (hosts never downgrade to it).
+    if let Some(newest) = state.newest_offered(&product, &q.platform) {
+        if version < newest.version && !q.force.unwrap_or(false) {
+            return Err(V2Error::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "version {version} is lower than {}, the newest {product} release offered for {}; hosts never downgrade to it. Withdraw the newer one first, or publish with force=true",
+                    newest.version, q.platform
+                ),
+            ));
+        }
+    }
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -500,11 +516,29 @@ async fn publish_release(
                 size: 0,
                 signature: q.signature,
                 created_at: now_ms(),
+                withdrawn_at: None,
             },
         )
         .await?;
     tracing::info!(id = release.id, product = release.product, version = %release.version, platform = release.platform, kind = release.kind.as_str(), size = release.size, "release published");
     Ok((StatusCode::CREATED, Json(release)))
+}
+
+async fn withdraw_release(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> V2Result<Json<Release>> {
+    require(&state, &headers, Role::Operator)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad(format!("release id {id:?} is not a number")))?;
+    let r = state
+        .withdraw(id)
+        .await?
+        .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no release {id}")))?;
+    tracing::warn!(id, product = r.product, version = %r.version, platform = r.platform, "release withdrawn: no host is offered it any more");
+    Ok(Json(r))
 }
 
 async fn list_releases(

@@ -1688,4 +1688,15 @@ async fn palettectl_exit_codes_json_and_early_return() {
     // A usage error: exit 2.
     let (code, _, _) = ctl_code(&server, &["command", "send", "reboot", "--all"]).await;
     assert_eq!(code, 2);
+
+    // Withdrawing a release.
+    let a = release_archive(tmp.path(), "5.0.0", false);
+    api.publish(&a, "5.0.0", "archive").await;
+    let (code, out, err) = ctl_code(&server, &["release", "withdraw", "5.0.0"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no host is offered it"), "{out}");
+    let (_, out, _) = ctl_code(&server, &["release", "list"]).await;
+    assert!(out.contains("withdrawn"), "{out}");
+    let (code, _, err) = ctl_code(&server, &["release", "withdraw", "6.6.6"]).await;
+    assert_eq!(code, 1, "{err}");
 }

@@ -664,3 +664,82 @@ async fn tokens_registered_through_the_api() {
     let hay = String::from_utf8_lossy(&db);
     assert!(!hay.contains(&alice) && !hay.contains("New-License-42"));
 }
+
+#[tokio::test]
+async fn a_withdrawn_release_is_never_offered_and_lower_versions_need_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    let r1 = publish(&s, "1.0.0", "linux-x86_64", "archive", b"one").await;
+    let r2 = publish(&s, "2.0.0", "linux-x86_64", "archive", b"two").await;
+    let offered = |host: &'static str| {
+        let s = &s;
+        async move {
+            let mut req = checkin_req(host);
+            req.host.platform = "linux-x86_64".into();
+            checkin(s, &req, 0)
+                .await
+                .release
+                .map(|r| r.version.to_string())
+        }
+    };
+    assert_eq!(offered("h1").await.as_deref(), Some("2.0.0"));
+    // Withdrawn: a new host (and every other) is offered 1.0.0; the legacy
+    // platform offer follows.
+    let res = http()
+        .post(s.u(&format!("/api/v2/releases/{}/withdraw", r2["id"])))
+        .agent()
+        .go()
+        .await;
+    assert_eq!(res.status(), 403, "operators only");
+    let w: serde_json::Value = http()
+        .post(s.u(&format!("/api/v2/releases/{}/withdraw", r2["id"])))
+        .admin()
+        .json_of()
+        .await;
+    assert!(w["withdrawn_at"].is_string());
+    assert_eq!(offered("newcomer").await.as_deref(), Some("1.0.0"));
+    let v1: serde_json::Value = http()
+        .get(s.u("/api/v1/agent/version?platform=linux-x86_64"))
+        .agent()
+        .json_of()
+        .await;
+    assert_eq!(
+        (v1["Major"].as_u64(), v1["Minor"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(
+        http()
+            .post(s.u("/api/v2/releases/999/withdraw"))
+            .admin()
+            .go()
+            .await
+            .status(),
+        404
+    );
+    // Lower than the newest offered (1.0.0 now): refused, unless forced.
+    let res = http()
+        .post(s.u("/api/v2/releases?version=0.9.0&platform=linux-x86_64&kind=archive"))
+        .admin()
+        .body(b"old".to_vec())
+        .go()
+        .await;
+    assert_eq!(res.status(), 409);
+    assert!(res.text().await.unwrap().contains("force=true"));
+    let res = http()
+        .post(s.u("/api/v2/releases?version=0.9.0&platform=linux-x86_64&kind=archive&force=true"))
+        .admin()
+        .body(b"old".to_vec())
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    // A restart keeps the withdrawal.
+    s.stop().await;
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    let mut req = checkin_req("after-restart");
+    req.host.platform = "linux-x86_64".into();
+    assert_eq!(
+        checkin(&s, &req, 0).await.release.map(|r| r.id),
+        r1["id"].as_i64()
+    );
+    s.stop().await;
+}
