@@ -121,7 +121,9 @@ pub async fn publish(
 ) -> serde_json::Value {
     let res = http()
         .post(s.u(&format!(
-            "/api/v2/releases?version={version}&platform={platform}&kind={kind}"
+            // Tests publish older versions on purpose (ordering); the 409
+            // for that has its own test.
+            "/api/v2/releases?version={version}&platform={platform}&kind={kind}&force=true"
         )))
         .admin()
         .body(body.to_vec())
