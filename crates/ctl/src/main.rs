@@ -53,7 +53,22 @@ enum Cmd {
     Config(ConfigCmd),
     /// List hosts and their state; with a host name, that host in detail
     /// (its update in progress, the last update's outcome and why).
-    Hosts { host: Option<String> },
+    Hosts {
+        host: Option<String>,
+        /// With HOST: remove it from the inventory (it may enroll again).
+        #[arg(long, requires = "host")]
+        retire: bool,
+        /// Only hosts in this state (online: seen within 5 minutes; stale:
+        /// within a day; offline: longer ago).
+        #[arg(long, value_parser = ["online", "stale", "offline"])]
+        state: Option<String>,
+        /// Only hosts running this agent version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Only host names matching this pattern (`*` matches any run).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Credentials.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -557,7 +572,21 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Hosts { host: Some(host) } => {
+        Cmd::Hosts {
+            host: Some(host),
+            retire: true,
+            ..
+        } => {
+            api.send(api.req(Method::DELETE, &format!("/api/v2/hosts/{host}")))
+                .await?;
+            println!(
+                "retired {host}: removed from the inventory (it reappears if it checks in again)"
+            );
+            Ok(())
+        }
+        Cmd::Hosts {
+            host: Some(host), ..
+        } => {
             let h: HostInfo = api
                 .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}")))
                 .await?;
@@ -613,14 +642,33 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Hosts { host: None } => {
+        Cmd::Hosts {
+            host: None,
+            state,
+            version,
+            name,
+            ..
+        } => {
             let list: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+            let list: Vec<HostInfo> = list
+                .into_iter()
+                .filter(|h| state.as_deref().is_none_or(|s| host_state(h).0 == s))
+                .filter(|h| {
+                    version.as_deref().is_none_or(|v| {
+                        h.report
+                            .as_ref()
+                            .and_then(|r| r.agent_version)
+                            .is_some_and(|a| a.to_string() == v)
+                    })
+                })
+                .filter(|h| name.as_deref().is_none_or(|p| glob(p, &h.hostname)))
+                .collect();
             if out == Output::Json {
                 return print_json(&list);
             }
             println!(
-                "{:<32} {:<25} {:<10} {:<9} {:<9} LAST UPDATE",
-                "HOST", "LAST SEEN", "AGENT", "STATE", "DESIRED"
+                "{:<32} {:<8} {:>5} {:<10} {:<9} {:<9} LAST UPDATE",
+                "HOST", "STATE", "AGE", "AGENT", "RUNNING", "DESIRED"
             );
             for h in list {
                 let (ver, state, desired, upd) = match &h.report {
@@ -637,9 +685,10 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     ),
                     None => ("(legacy)".into(), "-".into(), "-".into(), String::new()),
                 };
+                let (online, age) = host_state(&h);
                 println!(
-                    "{:<32} {:<25} {:<10} {:<9} {:<9} {}",
-                    h.hostname, h.last_seen, ver, state, desired, upd
+                    "{:<32} {:<8} {:>5} {:<10} {:<9} {:<9} {}",
+                    h.hostname, online, age, ver, state, desired, upd
                 );
             }
             Ok(())
@@ -674,6 +723,61 @@ fn palette_protocol_yaml_check(body: &[u8]) -> Result<(), String> {
         return Err("empty".into());
     }
     Ok(())
+}
+
+/// A host's state from its last contact (online: within 5 minutes, as the
+/// server counts it; stale: within a day; offline: longer) and that age.
+fn host_state(h: &HostInfo) -> (&'static str, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let Ok(seen) = palette_protocol::timefmt::parse_rfc3339(&h.last_seen) else {
+        return ("offline", "?".into());
+    };
+    let age = ((now - seen).max(0) / 1000) as u64;
+    let state = if age <= 300 {
+        "online"
+    } else if age <= 86_400 {
+        "stale"
+    } else {
+        "offline"
+    };
+    let age = if age < 120 {
+        format!("{age}s")
+    } else if age < 7200 {
+        format!("{}m", age / 60)
+    } else if age < 172_800 {
+        format!("{}h", age / 3600)
+    } else {
+        format!("{}d", age / 86_400)
+    };
+    (state, age)
+}
+
+/// `*`-only glob, anchored at both ends.
+fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, p) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(p) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(p);
+        } else {
+            match rest.find(p) {
+                Some(at) => rest = &rest[at + p.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
 }
 
 fn print_command(st: &CommandStatus) {
@@ -788,4 +892,17 @@ async fn publish(
         r.sha256
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn globs() {
+        assert!(super::glob("web-*", "web-01"));
+        assert!(super::glob("*-01", "web-01"));
+        assert!(super::glob("w*b*1", "web-01"));
+        assert!(!super::glob("web-*", "db-01"));
+        assert!(super::glob("db-01", "db-01"));
+        assert!(!super::glob("db-0", "db-01"));
+    }
 }

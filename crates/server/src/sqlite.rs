@@ -239,6 +239,21 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn retire_host(&self, hostname: &str) -> StoreResult<bool> {
+        let mut conn = self.conn().await?;
+        let r = async {
+            let mut tx = conn.begin().await?;
+            let done = sqlx::query("DELETE FROM hosts WHERE hostname = ?")
+                .bind(hostname)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done.rows_affected() > 0)
+        }
+        .await;
+        self.finish(conn, r)
+    }
+
     async fn save_report(&self, hostname: &str, report_json: &str, at: Millis) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         let r = async {

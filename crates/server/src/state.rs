@@ -426,6 +426,18 @@ impl AppState {
         );
     }
 
+    /// Removes a host from the inventory, durably first; it reappears only
+    /// if it checks in again. `false` when unknown.
+    pub async fn retire_host(&self, host: &str) -> StoreResult<bool> {
+        let in_memory = self.hosts.lock().unwrap().contains_key(host);
+        let stored = self.store.retire_host(host).await?;
+        if in_memory || stored {
+            self.hosts.lock().unwrap().remove(host);
+            tracing::info!(host, "host retired from the inventory");
+        }
+        Ok(in_memory || stored)
+    }
+
     /// Hosts and their last contact, newest first, optionally only those
     /// seen within `window_ms`.
     pub fn hosts(&self, window_ms: Option<Millis>) -> Vec<v2::HostInfo> {

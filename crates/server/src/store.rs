@@ -191,6 +191,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records last-contact times for many hosts in one transaction.
     async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()>;
     async fn load_hosts(&self) -> StoreResult<Vec<HostRow>>;
+    /// Removes a host from the inventory (it may enroll again); false when
+    /// it was not there.
+    async fn retire_host(&self, hostname: &str) -> StoreResult<bool>;
     async fn save_report(&self, hostname: &str, report_json: &str, at: Millis) -> StoreResult<()>;
 
     async fn insert_command(

@@ -189,7 +189,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v2/releases/{id}/withdraw", post(withdraw_release))
         .route("/api/v2/artifacts/{sha256}", get(download_artifact))
         .route("/api/v2/hosts", get(list_hosts))
-        .route("/api/v2/hosts/{host}", get(get_host))
+        .route("/api/v2/hosts/{host}", get(get_host).delete(retire_host))
         .route(
             "/api/v2/hosts/{host}/configs",
             get(config_history).post(push_config),
@@ -590,6 +590,23 @@ async fn get_host(
         .find(|h| h.hostname == host)
         .map(Json)
         .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no host {host}")))
+}
+
+async fn retire_host(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(host): Path<String>,
+) -> V2Result<StatusCode> {
+    require(&state, &headers, Role::Operator)?;
+    let host = host_param(&host)?;
+    if state.retire_host(&host).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(V2Error::new(
+            StatusCode::NOT_FOUND,
+            format!("no host {host}"),
+        ))
+    }
 }
 
 async fn config_history(

@@ -1689,6 +1689,22 @@ async fn palettectl_exit_codes_json_and_early_return() {
     let (code, _, _) = ctl_code(&server, &["command", "send", "reboot", "--all"]).await;
     assert_eq!(code, 2);
 
+    // Filters and retiring (fast2's watchdog is stopped: it stays retired).
+    let (_, out, _) = ctl_code(&server, &["-o", "json", "hosts", "--name", "fast*"]).await;
+    let v: Vec<palette_protocol::v2::HostInfo> = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.len(), 2);
+    let (_, out, _) = ctl_code(&server, &["hosts", "--state", "online"]).await;
+    assert!(out.contains("fast1") && out.contains("online"), "{out}");
+    let (code, out, err) = ctl_code(&server, &["hosts", "fast2", "--retire"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("retired fast2"), "{out}");
+    let (_, out, _) = ctl_code(&server, &["-o", "json", "hosts"]).await;
+    let v: Vec<palette_protocol::v2::HostInfo> = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v.iter().map(|h| h.hostname.as_str()).collect::<Vec<_>>(),
+        ["fast1"]
+    );
+
     // Withdrawing a release.
     let a = release_archive(tmp.path(), "5.0.0", false);
     api.publish(&a, "5.0.0", "archive").await;

@@ -743,3 +743,50 @@ async fn a_withdrawn_release_is_never_offered_and_lower_versions_need_force() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_retired_host_disappears_and_may_enroll_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    checkin(&s, &checkin_req("old-box"), 0).await;
+    checkin(&s, &checkin_req("keeper"), 0).await;
+    let res = http()
+        .delete(s.u("/api/v2/hosts/old-box"))
+        .agent()
+        .go()
+        .await;
+    assert_eq!(res.status(), 403, "operators only");
+    let res = http()
+        .delete(s.u("/api/v2/hosts/old-box"))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(res.status(), 204);
+    let res = http()
+        .delete(s.u("/api/v2/hosts/old-box"))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(res.status(), 404);
+    let names = |s: &TestServer| {
+        let u = s.u("/api/v2/hosts");
+        async move {
+            let v: Vec<serde_json::Value> = http().get(u).admin().json_of().await;
+            v.iter()
+                .map(|h| h["hostname"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names(&s).await, ["keeper"]);
+    // Gone for good across a restart (the heartbeat batch does not bring
+    // it back)...
+    s.stop().await;
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    assert_eq!(names(&s).await, ["keeper"]);
+    // ...until it checks in again.
+    checkin(&s, &checkin_req("old-box"), 0).await;
+    let mut n = names(&s).await;
+    n.sort();
+    assert_eq!(n, ["keeper", "old-box"]);
+    s.stop().await;
+}
