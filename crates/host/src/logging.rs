@@ -1,5 +1,6 @@
 //! Logs: one line per event on stderr and in `Logs/<name>.log`, rotated by
-//! size (10 MiB × 10 files).
+//! size (10 MiB × 10 files). With `PALETTE_LOG_FORMAT=json` the file gets
+//! one JSON object a line (stderr stays text).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -27,6 +28,29 @@ pub fn init(logs_dir: &Path, name: &str) -> std::io::Result<()> {
         Compression::None,
     );
     let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var(palette_protocol::env::LOG_FORMAT).is_ok_and(|f| f == "json");
+    let writer = Mutex::new(file);
+    let (json_file, text_file) = if json {
+        (
+            Some(
+                fmt::layer()
+                    .json()
+                    .with_writer(writer)
+                    .with_filter(filter()),
+            ),
+            None,
+        )
+    } else {
+        (
+            None,
+            Some(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(writer)
+                    .with_filter(filter()),
+            ),
+        )
+    };
     let _ = tracing_subscriber::registry()
         .with(
             fmt::layer()
@@ -34,12 +58,8 @@ pub fn init(logs_dir: &Path, name: &str) -> std::io::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_filter(filter()),
         )
-        .with(
-            fmt::layer()
-                .with_ansi(false)
-                .with_writer(Mutex::new(file))
-                .with_filter(filter()),
-        )
+        .with(json_file)
+        .with(text_file)
         .try_init();
     Ok(())
 }

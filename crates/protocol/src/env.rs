@@ -4,7 +4,8 @@
 /// Log filter for every program (`info` by default), e.g. `debug` or
 /// `palette_watchdog=debug,info` (tracing-subscriber's `EnvFilter` syntax).
 pub const LOG: &str = "PALETTE_LOG";
-/// palette-server: `text` (default) or `json` (one JSON object a line).
+/// Every program: `text` (default) or `json` (one JSON object a line; for
+/// the server its output, for the watchdog and manager their log files).
 pub const LOG_FORMAT: &str = "PALETTE_LOG_FORMAT";
 
 /// palette-server: the bootstrap operator token (kept only as a hash).

@@ -1716,3 +1716,22 @@ async fn palettectl_exit_codes_json_and_early_return() {
     let (code, _, err) = ctl_code(&server, &["release", "withdraw", "6.6.6"]).await;
     assert_eq!(code, 1, "{err}");
 }
+
+#[tokio::test]
+async fn the_watchdog_can_log_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let mut host = Host::new("jsonlog", &server.url, "v2", "");
+    host.start_with_env(&[(palette_protocol::env::LOG_FORMAT, "json")]);
+    host.wait_agent_running(T).await.unwrap();
+    wait_for("a few log lines", T, || async {
+        host.log().lines().count() >= 2
+    })
+    .await
+    .unwrap();
+    for l in host.log().lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v.get("fields").is_some(), "{l}");
+    }
+}
