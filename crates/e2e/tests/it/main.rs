@@ -1370,52 +1370,6 @@ async fn too_little_disk_fails_the_update_cleanly_and_says_why() {
     assert!(leftovers.is_empty(), "Updates/ holds {leftovers:?}");
 }
 
-/// A tmpfs mounted for a test, unmounted when dropped.
-struct Tmpfs {
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {} (needs root and permission to mount)",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { path, _dir: dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
-/// The crash points of `palette-manager` (src/fault.rs), in update order.
-const CRASH_POINTS: &[&str] = &[
-    "update:verified",
-    "update:unpacked",
-    "update:extracted",
-    "update:current-set",
-    "update:switched",
-    "commit:before-clear",
-    "commit:cleared",
-];
-
 /// The host is consistent: no open journal, `versions/current` names an
 /// installed version with its program, and exactly one agent runs, on it.
 fn consistent(host: &Host) -> Result<String, String> {
@@ -1477,7 +1431,7 @@ async fn the_manager_killed_at_every_step_of_an_update() {
     let api = server.api();
     let a2 = release_archive(tmp.path(), "2.0.0", false);
     api.publish(&a2, "2.0.0", "archive").await;
-    for point in CRASH_POINTS {
+    for point in palette_manager::fault::POINTS {
         let name = format!("crash-{}", point.replace(':', "-"));
         let mut host = Host::new(&name, &server.url, "v2", "");
         host.start_with_env(&[(palette_protocol::env::CRASH_AT, point)]);
