@@ -3,7 +3,9 @@
 //! else the folder it runs from), writes `state/sample-agent.json` (pid,
 //! version, endpoint) and runs until SIGTERM / Ctrl-C. A `FAIL` file beside
 //! it makes it exit with code 3 after a moment: a release that fails its
-//! health check.
+//! health check; `SampleAgent: {Fail: true}` in Config.yml makes it exit
+//! with 4 (a config the agent cannot live with). `--help` prints this and
+//! touches nothing.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,8 +45,25 @@ fn arg_base() -> Option<PathBuf> {
     None
 }
 
+const USAGE: &str = "palette-sample-agent --base DIR
+
+A small agent for palette-updater's tests and demo: reads DIR/Config/Config.yml,
+writes DIR/state/sample-agent.json (pid, version, endpoint) and runs until
+SIGTERM or Ctrl-C. Its version is the VERSION file beside it. It exits with 3
+when a FAIL file lies beside it, and with 4 when Config.yml says
+`SampleAgent: {Fail: true}`.";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if arg_base().is_none() && !args.is_empty() {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    }
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()

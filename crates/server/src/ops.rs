@@ -13,9 +13,32 @@ use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+/// A small read-only page saying what this is and where to look.
+async fn index() -> Response {
+    let body = concat!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>palette-server</title></head><body>",
+        "<h1>palette-server ",
+        env!("CARGO_PKG_VERSION"),
+        "</h1><p>The control point of a palette-updater fleet.</p><ul>",
+        "<li>API: <code>/api/v2/…</code> (operators and watchdogs; see <code>docs/api-v2.md</code> in the source) ",
+        "and the legacy Insight Server <code>/api/v1/…</code></li>",
+        "<li><a href=\"/healthz\">/healthz</a> — alive; <a href=\"/readyz\">/readyz</a> — the store takes writes</li>",
+        "<li><code>/metrics</code> — Prometheus text (operator token)</li>",
+        "<li>Operate the fleet with <code>palettectl</code>.</li>",
+        "</ul></body></html>\n"
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -1689,3 +1689,20 @@ async fn the_watchdog_can_log_json() {
         assert!(v.get("fields").is_some(), "{l}");
     }
 }
+
+#[test]
+fn the_sample_agent_help_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("palette-sample-agent"))
+        .arg("--help")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--base DIR"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "--help wrote into the current folder"
+    );
+}

@@ -51,6 +51,9 @@ fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) 
 async fn health_readiness_and_metrics_that_move_with_traffic() {
     let s = TestServer::start().await;
     assert_eq!(http().get(s.u("/healthz")).go().await.status(), 200);
+    let index = http().get(s.u("/")).go().await;
+    assert_eq!(index.status(), 200);
+    assert!(index.text().await.unwrap().contains("/api/v2"));
     assert_eq!(http().get(s.u("/readyz")).go().await.status(), 200);
     // Metrics need an operator credential.
     assert_eq!(http().get(s.u("/metrics")).go().await.status(), 401);
