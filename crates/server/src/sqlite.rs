@@ -29,6 +29,24 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
 use crate::store::{CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult};
 
+/// Runs `body` (which uses the transaction `tx`) in a write transaction on
+/// a connection of its own, commits, and ends through `finish`: the value
+/// is returned only after `COMMIT` succeeded, and a connection that saw an
+/// error is closed, never reused.
+macro_rules! write_tx {
+    ($store:expr, |$tx:ident| $body:block) => {{
+        let mut conn = $store.conn().await?;
+        let r = async {
+            let mut $tx = conn.begin().await?;
+            let out = $body;
+            $tx.commit().await?;
+            Ok::<_, sqlx::Error>(out)
+        }
+        .await;
+        $store.finish(conn, r)
+    }};
+}
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -185,40 +203,30 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             sqlx::query(
                 "INSERT INTO store_meta (key, value) VALUES ('ready_probe', ?)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )
             .bind(crate::state::now_ms().to_string())
             .execute(&mut *tx)
             .await?;
-            tx.commit().await
-        }
-        .await;
-        self.finish(conn, r)
+        })
     }
 
     async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             for (host, at) in beats {
                 sqlx::query(
-                    "INSERT INTO hosts (hostname, first_seen, last_seen) VALUES (?1, ?2, ?2)
-                     ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
-                )
-                .bind(host)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                "INSERT INTO hosts (hostname, first_seen, last_seen) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            )
+            .bind(host)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
             }
-            tx.commit().await
-        }
-        .await;
-        self.finish(conn, r)
+        })
     }
 
     async fn load_hosts(&self) -> StoreResult<Vec<HostRow>> {
@@ -240,38 +248,28 @@ impl Store for SqliteStore {
     }
 
     async fn retire_host(&self, hostname: &str) -> StoreResult<bool> {
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             let done = sqlx::query("DELETE FROM hosts WHERE hostname = ?")
                 .bind(hostname)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done.rows_affected() > 0)
-        }
-        .await;
-        self.finish(conn, r)
+            done.rows_affected() > 0
+        })
     }
 
     async fn save_report(&self, hostname: &str, report_json: &str, at: Millis) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             sqlx::query(
-                "INSERT INTO hosts (hostname, first_seen, last_seen, report, report_at) VALUES (?1, ?3, ?3, ?2, ?3)
-                 ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),
-                     report = excluded.report, report_at = excluded.report_at",
-            )
-            .bind(hostname)
-            .bind(report_json)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
-        }
-        .await;
-        self.finish(conn, r)
+            "INSERT INTO hosts (hostname, first_seen, last_seen, report, report_at) VALUES (?1, ?3, ?3, ?2, ?3)
+             ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),
+                 report = excluded.report, report_at = excluded.report_at",
+        )
+        .bind(hostname)
+        .bind(report_json)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        })
     }
 
     async fn insert_command(
@@ -282,9 +280,7 @@ impl Store for SqliteStore {
         expires_at: Millis,
     ) -> StoreResult<CommandRow> {
         let target_json = serde_json::to_string(target).expect("target serialises");
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        let id = write_tx!(self, |tx| {
             let id = sqlx::query(
                 "INSERT INTO commands (kind, target, issued_at, expires_at) VALUES (?, ?, ?, ?)",
             )
@@ -295,11 +291,8 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .last_insert_rowid();
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(id)
-        }
-        .await;
-        let id = self.finish(conn, r)?;
+            id
+        })?;
         Ok(CommandRow {
             id,
             kind,
@@ -334,25 +327,20 @@ impl Store for SqliteStore {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
         };
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             let done = sqlx::query(
-                "INSERT INTO command_acks (command_id, hostname, outcome, message, at) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(ack.id)
-            .bind(&ack.hostname)
-            .bind(outcome)
-            .bind(&ack.message)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done.rows_affected() == 1)
-        }
-        .await;
-        self.finish(conn, r)
+            "INSERT INTO command_acks (command_id, hostname, outcome, message, at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ack.id)
+        .bind(&ack.hostname)
+        .bind(outcome)
+        .bind(&ack.message)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+            done.rows_affected() == 1
+        })
     }
 
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>> {
@@ -474,9 +462,7 @@ impl Store for SqliteStore {
     }
 
     async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool> {
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             let done = sqlx::query(
                 "UPDATE releases SET withdrawn_at = coalesce(withdrawn_at, ?) WHERE id = ?",
             )
@@ -484,11 +470,8 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done.rows_affected() == 1)
-        }
-        .await;
-        self.finish(conn, r)
+            done.rows_affected() == 1
+        })
     }
 
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {
@@ -509,36 +492,31 @@ impl Store for SqliteStore {
         keep: usize,
     ) -> StoreResult<ConfigRevision> {
         let sha = hex::encode(Sha256::digest(body));
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        let revision = write_tx!(self, |tx| {
             let revision = sqlx::query(
-                "INSERT INTO configs (hostname, source, sha256, size, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(hostname)
-            .bind(source.as_str())
-            .bind(&sha)
-            .bind(body.len() as i64)
-            .bind(body)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?
-            .last_insert_rowid();
+            "INSERT INTO configs (hostname, source, sha256, size, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(hostname)
+        .bind(source.as_str())
+        .bind(&sha)
+        .bind(body.len() as i64)
+        .bind(body)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
             sqlx::query(
                 "DELETE FROM configs WHERE hostname = ?1 AND source = ?2 AND revision NOT IN
-                 (SELECT revision FROM configs WHERE hostname = ?1 AND source = ?2
-                  ORDER BY revision DESC LIMIT ?3)",
+             (SELECT revision FROM configs WHERE hostname = ?1 AND source = ?2
+              ORDER BY revision DESC LIMIT ?3)",
             )
             .bind(hostname)
             .bind(source.as_str())
             .bind(keep.max(1) as i64)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(revision)
-        }
-        .await;
-        let revision = self.finish(conn, r)?;
+            revision
+        })?;
         Ok(ConfigRevision {
             revision,
             hostname: hostname.to_string(),
@@ -613,9 +591,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_agent_token(&self, hash: &str, at: Millis) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             sqlx::query(
                 "INSERT INTO agent_tokens (hash, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             )
@@ -623,10 +599,7 @@ impl Store for SqliteStore {
             .bind(at)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await
-        }
-        .await;
-        self.finish(conn, r)
+        })
     }
 
     async fn agent_tokens(&self) -> StoreResult<Vec<String>> {
@@ -638,19 +611,14 @@ impl Store for SqliteStore {
     }
 
     async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let r = async {
-            let mut tx = conn.begin().await?;
+        write_tx!(self, |tx| {
             sqlx::query("INSERT INTO operator_tokens (hash, label, created_at) VALUES (?, ?, ?)")
                 .bind(hash)
                 .bind(label)
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await
-        }
-        .await;
-        self.finish(conn, r)
+        })
     }
 
     async fn operator_tokens(&self) -> StoreResult<Vec<String>> {

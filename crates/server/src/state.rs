@@ -893,11 +893,6 @@ impl AppState {
         Ok(r)
     }
 
-    /// The newest release for (`product`, `platform`) still offered.
-    pub fn newest_offered(&self, product: &str, platform: &str) -> Option<Release> {
-        self.release_for(product, platform)
-    }
-
     /// The release a host of `platform` running `product` should have: the
     /// newest one published for it and not withdrawn.
     pub fn release_for(&self, product: &str, platform: &str) -> Option<Release> {

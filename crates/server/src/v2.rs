@@ -466,7 +466,7 @@ async fn publish_release(
     })?;
     // Refused before a byte is read: a lower version than the newest one
     // offered is almost always a mistake (hosts never downgrade to it).
-    if let Some(newest) = state.newest_offered(&product, &q.platform) {
+    if let Some(newest) = state.release_for(&product, &q.platform) {
         if version < newest.version && !q.force.unwrap_or(false) {
             return Err(V2Error::new(
                 StatusCode::CONFLICT,

@@ -40,10 +40,11 @@ pub async fn watch(
                 Err(e) => last_probe_error = e,
             }
         }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let pause = if probe_ok {
-            deadline - tokio::time::Instant::now().min(deadline)
+            left
         } else {
-            PROBE_EVERY.min(deadline - tokio::time::Instant::now().min(deadline))
+            PROBE_EVERY.min(left)
         };
         match events.as_mut() {
             Some(rx) => match tokio::time::timeout(pause, rx.recv()).await {

@@ -69,6 +69,20 @@ fn schedule_retry(ctx: &Ctx, id: i64) -> Duration {
     delay
 }
 
+/// Reports a failure for a passing reason and schedules the next attempt;
+/// `msg` gets the delay in seconds.
+fn retry_later(ctx: &Ctx, cand: &Candidate, msg: impl FnOnce(u64) -> String) -> UpdateReport {
+    let delay = schedule_retry(ctx, cand.release_id);
+    report_with(
+        ctx,
+        cand.release_id,
+        cand.version,
+        Outcome::Failed,
+        msg(delay.as_secs()),
+        true,
+    )
+}
+
 /// Records and logs the outcome. A failure is final for this release
 /// (not retried until another is offered) unless `retry` says otherwise.
 fn report(
@@ -228,22 +242,14 @@ async fn install_inner(
         let need = size.saturating_sub(have_part) + size.saturating_mul(2) + SPACE_MARGIN;
         if let Some(free) = crate::platform::available_space(&updates) {
             if free < need {
-                let delay = schedule_retry(ctx, cand.release_id);
-                let msg = format!(
-                    "not enough free disk space for the update: {} MiB needed (download, unpacking and a margin), {} MiB free in {}; nothing was stopped; retrying in {} s",
-                    need >> 20,
-                    free >> 20,
-                    updates.display(),
-                    delay.as_secs()
-                );
-                return Some(report_with(
-                    ctx,
-                    cand.release_id,
-                    cand.version,
-                    Outcome::Failed,
-                    msg,
-                    true,
-                ));
+                return Some(retry_later(ctx, &cand, |secs| {
+                    format!(
+                        "not enough free disk space for the update: {} MiB needed (download, unpacking and a margin), {} MiB free in {}; nothing was stopped; retrying in {secs} s",
+                        need >> 20,
+                        free >> 20,
+                        updates.display(),
+                    )
+                }));
             }
         }
     }
@@ -265,20 +271,12 @@ async fn install_inner(
     let got = match downloaded {
         Ok(g) => g,
         Err(e) if e.is_transient() => {
-            let delay = schedule_retry(ctx, cand.release_id);
-            let msg = format!(
-                "download failed, nothing installed; retrying in {} s: {}",
-                delay.as_secs(),
-                chain(&e)
-            );
-            return Some(report_with(
-                ctx,
-                cand.release_id,
-                cand.version,
-                Outcome::Failed,
-                msg,
-                true,
-            ));
+            return Some(retry_later(ctx, &cand, |secs| {
+                format!(
+                    "download failed, nothing installed; retrying in {secs} s: {}",
+                    chain(&e)
+                )
+            }));
         }
         Err(e) => {
             return fail(format!(
@@ -372,19 +370,12 @@ fn local_trouble_or_fail(
 ) -> UpdateReport {
     if e.is_local_trouble() {
         let _ = fs_err::remove_file(dest);
-        let delay = schedule_retry(ctx, cand.release_id);
-        report_with(
-            ctx,
-            cand.release_id,
-            cand.version,
-            Outcome::Failed,
+        retry_later(ctx, cand, |secs| {
             format!(
-                "{what}: a local disk problem ({}); nothing was kept, retrying in {} s",
-                chain(e),
-                delay.as_secs()
-            ),
-            true,
-        )
+                "{what}: a local disk problem ({}); nothing was kept, retrying in {secs} s",
+                chain(e)
+            )
+        })
     } else {
         report(
             ctx,
@@ -406,22 +397,15 @@ async fn after_manager_death(ctx: &Ctx, cand: &Candidate) -> UpdateReport {
         }
         other => {
             let _ = ctx.supervisor.resume().await;
-            let delay = schedule_retry(ctx, cand.release_id);
             let how = match other {
                 Ok(_) => "its work was undone".to_string(),
                 Err(e) => format!("recovery failed too: {}", chain(&e)),
             };
-            report_with(
-                ctx,
-                cand.release_id,
-                cand.version,
-                Outcome::Failed,
+            retry_later(ctx, cand, |secs| {
                 format!(
-                    "the manager died before switching versions; {how}; the old version runs; retrying in {} s",
-                    delay.as_secs()
-                ),
-                true,
-            )
+                    "the manager died before switching versions; {how}; the old version runs; retrying in {secs} s"
+                )
+            })
         }
     }
 }
