@@ -8,7 +8,8 @@
 //!   Updates/               downloads in progress; cleaned before each check
 //!   state/                 durable state: desired agent state, commands, update journal
 //!   versions/<x.y.z>/      installed agent versions; versions/current names one
-//!   palette-manager, manager_in_action
+//!   self/new/, self/old/   a self-update's new binaries, and the ones it replaced
+//!   palette-watchdog, palette-manager, manager_in_action
 //! ```
 //!
 //! Paths come from `--base` or the executable's folder, never from the
@@ -73,6 +74,22 @@ impl Layout {
     }
     pub fn journal(&self) -> PathBuf {
         self.state().join("update-journal.json")
+    }
+    /// The self-update journal.
+    pub fn self_journal(&self) -> PathBuf {
+        self.state().join("self-update.json")
+    }
+    /// Written by a new watchdog that proved itself.
+    pub fn self_proof(&self) -> PathBuf {
+        self.state().join("self-update-proof.json")
+    }
+    /// `self/new/`: the binaries of a self-update being installed.
+    pub fn self_new(&self) -> PathBuf {
+        self.base.join("self").join("new")
+    }
+    /// `self/old/`: the binaries a self-update replaced (kept).
+    pub fn self_old(&self) -> PathBuf {
+        self.base.join("self").join("old")
     }
     pub fn versions(&self) -> PathBuf {
         self.base.join("versions")

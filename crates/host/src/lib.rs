@@ -5,7 +5,8 @@
 //! agent's shared `Config/Config.yml` (`agent_config`), the `current`
 //! version pointer (`layout`), the update journal (`journal`), the
 //! manager's result file (`manager_result`), the single-instance and
-//! manager locks (`lock`) and log set-up (`logging`). Used by both the watchdog and the manager.
+//! manager locks (`lock`), the self-update journal (`self_journal`), the
+//! binaries' version slot (`stamp`) and log set-up (`logging`). Used by both the watchdog and the manager.
 //!
 //! Must not: talk to the network or control processes.
 
@@ -17,6 +18,8 @@ pub mod lock;
 pub mod logging;
 pub mod manager_result;
 mod platform;
+pub mod self_journal;
 pub mod settings;
+pub mod stamp;
 
 pub use layout::{Layout, Pointer};

@@ -110,6 +110,15 @@ pub fn is_held(path: &Path) -> bool {
     matches!(try_lock(path), Err(LockError::Held { .. }))
 }
 
+/// Who holds the lock at `path` now: `None` when it is free, else the
+/// holder's pid as it wrote it (if it could be read).
+pub fn holder(path: &Path) -> Option<Option<u32>> {
+    match try_lock(path) {
+        Err(LockError::Held { pid, .. }) => Some(pid),
+        _ => None,
+    }
+}
+
 /// How often a waiter logs that it is still waiting.
 pub const WAIT_REPORT: Duration = Duration::from_secs(60);
 

@@ -154,6 +154,32 @@ impl Default for Intervals {
     }
 }
 
+/// How the watchdog updates itself (releases of product `watchdog`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelfUpdate {
+    /// Install newer watchdog releases the server offers.
+    pub enabled: bool,
+    /// How the manager restarts the watchdog onto the new binary. Empty
+    /// (the default): through systemd when the watchdog runs as its unit
+    /// (`systemctl restart --no-block palette-watchdog.service`), else the
+    /// manager stops the old process and starts the new one itself.
+    pub restart: Vec<String>,
+    /// The new watchdog must start, pass its self-check and check in to
+    /// the server within this many seconds, or the old one is put back.
+    pub prove_secs: u64,
+}
+
+impl Default for SelfUpdate {
+    fn default() -> Self {
+        SelfUpdate {
+            enabled: true,
+            restart: vec![],
+            prove_secs: 120,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Trust {
@@ -173,6 +199,7 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub server: ServerSettings,
     pub intervals: Intervals,
+    pub self_update: SelfUpdate,
     pub trust: Trust,
 }
 
@@ -185,6 +212,7 @@ impl Default for Settings {
             agent: AgentSettings::default(),
             server: ServerSettings::default(),
             intervals: Intervals::default(),
+            self_update: SelfUpdate::default(),
             trust: Trust::default(),
         }
     }
@@ -261,6 +289,7 @@ impl Settings {
                 self.intervals.restart_max_secs,
             ),
             ("server.timeout_secs", self.server.timeout_secs),
+            ("self_update.prove_secs", self.self_update.prove_secs),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be at least 1"));

@@ -2,7 +2,8 @@
 //!
 //! Owns: verifying an artifact, unpacking it safely (`extract`), switching
 //! `versions/current` under the update journal, rolling back and
-//! recovering after a crash (`ops`).
+//! recovering after a crash (`ops`); replacing the watchdog and itself
+//! (`selfupdate`).
 //!
 //! Must not: decide whether the agent runs (the watchdog supervises it), nor
 //! talk to the server. It runs as a copy (`manager_in_action`) so an update
@@ -13,3 +14,4 @@ pub mod extract;
 pub mod fault;
 pub mod ops;
 pub mod platform;
+pub mod selfupdate;

@@ -10,12 +10,12 @@ use palette_host::manager_result::{ManagerResult, RecoveryKind};
 use palette_host::settings::{Backend, Settings};
 use palette_host::Layout;
 use palette_manager::extract::Limits;
-use palette_manager::ops;
+use palette_manager::{ops, selfupdate};
 use palette_service::{CommandService, CommandSpec, ServiceControl};
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = palette_host::stamp::version(),
     about = "Installs, switches and rolls back agent versions; run by the watchdog."
 )]
 struct Cli {
@@ -37,6 +37,31 @@ enum Op {
         sha256: String,
         #[arg(long, default_value_t = 0)]
         release_id: i64,
+    },
+    /// Replace the watchdog and the manager with a watchdog release's
+    /// binaries, restart the watchdog, and put the old ones back unless the
+    /// new one proves itself in time.
+    SelfUpdate {
+        artifact: PathBuf,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        sha256: String,
+        #[arg(long, default_value_t = 0)]
+        release_id: i64,
+        /// The watchdog executable the service runs.
+        #[arg(long)]
+        watchdog_exe: PathBuf,
+        /// The version of the watchdog asking.
+        #[arg(long)]
+        previous: String,
+        /// The service manager's restart command, a word each; none: the
+        /// manager stops the old watchdog and starts the new one itself.
+        #[arg(long = "restart-word")]
+        restart_words: Vec<String>,
+        /// Seconds the new watchdog has to prove itself.
+        #[arg(long, default_value_t = 120)]
+        prove_secs: u64,
     },
     /// Keep the version an update switched to.
     Commit,
@@ -67,6 +92,7 @@ fn main() {
             layout.logs().display()
         );
     }
+    palette_manager::fault::set_layout(&layout);
     // One manager at a time, for its whole run: a watchdog restarted while
     // this one works waits for it instead of recovering over it.
     if let Err(e) = fs_err::create_dir_all(layout.state()) {
@@ -120,6 +146,7 @@ impl Op {
     fn name(&self) -> &'static str {
         match self {
             Op::Update { .. } => "update",
+            Op::SelfUpdate { .. } => "self-update",
             Op::Commit => "commit",
             Op::Rollback => "rollback",
             Op::Recover => "recover",
@@ -154,6 +181,37 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
                     release_id,
                 },
                 limits,
+            )?;
+        }
+        Op::SelfUpdate {
+            artifact,
+            version,
+            sha256,
+            release_id,
+            watchdog_exe,
+            previous,
+            restart_words,
+            prove_secs,
+        } => {
+            let version = version.parse().context("while reading --version")?;
+            result.version = Some(version);
+            tracing::info!(artifact = %artifact.display(), %version, %previous, "watchdog self-update requested");
+            selfupdate::self_update(
+                layout,
+                &selfupdate::SelfUpdateRequest {
+                    artifact,
+                    version,
+                    sha256,
+                    release_id,
+                    watchdog_exe,
+                    previous,
+                    restart: if restart_words.is_empty() {
+                        selfupdate::Restart::Itself
+                    } else {
+                        selfupdate::Restart::Command(restart_words)
+                    },
+                    prove_within: Duration::from_secs(prove_secs.max(1)),
+                },
             )?;
         }
         Op::Commit => {

@@ -24,3 +24,20 @@ pub fn available_space(path: &std::path::Path) -> Option<u64> {
 pub fn available_space(_path: &std::path::Path) -> Option<u64> {
     None
 }
+
+/// Makes a program started by the manager outlive it: a process group
+/// (Unix) or a detached process outside the manager's job (Windows).
+#[cfg(unix)]
+pub fn detach(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+}
+
+#[cfg(windows)]
+pub fn detach(cmd: &mut std::process::Command) {
+    use std::os::windows::process::CommandExt;
+    const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+    const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
+    const DETACHED_PROCESS: u32 = 0x0000_0008;
+    cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_BREAKAWAY_FROM_JOB | DETACHED_PROCESS);
+}

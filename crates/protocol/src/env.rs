@@ -51,3 +51,7 @@ pub const CA_FILE: &str = "PALETTE_CA_FILE";
 /// `update:switched`). Honoured only by debug builds with the cargo feature
 /// `fault-injection`; release builds refuse that feature.
 pub const CRASH_AT: &str = "PALETTE_CRASH_AT";
+/// Tests only: at the named crash point the manager SIGKILLs the watchdog
+/// (the one holding `state/watchdog.lock`) and carries on — the watchdog's
+/// half of the fault-injection suite. Same conditions as `CRASH_AT`.
+pub const KILL_WATCHDOG_AT: &str = "PALETTE_KILL_WATCHDOG_AT";

@@ -159,6 +159,9 @@ pub struct HostReport {
     pub config_revision: Option<i64>,
     #[serde(default)]
     pub last_update: Option<UpdateReport>,
+    /// The outcome of the last watchdog self-update attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_watchdog_update: Option<UpdateReport>,
     /// An update in progress: its phase and, while downloading, how far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_progress: Option<UpdateProgress>,
@@ -167,6 +170,9 @@ pub struct HostReport {
 /// Where an update in progress stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateProgress {
+    /// `agent`, or `watchdog` for a self-update.
+    #[serde(default = "default_product")]
+    pub product: String,
     pub release_id: i64,
     pub version: Version,
     pub phase: UpdatePhase,
@@ -208,6 +214,25 @@ pub struct CheckinRequest {
     /// The config revision the watchdog got in its last answer.
     #[serde(default)]
     pub seen_config: Option<i64>,
+    /// The watchdog release id the watchdog got in its last answer:
+    /// `Some(None)` (sent as `null`) when it got none. Absent (`None`) from
+    /// watchdogs that do not update themselves: for them a watchdog
+    /// release is never news that ends the long poll early.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub seen_watchdog_release: Option<Option<i64>>,
+}
+
+/// A field that is present (even as `null`) deserializes to `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// The answer to a check-in: what this host must do.
@@ -221,6 +246,10 @@ pub struct CheckinResponse {
     pub commands: Vec<Command>,
     pub release: Option<Release>,
     pub config_revision: Option<i64>,
+    /// The newest release of product `watchdog` for the host's platform:
+    /// the watchdog installs it on itself when it is newer than it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_release: Option<Release>,
 }
 
 /// How a release is installed.
@@ -343,6 +372,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.kind, CommandKind::Unknown);
         assert_eq!(CommandKind::parse("get-config"), None);
+    }
+
+    #[test]
+    fn seen_watchdog_release_tells_absent_from_null() {
+        let host = r#"{"hostname":"h","platform":"p","watchdog_version":"0.1.0","agent_version":null,"agent_state":"running","desired_state":"running","config_revision":null}"#;
+        let old: CheckinRequest = serde_json::from_str(&format!(r#"{{"host":{host}}}"#)).unwrap();
+        assert_eq!(old.seen_watchdog_release, None);
+        let none: CheckinRequest =
+            serde_json::from_str(&format!(r#"{{"host":{host},"seen_watchdog_release":null}}"#))
+                .unwrap();
+        assert_eq!(none.seen_watchdog_release, Some(None));
+        let json = serde_json::to_string(&none).unwrap();
+        assert!(json.contains(r#""seen_watchdog_release":null"#), "{json}");
     }
 
     #[test]

@@ -281,7 +281,10 @@ async fn checkin(
         let answer = answer_for(&state, &host, &ci).await?;
         let news = !answer.commands.is_empty()
             || answer.release.as_ref().map(|r| r.id) != ci.seen_release
-            || answer.config_revision != ci.seen_config;
+            || answer.config_revision != ci.seen_config
+            || ci
+                .seen_watchdog_release
+                .is_some_and(|seen| answer.watchdog_release.as_ref().map(|r| r.id) != seen);
         if news {
             return Ok(Json(answer));
         }
@@ -319,6 +322,7 @@ async fn answer_for(
 ) -> V2Result<CheckinResponse> {
     let commands = state.pending_for(host).await?;
     let release = state.release_for(&ci.host.product, &ci.host.platform);
+    let watchdog_release = state.release_for("watchdog", &ci.host.platform);
     let config_revision = state
         .store
         .latest_config(host, Some(ConfigSource::Desired))
@@ -329,6 +333,7 @@ async fn answer_for(
         commands,
         release,
         config_revision,
+        watchdog_release,
     })
 }
 

@@ -18,8 +18,10 @@ use thiserror::Error;
 use tokio::sync::broadcast;
 
 pub use command::{CommandService, CommandSpec};
-pub use platform::{process_alive, spawn_detached, terminate_group};
-pub use process::{CommandLine, ProcessService, ProcessSpec};
+pub use platform::{
+    kill_process, process_alive, spawn_detached, start_time, terminate_group, terminate_process,
+};
+pub use process::{Adoption, CommandLine, ProcessService, ProcessSpec};
 
 /// Why a service operation failed.
 #[derive(Debug, Error)]

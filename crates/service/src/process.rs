@@ -66,17 +66,79 @@ impl ProcessService {
         }
     }
 
-    /// Stops an agent that an earlier watchdog left running (its pid file
-    /// names a live process). Returns the pid it stopped.
-    pub fn reap_orphan(&self) -> Option<u32> {
-        let path = self.spec.pid_file.as_ref()?;
-        let pid: u32 = fs_err::read_to_string(path).ok()?.trim().parse().ok()?;
-        let _ = fs_err::remove_file(path);
-        if pid == std::process::id() || !platform::process_alive(pid) {
-            return None;
+    /// Takes over an agent an earlier watchdog left running (it was killed,
+    /// or restarted onto a new binary by a self-update): its pid file names
+    /// a live process that started when recorded. The agent is not
+    /// restarted; its exit is noticed by polling (it is not this process's
+    /// child), and a stop signals its process group as usual.
+    pub async fn adopt(&self) -> Adoption {
+        let Some(path) = self.spec.pid_file.as_ref() else {
+            return Adoption::Nothing;
+        };
+        let Ok(text) = fs_err::read_to_string(path) else {
+            return Adoption::Nothing;
+        };
+        let mut words = text.split_whitespace();
+        let pid: Option<u32> = words.next().and_then(|w| w.parse().ok());
+        let recorded: Option<u64> = words.next().and_then(|w| w.parse().ok());
+        let Some(pid) = pid.filter(|p| *p != std::process::id()) else {
+            let _ = fs_err::remove_file(path);
+            return Adoption::Nothing;
+        };
+        let now = platform::start_time(pid);
+        match (recorded, now) {
+            (Some(a), Some(b)) if a == b => {}
+            (_, None) if !platform::process_alive(pid) => {
+                let _ = fs_err::remove_file(path);
+                return Adoption::Nothing;
+            }
+            _ => {
+                // Alive, but not provably the agent that was recorded (the
+                // pid was reused, or its start time is unknown here).
+                let _ = fs_err::remove_file(path);
+                return Adoption::NotOurs { pid };
+            }
         }
-        platform::kill_group(pid);
-        Some(pid)
+        let started_at = recorded.unwrap_or(0);
+        let (ctl_tx, mut ctl_rx) = mpsc::channel(4);
+        let (exit_tx, exit_rx) = watch::channel(false);
+        let events = self.events.clone();
+        let shared = self.running.clone();
+        let pid_file = self.spec.pid_file.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ADOPTED_POLL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if platform::start_time(pid) != Some(started_at) {
+                            break;
+                        }
+                    }
+                    Some(c) = ctl_rx.recv() => match c {
+                        Ctl::Terminate => { platform::terminate_group(pid); }
+                        Ctl::Kill => platform::kill_group(pid),
+                    },
+                }
+            }
+            ended(&pid_file, pid);
+            let _ = exit_tx.send(true);
+            let _ = events.send(Event::Exited {
+                pid,
+                how: "exited (adopted from an earlier watchdog: status unknown)".into(),
+                ran_ms: started.elapsed().as_millis() as u64,
+            });
+            let mut running = shared.lock().await;
+            if running.as_ref().is_some_and(|r| r.pid == pid) {
+                *running = None;
+            }
+        });
+        *self.running.lock().await = Some(Running {
+            pid,
+            ctl: ctl_tx,
+            exited: exit_rx,
+        });
+        Adoption::Adopted { pid }
     }
 
     #[allow(clippy::disallowed_types)] // the std handle goes to the child
@@ -110,6 +172,40 @@ impl ProcessService {
     }
 }
 
+/// How often an adopted agent (not this process's child) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
+
+/// What `adopt` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// No agent was left running.
+    Nothing,
+    /// The agent left running is supervised again, not restarted.
+    Adopted { pid: u32 },
+    /// The pid file names a live process that is not provably the agent:
+    /// left alone.
+    NotOurs { pid: u32 },
+}
+
+/// Removes the pid file if it still names `pid`.
+fn ended(pid_file: &Option<PathBuf>, pid: u32) {
+    if let Some(pf) = pid_file {
+        if fs_err::read_to_string(pf)
+            .map(|s| s.split_whitespace().next() == Some(pid.to_string().as_str()))
+            .unwrap_or(false)
+        {
+            let _ = fs_err::remove_file(pf);
+        }
+    }
+}
+
+/// Writes the pid file (write then rename: never half a line).
+fn write_pid_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs_err::write(&tmp, text)?;
+    fs_err::rename(&tmp, path)
+}
+
 #[async_trait]
 impl ServiceControl for ProcessService {
     async fn start(&self) -> Result<(), ServiceError> {
@@ -141,7 +237,12 @@ impl ServiceControl for ProcessService {
         })?;
         let pid = child.id().unwrap_or(0);
         if let Some(pf) = &self.spec.pid_file {
-            let _ = fs_err::write(pf, pid.to_string());
+            // The start time names this very process (a pid is reused).
+            let record = match platform::start_time(pid) {
+                Some(t) => format!("{pid} {t}"),
+                None => pid.to_string(),
+            };
+            let _ = write_pid_file(pf, &record);
         }
         let (ctl_tx, mut ctl_rx) = mpsc::channel(4);
         let (exit_tx, exit_rx) = watch::channel(false);
@@ -170,14 +271,7 @@ impl ServiceControl for ProcessService {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("unknown ({e})"),
             };
-            if let Some(pf) = pid_file {
-                if fs_err::read_to_string(&pf)
-                    .map(|s| s.trim() == pid.to_string())
-                    .unwrap_or(false)
-                {
-                    let _ = fs_err::remove_file(&pf);
-                }
-            }
+            ended(&pid_file, pid);
             let _ = exit_tx.send(true);
             let _ = events.send(Event::Exited {
                 pid,

@@ -18,8 +18,14 @@ use crate::error::ActionError;
 use crate::supervisor::Supervisor;
 
 type ConfigStamp = Option<(u64, Option<std::time::SystemTime>)>;
-/// An update job's phase: release id, version, phase, download size.
-pub(crate) type Phase = (i64, palette_protocol::Version, UpdatePhase, Option<u64>);
+/// An update job's phase: product, release id, version, phase, download size.
+pub(crate) type Phase = (
+    crate::update::Product,
+    i64,
+    palette_protocol::Version,
+    UpdatePhase,
+    Option<u64>,
+);
 
 /// Everything a loop needs, shared.
 pub struct Ctx {
@@ -48,6 +54,9 @@ pub struct Ctx {
     /// bytes, for the host report.
     update_phase: Mutex<Option<Phase>>,
     pub(crate) download_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Successful check-ins (or v1 polls) since start; a new watchdog on
+    /// probation proves itself with the first.
+    pub(crate) checkins: tokio::sync::watch::Sender<u64>,
 }
 
 impl Ctx {
@@ -76,12 +85,13 @@ impl Ctx {
             progress: std::sync::atomic::AtomicI64::new(crate::now_ms()),
             update_phase: Mutex::new(None),
             download_bytes: Default::default(),
+            checkins: tokio::sync::watch::Sender::new(0),
         }
     }
 
     /// The update job entered `phase` (or ended, with `None`).
     pub(crate) fn set_update_phase(&self, phase: Option<Phase>) {
-        if let Some((_, v, p, _)) = &phase {
+        if let Some((_, _, v, p, _)) = &phase {
             tracing::debug!(version = %v, phase = ?p, "update phase");
         }
         *self.update_phase.lock().unwrap() = phase;
@@ -90,8 +100,9 @@ impl Ctx {
     /// Where an update in progress stands, for the host report.
     pub fn update_progress(&self) -> Option<UpdateProgress> {
         let phase = (*self.update_phase.lock().unwrap())?;
-        let (release_id, version, phase, total) = phase;
+        let (product, release_id, version, phase, total) = phase;
         Some(UpdateProgress {
+            product: product.as_str().into(),
             release_id,
             version,
             phase,
@@ -126,6 +137,11 @@ impl Ctx {
 
     pub fn command_in_flight(&self, id: i64) -> bool {
         self.in_flight.lock().unwrap().contains(&id)
+    }
+
+    /// The server answered a check-in (or a v1 poll).
+    pub(crate) fn checked_in(&self) {
+        self.checkins.send_modify(|n| *n += 1);
     }
 
     /// A transport made progress now.
@@ -203,7 +219,7 @@ pub async fn perform(ctx: &Ctx, kind: CommandKind) -> Result<String, ActionError
         }
         CommandKind::GetConfig => get_config(ctx).await,
         CommandKind::Unknown => Err(ActionError::UnknownCommand {
-            version: crate::VERSION,
+            version: palette_host::stamp::version(),
         }),
         CommandKind::PutConfig => {
             let client = ctx.client()?;

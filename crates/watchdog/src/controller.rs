@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::{self, Ctx};
 use crate::client::Client;
-use crate::update::{self, Candidate, Ended};
+use crate::update::{self, Candidate, Ended, Product};
 
 /// A message for the controller.
 pub enum Msg {
@@ -70,6 +70,7 @@ impl Handle {
 }
 
 struct Job {
+    product: Product,
     version: Version,
     release_id: i64,
     /// Set once the agent is about to be stopped: no cancelling after that.
@@ -152,10 +153,12 @@ impl Controller {
         }
     }
 
+    /// An agent update is past its download: commands wait for it. (A
+    /// watchdog self-update never touches the agent: commands go on.)
     fn installing(&self) -> bool {
-        self.job
-            .as_ref()
-            .is_some_and(|j| j.installing.load(Ordering::SeqCst))
+        self.job.as_ref().is_some_and(|j| {
+            j.product == Product::Agent && j.installing.load(Ordering::SeqCst)
+        })
     }
 
     async fn on_command(&mut self, id: Option<i64>, kind: CommandKind) {
@@ -168,7 +171,11 @@ impl Controller {
             self.deferred.push_back((id, kind));
             return;
         }
-        if kind == CommandKind::Stop {
+        let downloading_agent = self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.product == Product::Agent);
+        if kind == CommandKind::Stop && downloading_agent {
             if let Some(job) = self.job.take() {
                 tracing::info!(version = %job.version, "stop commanded during a download: cancelling the download");
                 job.cancel.cancel();
@@ -215,6 +222,9 @@ impl Controller {
 
     async fn on_offer(&mut self, cand: Candidate, client: Client) {
         if let Some(job) = &self.job {
+            if job.product != cand.product {
+                return; // one update at a time; offered again later
+            }
             if cand.version <= job.version || job.installing.load(Ordering::SeqCst) {
                 return; // the same, older, or too late to change: offered again later
             }
@@ -223,7 +233,9 @@ impl Controller {
             job.cancel.cancel();
             let _ = job.task.await;
         }
-        if self.ctx.supervisor.desired() == DesiredState::Stopped {
+        if cand.product == Product::Agent
+            && self.ctx.supervisor.desired() == DesiredState::Stopped
+        {
             if !self.said_stopped {
                 tracing::info!(version = %cand.version, "a release is offered, but an operator commanded stop: updating after the next start");
                 self.said_stopped = true;
@@ -245,6 +257,7 @@ impl Controller {
         let (inst, canc) = (installing.clone(), cancel.clone());
         let version = cand.version;
         let release_id = cand.release_id;
+        let product = cand.product;
         self.ctx.set_active_update(release_id);
         let task = tokio::spawn(async move {
             match update::install(&ctx, &client, cand, &canc, &inst).await {
@@ -256,6 +269,7 @@ impl Controller {
             let _ = tx.send(version);
         });
         self.job = Some(Job {
+            product,
             version,
             release_id,
             installing,

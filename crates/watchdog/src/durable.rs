@@ -28,7 +28,9 @@ pub struct Durable {
     /// SHA-256 of the Config.yml last reported to the server.
     pub reported_config_sha: Option<String>,
     pub last_update: Option<UpdateReport>,
-    /// Releases that failed to install or failed their health check; not
+    /// The outcome of the last watchdog self-update attempt.
+    pub last_watchdog_update: Option<UpdateReport>,
+    /// Releases (agent or watchdog) that failed to install or failed their health check; not
     /// retried until the server offers another.
     pub failed_releases: Vec<i64>,
     /// The server store the ids above belong to (its `store_id`).

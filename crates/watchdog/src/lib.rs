@@ -12,7 +12,8 @@
 //! controller wakes the v2 transport when an acknowledgement is ready. The
 //! keep-alive runs in its own task. Everything stops through one
 //! `CancellationToken`. Commands and remote configuration are carried out in
-//! `actions`; failures are typed (`error`); the systemd unit is `systemd`.
+//! `actions`; failures are typed (`error`); the systemd unit is `systemd`;
+//! the watchdog's update of itself is `selfupdate`.
 //!
 //! Must not: install anything itself (the manager does), touch the agent's
 //! `Config.yml` except through a validated atomic replace, or let the server
@@ -27,14 +28,18 @@ pub mod error;
 pub(crate) mod health;
 mod platform;
 pub mod run;
+pub(crate) mod selfupdate;
 pub mod supervisor;
 pub mod systemd;
 pub(crate) mod update;
 pub(crate) mod v1loop;
 pub(crate) mod v2loop;
 
-/// This watchdog's version, reported to the server.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// This watchdog's version, reported to the server: its binary's stamp
+/// (`palette_host::stamp`).
+pub fn version() -> &'static str {
+    palette_host::stamp::version()
+}
 
 /// Milliseconds since the Unix epoch (the unit of every wire timestamp).
 pub(crate) fn now_ms() -> i64 {

@@ -8,7 +8,10 @@ use palette_host::Layout;
 use palette_watchdog::systemd;
 
 #[derive(Parser)]
-#[command(version, about = "Keeps the agent running, updated and configured.")]
+#[command(
+    version = palette_watchdog::version(),
+    about = "Keeps the agent running, updated and configured."
+)]
 struct Cli {
     /// The install folder (default: this executable's folder).
     #[arg(long, global = true)]

@@ -9,7 +9,8 @@ use palette_host::settings::{Backend, Protocol, Settings};
 use palette_host::Layout;
 use palette_protocol::v2::DesiredState;
 use palette_service::{
-    CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec, ServiceControl,
+    Adoption, CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec,
+    ServiceControl,
 };
 
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use crate::actions::Ctx;
 use crate::controller::{Controller, Handle};
 use crate::error::ResolveError;
 use crate::supervisor::{Policy, Supervisor};
-use crate::{durable, platform, update, v1loop, v2loop};
+use crate::{durable, platform, selfupdate, update, v1loop, v2loop};
 
 /// Replaces `{base}`, `{current}` and `{exe}` in a command word.
 pub(crate) fn expand(word: &str, layout: &Layout) -> Result<String, ResolveError> {
@@ -37,7 +38,9 @@ pub(crate) fn expand(word: &str, layout: &Layout) -> Result<String, ResolveError
 }
 
 /// Builds the service-control backend the settings ask for.
-pub fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceControl> {
+/// With the process backend an agent an earlier watchdog left running
+/// (killed, or replaced by a self-update) is adopted, not restarted.
+pub async fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceControl> {
     match settings.agent.backend {
         Backend::Process => {
             let words = settings.agent.command.clone();
@@ -62,8 +65,16 @@ pub fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceContr
                 pid_file: Some(layout.state().join("agent.pid")),
                 stop_timeout: Duration::from_secs(settings.agent.stop_timeout_secs),
             });
-            if let Some(pid) = svc.reap_orphan() {
-                tracing::warn!(pid, "an agent left running by an earlier watchdog was stopped; a supervised one replaces it");
+            match svc.adopt().await {
+                Adoption::Nothing => {}
+                Adoption::Adopted { pid } => tracing::info!(
+                    pid,
+                    "the agent an earlier watchdog started is still running: supervising it, not restarting it"
+                ),
+                Adoption::NotOurs { pid } => tracing::warn!(
+                    pid,
+                    "the agent pid file names a running process that is not provably the agent; it is left alone"
+                ),
             }
             Arc::new(svc)
         }
@@ -150,7 +161,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     let settings = Settings::load(&layout.settings_file())?;
     let hostname = hostname(&settings)?;
     let durable = durable::Store::open(layout.state().join("watchdog.json"));
-    let svc = service_for(&layout, &settings);
+    let svc = service_for(&layout, &settings).await;
     let policy = Policy {
         keepalive: Duration::from_secs(settings.intervals.keepalive_secs),
         restart_first: Duration::from_millis(settings.intervals.restart_first_ms),
@@ -162,7 +173,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
         base = %layout.base.display(), hostname, backend = svc.backend(),
         protocol = ?settings.server.protocol, desired = ?durable.get().desired,
         agent_version = ?layout.current_version().map(|v| v.to_string()),
-        "palette-watchdog {} starting", crate::VERSION
+        "palette-watchdog {} starting", palette_host::stamp::version()
     );
     let ctx = Arc::new(Ctx::new(
         layout,
@@ -172,7 +183,9 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
         supervisor.clone(),
     ));
 
-    // Finish an update a crash interrupted before anything else runs.
+    // Settle a self-update, then finish an agent update a crash
+    // interrupted, before anything else runs.
+    let startup = selfupdate::on_start(&ctx).await;
     update::recover(&ctx).await;
     repair_current(&ctx.layout, &ctx.settings);
     let shutdown = CancellationToken::new();
@@ -189,6 +202,15 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     let (controller, handle) = Controller::new(ctx.clone(), shutdown.clone());
     let controller = tokio::spawn(controller.run());
     platform::notify_ready();
+    let probation = match startup {
+        selfupdate::Startup::Probation(j) => Some(tokio::spawn(selfupdate::prove(
+            ctx.clone(),
+            j,
+            handle.news.clone(),
+            shutdown.clone(),
+        ))),
+        selfupdate::Startup::Normal => None,
+    };
     let pinger = tokio::spawn(liveness_pinger(
         ctx.clone(),
         handle.clone(),
@@ -217,7 +239,12 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     let _ = controller.await;
     let _ = keepalive.await;
     let _ = pinger.await;
-    if ctx.settings.agent.backend == Backend::Process {
+    if let Some(p) = probation {
+        let _ = p.await;
+    }
+    if selfupdate::leaves_agent_running(&ctx) {
+        tracing::info!("stopped for a self-update: the agent keeps running for the next watchdog");
+    } else if ctx.settings.agent.backend == Backend::Process {
         if let Err(e) = svc.stop().await {
             tracing::error!(error = %crate::actions::chain(&e), "could not stop the agent");
         }

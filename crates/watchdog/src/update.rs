@@ -24,9 +24,28 @@ pub enum Integrity {
     Md5(String),
 }
 
+/// What a release installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// The supervised agent (`versions/<v>`).
+    Agent,
+    /// The watchdog and manager themselves (a self-update).
+    Watchdog,
+}
+
+impl Product {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Product::Agent => "agent",
+            Product::Watchdog => "watchdog",
+        }
+    }
+}
+
 /// A release this host should install.
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    pub product: Product,
     pub release_id: i64,
     pub version: Version,
     pub kind: ReleaseKind,
@@ -37,10 +56,13 @@ pub struct Candidate {
 /// Whether `cand` should be installed: newer than what runs (never a
 /// downgrade) and not already failed.
 pub fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
-    let newer = ctx
-        .layout
-        .current_version()
-        .is_none_or(|cur| cand.version > cur);
+    let newer = match cand.product {
+        Product::Agent => ctx
+            .layout
+            .current_version()
+            .is_none_or(|cur| cand.version > cur),
+        Product::Watchdog => crate::selfupdate::wanted(ctx, cand),
+    };
     let waiting = ctx
         .download_retry
         .lock()
@@ -71,10 +93,11 @@ fn schedule_retry(ctx: &Ctx, id: i64) -> Duration {
 
 /// Reports a failure for a passing reason and schedules the next attempt;
 /// `msg` gets the delay in seconds.
-fn retry_later(ctx: &Ctx, cand: &Candidate, msg: impl FnOnce(u64) -> String) -> UpdateReport {
+pub(crate) fn retry_later(ctx: &Ctx, cand: &Candidate, msg: impl FnOnce(u64) -> String) -> UpdateReport {
     let delay = schedule_retry(ctx, cand.release_id);
     report_with(
         ctx,
+        cand.product,
         cand.release_id,
         cand.version,
         Outcome::Failed,
@@ -92,20 +115,22 @@ fn report(
     outcome: Outcome,
     message: String,
 ) -> UpdateReport {
-    report_with(ctx, cand_id, version, outcome, message, false)
+    report_with(ctx, Product::Agent, cand_id, version, outcome, message, false)
 }
 
-fn report_with(
+pub(crate) fn report_with(
     ctx: &Ctx,
+    product: Product,
     cand_id: i64,
     version: Version,
     outcome: Outcome,
     message: String,
     retry: bool,
 ) -> UpdateReport {
+    let what = product.as_str();
     match outcome {
-        Outcome::Succeeded => tracing::info!(%version, message, "update succeeded"),
-        Outcome::Failed => tracing::error!(%version, message, "update failed"),
+        Outcome::Succeeded => tracing::info!(product = what, %version, message, "update succeeded"),
+        Outcome::Failed => tracing::error!(product = what, %version, message, "update failed"),
     }
     let r = UpdateReport {
         release_id: cand_id,
@@ -114,7 +139,10 @@ fn report_with(
         message,
     };
     ctx.durable.update(|d| {
-        d.last_update = Some(r.clone());
+        match product {
+            Product::Agent => d.last_update = Some(r.clone()),
+            Product::Watchdog => d.last_watchdog_update = Some(r.clone()),
+        }
         if outcome == Outcome::Failed && !retry && !d.failed_releases.contains(&cand_id) {
             d.failed_releases.push(cand_id);
         }
@@ -177,12 +205,18 @@ pub async fn install(
     ctx.download_bytes
         .store(0, std::sync::atomic::Ordering::Relaxed);
     ctx.set_update_phase(Some((
+        cand.product,
         cand.release_id,
         cand.version,
         UpdatePhase::Downloading,
         total,
     )));
-    let ended = install_inner(ctx, client, cand, cancel, installing).await;
+    let ended = match cand.product {
+        Product::Agent => install_inner(ctx, client, cand, cancel, installing).await,
+        Product::Watchdog => {
+            crate::selfupdate::install(ctx, client, cand, cancel, installing).await
+        }
+    };
     ctx.set_update_phase(None);
     match ended {
         Some(r) => Ended::Reported(r),
@@ -190,21 +224,36 @@ pub async fn install(
     }
 }
 
-async fn install_inner(
+/// A verified download, or how the attempt ended.
+pub(crate) enum Fetched {
+    Got {
+        path: std::path::PathBuf,
+        sha256: String,
+        size: u64,
+    },
+    /// Reported (a failure), or `None`: cancelled.
+    Ended(Option<UpdateReport>),
+}
+
+/// Downloads `cand` into `Updates/` (resuming a part of the same file),
+/// after checking there is room for it and its unpacking; verifies it and
+/// checks it is an archive. Nothing is stopped here.
+pub(crate) async fn fetch(
     ctx: &Ctx,
     client: &Client,
-    cand: Candidate,
+    cand: &Candidate,
     cancel: &tokio_util::sync::CancellationToken,
-    installing: &std::sync::atomic::AtomicBool,
-) -> Option<UpdateReport> {
+) -> Fetched {
     let fail = |msg: String| {
-        Some(report(
+        Fetched::Ended(Some(report_with(
             ctx,
+            cand.product,
             cand.release_id,
             cand.version,
             Outcome::Failed,
             msg,
-        ))
+            false,
+        )))
     };
     if cand.kind != ReleaseKind::Archive {
         return fail(format!(
@@ -213,7 +262,7 @@ async fn install_inner(
             ctx.settings.platform
         ));
     }
-    tracing::info!(version = %cand.version, release = cand.release_id, "downloading update");
+    tracing::info!(product = cand.product.as_str(), version = %cand.version, release = cand.release_id, "downloading update");
     let updates = ctx.layout.updates();
     // Named by content: a part of this very file is kept and resumed;
     // everything else in Updates/ is left over from earlier attempts.
@@ -221,7 +270,7 @@ async fn install_inner(
         Integrity::Sha256 { hex, .. } => hex.to_ascii_lowercase(),
         Integrity::Md5(hex) => format!("md5-{}", hex.to_ascii_lowercase()),
     };
-    let dest = updates.join(format!("agent-{content_id}"));
+    let dest = updates.join(format!("{}-{content_id}", cand.product.as_str()));
     let keep = dest.with_extension("part");
     if let Ok(entries) = fs_err::read_dir(&updates) {
         for e in entries.flatten() {
@@ -242,14 +291,14 @@ async fn install_inner(
         let need = size.saturating_sub(have_part) + size.saturating_mul(2) + SPACE_MARGIN;
         if let Some(free) = crate::platform::available_space(&updates) {
             if free < need {
-                return Some(retry_later(ctx, &cand, |secs| {
+                return Fetched::Ended(Some(retry_later(ctx, cand, |secs| {
                     format!(
                         "not enough free disk space for the update: {} MiB needed (download, unpacking and a margin), {} MiB free in {}; nothing was stopped; retrying in {secs} s",
                         need >> 20,
                         free >> 20,
                         updates.display(),
                     )
-                }));
+                })));
             }
         }
     }
@@ -265,18 +314,18 @@ async fn install_inner(
         _ = cancel.cancelled() => {
             let _ = fs_err::remove_file(dest.with_extension("part"));
             tracing::info!(version = %cand.version, "download cancelled; nothing installed");
-            return None;
+            return Fetched::Ended(None);
         }
     };
     let got = match downloaded {
         Ok(g) => g,
         Err(e) if e.is_transient() => {
-            return Some(retry_later(ctx, &cand, |secs| {
+            return Fetched::Ended(Some(retry_later(ctx, cand, |secs| {
                 format!(
                     "download failed, nothing installed; retrying in {secs} s: {}",
                     chain(&e)
                 )
-            }));
+            })));
         }
         Err(e) => {
             return fail(format!(
@@ -308,12 +357,40 @@ async fn install_inner(
         }
         Err(e) => return fail(format!("cannot read the download: {e}")),
     }
+    Fetched::Got {
+        path: dest,
+        sha256: got.sha256,
+        size: got.size,
+    }
+}
+
+async fn install_inner(
+    ctx: &Ctx,
+    client: &Client,
+    cand: Candidate,
+    cancel: &tokio_util::sync::CancellationToken,
+    installing: &std::sync::atomic::AtomicBool,
+) -> Option<UpdateReport> {
+    let fail = |msg: String| {
+        Some(report(
+            ctx,
+            cand.release_id,
+            cand.version,
+            Outcome::Failed,
+            msg,
+        ))
+    };
+    let (dest, got_sha, got_size) = match fetch(ctx, client, &cand, cancel).await {
+        Fetched::Got { path, sha256, size } => (path, sha256, size),
+        Fetched::Ended(r) => return r,
+    };
     installing.store(true, std::sync::atomic::Ordering::SeqCst);
     ctx.set_update_phase(Some((
+        cand.product,
         cand.release_id,
         cand.version,
         UpdatePhase::Installing,
-        Some(got.size),
+        Some(got_size),
     )));
 
     if let Err(e) = copy_manager(ctx) {
@@ -336,7 +413,7 @@ async fn install_inner(
         "update".to_string(),
         dest.display().to_string(),
         format!("--version={}", cand.version),
-        format!("--sha256={}", got.sha256),
+        format!("--sha256={got_sha}"),
         format!("--release-id={}", cand.release_id),
     ];
     if let Err(e) = run_manager(ctx, &args).await {
@@ -361,7 +438,7 @@ async fn install_inner(
 /// A manager step failed: the local disk's trouble is passing (the
 /// download is deleted to free the space, retried with backoff), anything
 /// else is held against the release.
-fn local_trouble_or_fail(
+pub(crate) fn local_trouble_or_fail(
     ctx: &Ctx,
     cand: &Candidate,
     dest: &std::path::Path,
@@ -377,12 +454,14 @@ fn local_trouble_or_fail(
             )
         })
     } else {
-        report(
+        report_with(
             ctx,
+            cand.product,
             cand.release_id,
             cand.version,
             Outcome::Failed,
             format!("{what}: {}", chain(e)),
+            false,
         )
     }
 }
@@ -480,6 +559,7 @@ async fn health_check(ctx: &Ctx) -> Result<(), HealthError> {
     let phase = ctx.update_progress();
     if let Some(p) = phase {
         ctx.set_update_phase(Some((
+            Product::Agent,
             p.release_id,
             p.version,
             UpdatePhase::HealthChecking,
@@ -547,7 +627,7 @@ pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
     }
 }
 
-fn copy_manager(ctx: &Ctx) -> Result<(), ManagerError> {
+pub(crate) fn copy_manager(ctx: &Ctx) -> Result<(), ManagerError> {
     let src = ctx.layout.manager();
     let dst = ctx.layout.manager_in_action();
     let tmp = dst.with_extension("new");
@@ -571,7 +651,7 @@ fn copy_manager(ctx: &Ctx) -> Result<(), ManagerError> {
 /// stopped watchdog) and waits for it. Its output goes to a file, not a
 /// pipe, so it never dies of a closed pipe; its outcome is read from the
 /// result file it writes (`state/manager-result.json`).
-async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<ManagerResult, ManagerError> {
+pub(crate) async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<ManagerResult, ManagerError> {
     let exe = ctx.layout.manager_in_action();
     if !exe.exists() {
         copy_manager(ctx)?;

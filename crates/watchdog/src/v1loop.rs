@@ -104,7 +104,11 @@ async fn poll_command(ctx: &Ctx) -> Option<CommandKind> {
             return None;
         }
     };
-    let cmd = match client.v1_command(&ctx.hostname).await {
+    let polled = client.v1_command(&ctx.hostname).await;
+    if polled.is_ok() {
+        ctx.checked_in();
+    }
+    let cmd = match polled {
         Ok(Some(c)) => c,
         Ok(None) => return None,
         Err(e) => {
@@ -160,6 +164,7 @@ async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, crate::c
     };
     let id = legacy_release_id(&v.md5, &v.version());
     let cand = Candidate {
+        product: crate::update::Product::Agent,
         release_id: id,
         version: v.version(),
         kind: ReleaseKind::Archive,

@@ -20,7 +20,7 @@ use crate::backoff::Backoff;
 use crate::client::ClientError;
 use crate::controller::{Handle, Msg};
 use crate::now_ms;
-use crate::update::{self, Candidate, Integrity};
+use crate::update::{self, Candidate, Integrity, Product};
 
 pub async fn host_report(ctx: &Ctx) -> HostReport {
     let d = ctx.durable.get();
@@ -28,12 +28,13 @@ pub async fn host_report(ctx: &Ctx) -> HostReport {
         hostname: ctx.hostname.clone(),
         product: ctx.settings.product.clone(),
         platform: ctx.settings.platform.clone(),
-        watchdog_version: crate::VERSION.into(),
+        watchdog_version: palette_host::stamp::version().into(),
         agent_version: ctx.layout.current_version(),
         agent_state: ctx.supervisor.agent_state().await,
         desired_state: d.desired,
         config_revision: d.config_revision,
         last_update: d.last_update,
+        last_watchdog_update: d.last_watchdog_update,
         update_progress: ctx.update_progress(),
     }
 }
@@ -54,8 +55,11 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut seen_release = None;
     let mut seen_config = None;
+    let mut seen_watchdog_release = None;
     let mut down_since: Option<std::time::Instant> = None;
-    let mut last_offer: Option<(i64, std::time::Instant)> = None;
+    // The last offer sent to the controller, per product: sent again only
+    // when it changes or a minute passed (the controller may have been busy).
+    let mut last_offer = OfferMemory::default();
     let wait = Duration::from_secs(ctx.settings.server.checkin_wait_secs);
     loop {
         if shutdown.is_cancelled() {
@@ -85,6 +89,7 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
             results: sent_acks.clone(),
             seen_release,
             seen_config,
+            seen_watchdog_release: Some(seen_watchdog_release),
         };
         let answer = tokio::select! {
             r = client.checkin(&req, wait) => r,
@@ -93,7 +98,10 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
         };
         ctx.progressed();
         let resp = match answer {
-            Ok(r) => r,
+            Ok(r) => {
+                ctx.checked_in();
+                r
+            }
             Err(e) if auto && legacy_only(&e) => {
                 tracing::warn!(endpoint = client.config.endpoint, "the server does not know the v2 API (404 on /api/v2/checkin): using the legacy v1 API (set server.protocol to pin one)");
                 return true;
@@ -135,6 +143,7 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
             }
         }
         seen_release = resp.release.as_ref().map(|r| r.id);
+        seen_watchdog_release = resp.watchdog_release.as_ref().map(|r| r.id);
         seen_config = resp.config_revision;
 
         // Only redeliveries: the server did not take our acknowledgements.
@@ -204,8 +213,13 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
             }
         }
 
-        if let Some(r) = resp.release {
+        for (product, r) in [
+            (Product::Agent, resp.release),
+            (Product::Watchdog, resp.watchdog_release),
+        ] {
+            let Some(r) = r else { continue };
             let cand = Candidate {
+                product,
                 release_id: r.id,
                 version: r.version,
                 kind: r.kind,
@@ -215,11 +229,10 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                     size: r.size,
                 },
             };
-            let fresh = last_offer.is_none_or(|(id, at)| {
-                id != cand.release_id || at.elapsed() > Duration::from_secs(60)
-            });
-            if ctx.active_update() != Some(cand.release_id) && update::wanted(ctx, &cand) && fresh {
-                last_offer = Some((cand.release_id, std::time::Instant::now()));
+            if ctx.active_update() != Some(cand.release_id)
+                && update::wanted(ctx, &cand)
+                && last_offer.fresh(product, cand.release_id)
+            {
                 if !handle
                     .send(Msg::Offer {
                         cand,
@@ -244,6 +257,29 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                 _ = shutdown.cancelled() => return false,
             }
         }
+    }
+}
+
+/// The last offer sent per product, and when.
+#[derive(Default)]
+struct OfferMemory {
+    agent: Option<(i64, std::time::Instant)>,
+    watchdog: Option<(i64, std::time::Instant)>,
+}
+
+impl OfferMemory {
+    /// Whether offering `id` now is news (and notes it as sent).
+    fn fresh(&mut self, product: Product, id: i64) -> bool {
+        let slot = match product {
+            Product::Agent => &mut self.agent,
+            Product::Watchdog => &mut self.watchdog,
+        };
+        let fresh =
+            slot.is_none_or(|(last, at)| last != id || at.elapsed() > Duration::from_secs(60));
+        if fresh {
+            *slot = Some((id, std::time::Instant::now()));
+        }
+        fresh
     }
 }
 

@@ -33,3 +33,30 @@ pub fn spawn_detached(cmd: &mut tokio::process::Command) -> std::io::Result<toki
         .kill_on_drop(false);
     cmd.spawn()
 }
+
+/// Asks one process to stop (SIGTERM). True when a signal could be sent.
+pub fn terminate_process(pid: u32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).is_ok()
+}
+
+/// Kills one process (SIGKILL).
+pub fn kill_process(pid: u32) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+/// When the process started, in clock ticks since boot (Linux's
+/// `/proc/<pid>/stat`, field 22): with the pid, it names one process, so a
+/// pid reused by another program is told apart. `None` where unknown.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted from after its closing parenthesis.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state); field 22 is the 20th from there.
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None; // a zombie is not a live process
+    }
+    fields.nth(18)?.parse().ok()
+}

@@ -31,3 +31,25 @@ pub fn spawn_detached(cmd: &mut tokio::process::Command) -> std::io::Result<toki
         .kill_on_drop(false);
     cmd.spawn()
 }
+
+/// Asks one process to stop: `taskkill` without `/F` (a window-less
+/// process may ignore it; `kill_process` follows).
+pub fn terminate_process(pid: u32) -> bool {
+    std::process::Command::new("taskkill")
+        .args(["/PID", &pid.to_string()])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+pub fn kill_process(pid: u32) {
+    let _ = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &pid.to_string()])
+        .output();
+}
+
+/// Not known on Windows yet: an agent left by an earlier watchdog is not
+/// adopted there.
+pub fn start_time(_pid: u32) -> Option<u64> {
+    None
+}

@@ -40,3 +40,23 @@ pub fn available_space(path: &std::path::Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;
     Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
 }
+
+/// The restart command for this watchdog's service manager: when it runs
+/// as a systemd service (`INVOCATION_ID` is set and its cgroup names a
+/// `.service`), `systemctl restart --no-block <unit>`. `--no-block`: the
+/// manager does not wait inside a job that stops the process it came from.
+pub fn service_restart_command() -> Option<Vec<String>> {
+    std::env::var_os("INVOCATION_ID")?;
+    let cgroup = fs_err::read_to_string("/proc/self/cgroup").ok()?;
+    let unit = cgroup
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .find(|u| u.ends_with(".service"))?
+        .to_string();
+    Some(vec![
+        "systemctl".into(),
+        "restart".into(),
+        "--no-block".into(),
+        unit,
+    ])
+}

@@ -21,3 +21,9 @@ pub async fn shutdown_signal() {
 pub fn available_space(_path: &std::path::Path) -> Option<u64> {
     None
 }
+
+/// The Windows service restart goes with the Windows-service work; until
+/// then the manager restarts the watchdog itself.
+pub fn service_restart_command() -> Option<Vec<String>> {
+    None
+}

@@ -1,0 +1,99 @@
+//! The version of the watchdog and manager binaries, kept in a fixed slot
+//! of the executable: `@@PALETTE-VERSION@@` followed by the version, padded
+//! with NULs to 64 bytes. A build carries its crate version there; a copy
+//! can be *stamped* with another by rewriting the slot (`stamp_bytes`),
+//! without a rebuild — the end-to-end tests make "newer" watchdog releases
+//! that way from the one build they test.
+
+use palette_protocol::Version;
+
+/// The slot's marker.
+pub const MARKER: &[u8] = b"@@PALETTE-VERSION@@";
+const SLOT: usize = 64;
+
+const fn make_slot() -> [u8; SLOT] {
+    let v = env!("CARGO_PKG_VERSION").as_bytes();
+    let mut out = [0u8; SLOT];
+    let mut i = 0;
+    while i < MARKER.len() {
+        out[i] = MARKER[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < v.len() {
+        out[MARKER.len() + j] = v[j];
+        j += 1;
+    }
+    out
+}
+
+#[used]
+static VERSION_SLOT: [u8; SLOT] = make_slot();
+
+/// This binary's version, read from its slot at run time.
+pub fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        // Read through an opaque reference: the compiler must not fold the
+        // build's value in, or a stamped copy would not see its stamp.
+        let slot: &[u8; SLOT] = std::hint::black_box(&VERSION_SLOT);
+        parse_slot(&slot[MARKER.len()..])
+            .unwrap_or(env!("CARGO_PKG_VERSION"))
+            .to_string()
+    })
+}
+
+fn parse_slot(rest: &[u8]) -> Option<&str> {
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    let s = std::str::from_utf8(&rest[..end]).ok()?;
+    s.parse::<Version>().ok().map(|_| s)
+}
+
+/// Why a binary could not be stamped.
+#[derive(Debug, thiserror::Error)]
+pub enum StampError {
+    #[error("no version slot in the binary")]
+    NoSlot,
+    #[error("version {0:?} does not fit the slot")]
+    TooLong(String),
+}
+
+/// Rewrites the version slot of a binary's bytes.
+pub fn stamp_bytes(bytes: &mut [u8], version: &Version) -> Result<(), StampError> {
+    let v = version.to_string();
+    if v.len() >= SLOT - MARKER.len() {
+        return Err(StampError::TooLong(v));
+    }
+    let at = bytes
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .ok_or(StampError::NoSlot)?;
+    let slot = &mut bytes[at + MARKER.len()..at + SLOT];
+    slot.fill(0);
+    slot[..v.len()].copy_from_slice(v.as_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_reads_its_own_version_and_a_stamp_replaces_it() {
+        assert_eq!(version(), env!("CARGO_PKG_VERSION"));
+        let mut bytes = b"xx".to_vec();
+        bytes.extend_from_slice(&make_slot());
+        bytes.extend_from_slice(b"yy");
+        stamp_bytes(&mut bytes, &Version::new(12, 3, 4)).unwrap();
+        let at = bytes.windows(MARKER.len()).position(|w| w == MARKER).unwrap();
+        assert_eq!(
+            parse_slot(&bytes[at + MARKER.len()..at + SLOT]),
+            Some("12.3.4")
+        );
+        assert!(bytes.ends_with(b"yy"));
+        assert!(matches!(
+            stamp_bytes(&mut b"no slot".to_vec(), &Version::new(1, 0, 0)),
+            Err(StampError::NoSlot)
+        ));
+    }
+}
