@@ -624,7 +624,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                         .map(|t| format!(" ({}%)", p.bytes * 100 / t))
                         .unwrap_or_default();
                     println!(
-                        "updating:      {} {:?}: {} of {} bytes{pct}",
+                        "updating:      {} {} {:?}: {} of {} bytes{pct}",
+                        p.product,
                         p.version,
                         p.phase,
                         p.bytes,
@@ -639,6 +640,12 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     u.version, u.outcome, u.message
                 ),
                 None => println!("last update:   -"),
+            }
+            if let Some(u) = &r.last_watchdog_update {
+                println!(
+                    "self-update:   {} {:?}: {}",
+                    u.version, u.outcome, u.message
+                );
             }
             Ok(())
         }
@@ -667,10 +674,15 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&list);
             }
             println!(
-                "{:<32} {:<8} {:>5} {:<10} {:<9} {:<9} LAST UPDATE",
-                "HOST", "STATE", "AGE", "AGENT", "RUNNING", "DESIRED"
+                "{:<32} {:<8} {:>5} {:<10} {:<10} {:<9} {:<9} LAST UPDATE",
+                "HOST", "STATE", "AGE", "AGENT", "WATCHDOG", "RUNNING", "DESIRED"
             );
             for h in list {
+                let watchdog = h
+                    .report
+                    .as_ref()
+                    .map(|r| r.watchdog_version.clone())
+                    .unwrap_or_else(|| "-".into());
                 let (ver, state, desired, upd) = match &h.report {
                     Some(r) => (
                         r.agent_version
@@ -687,8 +699,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 };
                 let (online, age) = host_state(&h);
                 println!(
-                    "{:<32} {:<8} {:>5} {:<10} {:<9} {:<9} {}",
-                    h.hostname, online, age, ver, state, desired, upd
+                    "{:<32} {:<8} {:>5} {:<10} {:<10} {:<9} {:<9} {}",
+                    h.hostname, online, age, ver, watchdog, state, desired, upd
                 );
             }
             Ok(())

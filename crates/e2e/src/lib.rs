@@ -286,12 +286,22 @@ impl Api {
     }
 
     pub async fn publish(&self, archive: &Path, version: &str, kind: &str) -> serde_json::Value {
+        self.publish_product(archive, "agent", version, kind).await
+    }
+
+    pub async fn publish_product(
+        &self,
+        archive: &Path,
+        product: &str,
+        version: &str,
+        kind: &str,
+    ) -> serde_json::Value {
         let body = std::fs::read(archive).unwrap();
         let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
         let res = self
             .req(
                 reqwest::Method::POST,
-                &format!("/api/v2/releases?version={version}&platform={platform}&kind={kind}"),
+                &format!("/api/v2/releases?product={product}&version={version}&platform={platform}&kind={kind}"),
             )
             .body(body)
             .send()
@@ -428,6 +438,62 @@ pub fn release_archive_with(dir: &Path, version: &str, fail: bool, pad_mib: usiz
     path
 }
 
+/// What a watchdog release carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogBuild {
+    /// The real watchdog and manager, stamped with the release's version.
+    Good,
+    /// A watchdog that exits at once (a script standing in for a build that
+    /// crashes on start).
+    ExitsAtOnce,
+    /// A watchdog that runs but never checks in (a script that only waits).
+    NeverChecksIn,
+    /// The real watchdog with a manager that cannot run.
+    BrokenManager,
+}
+
+/// A copy of the binary `name` stamped with `version` (its version slot
+/// rewritten, see `palette_host::stamp`).
+pub fn stamped(name: &str, version: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(bin(name)).unwrap();
+    palette_host::stamp::stamp_bytes(&mut bytes, &version.parse().unwrap()).unwrap();
+    bytes
+}
+
+/// A watchdog release archive (tar.gz) as `version`.
+pub fn watchdog_release_archive(dir: &Path, version: &str, build: WatchdogBuild) -> PathBuf {
+    let path = dir.join(format!("watchdog-{version}-{build:?}.tar.gz"));
+    let f = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    let script = |body: &str| format!("#!/bin/sh\n{body}\n").into_bytes();
+    let watchdog = match build {
+        WatchdogBuild::Good | WatchdogBuild::BrokenManager => stamped("palette-watchdog", version),
+        WatchdogBuild::ExitsAtOnce => {
+            script("echo 'palette-watchdog: cannot start: simulated broken build' >&2\nexit 3")
+        }
+        WatchdogBuild::NeverChecksIn => {
+            script("echo 'palette-watchdog: started, never checks in'\nexec sleep 600")
+        }
+    };
+    let manager = match build {
+        WatchdogBuild::BrokenManager => script("echo 'broken manager' >&2\nexit 1"),
+        _ => stamped("palette-manager", version),
+    };
+    add("palette-watchdog", &watchdog);
+    add("palette-manager", &manager);
+    add("VERSION", version.as_bytes());
+    b.into_inner().unwrap().finish().unwrap();
+    path
+}
+
 /// What the sample agent wrote when it started.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct AgentStatus {
@@ -499,6 +565,9 @@ impl Host {
         std::fs::write(v1.join("VERSION"), "1.0.0").unwrap();
         std::fs::write(base.join("versions/current"), "1.0.0\n").unwrap();
         std::fs::copy(bin("palette-manager"), base.join("palette-manager")).unwrap();
+        // The watchdog runs from the install folder, as installed: a
+        // self-update replaces this copy.
+        std::fs::copy(bin("palette-watchdog"), base.join("palette-watchdog")).unwrap();
         std::fs::create_dir_all(base.join("Config")).unwrap();
         std::fs::write(
             base.join("Config/Config.yml"),
@@ -544,7 +613,7 @@ intervals:
             .append(true)
             .open(self.base.join("watchdog.console.log"))
             .unwrap();
-        let child = Command::new(bin("palette-watchdog"))
+        let child = Command::new(self.base.join("palette-watchdog"))
             .args(["run", "--base", &self.base.display().to_string()])
             .envs(vars.iter().copied())
             .stdin(Stdio::null())
@@ -555,24 +624,70 @@ intervals:
         self.watchdog = Some(child);
     }
 
-    /// A graceful stop (SIGTERM), as systemd does it.
+    /// A graceful stop (SIGTERM), as systemd does it — of the watchdog
+    /// running now, which after a self-update is not the one this started.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.watchdog.take() {
-            sigterm_and_wait(&mut c, Duration::from_secs(20));
-        }
+        self.end(Signal::SIGTERM);
     }
 
     /// A crash: SIGKILL, then reap.
     pub fn kill9(&mut self) {
+        self.end(Signal::SIGKILL);
+    }
+
+    fn end(&mut self, sig: Signal) {
         if let Some(mut c) = self.watchdog.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            if sig == Signal::SIGKILL {
+                let _ = c.kill();
+                let _ = c.wait();
+            } else {
+                sigterm_and_wait(&mut c, Duration::from_secs(20));
+            }
+        }
+        // A watchdog the manager started (self-update): signalled by pid.
+        while let Some(pid) = self.watchdog_pid() {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
-    /// The watchdog's process id, while it runs.
+    /// The process id of the watchdog running on this folder now: the one
+    /// this started, or the one holding the single-instance lock (started
+    /// by the manager after a self-update).
     pub fn watchdog_pid(&self) -> Option<u32> {
-        self.watchdog.as_ref().map(Child::id)
+        if let Some(c) = &self.watchdog {
+            if alive(c.id()) {
+                return Some(c.id());
+            }
+        }
+        let base = self.base.display().to_string();
+        let lock = self.base.join("state/watchdog.lock");
+        palette_host::lock::holder(&lock)?;
+        find_processes(&["palette-watchdog", "run", &base])
+            .into_iter()
+            .find(|p| alive(*p))
+    }
+
+    /// What `<base>/palette-watchdog --version` says (the installed binary).
+    pub fn installed_watchdog_version(&self) -> Option<String> {
+        let out = Command::new(self.base.join("palette-watchdog"))
+            .arg("--version")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .strip_prefix("palette-watchdog ")
+            .map(str::to_string)
     }
 
     pub fn config_yml(&self) -> String {
@@ -617,8 +732,9 @@ intervals:
             lines[lines.len().saturating_sub(25)..].join("\n")
         };
         format!(
-            "--- watchdog log ---\n{}\n--- agent log ---\n{}\n--- manager log ---\n{}",
+            "--- watchdog log ---\n{}\n--- watchdog started by the manager ---\n{}\n--- agent log ---\n{}\n--- manager log ---\n{}",
             tail("watchdog.console.log"),
+            tail("Logs/watchdog.console.log"),
             tail("Logs/agent.log"),
             tail("Logs/manager.log")
         )
@@ -630,6 +746,10 @@ impl Drop for Host {
         if let Some(mut c) = self.watchdog.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        let base = self.base.display().to_string();
+        for pid in find_processes(&["palette-watchdog", "run", &base]) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         // The agent leads its own process group: end it too.
         if let Some(a) = self.agent() {

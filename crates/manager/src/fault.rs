@@ -49,8 +49,13 @@ pub fn point(name: &str) {
             std::process::abort();
         }
         if std::env::var(palette_protocol::env::KILL_WATCHDOG_AT).is_ok_and(|v| v == name) {
-            if let Some(Some(pid)) = WATCHDOG_LOCK.get().and_then(|l| palette_host::lock::holder(l))
-            {
+            // A watchdog just started may not hold its lock yet: a moment.
+            let holder = || WATCHDOG_LOCK.get().and_then(|l| palette_host::lock::holder(l));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !matches!(holder(), Some(Some(_))) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if let Some(Some(pid)) = holder() {
                 tracing::warn!(pid, "fault injection: killing the watchdog at {name}");
                 palette_service::kill_process(pid);
                 // Until the lock is free: the watchdog is really gone.

@@ -511,25 +511,30 @@ async fn commit(ctx: &Ctx) -> Result<(), ManagerError> {
 /// Starts the switched-to version, checks it, and commits or rolls back.
 async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
     match health_check(ctx).await {
-        Ok(()) => match commit(ctx).await {
-            Ok(()) => report(
+        // Recorded before the commit: a watchdog killed while the manager
+        // commits leaves the outcome the manager then makes true.
+        Ok(()) => {
+            let done = report(
                 ctx,
                 release_id,
                 version,
                 Outcome::Succeeded,
                 format!("version {version} installed and healthy"),
-            ),
-            Err(e) => report(
-                ctx,
-                release_id,
-                version,
-                Outcome::Failed,
-                format!(
-                    "version {version} runs but could not be committed: {}",
-                    chain(&e)
+            );
+            match commit(ctx).await {
+                Ok(()) => done,
+                Err(e) => report(
+                    ctx,
+                    release_id,
+                    version,
+                    Outcome::Failed,
+                    format!(
+                        "version {version} runs but could not be committed: {}",
+                        chain(&e)
+                    ),
                 ),
-            ),
-        },
+            }
+        }
         Err(why) => {
             let _ = ctx.supervisor.pause().await;
             let rolled = run_manager(ctx, &["rollback".into()]).await;

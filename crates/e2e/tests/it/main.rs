@@ -11,6 +11,8 @@ use palette_protocol::v2::{AgentState, CommandKind, DesiredState, Outcome};
 
 const T: Duration = Duration::from_secs(30);
 
+mod selfupdate;
+
 async fn setup(name: &str) -> (tempfile::TempDir, Server, Host) {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server")).await;

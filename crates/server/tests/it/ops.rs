@@ -18,6 +18,7 @@ fn report(host: &str, last_update: Option<UpdateReport>) -> HostReport {
         desired_state: DesiredState::Running,
         config_revision: None,
         last_update,
+        last_watchdog_update: None,
         update_progress: None,
     }
 }
@@ -96,6 +97,7 @@ async fn health_readiness_and_metrics_that_move_with_traffic() {
         }],
         seen_release: None,
         seen_config: None,
+        seen_watchdog_release: None,
     };
     for _ in 0..2 {
         let res = http()

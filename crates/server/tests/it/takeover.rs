@@ -148,12 +148,14 @@ fn report(host: &str, padding: usize) -> CheckinRequest {
             desired_state: DesiredState::Running,
             config_revision: None,
             last_update: None,
+            last_watchdog_update: None,
             update_progress: None,
         },
         store_id: None,
         results: vec![],
         seen_release: None,
         seen_config: None,
+        seen_watchdog_release: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn report(host: &str) -> HostReport {
         desired_state: DesiredState::Running,
         config_revision: None,
         last_update: None,
+        last_watchdog_update: None,
         update_progress: None,
     }
 }
@@ -30,6 +31,7 @@ fn checkin_req(host: &str) -> CheckinRequest {
         results: vec![],
         seen_release: None,
         seen_config: None,
+        seen_watchdog_release: None,
     }
 }
 

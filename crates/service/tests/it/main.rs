@@ -128,23 +128,91 @@ async fn process_spawn_failure_is_a_clear_error() {
     assert_eq!(svc.status().await.unwrap(), Status::Stopped);
 }
 
-#[tokio::test]
-async fn orphan_from_an_earlier_watchdog_is_reaped() {
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("agent.pid");
-    let mut orphan = std::process::Command::new("sleep");
-    std::os::unix::process::CommandExt::process_group(&mut orphan, 0);
-    let mut orphan = orphan.arg("300").spawn().unwrap();
-    std::fs::write(&pid_file, orphan.id().to_string()).unwrap();
-    let svc = ProcessService::new(ProcessSpec {
+fn orphan(dir: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
+    let pid_file = dir.join("agent.pid");
+    let mut cmd = std::process::Command::new("sleep");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.arg("300").spawn().unwrap();
+    (child, pid_file)
+}
+
+fn service(dir: &std::path::Path, pid_file: &std::path::Path) -> ProcessService {
+    ProcessService::new(ProcessSpec {
         resolve: sh("sleep 300"),
-        log_path: dir.path().join("agent.log"),
-        pid_file: Some(pid_file.clone()),
+        log_path: dir.join("agent.log"),
+        pid_file: Some(pid_file.to_path_buf()),
         stop_timeout: Duration::from_secs(1),
-    });
-    assert_eq!(svc.reap_orphan(), Some(orphan.id()));
-    let status = orphan.wait().unwrap();
-    assert!(!status.success());
+    })
+}
+
+/// An agent an earlier watchdog left running is supervised again, not
+/// restarted: a start is a no-op, its exit is seen, a stop ends it.
+#[tokio::test]
+async fn an_agent_left_running_is_adopted_not_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, pid_file) = orphan(dir.path());
+    let start = palette_service::start_time(first.id()).unwrap();
+    std::fs::write(&pid_file, format!("{} {start}", first.id())).unwrap();
+    let svc = service(dir.path(), &pid_file);
+    let mut events = svc.events().unwrap();
+    assert_eq!(
+        svc.adopt().await,
+        palette_service::Adoption::Adopted { pid: first.id() }
+    );
+    assert_eq!(
+        svc.status().await.unwrap(),
+        Status::Running {
+            pid: Some(first.id())
+        }
+    );
+    svc.start().await.unwrap();
+    assert_eq!(
+        svc.status().await.unwrap(),
+        Status::Running {
+            pid: Some(first.id())
+        },
+        "a start must not replace the adopted agent"
+    );
+    // It dies: the exit is seen although it is not the service's child.
+    first.kill().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("the exit of an adopted agent is seen")
+        .unwrap();
+    assert!(matches!(ev, Event::Exited { pid, .. } if pid == first.id()), "{ev:?}");
+    let _ = first.wait();
+
+    // Another one, stopped through the service.
+    let (mut second, pid_file) = orphan(dir.path());
+    let start = palette_service::start_time(second.id()).unwrap();
+    std::fs::write(&pid_file, format!("{} {start}", second.id())).unwrap();
+    let svc = service(dir.path(), &pid_file);
+    assert!(matches!(
+        svc.adopt().await,
+        palette_service::Adoption::Adopted { .. }
+    ));
+    let waiter = std::thread::spawn(move || second.wait().unwrap());
+    svc.stop().await.unwrap();
+    assert!(!waiter.join().unwrap().success());
+    assert_eq!(svc.status().await.unwrap(), Status::Stopped);
+}
+
+/// A pid file naming a live process that started at another time (the
+/// pid was reused) is not adopted and the process is left alone.
+#[tokio::test]
+async fn a_reused_pid_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut other, pid_file) = orphan(dir.path());
+    std::fs::write(&pid_file, format!("{} 1", other.id())).unwrap();
+    let svc = service(dir.path(), &pid_file);
+    assert_eq!(
+        svc.adopt().await,
+        palette_service::Adoption::NotOurs { pid: other.id() }
+    );
+    assert_eq!(svc.status().await.unwrap(), Status::Stopped);
+    assert!(other.try_wait().unwrap().is_none(), "the unrelated process was touched");
+    other.kill().unwrap();
+    let _ = other.wait();
 }
 
 /// The command backend driving a real daemon through Debian's
