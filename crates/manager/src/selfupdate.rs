@@ -131,12 +131,11 @@ pub fn self_update(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfU
     journal.step = SelfStep::Restarting;
     save(layout, &journal)?;
     crate::fault::point("self:restarting");
-    let watch_from = LogMarks::now(layout);
     let started = restart(layout, req);
     crate::fault::point("self:restarted");
-    let verdict = match started {
-        Ok(child) => await_proof(layout, req, child),
-        Err(why) => Err(why),
+    let (verdict, watch_from) = match started {
+        Ok((child, marks)) => (await_proof(layout, req, child), marks),
+        Err(why) => (Err(why), LogMarks::now(layout)),
     };
     match verdict {
         Ok(()) => {
@@ -155,7 +154,7 @@ pub fn self_update(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfU
             Ok(())
         }
         Err(why) => {
-            let tail = watch_from.new_lines(layout, 8);
+            let tail = watch_from.new_lines(layout, 5);
             let message = if tail.is_empty() {
                 format!("watchdog {} refused: {why}; the old watchdog {} was put back", req.version, req.previous)
             } else {
@@ -341,21 +340,24 @@ fn run_restart_command(words: &[String]) -> Result<(), String> {
     }
 }
 
-/// Gets the new binary running. `Itself` returns the new process.
+/// Gets the new binary running. `Itself` returns the new process. The
+/// marks are where the logs stood when it was started.
 fn restart(
     layout: &Layout,
     req: &SelfUpdateRequest,
-) -> Result<Option<std::process::Child>, String> {
+) -> Result<(Option<std::process::Child>, LogMarks), String> {
     match &req.restart {
         Restart::Command(words) => {
             tracing::info!(command = words.join(" "), "restarting the watchdog through the service manager");
-            run_restart_command(words).map(|()| None)
+            let marks = LogMarks::now(layout);
+            run_restart_command(words).map(|()| (None, marks))
         }
         Restart::Itself => {
             stop_running_watchdog(layout, Duration::from_secs(60));
             tracing::info!(exe = %req.watchdog_exe.display(), "starting the new watchdog");
+            let marks = LogMarks::now(layout);
             spawn_watchdog(layout, &req.watchdog_exe)
-                .map(Some)
+                .map(|c| (Some(c), marks))
                 .map_err(|e| format!("could not start {}: {e}", req.watchdog_exe.display()))
         }
     }
@@ -455,12 +457,13 @@ impl LogMarks {
         )
     }
 
-    /// The last `n` lines written since, from both logs.
+    /// The last `n` lines written since: the console output (what a
+    /// watchdog that could not even start its log printed), else its log.
     fn new_lines(&self, _layout: &Layout, n: usize) -> Vec<String> {
         use std::io::{Read, Seek, SeekFrom};
 
-        let mut lines = Vec::new();
         for (path, from) in &self.0 {
+            let mut lines = Vec::new();
             let Ok(mut f) = fs_err::File::open(path) else {
                 continue;
             };
@@ -475,11 +478,14 @@ impl LogMarks {
             let text = String::from_utf8_lossy(&bytes);
             lines.extend(
                 text.lines()
-                    .map(|l| l.trim().to_string())
+                    .map(|l| l.trim().chars().take(300).collect::<String>())
                     .filter(|l| !l.is_empty()),
             );
+            if !lines.is_empty() {
+                let skip = lines.len().saturating_sub(n);
+                return lines.split_off(skip);
+            }
         }
-        let skip = lines.len().saturating_sub(n);
-        lines.split_off(skip)
+        Vec::new()
     }
 }

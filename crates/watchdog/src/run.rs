@@ -186,7 +186,11 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     // Settle a self-update, then finish an agent update a crash
     // interrupted, before anything else runs.
     let startup = selfupdate::on_start(&ctx).await;
-    update::recover(&ctx).await;
+    if matches!(startup, selfupdate::Startup::Normal) {
+        update::recover(&ctx).await;
+    }
+    // (On probation the manager lock is the self-update's, and no agent
+    // update can be open: a self-update starts only without one.)
     repair_current(&ctx.layout, &ctx.settings);
     let shutdown = CancellationToken::new();
     // Subscribed before the agent starts: an immediate crash is seen.
