@@ -116,6 +116,38 @@ fn sigterm_and_wait(child: &mut Child, limit: Duration) {
     let _ = child.wait();
 }
 
+/// Runs `exe --version` (10 s at most; a binary that hangs is killed) and
+/// returns the version after `name`.
+pub fn version_of(exe: &Path, name: &str) -> Option<String> {
+    let mut child = Command::new(exe)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let out = child.wait_with_output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix(&format!("{name} "))
+        .map(str::to_string)
+}
+
 /// A real `palette-server` process.
 pub struct Server {
     pub url: String,
@@ -675,19 +707,15 @@ intervals:
             .find(|p| alive(*p))
     }
 
-    /// What `<base>/palette-watchdog --version` says (the installed binary).
+    /// What `<base>/palette-watchdog --version` says (the installed binary
+    /// runs and answers within 10 s), `None` when it does not.
     pub fn installed_watchdog_version(&self) -> Option<String> {
-        let out = Command::new(self.base.join("palette-watchdog"))
-            .arg("--version")
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .strip_prefix("palette-watchdog ")
-            .map(str::to_string)
+        version_of(&self.base.join("palette-watchdog"), "palette-watchdog")
+    }
+
+    /// The same for `<base>/palette-manager`.
+    pub fn installed_manager_version(&self) -> Option<String> {
+        version_of(&self.base.join("palette-manager"), "palette-manager")
     }
 
     pub fn config_yml(&self) -> String {

@@ -39,14 +39,6 @@ fn reported_watchdog(info: &Option<HostInfo>) -> Option<String> {
     Some(info.as_ref()?.report.as_ref()?.watchdog_version.clone())
 }
 
-fn manager_version(host: &Host) -> String {
-    let out = std::process::Command::new(host.base.join("palette-manager"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Agents running on this host's folder.
 fn agents(host: &Host) -> Vec<u32> {
     let base = host.base.display().to_string();
@@ -99,8 +91,9 @@ async fn check_settled(
     if installed.as_deref() != Some(want) {
         return Err(format!("the installed watchdog is {installed:?}"));
     }
-    if manager_version(host) != format!("palette-manager {want}") {
-        return Err(format!("the installed manager is {}", manager_version(host)));
+    let manager = host.installed_manager_version();
+    if manager.as_deref() != Some(want) {
+        return Err(format!("the installed manager is {manager:?}"));
     }
     if reported_watchdog(&info).as_deref() != Some(want) {
         return Err(format!("the server shows watchdog {:?}", reported_watchdog(&info)));
@@ -143,13 +136,9 @@ async fn the_watchdog_updates_itself_and_the_agent_keeps_running() {
     let u = last_self_update(&api.host("selfie").await).unwrap();
     assert!(u.message.contains("checked in"), "{}", u.message);
     // The old binaries are kept for the way back.
-    let out = std::process::Command::new(host.base.join("self/old/palette-watchdog"))
-        .arg("--version")
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("palette-watchdog {OLD}")
+        version_of(&host.base.join("self/old/palette-watchdog"), "palette-watchdog").as_deref(),
+        Some(OLD)
     );
     // The new watchdog works: a command reaches it and is carried out.
     let id = api
