@@ -107,15 +107,22 @@ pub fn lock_waiting(path: &Path, waiting: impl FnOnce(Option<u32>)) -> Result<Lo
 /// Whether someone holds the lock at `path` now (without taking it for
 /// longer than the check).
 pub fn is_held(path: &Path) -> bool {
-    matches!(try_lock(path), Err(LockError::Held { .. }))
+    holder(path).is_some()
 }
 
 /// Who holds the lock at `path` now: `None` when it is free, else the
-/// holder's pid as it wrote it (if it could be read).
+/// holder's pid as it wrote it (if it could be read). A free lock is taken
+/// only for the check and its file left as it was: the pid in it stays
+/// the last holder's, never the checker's.
 pub fn holder(path: &Path) -> Option<Option<u32>> {
-    match try_lock(path) {
-        Err(LockError::Held { pid, .. }) => Some(pid),
-        _ => None,
+    let mut file = open(path).ok()?;
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            None
+        }
+        Err(TryLockError::WouldBlock) => Some(holder_pid(&mut file)),
+        Err(TryLockError::Error(_)) => None,
     }
 }
 

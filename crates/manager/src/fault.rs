@@ -58,11 +58,9 @@ pub fn point(name: &str) {
             if let Some(Some(pid)) = holder() {
                 tracing::warn!(pid, "fault injection: killing the watchdog at {name}");
                 palette_service::kill_process(pid);
-                // Until the lock is free: the watchdog is really gone.
+                // Until it is really gone (a zombie has no start time).
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                while WATCHDOG_LOCK
-                    .get()
-                    .is_some_and(|l| palette_host::lock::is_held(l))
+                while palette_service::start_time(pid).is_some()
                     && std::time::Instant::now() < deadline
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));

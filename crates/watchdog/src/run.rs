@@ -237,6 +237,10 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
 
     platform::shutdown_signal().await;
     platform::notify_stopping();
+    // Decided when the stop begins: a stop during a self-update (or of a
+    // new watchdog still proving itself) leaves the agent to the next one.
+    let leave_agent = selfupdate::leaves_agent_running(&ctx)
+        || probation.as_ref().is_some_and(|p| !p.is_finished());
     tracing::info!("stopping: finishing what is in flight, stopping the agent, then exiting");
     shutdown.cancel();
     let _ = server_loop.await;
@@ -246,7 +250,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     if let Some(p) = probation {
         let _ = p.await;
     }
-    if selfupdate::leaves_agent_running(&ctx) {
+    if leave_agent {
         tracing::info!("stopped for a self-update: the agent keeps running for the next watchdog");
     } else if ctx.settings.agent.backend == Backend::Process {
         if let Err(e) = svc.stop().await {

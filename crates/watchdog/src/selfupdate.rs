@@ -42,8 +42,9 @@ pub(crate) fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
         && !ctx.layout.self_journal().exists()
 }
 
-/// Whether a stop now is part of a self-update: the agent is then left
-/// running for the next watchdog, which adopts it.
+/// Whether a stop now is part of a self-update (asked when the stop
+/// begins): the agent is then left running for the next watchdog, which
+/// adopts it.
 pub(crate) fn leaves_agent_running(ctx: &Ctx) -> bool {
     matches!(
         SelfJournal::load(&ctx.layout),
@@ -181,7 +182,7 @@ pub(crate) async fn on_start(ctx: &Ctx) -> Startup {
                 return Startup::Probation(j);
             }
             tracing::warn!(step = ?j.step, "a manager is carrying out a self-update; waiting for it");
-            wait_for_manager(ctx).await;
+            wait_for_manager(ctx, &CancellationToken::new()).await;
             continue;
         }
         return match settle(ctx, j) {
@@ -191,15 +192,16 @@ pub(crate) async fn on_start(ctx: &Ctx) -> Startup {
     }
 }
 
-async fn wait_for_manager(ctx: &Ctx) {
+/// Waits until no manager runs; `false` if `shutdown` came first.
+async fn wait_for_manager(ctx: &Ctx, shutdown: &CancellationToken) -> bool {
     let lock = ctx.layout.manager_lock();
-    let waited = tokio::task::spawn_blocking(move || {
-        palette_host::lock::lock_waiting(&lock, |_| {}).map(drop)
-    })
-    .await;
-    if let Ok(Err(e)) = waited {
-        tracing::error!(error = %e, "cannot wait for the manager");
+    while palette_host::lock::is_held(&lock) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = shutdown.cancelled() => return false,
+        }
     }
+    true
 }
 
 /// Settles a journal no manager is working on.
@@ -334,7 +336,9 @@ pub(crate) async fn prove(
         return;
     }
     tracing::info!(version = %j.version, "self-check passed and checked in: proof written for the manager");
-    wait_for_manager(&ctx).await;
+    if !wait_for_manager(&ctx, &shutdown).await {
+        return; // stopped (replaced) while the manager decides
+    }
     match SelfJournal::load(&ctx.layout) {
         Ok(Some(done)) if done.step == SelfStep::Done => {
             let _ = settle(&ctx, done);

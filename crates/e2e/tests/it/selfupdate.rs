@@ -253,7 +253,8 @@ fn restart_script(host: &Host) -> String {
         r#"#!/bin/sh
 base="$1"
 pid=$(cat "$base/state/watchdog.lock" 2>/dev/null)
-if [ -n "$pid" ]; then
+# Only a watchdog of this folder (a pid in a lock file may be stale).
+if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "palette-watchdog run --base $base"; then
   kill "$pid" 2>/dev/null
   i=0
   while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i+1)); done
