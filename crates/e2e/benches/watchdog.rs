@@ -4,6 +4,7 @@
 //!   - peak RSS while downloading a 1 GiB release (BENCH_DOWNLOAD_MIB, default 1024)
 //!   - command issue → executed (acknowledged) latency through the long poll
 //!   - agent downtime during an update (old agent's exit → new one running)
+//!   - watchdog self-update wall time (published → new watchdog checked in)
 //!
 //! Run with `bench/watchdog.sh` (builds the release binaries first).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
@@ -220,6 +221,63 @@ mod bench {
             proc_field(pid, "VmHWM:") as f64 / 1024.0,
             rss_before as f64 / 1024.0,
             before as f64 / 1024.0
+        );
+        host.stop();
+        drop(host);
+        self_update(&tmp).await;
+    }
+
+    /// Watchdog self-update wall time: release published → the new
+    /// watchdog checked in (the server shows its version), three rounds;
+    /// the agent's pid is checked unchanged.
+    async fn self_update(tmp: &tempfile::TempDir) {
+        let server = Server::start(&tmp.path().join("server-self")).await;
+        let api = server.api();
+        let mut host = Host::new(
+            "bench-self",
+            &server.url,
+            "v2",
+            "self_update:\n  prove_secs: 120\n",
+        );
+        host.start();
+        let agent = host
+            .wait_agent_running(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .pid;
+        wait_for("the host checks in", Duration::from_secs(30), || async {
+            api.host("bench-self").await.is_some()
+        })
+        .await
+        .unwrap();
+        let mut took = Vec::new();
+        for v in ["9.0.0", "9.1.0", "9.2.0"] {
+            let archive = watchdog_release_archive(tmp.path(), v, WatchdogBuild::Good);
+            let t = Instant::now();
+            api.publish_product(&archive, "watchdog", v, "archive")
+                .await;
+            wait_for(
+                "the new watchdog checked in",
+                Duration::from_secs(300),
+                || async {
+                    api.host("bench-self")
+                        .await
+                        .and_then(|h| h.report)
+                        .is_some_and(|r| r.watchdog_version == v)
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+            took.push(t.elapsed());
+        }
+        let same_agent = host.running_agent().is_some_and(|a| a.pid == agent);
+        took.sort();
+        println!(
+            "watchdog self-update, release published → new watchdog checked in: p50 {:?}, max {:?} ({} updates, archive {:.1} MiB; agent never restarted: {same_agent})",
+            pct(&mut took.clone(), 0.5),
+            took.last().unwrap(),
+            took.len(),
+            std::fs::metadata(tmp.path().join("watchdog-9.2.0-Good.tar.gz")).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0
         );
         host.stop();
     }

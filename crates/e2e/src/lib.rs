@@ -116,6 +116,26 @@ fn sigterm_and_wait(child: &mut Child, limit: Duration) {
     let _ = child.wait();
 }
 
+/// Spawns a program that was just copied into place. Another test thread
+/// forking while the copy's write handle was open keeps that handle until
+/// its child execs, and exec then fails with ETXTBSY ("text file busy"):
+/// retried for a moment, as that window is short.
+pub fn spawn_fresh_copy(cmd: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Ok(c) => return c,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{:?} does not start: {e}", cmd.get_program()),
+        }
+    }
+}
+
 /// Runs `exe --version` (10 s at most; a binary that hangs is killed) and
 /// returns the version after `name`.
 pub fn version_of(exe: &Path, name: &str) -> Option<String> {
@@ -645,14 +665,13 @@ intervals:
             .append(true)
             .open(self.base.join("watchdog.console.log"))
             .unwrap();
-        let child = Command::new(self.base.join("palette-watchdog"))
-            .args(["run", "--base", &self.base.display().to_string()])
+        let mut cmd = Command::new(self.base.join("palette-watchdog"));
+        cmd.args(["run", "--base", &self.base.display().to_string()])
             .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("palette-watchdog starts");
+            .stderr(log);
+        let child = spawn_fresh_copy(&mut cmd);
         self.watchdog = Some(child);
     }
 

@@ -85,7 +85,10 @@ mod tests {
         bytes.extend_from_slice(&make_slot());
         bytes.extend_from_slice(b"yy");
         stamp_bytes(&mut bytes, &Version::new(12, 3, 4)).unwrap();
-        let at = bytes.windows(MARKER.len()).position(|w| w == MARKER).unwrap();
+        let at = bytes
+            .windows(MARKER.len())
+            .position(|w| w == MARKER)
+            .unwrap();
         assert_eq!(
             parse_slot(&bytes[at + MARKER.len()..at + SLOT]),
             Some("12.3.4")

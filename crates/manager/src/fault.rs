@@ -50,7 +50,11 @@ pub fn point(name: &str) {
         }
         if std::env::var(palette_protocol::env::KILL_WATCHDOG_AT).is_ok_and(|v| v == name) {
             // A watchdog just started may not hold its lock yet: a moment.
-            let holder = || WATCHDOG_LOCK.get().and_then(|l| palette_host::lock::holder(l));
+            let holder = || {
+                WATCHDOG_LOCK
+                    .get()
+                    .and_then(|l| palette_host::lock::holder(l))
+            };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while !matches!(holder(), Some(Some(_))) && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(20));

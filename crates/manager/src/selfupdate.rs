@@ -156,7 +156,10 @@ pub fn self_update(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfU
         Err(why) => {
             let tail = watch_from.new_lines(layout, 5);
             let message = if tail.is_empty() {
-                format!("watchdog {} refused: {why}; the old watchdog {} was put back", req.version, req.previous)
+                format!(
+                    "watchdog {} refused: {why}; the old watchdog {} was put back",
+                    req.version, req.previous
+                )
             } else {
                 format!(
                     "watchdog {} refused: {why}; the old watchdog {} was put back. Its last log lines: {}",
@@ -198,7 +201,9 @@ fn stage(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfUpdateError
     let _ = fs_err::remove_dir_all(&new);
     fs_err::create_dir_all(&root).map_err(io("creating the self/ folder"))?;
     let limits = Limits::for_archive(
-        fs_err::metadata(&req.artifact).map(|m| m.len()).unwrap_or(0),
+        fs_err::metadata(&req.artifact)
+            .map(|m| m.len())
+            .unwrap_or(0),
         crate::platform::available_space(&root),
     );
     let cleanup = |e: SelfUpdateError| {
@@ -328,7 +333,11 @@ fn run_restart_command(words: &[String]) -> Result<(), String> {
                     use std::io::Read;
                     let _ = e.read_to_string(&mut err);
                 }
-                return Err(format!("{} exited with {st}: {}", words.join(" "), err.trim()));
+                return Err(format!(
+                    "{} exited with {st}: {}",
+                    words.join(" "),
+                    err.trim()
+                ));
             }
             Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
@@ -348,7 +357,10 @@ fn restart(
 ) -> Result<(Option<std::process::Child>, LogMarks), String> {
     match &req.restart {
         Restart::Command(words) => {
-            tracing::info!(command = words.join(" "), "restarting the watchdog through the service manager");
+            tracing::info!(
+                command = words.join(" "),
+                "restarting the watchdog through the service manager"
+            );
             let marks = LogMarks::now(layout);
             run_restart_command(words).map(|()| (None, marks))
         }

@@ -379,9 +379,10 @@ mod tests {
         let host = r#"{"hostname":"h","platform":"p","watchdog_version":"0.1.0","agent_version":null,"agent_state":"running","desired_state":"running","config_revision":null}"#;
         let old: CheckinRequest = serde_json::from_str(&format!(r#"{{"host":{host}}}"#)).unwrap();
         assert_eq!(old.seen_watchdog_release, None);
-        let none: CheckinRequest =
-            serde_json::from_str(&format!(r#"{{"host":{host},"seen_watchdog_release":null}}"#))
-                .unwrap();
+        let none: CheckinRequest = serde_json::from_str(&format!(
+            r#"{{"host":{host},"seen_watchdog_release":null}}"#
+        ))
+        .unwrap();
         assert_eq!(none.seen_watchdog_release, Some(None));
         let json = serde_json::to_string(&none).unwrap();
         assert!(json.contains(r#""seen_watchdog_release":null"#), "{json}");

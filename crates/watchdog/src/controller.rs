@@ -156,9 +156,9 @@ impl Controller {
     /// An agent update is past its download: commands wait for it. (A
     /// watchdog self-update never touches the agent: commands go on.)
     fn installing(&self) -> bool {
-        self.job.as_ref().is_some_and(|j| {
-            j.product == Product::Agent && j.installing.load(Ordering::SeqCst)
-        })
+        self.job
+            .as_ref()
+            .is_some_and(|j| j.product == Product::Agent && j.installing.load(Ordering::SeqCst))
     }
 
     async fn on_command(&mut self, id: Option<i64>, kind: CommandKind) {
@@ -233,8 +233,7 @@ impl Controller {
             job.cancel.cancel();
             let _ = job.task.await;
         }
-        if cand.product == Product::Agent
-            && self.ctx.supervisor.desired() == DesiredState::Stopped
+        if cand.product == Product::Agent && self.ctx.supervisor.desired() == DesiredState::Stopped
         {
             if !self.said_stopped {
                 tracing::info!(version = %cand.version, "a release is offered, but an operator commanded stop: updating after the next start");

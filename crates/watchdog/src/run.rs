@@ -9,8 +9,7 @@ use palette_host::settings::{Backend, Protocol, Settings};
 use palette_host::Layout;
 use palette_protocol::v2::DesiredState;
 use palette_service::{
-    Adoption, CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec,
-    ServiceControl,
+    Adoption, CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec, ServiceControl,
 };
 
 use tokio_util::sync::CancellationToken;

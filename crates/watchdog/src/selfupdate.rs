@@ -278,7 +278,10 @@ async fn self_check(ctx: &Ctx) -> Result<(), String> {
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(Duration::from_secs(20), run).await {
-        Err(_) => Err(format!("{} --version did not answer within 20 s", exe.display())),
+        Err(_) => Err(format!(
+            "{} --version did not answer within 20 s",
+            exe.display()
+        )),
         Ok(Err(e)) => Err(format!("{} cannot be run: {e}", exe.display())),
         Ok(Ok(out)) if out.status.success() && out.stdout.starts_with(b"palette-manager ") => {
             Ok(())
@@ -306,7 +309,10 @@ pub(crate) async fn prove(
         problem,
     };
     if let Err(problem) = self_check(&ctx).await {
-        tracing::error!(problem, "the self-check failed: the old watchdog is put back");
+        tracing::error!(
+            problem,
+            "the self-check failed: the old watchdog is put back"
+        );
         let _ = proof(Some(problem.clone())).save(&ctx.layout);
         if !palette_host::lock::is_held(&ctx.layout.manager_lock()) {
             // No manager to put the old one back: this watchdog does it,
@@ -321,7 +327,9 @@ pub(crate) async fn prove(
             if let Err(e) = self_journal::restore_old(&ctx.layout, &j.watchdog_exe) {
                 tracing::error!(error = %e, "could not put the old binaries back");
             }
-            tracing::error!("exiting: the old watchdog takes over when the service manager starts it again");
+            tracing::error!(
+                "exiting: the old watchdog takes over when the service manager starts it again"
+            );
             std::process::exit(1);
         }
         return;

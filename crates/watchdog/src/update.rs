@@ -93,7 +93,11 @@ fn schedule_retry(ctx: &Ctx, id: i64) -> Duration {
 
 /// Reports a failure for a passing reason and schedules the next attempt;
 /// `msg` gets the delay in seconds.
-pub(crate) fn retry_later(ctx: &Ctx, cand: &Candidate, msg: impl FnOnce(u64) -> String) -> UpdateReport {
+pub(crate) fn retry_later(
+    ctx: &Ctx,
+    cand: &Candidate,
+    msg: impl FnOnce(u64) -> String,
+) -> UpdateReport {
     let delay = schedule_retry(ctx, cand.release_id);
     report_with(
         ctx,
@@ -115,7 +119,15 @@ fn report(
     outcome: Outcome,
     message: String,
 ) -> UpdateReport {
-    report_with(ctx, Product::Agent, cand_id, version, outcome, message, false)
+    report_with(
+        ctx,
+        Product::Agent,
+        cand_id,
+        version,
+        outcome,
+        message,
+        false,
+    )
 }
 
 pub(crate) fn report_with(
@@ -682,7 +694,18 @@ pub(crate) async fn run_manager(ctx: &Ctx, args: &[String]) -> Result<ManagerRes
         .args(args)
         .stdout(out)
         .stderr(err);
-    let mut child = palette_service::spawn_detached(&mut cmd).map_err(spawn(&exe))?;
+    // Just copied: a fork elsewhere in this process may still hold the
+    // copy's write handle until it execs (ETXTBSY); that passes at once.
+    let mut tries = 0;
+    let mut child = loop {
+        match palette_service::spawn_detached(&mut cmd) {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => break other.map_err(spawn(&exe))?,
+        }
+    };
     let status = child.wait().await.map_err(spawn(&exe))?;
     let result = ManagerResult::load(&ctx.layout).ok().flatten();
     match result {

@@ -229,19 +229,15 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                     size: r.size,
                 },
             };
-            if ctx.active_update() != Some(cand.release_id)
+            let offer = ctx.active_update() != Some(cand.release_id)
                 && update::wanted(ctx, &cand)
-                && last_offer.fresh(product, cand.release_id)
-            {
-                if !handle
-                    .send(Msg::Offer {
-                        cand,
-                        client: client.clone(),
-                    })
-                    .await
-                {
-                    return false;
-                }
+                && last_offer.fresh(product, cand.release_id);
+            let msg = Msg::Offer {
+                cand,
+                client: client.clone(),
+            };
+            if offer && !handle.send(msg).await {
+                return false;
             }
         }
 

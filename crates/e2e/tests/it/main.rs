@@ -496,7 +496,10 @@ async fn a_stop_during_a_slow_download_cancels_it_at_once() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     let (ok, out, err) = ctl(&server, ADMIN, &["hosts", "slowlink"]);
     assert!(ok, "{err}");
-    assert!(out.contains("updating:      2.0.0 Downloading"), "{out}");
+    assert!(
+        out.contains("updating:      agent 2.0.0 Downloading"),
+        "{out}"
+    );
 
     let asked = std::time::Instant::now();
     let id = api.command(CommandKind::Stop, "slowlink").await;

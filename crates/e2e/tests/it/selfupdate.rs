@@ -72,7 +72,9 @@ async fn settled_on(
     loop {
         match check_settled(server, host, want, outcome, agent).await {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(format!("not settled on {want}: {e}")),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("not settled on {want}: {e}"))
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -96,7 +98,10 @@ async fn check_settled(
         return Err(format!("the installed manager is {manager:?}"));
     }
     if reported_watchdog(&info).as_deref() != Some(want) {
-        return Err(format!("the server shows watchdog {:?}", reported_watchdog(&info)));
+        return Err(format!(
+            "the server shows watchdog {:?}",
+            reported_watchdog(&info)
+        ));
     }
     match last_self_update(&info) {
         Some(u) if u.outcome == outcome => {}
@@ -137,7 +142,11 @@ async fn the_watchdog_updates_itself_and_the_agent_keeps_running() {
     assert!(u.message.contains("checked in"), "{}", u.message);
     // The old binaries are kept for the way back.
     assert_eq!(
-        version_of(&host.base.join("self/old/palette-watchdog"), "palette-watchdog").as_deref(),
+        version_of(
+            &host.base.join("self/old/palette-watchdog"),
+            "palette-watchdog"
+        )
+        .as_deref(),
         Some(OLD)
     );
     // The new watchdog works: a command reaches it and is carried out.
@@ -292,13 +301,18 @@ async fn the_manager_killed_at_every_step_of_a_self_update() {
         .await;
         let agent = host.running_agent().unwrap().pid;
         // The manager dies at `point` and the watchdog reports something.
-        wait_for("an outcome is reported", Duration::from_secs(60), || async {
-            last_self_update(&api.host(&name).await).is_some()
-        })
+        wait_for(
+            "an outcome is reported",
+            Duration::from_secs(60),
+            || async { last_self_update(&api.host(&name).await).is_some() },
+        )
         .await
         .unwrap_or_else(|e| panic!("{point}: {e}\n{}", host.diagnostics()));
         let first = last_self_update(&api.host(&name).await).unwrap();
-        println!("{point}: first outcome {:?}: {}", first.outcome, first.message);
+        println!(
+            "{point}: first outcome {:?}: {}",
+            first.outcome, first.message
+        );
         // Killed and started again without the crash point, as systemd
         // restarts a watchdog (the agent is left running and adopted).
         host.kill9();
@@ -330,10 +344,7 @@ async fn the_watchdog_killed_at_every_step_of_a_self_update() {
         let text = std::fs::read_to_string(host.base.join("watchdog.yml")).unwrap();
         std::fs::write(
             host.base.join("watchdog.yml"),
-            format!(
-                "{text}  restart: ['{script}', '{}']\n",
-                host.base.display()
-            ),
+            format!("{text}  restart: ['{script}', '{}']\n", host.base.display()),
         )
         .unwrap();
         host.start_with_env(&[(palette_protocol::env::KILL_WATCHDOG_AT, point)]);
@@ -383,7 +394,9 @@ async fn the_watchdog_killed_at_every_step_of_an_agent_update() {
                 .await
                 .and_then(|h| h.report)
                 .and_then(|r| r.last_update)
-                .is_some_and(|u| u.outcome == Outcome::Succeeded && u.version.to_string() == "2.0.0");
+                .is_some_and(|u| {
+                    u.outcome == Outcome::Succeeded && u.version.to_string() == "2.0.0"
+                });
             let killed = std::fs::read_to_string(host.base.join("Logs/manager.log"))
                 .unwrap_or_default()
                 .contains(&format!("killing the watchdog at {point}"));

@@ -179,7 +179,10 @@ async fn an_agent_left_running_is_adopted_not_restarted() {
         .await
         .expect("the exit of an adopted agent is seen")
         .unwrap();
-    assert!(matches!(ev, Event::Exited { pid, .. } if pid == first.id()), "{ev:?}");
+    assert!(
+        matches!(ev, Event::Exited { pid, .. } if pid == first.id()),
+        "{ev:?}"
+    );
     let _ = first.wait();
 
     // Another one, stopped through the service.
@@ -210,7 +213,10 @@ async fn a_reused_pid_is_left_alone() {
         palette_service::Adoption::NotOurs { pid: other.id() }
     );
     assert_eq!(svc.status().await.unwrap(), Status::Stopped);
-    assert!(other.try_wait().unwrap().is_none(), "the unrelated process was touched");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the unrelated process was touched"
+    );
     other.kill().unwrap();
     let _ = other.wait();
 }
