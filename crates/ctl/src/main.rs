@@ -641,6 +641,9 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => println!("last update:   -"),
             }
+            if let Some(t) = &r.local_trouble {
+                println!("trouble:       {t}");
+            }
             if let Some(u) = &r.last_watchdog_update {
                 println!(
                     "self-update:   {} {:?}: {}",

@@ -165,6 +165,10 @@ pub struct HostReport {
     /// An update in progress: its phase and, while downloading, how far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_progress: Option<UpdateProgress>,
+    /// A local problem the operator should know of (the watchdog cannot
+    /// save its state: a full or failing disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_trouble: Option<String>,
 }
 
 /// Where an update in progress stands.

@@ -85,6 +85,9 @@ impl Durable {
 pub struct Store {
     path: PathBuf,
     inner: Arc<Mutex<Durable>>,
+    /// Why the last save failed (a full or failing disk); `None` once a
+    /// save worked again. Reported to the server with every check-in.
+    trouble: Arc<Mutex<Option<String>>>,
 }
 
 /// The second durable copy, written after the first: a damaged
@@ -126,6 +129,7 @@ impl Store {
         let store = Store {
             path,
             inner: Arc::new(Mutex::new(state)),
+            trouble: Arc::new(Mutex::new(None)),
         };
         store.update(|_| ());
         store
@@ -139,11 +143,72 @@ impl Store {
     pub fn update<R>(&self, f: impl FnOnce(&mut Durable) -> R) -> R {
         let mut guard = self.inner.lock().unwrap();
         let r = f(&mut guard);
+        self.save(&guard);
+        r
+    }
+
+    /// Saves again after a failed save (called at each check-in): the
+    /// state in memory reaches the disk as soon as it has room.
+    pub fn retry_save(&self) {
+        if self.trouble().is_some() {
+            let guard = self.inner.lock().unwrap();
+            self.save(&guard);
+        }
+    }
+
+    /// Why the durable state cannot be saved now, if it cannot.
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble.lock().unwrap().clone()
+    }
+
+    fn save(&self, state: &Durable) {
+        let mut failed = None;
         for path in [self.path.clone(), backup_of(&self.path)] {
-            if let Err(e) = palette_host::fsx::write_json(&path, &*guard) {
-                tracing::error!(error = %e, path = %path.display(), "could not write durable state");
+            if let Err(e) = palette_host::fsx::write_json(&path, state) {
+                failed.get_or_insert(format!(
+                    "cannot save the watchdog's state to {}: {e}; it is kept in memory and saved as soon as the disk allows",
+                    path.display()
+                ));
             }
         }
-        r
+        let mut trouble = self.trouble.lock().unwrap();
+        match (&*trouble, &failed) {
+            (None, Some(why)) => tracing::error!("{why}"),
+            (Some(_), None) => tracing::info!("the watchdog's state is saved again"),
+            (Some(_), Some(why)) => tracing::debug!("{why}"),
+            (None, None) => {}
+        }
+        *trouble = failed;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
+mod tests {
+    use super::*;
+
+    /// A save that fails is reported (`trouble`), the state kept in memory,
+    /// and saved by the next retry once the disk allows it.
+    #[test]
+    fn a_failed_save_is_reported_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let store = Store::open(state.join("watchdog.json"));
+        assert_eq!(store.trouble(), None);
+        // The folder is replaced by a file: every write fails.
+        std::fs::remove_dir_all(&state).unwrap();
+        std::fs::write(&state, b"not a folder").unwrap();
+        store.update(|d| d.desired = DesiredState::Stopped);
+        let why = store.trouble().expect("the failure is reported");
+        assert!(why.contains("cannot save the watchdog's state"), "{why}");
+        assert_eq!(store.get().desired, DesiredState::Stopped, "kept in memory");
+        // Room again: the retry saves it and the trouble is gone.
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        store.retry_save();
+        assert_eq!(store.trouble(), None);
+        let saved = Store::open(state.join("watchdog.json"));
+        assert_eq!(saved.get().desired, DesiredState::Stopped);
     }
 }

@@ -36,6 +36,7 @@ pub async fn host_report(ctx: &Ctx) -> HostReport {
         last_update: d.last_update,
         last_watchdog_update: d.last_watchdog_update,
         update_progress: ctx.update_progress(),
+        local_trouble: ctx.durable.trouble(),
     }
 }
 
@@ -81,6 +82,7 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                 continue;
             }
         };
+        ctx.durable.retry_save();
         let durable = ctx.durable.get();
         let sent_acks = durable.pending_acks;
         let req = CheckinRequest {

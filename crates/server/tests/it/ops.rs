@@ -19,6 +19,7 @@ fn report(host: &str, last_update: Option<UpdateReport>) -> HostReport {
         config_revision: None,
         last_update,
         last_watchdog_update: None,
+        local_trouble: None,
         update_progress: None,
     }
 }

@@ -149,6 +149,7 @@ fn report(host: &str, padding: usize) -> CheckinRequest {
             config_revision: None,
             last_update: None,
             last_watchdog_update: None,
+            local_trouble: None,
             update_progress: None,
         },
         store_id: None,

@@ -20,6 +20,7 @@ fn report(host: &str) -> HostReport {
         config_revision: None,
         last_update: None,
         last_watchdog_update: None,
+        local_trouble: None,
         update_progress: None,
     }
 }

@@ -48,15 +48,35 @@ pub fn available_space(path: &std::path::Path) -> Option<u64> {
 pub fn service_restart_command() -> Option<Vec<String>> {
     std::env::var_os("INVOCATION_ID")?;
     let cgroup = fs_err::read_to_string("/proc/self/cgroup").ok()?;
-    let unit = cgroup
-        .lines()
-        .filter_map(|l| l.rsplit('/').next())
-        .find(|u| u.ends_with(".service"))?
-        .to_string();
+    let unit = unit_of_cgroup(&cgroup)?;
     Some(vec![
         "systemctl".into(),
         "restart".into(),
         "--no-block".into(),
         unit,
     ])
+}
+
+/// The `.service` a `/proc/self/cgroup` text places this process in.
+fn unit_of_cgroup(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .find(|u| u.ends_with(".service"))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_unit_comes_from_the_cgroup() {
+        assert_eq!(
+            super::unit_of_cgroup("0::/system.slice/palette-watchdog.service\n").as_deref(),
+            Some("palette-watchdog.service")
+        );
+        assert_eq!(
+            super::unit_of_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+    }
 }
