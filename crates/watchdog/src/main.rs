@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palette_host::Layout;
-use palette_watchdog::systemd;
+use palette_watchdog::os_service::{self, InstallOptions};
 
 #[derive(Parser)]
 #[command(
@@ -22,82 +22,96 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run in the foreground (what the service runs).
+    /// Run in the foreground (Ctrl-C stops it; what the systemd unit runs).
     Run,
-    /// Write the systemd unit (then: systemctl daemon-reload && systemctl enable --now palette-watchdog).
+    /// Run as a Windows service (what the service control manager starts).
+    #[command(hide = true)]
+    Service,
+    /// Install the service: a systemd unit on Linux (then: systemctl
+    /// daemon-reload && systemctl enable --now palette-watchdog), a
+    /// Windows service on Windows.
     Install {
+        /// Linux: where the unit is written.
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
-        /// Check the written unit with `systemd-analyze verify`.
+        /// Linux: check the written unit with `systemd-analyze verify`.
         #[arg(long)]
         verify: bool,
+        /// Start the service once installed.
+        #[arg(long)]
+        start: bool,
     },
-    /// Remove the systemd unit.
+    /// Remove the service (stopping it first).
     Remove {
         #[arg(long, default_value = "/etc/systemd/system")]
         unit_dir: PathBuf,
     },
+    /// Start the installed service.
+    Start,
+    /// Stop the installed service.
+    Stop,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let layout =
         Layout::from_arg_or_exe(cli.base).context("while working out the install folder")?;
     match cli.cmd {
-        Cmd::Run => {
-            layout.ensure_dirs().with_context(|| {
-                format!("while creating the folders under {}", layout.base.display())
-            })?;
-            // One watchdog per install folder, checked before anything is
-            // touched (even the log).
-            let _instance = match palette_host::lock::try_lock(&layout.watchdog_lock()) {
-                Ok(l) => l,
-                Err(palette_host::lock::LockError::Held { pid, .. }) => anyhow::bail!(
-                    "another palette-watchdog (pid {}) is already running on {}; this one exits without touching anything",
-                    pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
-                    layout.base.display()
-                ),
-                Err(e) => return Err(e).context("while taking the single-instance lock"),
-            };
-            palette_host::logging::init(&layout.logs(), "watchdog")
-                .with_context(|| format!("while opening the log in {}", layout.logs().display()))?;
-            let result = palette_watchdog::run::run(layout).await;
-            if let Err(e) = &result {
-                tracing::error!("{e:#}");
-            }
-            result
-        }
-        Cmd::Install { unit_dir, verify } => {
+        Cmd::Run => run(layout),
+        Cmd::Service => os_service::run_as_service(layout, run),
+        Cmd::Install {
+            unit_dir,
+            verify,
+            start,
+        } => {
             let exe = std::env::current_exe().context("while finding this executable")?;
-            let path = systemd::install(&unit_dir, &exe, &layout.base)
-                .with_context(|| format!("while writing the unit into {}", unit_dir.display()))?;
-            println!("wrote {}", path.display());
-            if verify {
-                let out = std::process::Command::new("systemd-analyze")
-                    .arg("verify")
-                    .arg(&path)
-                    .output()
-                    .context("while running systemd-analyze verify")?;
-                let text = String::from_utf8_lossy(&out.stderr);
-                if !out.status.success() {
-                    anyhow::bail!(
-                        "systemd-analyze verify refused {}: {}",
-                        path.display(),
-                        text.trim()
-                    );
-                }
-                println!("systemd-analyze verify: ok");
-            }
+            let opts = InstallOptions {
+                unit_dir,
+                verify,
+                start,
+            };
+            println!("{}", os_service::install(&exe, &layout.base, &opts)?);
             Ok(())
         }
         Cmd::Remove { unit_dir } => {
-            if systemd::remove(&unit_dir)? {
-                println!("removed {}", unit_dir.join(systemd::UNIT_NAME).display());
-            } else {
-                println!("no unit in {}", unit_dir.display());
-            }
+            let opts = InstallOptions {
+                unit_dir,
+                verify: false,
+                start: false,
+            };
+            println!("{}", os_service::remove(&opts)?);
             Ok(())
         }
+        Cmd::Start => os_service::start(),
+        Cmd::Stop => os_service::stop(),
     }
+}
+
+/// The watchdog itself, until it is asked to stop.
+fn run(layout: Layout) -> anyhow::Result<()> {
+    layout
+        .ensure_dirs()
+        .with_context(|| format!("while creating the folders under {}", layout.base.display()))?;
+    // One watchdog per install folder, checked before anything is touched
+    // (even the log).
+    let _instance = match palette_host::lock::try_lock(&layout.watchdog_lock()) {
+        Ok(l) => l,
+        Err(palette_host::lock::LockError::Held { pid, .. }) => anyhow::bail!(
+            "another palette-watchdog (pid {}) is already running on {}; this one exits without touching anything",
+            pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            layout.base.display()
+        ),
+        Err(e) => return Err(e).context("while taking the single-instance lock"),
+    };
+    palette_host::logging::init(&layout.logs(), "watchdog")
+        .with_context(|| format!("while opening the log in {}", layout.logs().display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("while starting the async runtime")?;
+    let result = rt.block_on(palette_watchdog::run::run(layout));
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    result
 }

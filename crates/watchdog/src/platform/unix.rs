@@ -1,5 +1,6 @@
-//! Unix: systemd notifications (`Type=notify`, `READY=1`, watchdog pings)
-//! and SIGTERM / SIGINT as the shutdown request.
+//! Unix: systemd notifications (`Type=notify`, `READY=1`, watchdog pings),
+//! SIGTERM / SIGINT as the shutdown request, and installing the watchdog as
+//! a systemd unit.
 
 use std::time::Duration;
 
@@ -64,6 +65,91 @@ fn unit_of_cgroup(cgroup: &str) -> Option<String> {
         .filter_map(|l| l.rsplit('/').next())
         .find(|u| u.ends_with(".service"))
         .map(str::to_string)
+}
+
+/// Writes the systemd unit (and with `start`, enables and starts it).
+pub fn install_service(
+    exe: &std::path::Path,
+    base: &std::path::Path,
+    opts: &crate::os_service::InstallOptions,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let path = crate::systemd::install(&opts.unit_dir, exe, base)
+        .with_context(|| format!("while writing the unit into {}", opts.unit_dir.display()))?;
+    let mut said = format!("wrote {}", path.display());
+    if opts.verify {
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .context("while running systemd-analyze verify")?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            anyhow::bail!(
+                "systemd-analyze verify refused {}: {}",
+                path.display(),
+                text.trim()
+            );
+        }
+        said.push_str("\nsystemd-analyze verify: ok");
+    }
+    if opts.start {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "--now", crate::systemd::UNIT_NAME])?;
+        said.push_str(&format!(
+            "\nenabled and started {}",
+            crate::systemd::UNIT_NAME
+        ));
+    } else {
+        said.push_str(&format!(
+            "\nthen: systemctl daemon-reload && systemctl enable --now {}",
+            crate::systemd::UNIT_NAME
+        ));
+    }
+    Ok(said)
+}
+
+/// Removes the systemd unit.
+pub fn remove_service(opts: &crate::os_service::InstallOptions) -> anyhow::Result<String> {
+    Ok(if crate::systemd::remove(&opts.unit_dir)? {
+        format!(
+            "removed {}",
+            opts.unit_dir.join(crate::systemd::UNIT_NAME).display()
+        )
+    } else {
+        format!("no unit in {}", opts.unit_dir.display())
+    })
+}
+
+pub fn start_service() -> anyhow::Result<()> {
+    systemctl(&["start", crate::systemd::UNIT_NAME])
+}
+
+pub fn stop_service() -> anyhow::Result<()> {
+    systemctl(&["stop", crate::systemd::UNIT_NAME])
+}
+
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run systemctl {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// systemd runs `palette-watchdog run` itself: the body runs as is.
+pub fn run_as_service(
+    layout: palette_host::Layout,
+    body: fn(palette_host::Layout) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    body(layout)
 }
 
 #[cfg(test)]

@@ -1,0 +1,175 @@
+//! The watchdog as a real Windows service, driven through the service
+//! control manager (`sc`), with the sample agent as its child: runs under
+//! Wine in `.ci/run` (`scripts/wine-test.sh`), and on Windows.
+#![cfg(windows)]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "palette-watchdog";
+
+fn sc(args: &[&str]) -> (bool, String) {
+    let out = Command::new("sc").args(args).output().expect("sc runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn state_is(want: &str) -> bool {
+    let (_, text) = sc(&["query", SERVICE]);
+    text.contains(want)
+}
+
+fn watchdog(base: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(base.join("palette-watchdog.exe"))
+        .args(args)
+        .arg("--base")
+        .arg(base)
+        .output()
+        .expect("palette-watchdog.exe runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The sample agent built beside this test's binaries.
+fn sample_agent() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let agent = dir.join("palette-sample-agent.exe");
+    assert!(
+        agent.exists(),
+        "{} is missing: build palette-sample-agent for this target first",
+        agent.display()
+    );
+    agent
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn agent_pid(base: &Path) -> Option<u32> {
+    let text = read(&base.join("state").join("sample-agent.json"));
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["pid"].as_u64().map(|p| p as u32)
+}
+
+fn alive(pid: u32) -> bool {
+    palette_service::process_alive(pid)
+}
+
+/// Removes the service even when the test fails half-way.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = watchdog(&self.0, &["remove"]);
+    }
+}
+
+#[test]
+fn the_watchdog_runs_as_a_windows_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_palette-watchdog"),
+        base.join("palette-watchdog.exe"),
+    )
+    .unwrap();
+    let v1 = base.join("versions").join("1.0.0");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::copy(sample_agent(), v1.join("palette-sample-agent.exe")).unwrap();
+    std::fs::write(base.join("versions").join("current"), "1.0.0\n").unwrap();
+    std::fs::create_dir_all(base.join("Config")).unwrap();
+    // No server answers here: the watchdog keeps the agent alive and
+    // retries the server with backoff.
+    std::fs::write(
+        base.join("Config").join("Config.yml"),
+        "LicenseKey: k\nWebservice:\n  Endpoint: http://127.0.0.1:9\n  UseProxy: false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("watchdog.yml"),
+        "hostname: wine-host\nagent:\n  command: ['{current}/palette-sample-agent{exe}', '--base', '{base}']\n  stop_timeout_secs: 5\n",
+    )
+    .unwrap();
+    let _cleanup = Cleanup(base.clone());
+    let _ = watchdog(&base, &["remove"]); // a leftover of an earlier run
+
+    let (ok, text) = watchdog(&base, &["install", "--start"]);
+    assert!(ok, "install --start: {text}");
+    wait_for("the service runs", Duration::from_secs(60), || {
+        state_is("RUNNING")
+    });
+    let log = base.join("Logs").join("watchdog.log");
+    let logs = |base: &Path| {
+        format!(
+            "--- watchdog.log ---\n{}\n--- agent.log ---\n{}",
+            read(&base.join("Logs").join("watchdog.log")),
+            read(&base.join("Logs").join("agent.log"))
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent_pid(&base).is_some_and(alive) {
+        assert!(
+            Instant::now() < deadline,
+            "the service's watchdog did not start the agent\n{}",
+            logs(&base)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(read(&log).contains("starting"), "{}", read(&log));
+    let agent = agent_pid(&base).unwrap();
+
+    // Stopped through the service control manager: the stop handler ends
+    // the watchdog the graceful way, which stops the agent.
+    let (ok, text) = sc(&["stop", SERVICE]);
+    assert!(ok, "sc stop: {text}");
+    wait_for("the service stops", Duration::from_secs(60), || {
+        state_is("STOPPED")
+    });
+    assert!(
+        read(&log).contains("palette-watchdog stopped"),
+        "the stop handler did not end the watchdog gracefully: {}",
+        read(&log)
+    );
+    wait_for("the agent stopped with it", Duration::from_secs(30), || {
+        !alive(agent)
+    });
+
+    // The legacy-style commands start and stop it too.
+    let (ok, text) = watchdog(&base, &["start"]);
+    assert!(ok, "start: {text}");
+    assert!(state_is("RUNNING"));
+    let (ok, text) = watchdog(&base, &["stop"]);
+    assert!(ok, "stop: {text}");
+    assert!(state_is("STOPPED"));
+
+    let (ok, text) = watchdog(&base, &["remove"]);
+    assert!(ok, "remove: {text}");
+    assert!(text.contains("removed"), "{text}");
+    let (exists, text) = sc(&["query", SERVICE]);
+    assert!(!exists, "the service is still there: {text}");
+}
