@@ -254,6 +254,7 @@ impl Server {
 
     pub fn api(&self) -> Api {
         Api {
+            server_log: self.data.join("server.log"),
             url: self.url.clone(),
             http: self.client.clone(),
         }
@@ -271,6 +272,8 @@ impl Drop for Server {
 pub struct Api {
     pub url: String,
     pub http: reqwest::Client,
+    /// The server's log, quoted when a request fails.
+    pub server_log: PathBuf,
 }
 
 impl Api {
@@ -358,9 +361,16 @@ impl Api {
             .body(body)
             .send()
             .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
+            .unwrap_or_else(|e| panic!("publishing {product} {version}: {e:?}\n--- server log ---\n{}", self.server_log_tail()));
+        assert_eq!(res.status(), 201, "{}", self.server_log_tail());
         res.json().await.unwrap()
+    }
+
+    /// The last lines of the server's log.
+    pub fn server_log_tail(&self) -> String {
+        let t = std::fs::read_to_string(&self.server_log).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     pub async fn push_config(&self, host: &str, body: &str) -> serde_json::Value {

@@ -35,6 +35,9 @@ pub enum Backend {
     Process,
     /// Operator-given start / stop / status commands (systemd, SysV, ...).
     Command,
+    /// A Windows service (`agent.service_name`), through the service
+    /// control manager. Windows only.
+    WindowsService,
 }
 
 /// Which API the server speaks.
@@ -59,6 +62,8 @@ pub struct AgentSettings {
     /// folder, `{current}` the folder of the version `versions/current`
     /// names, `{exe}` the platform's executable suffix.
     pub command: Vec<String>,
+    /// Windows-service backend: the agent's service name.
+    pub service_name: Option<String>,
     /// Command backend.
     pub start: Vec<String>,
     pub stop: Vec<String>,
@@ -80,6 +85,7 @@ impl Default for AgentSettings {
         AgentSettings {
             backend: Backend::Process,
             command: vec!["{current}/agent{exe}".into()],
+            service_name: None,
             start: vec![],
             stop: vec![],
             status: vec![],
@@ -267,6 +273,15 @@ impl Settings {
                     "agent.start, agent.stop and agent.status are required for the command backend"
                         .into(),
                 )
+            }
+            Backend::WindowsService
+                if self
+                    .agent
+                    .service_name
+                    .as_deref()
+                    .is_none_or(|n| n.trim().is_empty()) =>
+            {
+                return Err("agent.service_name is required for the windows_service backend".into())
             }
             _ => {}
         }

@@ -5,7 +5,8 @@
 //! it makes it exit with code 3 after a moment: a release that fails its
 //! health check; `SampleAgent: {Fail: true}` in Config.yml makes it exit
 //! with 4 (a config the agent cannot live with). `--help` prints this and
-//! touches nothing.
+//! touches nothing. On Windows `--service NAME` runs it as the Windows
+//! service NAME (the tests of the watchdog's Windows-service backend).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,16 +46,26 @@ fn arg_base() -> Option<PathBuf> {
     None
 }
 
-const USAGE: &str = "palette-sample-agent --base DIR
+const USAGE: &str = "palette-sample-agent --base DIR [--service NAME]
 
 A small agent for palette-updater's tests and demo: reads DIR/Config/Config.yml,
 writes DIR/state/sample-agent.json (pid, version, endpoint) and runs until
 SIGTERM or Ctrl-C. Its version is the VERSION file beside it. It exits with 3
 when a FAIL file lies beside it, and with 4 when Config.yml says
-`SampleAgent: {Fail: true}`.";
+`SampleAgent: {Fail: true}`. On Windows, --service NAME runs it as the
+Windows service NAME.";
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn arg_service() -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--service" {
+            return args.next();
+        }
+    }
+    None
+}
+
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
@@ -64,12 +75,23 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{USAGE}");
         std::process::exit(2);
     }
+    let base = arg_base().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    if let Some(name) = arg_service() {
+        return service::run(name, base);
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(agent(base, shutdown()))
+}
+
+/// The agent, until `stop` resolves.
+async fn agent(base: PathBuf, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
         .context("executable has no folder")?
         .to_path_buf();
-    let base = arg_base().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
     let version = fs_err::read_to_string(dir.join("VERSION"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| {
@@ -110,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("sample agent {version}: FAIL file present; exiting with 3");
         std::process::exit(3);
     }
-    shutdown().await;
+    stop.await;
     println!("sample agent {version} stopping");
     Ok(())
 }
@@ -128,4 +150,90 @@ async fn shutdown() {
 #[cfg(not(unix))]
 async fn shutdown() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(windows)]
+mod service {
+    //! The agent as a Windows service: the service control manager's Stop
+    //! or Shutdown ends it like Ctrl-C.
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use windows_service::service::{
+        ServiceControl, ServiceControlAccept, ServiceExitCode, ServiceState, ServiceStatus,
+        ServiceType,
+    };
+    use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
+
+    static ARGS: OnceLock<(String, PathBuf)> = OnceLock::new();
+
+    pub fn run(name: String, base: PathBuf) -> anyhow::Result<()> {
+        let _ = ARGS.set((name, base));
+        entry::dispatch()?;
+        Ok(())
+    }
+
+    // The macro generates the FFI entry point (raw argument pointers).
+    #[allow(unsafe_code)]
+    mod entry {
+        windows_service::define_windows_service!(ffi_service_main, service_main);
+
+        fn service_main(_args: Vec<std::ffi::OsString>) {
+            super::service_main()
+        }
+
+        pub(super) fn dispatch() -> windows_service::Result<()> {
+            let name = &super::ARGS.get().expect("set before dispatching").0;
+            windows_service::service_dispatcher::start(name, ffi_service_main)
+        }
+    }
+
+    fn service_main() {
+        let Some((name, base)) = ARGS.get().cloned() else {
+            return;
+        };
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let on_stop = stop.clone();
+        let handler = move |control| match control {
+            ServiceControl::Stop | ServiceControl::Shutdown => {
+                on_stop.notify_one();
+                ServiceControlHandlerResult::NoError
+            }
+            ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
+            _ => ServiceControlHandlerResult::NotImplemented,
+        };
+        let Ok(status) = service_control_handler::register(&name, handler) else {
+            return;
+        };
+        let report = |state, accepted| {
+            let _ = status.set_service_status(ServiceStatus {
+                service_type: ServiceType::OWN_PROCESS,
+                current_state: state,
+                controls_accepted: accepted,
+                exit_code: ServiceExitCode::Win32(0),
+                checkpoint: 0,
+                wait_hint: Duration::from_secs(5),
+                process_id: None,
+            });
+        };
+        report(
+            ServiceState::Running,
+            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN,
+        );
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            let _ = rt.block_on(super::agent(base, async move { stop.notified().await }));
+        }
+        report(ServiceState::Stopped, ServiceControlAccept::empty());
+    }
+}
+
+#[cfg(not(windows))]
+mod service {
+    pub fn run(name: String, _base: std::path::PathBuf) -> anyhow::Result<()> {
+        anyhow::bail!("--service {name}: running as a Windows service is for Windows")
+    }
 }

@@ -1,9 +1,9 @@
 //! Service control for the supervised agent: one trait, several backends.
 //!
 //! Owns: starting, stopping and observing the agent — as the watchdog's own
-//! child in its own process group (`process`, the embedded default), or
-//! through operator-given commands such as `systemctl` (`command`). A
-//! Windows-service backend goes behind the same trait.
+//! child in its own process group (`process`, the embedded default),
+//! through operator-given commands such as `systemctl` (`command`), or as a
+//! Windows service through the service control manager (`scm`).
 //!
 //! Must not: decide *whether* the agent should run (that policy — desired
 //! state, restart backoff — belongs to the watchdog), or branch on the OS
@@ -12,6 +12,7 @@
 mod command;
 mod platform;
 mod process;
+mod scm;
 
 use async_trait::async_trait;
 use thiserror::Error;
@@ -22,6 +23,7 @@ pub use platform::{
     kill_process, process_alive, spawn_detached, start_time, terminate_group, terminate_process,
 };
 pub use process::{Adoption, CommandLine, ProcessService, ProcessSpec};
+pub use scm::{ScmService, ScmSpec};
 
 /// Why a service operation failed.
 #[derive(Debug, Error)]
@@ -57,8 +59,14 @@ pub enum ServiceError {
     },
     #[error("the agent did not stop within {secs} s, even after a kill")]
     StopTimeout { secs: u64 },
-    #[error("{0} is not supported by this backend")]
+    #[error("{0} is not supported here")]
     Unsupported(&'static str),
+    #[error("Windows service {service}: {what} failed: {message}")]
+    Scm {
+        service: String,
+        what: &'static str,
+        message: String,
+    },
 }
 
 /// Whether the agent runs.

@@ -9,7 +9,8 @@ use palette_host::settings::{Backend, Protocol, Settings};
 use palette_host::Layout;
 use palette_protocol::v2::DesiredState;
 use palette_service::{
-    Adoption, CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec, ServiceControl,
+    Adoption, CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec, ScmService,
+    ScmSpec, ServiceControl,
 };
 
 use tokio_util::sync::CancellationToken;
@@ -39,8 +40,11 @@ pub(crate) fn expand(word: &str, layout: &Layout) -> Result<String, ResolveError
 /// Builds the service-control backend the settings ask for.
 /// With the process backend an agent an earlier watchdog left running
 /// (killed, or replaced by a self-update) is adopted, not restarted.
-pub async fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn ServiceControl> {
-    match settings.agent.backend {
+pub async fn service_for(
+    layout: &Layout,
+    settings: &Settings,
+) -> anyhow::Result<Arc<dyn ServiceControl>> {
+    Ok(match settings.agent.backend {
         Backend::Process => {
             let words = settings.agent.command.clone();
             let l = layout.clone();
@@ -83,7 +87,17 @@ pub async fn service_for(layout: &Layout, settings: &Settings) -> Arc<dyn Servic
             status: settings.agent.status.clone(),
             timeout: Duration::from_secs(settings.agent.stop_timeout_secs + 30),
         })),
-    }
+        Backend::WindowsService => {
+            let name = settings.agent.service_name.clone().unwrap_or_default();
+            Arc::new(
+                ScmService::new(ScmSpec {
+                    name: name.clone(),
+                    timeout: Duration::from_secs(settings.agent.stop_timeout_secs + 30),
+                })
+                .with_context(|| format!("the agent's Windows service {name:?} cannot be used"))?,
+            )
+        }
+    })
 }
 
 /// Whether version `v` is usable: its folder exists and, when the agent
@@ -160,7 +174,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     let settings = Settings::load(&layout.settings_file())?;
     let hostname = hostname(&settings)?;
     let durable = durable::Store::open(layout.state().join("watchdog.json"));
-    let svc = service_for(&layout, &settings).await;
+    let svc = service_for(&layout, &settings).await?;
     let policy = Policy {
         keepalive: Duration::from_secs(settings.intervals.keepalive_secs),
         restart_first: Duration::from_millis(settings.intervals.restart_first_ms),

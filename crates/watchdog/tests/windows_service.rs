@@ -173,3 +173,109 @@ fn the_watchdog_runs_as_a_windows_service() {
     let (exists, text) = sc(&["query", SERVICE]);
     assert!(!exists, "the service is still there: {text}");
 }
+
+/// Stops and deletes a Windows service, and ends a foreground watchdog,
+/// even when the test fails half-way.
+struct AgentService {
+    name: &'static str,
+    watchdog: Option<std::process::Child>,
+}
+
+impl Drop for AgentService {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let _ = sc(&["stop", self.name]);
+        let _ = sc(&["delete", self.name]);
+    }
+}
+
+/// The agent as a Windows service, supervised by the watchdog's
+/// `windows_service` backend: stopped from outside (`sc stop`), it is
+/// started again through the service control manager.
+#[test]
+fn an_agent_service_stopped_from_outside_is_started_again() {
+    const NAME: &str = "palette-sample-agent-test";
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_palette-watchdog"),
+        base.join("palette-watchdog.exe"),
+    )
+    .unwrap();
+    let agent = base.join("agent").join("palette-sample-agent.exe");
+    std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
+    std::fs::copy(sample_agent(), &agent).unwrap();
+    std::fs::write(agent.parent().unwrap().join("VERSION"), "1.0.0").unwrap();
+    std::fs::create_dir_all(base.join("Config")).unwrap();
+    std::fs::write(
+        base.join("Config").join("Config.yml"),
+        "LicenseKey: k\nWebservice:\n  Endpoint: http://127.0.0.1:9\n  UseProxy: false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("watchdog.yml"),
+        format!("hostname: wine-host\nagent:\n  backend: windows_service\n  service_name: {NAME}\n  stop_timeout_secs: 5\nintervals:\n  keepalive_secs: 2\n  restart_first_ms: 100\n"),
+    )
+    .unwrap();
+    let mut guard = AgentService {
+        name: NAME,
+        watchdog: None,
+    };
+    let _ = sc(&["stop", NAME]);
+    let _ = sc(&["delete", NAME]);
+    let bin_path = format!(
+        "{} --service {NAME} --base {}",
+        agent.display(),
+        base.display()
+    );
+    let (ok, text) = sc(&["create", NAME, "binPath=", &bin_path]);
+    assert!(ok, "sc create: {text}");
+
+    guard.watchdog = Some(
+        Command::new(base.join("palette-watchdog.exe"))
+            .args(["run", "--base"])
+            .arg(&base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = |base: &Path| read(&base.join("Logs").join("watchdog.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent_pid(&base).is_some_and(alive) {
+        assert!(
+            Instant::now() < deadline,
+            "the watchdog did not start the agent service\n{}",
+            logs(&base)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        logs(&base).contains("backend=\"windows-service\""),
+        "{}",
+        logs(&base)
+    );
+    let first = agent_pid(&base).unwrap();
+
+    let (ok, text) = sc(&["stop", NAME]);
+    assert!(ok, "sc stop: {text}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent_pid(&base).is_some_and(|p| p != first && alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent service stopped from outside was not started again\n{}",
+            logs(&base)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sc(&["query", NAME]).1.contains("RUNNING"));
+    assert!(
+        // Seen by the monitor (an exit event) or the keep-alive check.
+        logs(&base).contains("starting it"),
+        "the watchdog did not say it restarted the agent\n{}",
+        logs(&base)
+    );
+}

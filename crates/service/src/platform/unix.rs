@@ -60,3 +60,29 @@ pub fn start_time(pid: u32) -> Option<u64> {
     }
     fields.nth(18)?.parse().ok()
 }
+
+/// There is no Windows service control manager here: the `windows_service`
+/// agent backend is refused.
+pub mod scm {
+    use std::time::Duration;
+
+    use crate::ServiceError;
+
+    const WHY: &str = "the windows_service agent backend (Windows only)";
+
+    pub fn check(_name: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unsupported(WHY))
+    }
+
+    pub fn running_pid(_name: &str) -> Option<u32> {
+        None
+    }
+
+    pub fn start(_name: &str, _timeout: Duration) -> Result<(), ServiceError> {
+        Err(ServiceError::Unsupported(WHY))
+    }
+
+    pub fn stop(_name: &str, _timeout: Duration) -> Result<(), ServiceError> {
+        Err(ServiceError::Unsupported(WHY))
+    }
+}

@@ -66,3 +66,127 @@ pub fn kill_process(pid: u32) {
 pub fn start_time(_pid: u32) -> Option<u64> {
     None
 }
+
+/// The Windows service control manager, for the `windows_service` agent
+/// backend (`crate::scm`). Blocking calls: the backend runs them off the
+/// async workers.
+pub mod scm {
+    use std::time::{Duration, Instant};
+
+    use windows_service::service::{ServiceAccess, ServiceState};
+    use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
+
+    use crate::ServiceError;
+
+    fn err(service: &str, what: &'static str, e: impl std::fmt::Display) -> ServiceError {
+        ServiceError::Scm {
+            service: service.to_string(),
+            what,
+            message: e.to_string(),
+        }
+    }
+
+    fn open(
+        name: &str,
+        access: ServiceAccess,
+    ) -> Result<windows_service::service::Service, ServiceError> {
+        let scm = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+            .map_err(|e| err(name, "opening the service control manager", e))?;
+        scm.open_service(name, access)
+            .map_err(|e| err(name, "opening the service", e))
+    }
+
+    /// The service exists and can be queried.
+    pub fn check(name: &str) -> Result<(), ServiceError> {
+        open(name, ServiceAccess::QUERY_STATUS).map(drop)
+    }
+
+    /// The pid of the service's process while it runs (and that process
+    /// is alive: a killed service may still be reported RUNNING).
+    pub fn running_pid(name: &str) -> Option<u32> {
+        let st = open(name, ServiceAccess::QUERY_STATUS)
+            .ok()?
+            .query_status()
+            .ok()?;
+        match (st.current_state, st.process_id) {
+            (ServiceState::Running | ServiceState::StartPending, Some(pid))
+                if super::process_alive(pid) =>
+            {
+                Some(pid)
+            }
+            _ => None,
+        }
+    }
+
+    fn wait(
+        service: &windows_service::service::Service,
+        name: &str,
+        want: ServiceState,
+        limit: Duration,
+    ) -> Result<(), ServiceError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let st = service
+                .query_status()
+                .map_err(|e| err(name, "querying the service", e))?;
+            if st.current_state == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ServiceError::Scm {
+                    service: name.to_string(),
+                    what: "waiting for the service",
+                    message: format!(
+                        "it is {:?} after {} s, not {want:?}",
+                        st.current_state,
+                        limit.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn start(name: &str, timeout: Duration) -> Result<(), ServiceError> {
+        if running_pid(name).is_some() {
+            return Ok(());
+        }
+        let service = open(name, ServiceAccess::START | ServiceAccess::QUERY_STATUS)?;
+        service
+            .start::<&str>(&[])
+            .map_err(|e| err(name, "starting the service", e))?;
+        wait(&service, name, ServiceState::Running, timeout)
+    }
+
+    /// Stops the service; a process that outlives the timeout is killed.
+    pub fn stop(name: &str, timeout: Duration) -> Result<(), ServiceError> {
+        let service = open(name, ServiceAccess::STOP | ServiceAccess::QUERY_STATUS)?;
+        let st = service
+            .query_status()
+            .map_err(|e| err(name, "querying the service", e))?;
+        if st.current_state == ServiceState::Stopped {
+            return Ok(());
+        }
+        let pid = st.process_id;
+        let _ = service.stop();
+        match wait(&service, name, ServiceState::Stopped, timeout) {
+            Ok(()) => Ok(()),
+            Err(e) => match pid {
+                Some(pid) if super::process_alive(pid) => {
+                    super::kill_process(pid);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while super::process_alive(pid) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    if super::process_alive(pid) {
+                        Err(e)
+                    } else {
+                        Ok(())
+                    }
+                }
+                // Its process is gone: stopped, whatever the SCM says.
+                _ => Ok(()),
+            },
+        }
+    }
+}
