@@ -11,6 +11,7 @@
 //! Must not: talk to the network or control processes.
 
 pub mod agent_config;
+pub mod disk;
 pub mod fsx;
 pub mod journal;
 pub mod layout;

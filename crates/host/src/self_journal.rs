@@ -128,14 +128,31 @@ pub fn restore_old(layout: &Layout, watchdog_exe: &std::path::Path) -> std::io::
 }
 
 /// Copies `src` over `live` atomically (a copy beside it, synced, then
-/// renamed), keeping `src`.
+/// renamed), keeping `src`. Where the system refuses to replace a running
+/// executable (Windows) but lets it be renamed, the running one is moved
+/// aside first (`<name>.old-<ms>`, removed by `remove_set_aside` at a later
+/// start) and put back if the new one cannot take its place.
 pub fn place(src: &std::path::Path, live: &std::path::Path) -> std::io::Result<()> {
     let tmp = live.with_extension("swap");
     let _ = fs_err::remove_file(&tmp);
     let result = (|| {
         fs_err::copy(src, &tmp)?;
-        fs_err::File::open(&tmp)?.sync_all()?;
-        fs_err::rename(&tmp, live)
+        sync_file(&tmp)?;
+        match fs_err::rename(&tmp, live) {
+            Err(e) if live.exists() => {
+                let aside = set_aside_name(live);
+                if fs_err::rename(live, &aside).is_err() {
+                    return Err(e);
+                }
+                if let Err(e) = fs_err::rename(&tmp, live) {
+                    let _ = fs_err::rename(&aside, live);
+                    return Err(e);
+                }
+                tracing::info!(aside = %aside.display(), "the running executable was moved aside to be replaced");
+                Ok(())
+            }
+            other => other,
+        }
     })();
     if result.is_err() {
         let _ = fs_err::remove_file(&tmp);
@@ -144,4 +161,96 @@ pub fn place(src: &std::path::Path, live: &std::path::Path) -> std::io::Result<(
         fsx::sync_dir(dir);
     }
     result
+}
+
+/// Flushes a file to disk. Opened for writing: Windows refuses to flush a
+/// file opened read-only.
+pub fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
+    fs_err::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .sync_all()
+}
+
+fn set_aside_name(live: &std::path::Path) -> std::path::PathBuf {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    live.with_file_name(format!("{name}.old-{ms}"))
+}
+
+/// Removes executables `place` moved aside in `dir` (those still running
+/// cannot be removed yet: they are tried again at the next start).
+pub fn remove_set_aside(dir: &std::path::Path) {
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(".old-")
+            && (name.starts_with("palette-watchdog") || name.starts_with("palette-manager"))
+        {
+            match fs_err::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = name, "removed an executable a self-update set aside")
+                }
+                Err(err) => {
+                    tracing::debug!(file = name, error = %err, "a set-aside executable is still in use")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
+mod tests {
+    use super::*;
+
+    #[test]
+    fn place_replaces_a_file_and_keeps_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, live) = (dir.path().join("new"), dir.path().join("live"));
+        std::fs::write(&src, b"new").unwrap();
+        std::fs::write(&live, b"old").unwrap();
+        place(&src, &live).unwrap();
+        assert_eq!(std::fs::read(&live).unwrap(), b"new");
+        assert!(src.exists());
+        assert!(!dir.path().join("live.swap").exists());
+    }
+
+    /// A running executable cannot be replaced on Windows, only renamed:
+    /// `place` moves it aside, and `remove_set_aside` removes it once it
+    /// no longer runs. (Under Wine in CI; on Linux the rename just works.)
+    #[cfg(windows)]
+    #[test]
+    fn a_running_executable_is_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("palette-watchdog.exe");
+        std::fs::copy(r"C:\windows\system32\ping.exe", &live).unwrap();
+        let mut running = std::process::Command::new(&live)
+            .args(["-n", "60", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let src = dir.path().join("new.exe");
+        std::fs::write(&src, b"the new watchdog").unwrap();
+        place(&src, &live).unwrap();
+        assert_eq!(std::fs::read(&live).unwrap(), b"the new watchdog");
+        running.kill().unwrap();
+        let _ = running.wait();
+        remove_set_aside(dir.path());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".old-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -170,7 +170,7 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
             tracing::info!(artifact = %artifact.display(), %version, "update requested");
             let limits = Limits::for_archive(
                 fs_err::metadata(&artifact).map(|m| m.len()).unwrap_or(0),
-                palette_manager::platform::available_space(&layout.versions()),
+                palette_host::disk::available_space(&layout.versions()),
             );
             ops::install_archive(
                 layout,

@@ -204,7 +204,7 @@ fn stage(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfUpdateError
         fs_err::metadata(&req.artifact)
             .map(|m| m.len())
             .unwrap_or(0),
-        crate::platform::available_space(&root),
+        palette_host::disk::available_space(&root),
     );
     let cleanup = |e: SelfUpdateError| {
         let _ = fs_err::remove_dir_all(&staging);
@@ -233,7 +233,7 @@ fn stage(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfUpdateError
         let [w, m] = self_journal::release_binaries();
         for (src, name) in [(&req.watchdog_exe, w), (&layout.manager(), m)] {
             fs_err::copy(src, old_staging.join(&name))?;
-            fs_err::File::open(old_staging.join(&name))?.sync_all()?;
+            self_journal::sync_file(&old_staging.join(&name))?;
         }
         let _ = fs_err::remove_dir_all(&old);
         fs_err::rename(&old_staging, &old)

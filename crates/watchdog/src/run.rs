@@ -199,6 +199,15 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     // Settle a self-update, then finish an agent update a crash
     // interrupted, before anything else runs.
     let startup = selfupdate::on_start(&ctx).await;
+    // Executables a self-update moved aside (Windows) once they stopped.
+    palette_host::self_journal::remove_set_aside(&ctx.layout.base);
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .as_deref()
+        .and_then(std::path::Path::parent)
+    {
+        palette_host::self_journal::remove_set_aside(dir);
+    }
     if matches!(startup, selfupdate::Startup::Normal) {
         update::recover(&ctx).await;
     }

@@ -301,7 +301,7 @@ pub(crate) async fn fetch(
     if let Integrity::Sha256 { size, .. } = &cand.integrity {
         let have_part = fs_err::metadata(&keep).map(|m| m.len()).unwrap_or(0);
         let need = size.saturating_sub(have_part) + size.saturating_mul(2) + SPACE_MARGIN;
-        if let Some(free) = crate::platform::available_space(&updates) {
+        if let Some(free) = palette_host::disk::available_space(&updates) {
             if free < need {
                 return Fetched::Ended(Some(retry_later(ctx, cand, |secs| {
                     format!(

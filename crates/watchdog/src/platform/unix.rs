@@ -36,12 +36,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Bytes free for this user on the filesystem holding `path`.
-pub fn available_space(path: &std::path::Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(path).ok()?;
-    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
-}
-
 /// The restart command for this watchdog's service manager: when it runs
 /// as a systemd service (`INVOCATION_ID` is set and its cgroup names a
 /// `.service`), `systemctl restart --no-block <unit>`. `--no-block`: the

@@ -55,12 +55,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Not measured on Windows yet: the check is skipped (the Windows issue
-/// adds GetDiskFreeSpaceExW).
-pub fn available_space(_path: &std::path::Path) -> Option<u64> {
-    None
-}
-
 /// The manager restarts the watchdog itself on Windows until the
 /// self-update's service restart lands (see the Windows issue).
 pub fn service_restart_command() -> Option<Vec<String>> {
