@@ -50,6 +50,8 @@ enum Cmd {
     Start,
     /// Stop the installed service.
     Stop,
+    /// Stop the installed service and start it again.
+    Restart,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Start => os_service::start(),
         Cmd::Stop => os_service::stop(),
+        Cmd::Restart => os_service::restart(),
     }
 }
 

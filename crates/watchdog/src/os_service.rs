@@ -33,6 +33,12 @@ pub fn start() -> anyhow::Result<()> {
     crate::platform::start_service()
 }
 
+/// Stops the installed service and starts it again (what a self-update's
+/// manager runs on Windows).
+pub fn restart() -> anyhow::Result<()> {
+    crate::platform::restart_service()
+}
+
 /// Stops the installed service and waits until it stopped.
 pub fn stop() -> anyhow::Result<()> {
     crate::platform::stop_service()

@@ -159,10 +159,21 @@ fn the_watchdog_runs_as_a_windows_service() {
         !alive(agent)
     });
 
-    // The legacy-style commands start and stop it too.
+    // The legacy-style commands start and stop it too; `restart` (what a
+    // self-update's manager runs) goes through a stop and a start.
     let (ok, text) = watchdog(&base, &["start"]);
     assert!(ok, "start: {text}");
     assert!(state_is("RUNNING"));
+    let starts = read(&log).matches("starting base=").count();
+    let (ok, text) = watchdog(&base, &["restart"]);
+    assert!(ok, "restart: {text}");
+    assert!(state_is("RUNNING"));
+    assert_eq!(
+        read(&log).matches("starting base=").count(),
+        starts + 1,
+        "restart did not start the watchdog again: {}",
+        read(&log)
+    );
     let (ok, text) = watchdog(&base, &["stop"]);
     assert!(ok, "stop: {text}");
     assert!(state_is("STOPPED"));

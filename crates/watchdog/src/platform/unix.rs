@@ -119,6 +119,10 @@ pub fn start_service() -> anyhow::Result<()> {
     systemctl(&["start", crate::systemd::UNIT_NAME])
 }
 
+pub fn restart_service() -> anyhow::Result<()> {
+    systemctl(&["restart", crate::systemd::UNIT_NAME])
+}
+
 pub fn stop_service() -> anyhow::Result<()> {
     systemctl(&["stop", crate::systemd::UNIT_NAME])
 }

@@ -55,10 +55,19 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The manager restarts the watchdog itself on Windows until the
-/// self-update's service restart lands (see the Windows issue).
+/// When this watchdog runs as the Windows service: the self-update's
+/// manager restarts it through the service control manager, by running
+/// `<watchdog exe> restart` — the *new* binary's: if it cannot even do
+/// that, the manager puts the old one back and restarts with the old one.
 pub fn service_restart_command() -> Option<Vec<String>> {
-    None
+    let (layout, _) = BODY.get()?;
+    let exe = std::env::current_exe().ok()?;
+    Some(vec![
+        exe.display().to_string(),
+        "restart".into(),
+        "--base".into(),
+        layout.base.display().to_string(),
+    ])
 }
 
 /// Runs `body` as the Windows service: hands this thread to the service
@@ -248,6 +257,23 @@ pub fn start_service() -> anyhow::Result<()> {
             ServiceAccess::START | ServiceAccess::QUERY_STATUS,
         )
         .with_context(|| format!("no service {SERVICE_NAME}: run `palette-watchdog install`"))?;
+    service.start::<&str>(&[])?;
+    wait_for_state(&service, ServiceState::Running, Duration::from_secs(60))
+}
+
+/// Stops the service (waiting until it stopped) and starts it again.
+pub fn restart_service() -> anyhow::Result<()> {
+    let scm = manager(ServiceManagerAccess::CONNECT)?;
+    let service = scm
+        .open_service(
+            SERVICE_NAME,
+            ServiceAccess::STOP | ServiceAccess::START | ServiceAccess::QUERY_STATUS,
+        )
+        .with_context(|| format!("no service {SERVICE_NAME}"))?;
+    if service.query_status()?.current_state != ServiceState::Stopped {
+        let _ = service.stop();
+        wait_for_state(&service, ServiceState::Stopped, Duration::from_secs(90))?;
+    }
     service.start::<&str>(&[])?;
     wait_for_state(&service, ServiceState::Running, Duration::from_secs(60))
 }
