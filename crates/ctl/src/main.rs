@@ -289,7 +289,10 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        // Below the 20 s the server keeps an idle connection (`command send`
+        // polls for minutes on one client).
+        .pool_idle_timeout(Duration::from_secs(10));
     if let Some(ca) = &cli.ca_file {
         let pem = fs_err::read(ca)?;
         for c in reqwest::Certificate::from_pem_bundle(&pem).context("while reading the CA file")? {

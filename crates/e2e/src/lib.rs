@@ -206,7 +206,10 @@ impl Server {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ]);
-        let mut client = reqwest::Client::builder();
+        // Idle connections are not reused past 10 s: the server closes
+        // them after 20 s, and a large upload written into a connection it
+        // just closed fails with a broken pipe.
+        let mut client = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(10));
         let mut url = format!("http://127.0.0.1:{port}");
         if let Some((cert, key, ca)) = tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);

@@ -102,10 +102,7 @@ impl ProcessService {
         let started_at = recorded.unwrap_or(0);
         let (ctl_tx, mut ctl_rx) = mpsc::channel(4);
         let (exit_tx, exit_rx) = watch::channel(false);
-        let events = self.events.clone();
-        let shared = self.running.clone();
-        let pid_file = self.spec.pid_file.clone();
-        let started = Instant::now();
+        let exit = self.on_exit(exit_tx);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ADOPTED_POLL);
             loop {
@@ -121,17 +118,11 @@ impl ProcessService {
                     },
                 }
             }
-            ended(&pid_file, pid);
-            let _ = exit_tx.send(true);
-            let _ = events.send(Event::Exited {
+            exit.report(
                 pid,
-                how: "exited (adopted from an earlier watchdog: status unknown)".into(),
-                ran_ms: started.elapsed().as_millis() as u64,
-            });
-            let mut running = shared.lock().await;
-            if running.as_ref().is_some_and(|r| r.pid == pid) {
-                *running = None;
-            }
+                "exited (adopted from an earlier watchdog: status unknown)".into(),
+            )
+            .await;
         });
         *self.running.lock().await = Some(Running {
             pid,
@@ -139,6 +130,16 @@ impl ProcessService {
             exited: exit_rx,
         });
         Adoption::Adopted { pid }
+    }
+
+    fn on_exit(&self, exited: watch::Sender<bool>) -> OnExit {
+        OnExit {
+            pid_file: self.spec.pid_file.clone(),
+            exited,
+            events: self.events.clone(),
+            running: self.running.clone(),
+            started: Instant::now(),
+        }
     }
 
     #[allow(clippy::disallowed_types)] // the std handle goes to the child
@@ -185,6 +186,32 @@ pub enum Adoption {
     /// The pid file names a live process that is not provably the agent:
     /// left alone.
     NotOurs { pid: u32 },
+}
+
+/// What happens when a supervised agent exits: its pid file goes, the
+/// waiters and subscribers hear of it, and it is no longer the running one.
+struct OnExit {
+    pid_file: Option<PathBuf>,
+    exited: watch::Sender<bool>,
+    events: broadcast::Sender<Event>,
+    running: Arc<Mutex<Option<Running>>>,
+    started: Instant,
+}
+
+impl OnExit {
+    async fn report(self, pid: u32, how: String) {
+        ended(&self.pid_file, pid);
+        let _ = self.exited.send(true);
+        let _ = self.events.send(Event::Exited {
+            pid,
+            how,
+            ran_ms: self.started.elapsed().as_millis() as u64,
+        });
+        let mut running = self.running.lock().await;
+        if running.as_ref().is_some_and(|r| r.pid == pid) {
+            *running = None;
+        }
+    }
 }
 
 /// Removes the pid file if it still names `pid`.
@@ -246,10 +273,7 @@ impl ServiceControl for ProcessService {
         }
         let (ctl_tx, mut ctl_rx) = mpsc::channel(4);
         let (exit_tx, exit_rx) = watch::channel(false);
-        let events = self.events.clone();
-        let shared = self.running.clone();
-        let pid_file = self.spec.pid_file.clone();
-        let started = Instant::now();
+        let exit = self.on_exit(exit_tx);
         tokio::spawn(async move {
             let status = loop {
                 tokio::select! {
@@ -271,17 +295,7 @@ impl ServiceControl for ProcessService {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("unknown ({e})"),
             };
-            ended(&pid_file, pid);
-            let _ = exit_tx.send(true);
-            let _ = events.send(Event::Exited {
-                pid,
-                how,
-                ran_ms: started.elapsed().as_millis() as u64,
-            });
-            let mut running = shared.lock().await;
-            if running.as_ref().is_some_and(|r| r.pid == pid) {
-                *running = None;
-            }
+            exit.report(pid, how).await;
         });
         *running = Some(Running {
             pid,

@@ -163,12 +163,21 @@ pub struct Client {
     timeout: Duration,
 }
 
+/// How long an idle kept-alive connection may be reused (below the 20 s a
+/// palette-server keeps one).
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
+
 impl Client {
     /// Builds a client for the server and credentials in `config`.
     pub fn new(config: AgentConfig, server: &ServerSettings) -> Result<Client, ClientError> {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))
+            // A kept-alive connection idle longer than this is not reused:
+            // servers close idle ones (ours after 20 s, its header timer),
+            // and a request written into a connection the server just
+            // closed fails with a broken pipe.
+            .pool_idle_timeout(POOL_IDLE)
             .user_agent(concat!("palette-watchdog/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &server.ca_file {
             let pem = fs_err::read(ca).map_err(|source| ClientError::CaFile {
