@@ -13,11 +13,11 @@ status=0
 cargo test --workspace --locked "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
 # Windows: the Windows binaries and tests under Wine (.ci/run installs
 # Debian's Rust with its std source, the MinGW linker and Wine).
-if command -v wine >/dev/null && [ -x /usr/bin/rustc ] && command -v x86_64-w64-mingw32-gcc >/dev/null; then
+if command -v wine >/dev/null && command -v wixl >/dev/null && [ -x /usr/bin/rustc ] && command -v x86_64-w64-mingw32-gcc >/dev/null; then
   echo; echo "==> Windows tests under Wine (scripts/wine-test.sh)"
   ./scripts/wine-test.sh 2>&1 | tee -a "$log" || status=$?
 else
-  echo; echo "Windows tests under Wine skipped: they need wine, Debian's rustc-web/rust-web-src and gcc-mingw-w64-x86-64 (.ci/run installs them)"
+  echo; echo "Windows tests under Wine skipped: they need wine, wixl, Debian's rustc-web/rust-web-src and gcc-mingw-w64-x86-64 (.ci/run installs them)"
 fi
 echo
 awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

@@ -21,4 +21,15 @@ export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 WIN=(-Zbuild-std=std,panic_abort --target x86_64-pc-windows-gnu --target-dir target/windows --locked)
 # The service test runs the sample agent, built beside the test binaries.
 /usr/bin/cargo build "${WIN[@]}" -p palette-sample-agent -p palette-watchdog -p palette-manager
+# Windows Installer packages of the sample agent (2.0.0 and 3.0.0, one
+# upgrade code) for the MSI test, built with wixl (msitools).
+msi="$PWD/target/wine-msi"
+rm -rf "$msi" && mkdir -p "$msi"
+cp target/windows/x86_64-pc-windows-gnu/debug/palette-sample-agent.exe "$msi/"
+for v in 2.0.0 3.0.0; do
+  printf '%s' "$v" >"$msi/VERSION"
+  sed "s/@VERSION@/$v/" scripts/wine/sample-agent.wxs >"$msi/agent.wxs"
+  (cd "$msi" && wixl -o "agent-$v.msi" agent.wxs 2>/dev/null)
+done
+export PALETTE_TEST_MSI_DIR="$(winepath -w "$msi")"
 /usr/bin/cargo test "${WIN[@]}" -p palette-protocol -p palette-host -p palette-watchdog -p palette-manager --lib --tests

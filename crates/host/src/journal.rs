@@ -30,6 +30,10 @@ pub struct Journal {
     pub artifact: PathBuf,
     pub sha256: String,
     pub step: Step,
+    /// An MSI install (`versions/<v>/agent.msi`, installed by msiexec):
+    /// rolling back reinstalls the previous version's MSI.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub msi: bool,
 }
 
 impl Journal {

@@ -64,6 +64,9 @@ pub struct AgentSettings {
     pub command: Vec<String>,
     /// Windows-service backend: the agent's service name.
     pub service_name: Option<String>,
+    /// MSI releases: `NAME=value` properties given to msiexec (e.g.
+    /// `INSTALLFOLDER=C:\Program Files\Palette`).
+    pub msi_properties: Vec<String>,
     /// Command backend.
     pub start: Vec<String>,
     pub stop: Vec<String>,
@@ -86,6 +89,7 @@ impl Default for AgentSettings {
             backend: Backend::Process,
             command: vec!["{current}/agent{exe}".into()],
             service_name: None,
+            msi_properties: vec![],
             start: vec![],
             stop: vec![],
             status: vec![],

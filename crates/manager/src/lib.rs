@@ -2,7 +2,7 @@
 //!
 //! Owns: verifying an artifact, unpacking it safely (`extract`), switching
 //! `versions/current` under the update journal, rolling back and
-//! recovering after a crash (`ops`); replacing the watchdog and itself
+//! recovering after a crash (`ops`); Windows Installer packages (`msi`); replacing the watchdog and itself
 //! (`selfupdate`).
 //!
 //! Must not: decide whether the agent runs (the watchdog supervises it), nor
@@ -12,6 +12,7 @@
 
 pub mod extract;
 pub mod fault;
+pub mod msi;
 pub mod ops;
 pub mod platform;
 pub mod selfupdate;

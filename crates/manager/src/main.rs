@@ -63,6 +63,17 @@ enum Op {
         #[arg(long, default_value_t = 120)]
         prove_secs: u64,
     },
+    /// Install a Windows Installer release with msiexec (the properties
+    /// come from `agent.msi_properties` in watchdog.yml).
+    InstallMsi {
+        msi: PathBuf,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        sha256: String,
+        #[arg(long, default_value_t = 0)]
+        release_id: i64,
+    },
     /// Keep the version an update switched to.
     Commit,
     /// Go back to the version before the update.
@@ -129,10 +140,11 @@ fn main() {
         result.reason = Some(format!("{e:#}"));
         // A full or failing local disk is a passing trouble: the watchdog
         // retries once it clears, instead of holding it against the release.
-        result.local_io = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(palette_host::fsx::is_local_disk_trouble)
-        });
+        result.local_io = result.local_io
+            || e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(palette_host::fsx::is_local_disk_trouble)
+            });
     }
     if let Err(e) = result.save(&layout) {
         tracing::error!(error = %e, "cannot write the manager's result file");
@@ -147,6 +159,7 @@ impl Op {
         match self {
             Op::Update { .. } => "update",
             Op::SelfUpdate { .. } => "self-update",
+            Op::InstallMsi { .. } => "install-msi",
             Op::Commit => "commit",
             Op::Rollback => "rollback",
             Op::Recover => "recover",
@@ -214,11 +227,37 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
                 },
             )?;
         }
+        Op::InstallMsi {
+            msi,
+            version,
+            sha256,
+            release_id,
+        } => {
+            let version = version.parse().context("while reading --version")?;
+            result.version = Some(version);
+            let settings = Settings::load(&layout.settings_file())?;
+            let req = palette_manager::msi::MsiRequest {
+                msi,
+                version,
+                sha256,
+                release_id,
+                properties: settings.agent.msi_properties.clone(),
+            };
+            if let Err(e) = palette_manager::msi::install(layout, &req) {
+                // 1618: another installation runs; retried, not held
+                // against the release.
+                result.local_io = e.is_passing();
+                return Err(e.into());
+            }
+        }
         Op::Commit => {
             ops::commit(layout)?;
         }
         Op::Rollback => {
-            let restored = ops::rollback(layout)?;
+            let props = Settings::load(&layout.settings_file())
+                .map(|s| s.agent.msi_properties)
+                .unwrap_or_default();
+            let restored = ops::rollback_with(layout, &props)?;
             result.current = restored;
             println!(
                 "{}",

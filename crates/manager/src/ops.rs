@@ -34,6 +34,8 @@ pub enum OpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("undoing the MSI install failed")]
+    Msi(#[source] crate::msi::MsiError),
     #[error("no update is in progress (no journal)")]
     NoJournal,
     #[error("the update journal says step {0:?}, which this operation cannot follow")]
@@ -119,6 +121,7 @@ pub fn install_archive(
         artifact: req.artifact.clone(),
         sha256: actual,
         step: Step::Verified,
+        msi: false,
     };
     journal
         .save(layout)
@@ -209,9 +212,22 @@ pub fn commit(layout: &Layout) -> Result<Version, OpError> {
 /// Goes back to the version before the update. Returns it (`None` when
 /// there was none: a failed first install).
 pub fn rollback(layout: &Layout) -> Result<Option<Version>, OpError> {
+    rollback_with(layout, &[])
+}
+
+/// `rollback`; an MSI install is undone with msiexec, with these
+/// properties (`agent.msi_properties`).
+pub fn rollback_with(
+    layout: &Layout,
+    msi_properties: &[String],
+) -> Result<Option<Version>, OpError> {
     let j = Journal::load(layout)
         .map_err(io("reading the update journal"))?
         .ok_or(OpError::NoJournal)?;
+    if j.msi {
+        crate::msi::reinstall_previous(layout, &j.version, j.previous.as_ref(), msi_properties)
+            .map_err(OpError::Msi)?;
+    }
     match j.previous {
         Some(prev) => {
             let aside = layout.versions().join(format!(".previous-{prev}"));

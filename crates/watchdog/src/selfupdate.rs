@@ -73,7 +73,9 @@ pub(crate) async fn install(
     installing: &std::sync::atomic::AtomicBool,
 ) -> Option<UpdateReport> {
     let (path, sha256, size) = match update::fetch(ctx, client, &cand, cancel).await {
-        Fetched::Got { path, sha256, size } => (path, sha256, size),
+        Fetched::Got {
+            path, sha256, size, ..
+        } => (path, sha256, size),
         Fetched::Ended(r) => return r,
     };
     installing.store(true, std::sync::atomic::Ordering::SeqCst);

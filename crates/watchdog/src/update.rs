@@ -242,6 +242,8 @@ pub(crate) enum Fetched {
         path: std::path::PathBuf,
         sha256: String,
         size: u64,
+        /// A Windows Installer package (installed by msiexec), not an archive.
+        msi: bool,
     },
     /// Reported (a failure), or `None`: cancelled.
     Ended(Option<UpdateReport>),
@@ -267,7 +269,12 @@ pub(crate) async fn fetch(
             false,
         )))
     };
-    if cand.kind != ReleaseKind::Archive {
+    let installable = match cand.kind {
+        ReleaseKind::Archive => true,
+        ReleaseKind::Msi => crate::platform::installs_msi(),
+        ReleaseKind::Installer => false,
+    };
+    if !installable {
         return fail(format!(
             "release kind {} cannot be installed on {} yet",
             cand.kind.as_str(),
@@ -351,8 +358,11 @@ pub(crate) async fn fetch(
 
     // What the file is decides what can install it: refused here, before
     // anything is stopped.
-    match sniff(&dest) {
-        Ok(Content::Gzip | Content::Zip) => {}
+    let msi = match sniff(&dest) {
+        Ok(Content::Gzip | Content::Zip) => false,
+        Ok(Content::Msi) if crate::platform::installs_msi() && cand.product == Product::Agent => {
+            true
+        }
         Ok(Content::Msi) => {
             let _ = fs_err::remove_file(&dest);
             return fail(format!(
@@ -368,11 +378,12 @@ pub(crate) async fn fetch(
             );
         }
         Err(e) => return fail(format!("cannot read the download: {e}")),
-    }
+    };
     Fetched::Got {
         path: dest,
         sha256: got.sha256,
         size: got.size,
+        msi,
     }
 }
 
@@ -392,8 +403,13 @@ async fn install_inner(
             msg,
         ))
     };
-    let (dest, got_sha, got_size) = match fetch(ctx, client, &cand, cancel).await {
-        Fetched::Got { path, sha256, size } => (path, sha256, size),
+    let (dest, got_sha, got_size, msi) = match fetch(ctx, client, &cand, cancel).await {
+        Fetched::Got {
+            path,
+            sha256,
+            size,
+            msi,
+        } => (path, sha256, size, msi),
         Fetched::Ended(r) => return r,
     };
     installing.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -422,7 +438,7 @@ async fn install_inner(
         ));
     }
     let args = vec![
-        "update".to_string(),
+        if msi { "install-msi" } else { "update" }.to_string(),
         dest.display().to_string(),
         format!("--version={}", cand.version),
         format!("--sha256={got_sha}"),

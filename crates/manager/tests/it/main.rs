@@ -255,6 +255,7 @@ fn recovery_after_a_crash_at_each_step() {
         artifact: a1.clone(),
         sha256: "x".into(),
         step: Step::Extracted,
+        msi: false,
     };
     j.save(&l).unwrap();
     assert_eq!(

@@ -150,6 +150,12 @@ pub fn run_as_service(
     body(layout)
 }
 
+/// No Windows Installer here: MSI releases are refused before anything
+/// is stopped.
+pub fn installs_msi() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -310,3 +310,8 @@ fn wait_for_state(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// MSI releases are installed with msiexec (by the manager).
+pub fn installs_msi() -> bool {
+    true
+}
