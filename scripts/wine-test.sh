@@ -32,4 +32,19 @@ for v in 2.0.0 3.0.0; do
   (cd "$msi" && wixl -o "agent-$v.msi" agent.wxs 2>/dev/null)
 done
 export PALETTE_TEST_MSI_DIR="$(winepath -w "$msi")"
+# A real palette-server (the Linux build, on loopback) for the Windows
+# end-to-end test; Wine's processes reach it on 127.0.0.1.
+if [ -x target/debug/palette-server ]; then
+  srv="$(mktemp -d)"
+  port=$((20000 + RANDOM % 20000))
+  PALETTE_ADMIN_TOKEN=wine-admin-token PALETTE_AGENT_TOKENS=wine-license-key \
+    target/debug/palette-server --data-dir "$srv" --listen "127.0.0.1:$port" >"$srv/server.log" 2>&1 &
+  server_pid=$!
+  trap 'kill $server_pid 2>/dev/null; wineserver -k >/dev/null 2>&1 || true' EXIT
+  for _ in $(seq 100); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  export PALETTE_TEST_SERVER="http://127.0.0.1:$port"
+fi
 /usr/bin/cargo test "${WIN[@]}" -p palette-protocol -p palette-host -p palette-watchdog -p palette-manager --lib --tests

@@ -104,7 +104,11 @@ fn msiexec(
         .args(["/qn", "/norestart", "/l*v"])
         .arg(&log)
         .args(properties)
-        .stdin(std::process::Stdio::null());
+        // Its own log is the record; no handle of ours is passed on (a
+        // process msiexec starts could hold our caller's pipe open).
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     tracing::info!(action, msi = %msi.display(), "running msiexec");
     let mut child = cmd.spawn().map_err(MsiError::Spawn)?;
     let deadline = std::time::Instant::now() + MSIEXEC_LIMIT;
