@@ -8,9 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export WINEPREFIX="${WINEPREFIX:-$PWD/target/wine-prefix}"
 export WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
-if [ ! -f "$WINEPREFIX/system.reg" ]; then
-  wineboot -i >/dev/null 2>&1
-fi
+# A fresh prefix every run: what earlier runs installed (services, MSI
+# products) never changes the outcome.
+wineserver -k >/dev/null 2>&1 || true
+rm -rf "$WINEPREFIX"
+wineboot -i >/dev/null 2>&1
 # Wine 8 lacks ProcessPrng, which Rust's std imports (every .exe would exit
 # with code 53): a stub exporting it through RtlGenRandom.
 x86_64-w64-mingw32-gcc -O2 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \

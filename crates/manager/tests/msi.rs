@@ -8,21 +8,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Runs the manager; its console output goes to a file, not a pipe (a
+/// process msiexec starts under Wine may hold a pipe open).
 fn manager(base: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_palette-manager"))
+    let console = base.join("manager-console.txt");
+    let file = std::fs::File::create(&console).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_palette-manager"))
         .arg("--base")
         .arg(base)
         .args(args)
-        .output()
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (status.success(), read(&console))
 }
 
 fn install(base: &Path, msi: &Path, version: &str) -> (bool, String) {
@@ -91,4 +90,15 @@ fn msi_releases_install_upgrade_and_roll_back_through_msiexec() {
     assert_eq!(read(&app.join("VERSION")), "2.0.0");
     assert_eq!(read(&base.join("versions").join("current")).trim(), "2.0.0");
     assert!(!base.join("versions").join("4.0.0").exists());
+
+    // Leave the product uninstalled for whatever runs next on this machine.
+    let status = Command::new("msiexec")
+        .args(["/x"])
+        .arg(dir.join("agent-2.0.0.msi"))
+        .args(["/qn", "/norestart"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "msiexec /x: {status}");
 }
