@@ -13,6 +13,9 @@ export WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 wineserver -k >/dev/null 2>&1 || true
 rm -rf "$WINEPREFIX"
 wineboot -i >/dev/null 2>&1
+# Until the prefix's first-run setup has finished: service calls made while
+# it still runs fail at random.
+wineserver -w
 # Wine 8 lacks ProcessPrng, which Rust's std imports (every .exe would exit
 # with code 53): a stub exporting it through RtlGenRandom.
 x86_64-w64-mingw32-gcc -O2 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
@@ -49,4 +52,6 @@ if [ -x target/debug/palette-server ]; then
   done
   export PALETTE_TEST_SERVER="http://127.0.0.1:$port"
 fi
-/usr/bin/cargo test "${WIN[@]}" -p palette-protocol -p palette-host -p palette-watchdog -p palette-manager --lib --tests
+# One test at a time: Wine's service manager is not reliable under
+# concurrent create/start calls.
+/usr/bin/cargo test "${WIN[@]}" -p palette-protocol -p palette-host -p palette-watchdog -p palette-manager --lib --tests -- --test-threads=1

@@ -90,15 +90,4 @@ fn msi_releases_install_upgrade_and_roll_back_through_msiexec() {
     assert_eq!(read(&app.join("VERSION")), "2.0.0");
     assert_eq!(read(&base.join("versions").join("current")).trim(), "2.0.0");
     assert!(!base.join("versions").join("4.0.0").exists());
-
-    // Leave the product uninstalled for whatever runs next on this machine.
-    let status = Command::new("msiexec")
-        .args(["/x"])
-        .arg(dir.join("agent-2.0.0.msi"))
-        .args(["/qn", "/norestart"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "msiexec /x: {status}");
 }
