@@ -30,6 +30,24 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
+/// Runs the installed manager (console to nowhere: a process msiexec
+/// starts may hold a pipe open) and asserts it succeeded.
+fn manager(base: &Path, args: &[&str]) {
+    let status = Command::new(base.join("palette-manager.exe"))
+        .arg("--base")
+        .arg(base)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "manager {args:?}: {}",
+        read(&base.join("Logs").join("manager.log"))
+    );
+}
+
 struct Watchdog(std::process::Child);
 
 impl Drop for Watchdog {
@@ -81,39 +99,18 @@ async fn an_msi_release_is_installed_by_the_watchdog_and_reported() {
     // 2.0.0 is installed first, as a host would have it.
     let msi2 = msis.join("agent-2.0.0.msi");
     let sha2 = palette_host_sha(&msi2);
-    let out = Command::new(base.join("palette-manager.exe"))
-        .arg("--base")
-        .arg(&base)
-        .args([
+    manager(
+        &base,
+        &[
             "install-msi",
             &msi2.display().to_string(),
             "--version",
             "2.0.0",
             "--sha256",
             &sha2,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(
-        out.success(),
-        "{}",
-        read(&base.join("Logs").join("manager.log"))
+        ],
     );
-    let out = Command::new(base.join("palette-manager.exe"))
-        .arg("--base")
-        .arg(&base)
-        .arg("commit")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(
-        out.success(),
-        "{}",
-        read(&base.join("Logs").join("manager.log"))
-    );
+    manager(&base, &["commit"]);
 
     let _watchdog = Watchdog(
         Command::new(base.join("palette-watchdog.exe"))
