@@ -3,7 +3,8 @@
 # Debian's Rust (std built from source for x86_64-pc-windows-gnu) and runs
 # them with wine in a private prefix (target/wine-prefix). Needs the
 # packages .ci/run installs (rustc-web cargo-web rust-web-src
-# gcc-mingw-w64-x86-64 wine wine64). See ../shared/reference/windows-build.md.
+# gcc-mingw-w64-x86-64 wine wine64 wixl). See ../shared/reference/windows-build.md.
+# `--bench` prints the Wine benchmark figures instead of running the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WINEPREFIX="${WINEPREFIX:-$PWD/target/wine-prefix}"
@@ -36,6 +37,15 @@ for v in 2.0.0 3.0.0; do
   sed "s/@VERSION@/$v/" scripts/wine/sample-agent.wxs >"$msi/agent.wxs"
   (cd "$msi" && wixl -o "agent-$v.msi" agent.wxs 2>/dev/null)
 done
+# 4.0.0 is broken: its FAIL file makes the agent exit at once (a release
+# that fails its health check and is rolled back).
+printf '4.0.0' >"$msi/VERSION"
+printf 'fail the health check' >"$msi/FAIL"
+sed -e "s/@VERSION@/4.0.0/" \
+  -e 's|<!--@FAIL@-->|<Component Id="FailFile" Guid="4b2d8f20-ae50-4c71-9f2d-3a4c5d6e7f80"><File Id="FailFileId" Name="FAIL" Source="FAIL" KeyPath="yes"/></Component>|' \
+  -e 's|<!--@FAILREF@-->|<ComponentRef Id="FailFile"/>|' \
+  scripts/wine/sample-agent.wxs >"$msi/agent.wxs"
+(cd "$msi" && wixl -o agent-4.0.0-broken.msi agent.wxs 2>/dev/null)
 export PALETTE_TEST_MSI_DIR="$(winepath -w "$msi")"
 # A real palette-server (the Linux build, on loopback) for the Windows
 # end-to-end test; Wine's processes reach it on 127.0.0.1.
@@ -52,6 +62,13 @@ if [ -x target/debug/palette-server ]; then
   done
   export PALETTE_TEST_SERVER="http://127.0.0.1:$port"
 fi
+if [ "${1:-}" = "--bench" ]; then
+  # Wine figures: the watchdog service's idle memory, agent-service restarts.
+  /usr/bin/cargo test "${WIN[@]}" -p palette-watchdog --test windows_bench -- --ignored --nocapture
+  exit 0
+fi
 # One test at a time: Wine's service manager is not reliable under
 # concurrent create/start calls.
-/usr/bin/cargo test "${WIN[@]}" -p palette-protocol -p palette-host -p palette-watchdog -p palette-manager --lib --tests -- --test-threads=1
+# PALETTE_WINE_TESTS narrows the run (e.g. "-p palette-watchdog --test windows_e2e").
+# shellcheck disable=SC2086
+/usr/bin/cargo test "${WIN[@]}" ${PALETTE_WINE_TESTS:--p palette-protocol -p palette-host -p palette-service -p palette-watchdog -p palette-manager --lib --tests} -- --test-threads=1

@@ -82,7 +82,12 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(agent(base, shutdown()))
+        .block_on(async {
+            // The handlers are in place before the agent says it started,
+            // so a stop sent right after that is never missed.
+            let stop = shutdown()?;
+            agent(base, stop).await
+        })
 }
 
 /// The agent, until `stop` resolves.
@@ -137,19 +142,34 @@ async fn agent(base: PathBuf, stop: impl std::future::Future<Output = ()>) -> an
     Ok(())
 }
 
+/// Registers the stop signals (SIGTERM, Ctrl-C) now; the future resolves
+/// when one arrives.
 #[cfg(unix)]
-async fn shutdown() {
+fn shutdown() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
-#[cfg(not(unix))]
-async fn shutdown() {
-    let _ = tokio::signal::ctrl_c().await;
+/// Registers the stop events (Ctrl-C, and CTRL_BREAK: the process
+/// backend's stop) now; the future resolves when one arrives.
+#[cfg(windows)]
+fn shutdown() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::windows::{ctrl_break, ctrl_c};
+    let mut c = ctrl_c().context("Ctrl-C handler")?;
+    let mut brk = ctrl_break().context("CTRL_BREAK handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = c.recv() => {}
+            _ = brk.recv() => {}
+        }
+    })
 }
 
 #[cfg(windows)]

@@ -1,7 +1,8 @@
 //! The process backend: the agent is the watchdog's own child, leading a
-//! process group of its own. Its exit is seen at once (the child is waited
-//! on), a stop is SIGTERM to the group then SIGKILL after a timeout, and its
-//! stdout/stderr go to the agent log.
+//! process group of its own (on Windows also in a job object). Its exit is
+//! seen at once (the child is waited on), a stop is SIGTERM to the group
+//! (Windows: CTRL_BREAK) then SIGKILL (Windows: the job terminated) after a
+//! timeout, and its stdout/stderr go to the agent log.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,7 +114,11 @@ impl ProcessService {
                         }
                     }
                     Some(c) = ctl_rx.recv() => match c {
-                        Ctl::Terminate => { platform::terminate_group(pid); }
+                        Ctl::Terminate => {
+                            if !platform::terminate_group(pid) {
+                                platform::kill_group(pid);
+                            }
+                        }
                         Ctl::Kill => platform::kill_group(pid),
                     },
                 }
@@ -263,6 +268,7 @@ impl ServiceControl for ProcessService {
             source,
         })?;
         let pid = child.id().unwrap_or(0);
+        let job = platform::Job::contain(pid);
         if let Some(pf) = &self.spec.pid_file {
             // The start time names this very process (a pid is reused).
             let record = match platform::start_time(pid) {
@@ -285,6 +291,9 @@ impl ServiceControl for ProcessService {
                             }
                         }
                         Ctl::Kill => {
+                            if let Some(job) = &job {
+                                job.kill();
+                            }
                             platform::kill_group(pid);
                             let _ = child.start_kill();
                         }
@@ -326,7 +335,7 @@ impl ServiceControl for ProcessService {
         tracing::warn!(
             pid = r.pid,
             secs = self.spec.stop_timeout.as_secs(),
-            "agent ignored SIGTERM; killing it"
+            "the agent did not stop when asked (SIGTERM / CTRL_BREAK); killing it"
         );
         let _ = r.ctl.send(Ctl::Kill).await;
         if wait(&mut exited, Duration::from_secs(5)).await {

@@ -110,8 +110,22 @@ impl ScmService {
 #[async_trait]
 impl ServiceControl for ScmService {
     async fn start(&self) -> Result<(), ServiceError> {
-        self.blocking(|name, timeout| crate::platform::scm::start(&name, timeout))
-            .await
+        let pid = self
+            .blocking(|name, timeout| {
+                crate::platform::scm::start(&name, timeout)?;
+                Ok(crate::platform::scm::running_pid(&name))
+            })
+            .await?;
+        // Seen at once, not at the monitor's next poll: a service that
+        // stops again before that poll is still noticed as an exit.
+        if let Some(pid) = pid {
+            let mut last = self.seen.lock().await;
+            if last.map(|(p, _)| p) != Some(pid) {
+                *last = Some((pid, Instant::now()));
+                let _ = self.events.send(Event::Started { pid });
+            }
+        }
+        Ok(())
     }
 
     async fn stop(&self) -> Result<(), ServiceError> {

@@ -20,6 +20,17 @@ pub fn kill_group(pid: u32) {
     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
+/// Unix needs no job: the agent's process group is its tree.
+pub struct Job;
+
+impl Job {
+    pub fn contain(_pid: u32) -> Option<Job> {
+        None
+    }
+
+    pub fn kill(&self) {}
+}
+
 /// Whether a process with this id exists.
 pub fn process_alive(pid: u32) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
