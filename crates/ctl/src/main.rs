@@ -15,6 +15,8 @@ use palette_protocol::v2::{
 };
 use reqwest::{header, Method, StatusCode};
 
+mod signing;
+
 #[derive(Parser)]
 #[command(version, about = "Operate a palette-updater fleet.")]
 struct Cli {
@@ -72,6 +74,24 @@ enum Cmd {
     /// Credentials.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Release signing keys (minisign).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Make a publisher key pair: PREFIX.pub (the public key; its second
+    /// line goes into the hosts' `trust.keys`) and PREFIX.key (the secret
+    /// key, password-protected; the password is asked for, or taken from
+    /// PALETTE_SIGN_KEY_PASSWORD). Keep PREFIX.key off the server.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        /// An unprotected secret key (for automation that keeps it safe).
+        #[arg(long)]
+        no_password: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +110,18 @@ enum ReleaseCmd {
         /// Publish even a version lower than the newest one offered.
         #[arg(long)]
         force: bool,
+        /// Sign the release manifest with this secret key (PREFIX.key of
+        /// `keys generate`); hosts with `trust.keys` install only signed
+        /// releases.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+        /// Days the signed manifest stays valid (hosts refuse it after).
+        #[arg(long, default_value_t = 90, requires = "sign_key")]
+        expires_days: u32,
+        /// Authorise hosts running at least this version to install this
+        /// (older) release: a signed downgrade.
+        #[arg(long, requires = "sign_key")]
+        allow_downgrade_from: Option<String>,
     },
     List,
     /// Stop offering a release to any host (hosts that run it keep it).
@@ -312,7 +344,25 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             kind,
             product,
             force,
-        }) => publish(&api, file, version, platform, kind, product, force).await,
+            sign_key,
+            expires_days,
+            allow_downgrade_from,
+        }) => {
+            let signing = sign_key.map(|key| Signing {
+                key,
+                expires_days,
+                allow_downgrade_from,
+            });
+            publish(&api, file, version, platform, kind, product, force, signing).await
+        }
+        Cmd::Keys(KeysCmd::Generate { out, no_password }) => {
+            let (pub_path, line) = signing::generate(&out, no_password)?;
+            println!(
+                "wrote {} and the secret key beside it; trust it on hosts with:\ntrust:\n  keys:\n    - {line}",
+                pub_path.display()
+            );
+            Ok(())
+        }
         Cmd::Release(ReleaseCmd::Withdraw {
             version,
             platform,
@@ -852,6 +902,33 @@ async fn watch_acks(
     }
 }
 
+/// How `release publish` signs the manifest.
+struct Signing {
+    key: PathBuf,
+    expires_days: u32,
+    allow_downgrade_from: Option<String>,
+}
+
+/// The artifact's SHA-256 (hex) and size, read once before the upload.
+fn digest(file: &std::path::Path) -> anyhow::Result<(String, u64)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = fs_err::File::open(file)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(h.finalize()), size))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     api: &Api,
     file: PathBuf,
@@ -860,9 +937,41 @@ async fn publish(
     kind: Kind,
     product: String,
     force: bool,
+    signing: Option<Signing>,
 ) -> anyhow::Result<()> {
     // Refuse what the server would refuse before uploading anything.
     let version: palette_protocol::Version = version.parse().context("while reading --version")?;
+    let kind_v2 = match kind {
+        Kind::Archive => palette_protocol::v2::ReleaseKind::Archive,
+        Kind::Msi => palette_protocol::v2::ReleaseKind::Msi,
+        Kind::Installer => palette_protocol::v2::ReleaseKind::Installer,
+    };
+    let signed = match signing {
+        None => None,
+        Some(s) => {
+            let (sha256, size) =
+                digest(&file).with_context(|| format!("while reading {}", file.display()))?;
+            let now = time::OffsetDateTime::now_utc();
+            let fmt = &time::format_description::well_known::Rfc3339;
+            let manifest = palette_protocol::manifest::Manifest {
+                product: product.clone(),
+                version,
+                platform: platform.clone(),
+                kind: kind_v2,
+                size,
+                sha256,
+                created: now.format(fmt)?,
+                expires: (now + time::Duration::days(i64::from(s.expires_days))).format(fmt)?,
+                allow_downgrade_from: s
+                    .allow_downgrade_from
+                    .map(|v| v.parse())
+                    .transpose()
+                    .context("while reading --allow-downgrade-from")?,
+            };
+            let signature = signing::sign(&s.key, &manifest)?;
+            Some((manifest.to_text(), signature))
+        }
+    };
 
     let size = fs_err::metadata(&file)?.len();
     let f = tokio::fs::File::open(&file)
@@ -891,14 +1000,24 @@ async fn publish(
     let path = format!(
         "/api/v2/releases?product={product}&version={version}&platform={platform}&kind={kind}&force={force}"
     );
-    let rb = api
+    let mut rb = api
         .req(Method::POST, &path)
         .header(header::CONTENT_LENGTH, size)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(stream));
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some((manifest, signature)) = &signed {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        rb = rb
+            .header("x-palette-manifest", b64.encode(manifest))
+            .header("x-palette-signature", b64.encode(signature));
+    }
+    let rb = rb.body(reqwest::Body::wrap_stream(stream));
     let result: anyhow::Result<Release> = api.json(rb).await;
     bar.finish_and_clear();
     let r = result?;
+    if r.manifest.is_some() {
+        println!("signed manifest attached (hosts with trust.keys verify it)");
+    }
     println!(
         "published release {}: {} {} {} {} ({} bytes, sha256 {})",
         r.id,

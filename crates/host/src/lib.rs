@@ -22,5 +22,6 @@ mod platform;
 pub mod self_journal;
 pub mod settings;
 pub mod stamp;
+pub mod trust;
 
 pub use layout::{Layout, Pointer};

@@ -195,6 +195,10 @@ impl Default for SelfUpdate {
 pub struct Trust {
     /// Accept legacy v1 releases, which carry only an MD5 and no signature.
     pub allow_legacy_md5: bool,
+    /// Publisher public keys (minisign, the one-line key string of a
+    /// `.pub` file). When any is given, only releases whose manifest one of
+    /// them signed are installed. Only this local file sets them.
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +321,7 @@ impl Settings {
         if let Some(h) = &self.hostname {
             palette_protocol::validate_hostname(h).map_err(|e| format!("hostname: {e}"))?;
         }
+        crate::trust::TrustedKeys::parse(&self.trust.keys).map_err(|e| e.to_string())?;
         Ok(())
     }
 }

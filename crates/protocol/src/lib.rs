@@ -9,6 +9,7 @@
 
 pub mod env;
 pub mod hostname;
+pub mod manifest;
 pub mod timefmt;
 pub mod v1;
 pub mod v2;

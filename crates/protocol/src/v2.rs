@@ -299,9 +299,13 @@ pub struct Release {
     pub sha256: String,
     pub md5: String,
     pub size: u64,
-    /// A detached signature over the release manifest (filled by the
-    /// signing work; absent on unsigned releases).
+    /// The minisign signature over `manifest` (absent on unsigned
+    /// releases).
     pub signature: Option<String>,
+    /// The signed release manifest, exactly as signed
+    /// (`palette_protocol::manifest::Manifest` as JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// Where to download the artifact (server-relative).
     pub url: String,
     pub created_at: String,

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "release withdrawal",
         include_str!("../migrations/sqlite/0003_release_withdrawal.sql"),
     ),
+    (
+        4,
+        "release manifest",
+        include_str!("../migrations/sqlite/0004_release_manifest.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -394,8 +399,8 @@ impl Store for SqliteStore {
         let res = async {
             let mut tx = conn.begin().await?;
             let id = sqlx::query(
-                "INSERT INTO releases (product, version, platform, kind, sha256, md5, size, signature, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO releases (product, version, platform, kind, sha256, md5, size, signature, manifest, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&r.product)
             .bind(r.version.to_string())
@@ -405,6 +410,7 @@ impl Store for SqliteStore {
             .bind(&r.md5)
             .bind(r.size as i64)
             .bind(&r.signature)
+            .bind(&r.manifest)
             .bind(r.created_at)
             .execute(&mut *tx)
             .await?
@@ -453,6 +459,7 @@ impl Store for SqliteStore {
                         md5: r.try_get("md5")?,
                         size: r.try_get::<i64, _>("size")? as u64,
                         signature: r.try_get("signature")?,
+                        manifest: r.try_get("manifest")?,
                         created_at: r.try_get("created_at")?,
                         withdrawn_at: r.try_get("withdrawn_at")?,
                     },

@@ -166,6 +166,7 @@ fn release_from(id: i64, r: NewRelease) -> Release {
         md5: r.md5,
         size: r.size,
         signature: r.signature,
+        manifest: r.manifest,
         created_at: rfc3339_millis(r.created_at),
         withdrawn_at: r.withdrawn_at.map(rfc3339_millis),
     }

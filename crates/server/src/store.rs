@@ -175,7 +175,10 @@ pub struct NewRelease {
     pub sha256: String,
     pub md5: String,
     pub size: u64,
+    /// The minisign signature over `manifest`.
     pub signature: Option<String>,
+    /// The signed manifest, exactly as signed (verified by hosts, not here).
+    pub manifest: Option<String>,
     pub created_at: Millis,
     /// When it was withdrawn (never at publish).
     pub withdrawn_at: Option<Millis>,

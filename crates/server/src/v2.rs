@@ -433,7 +433,6 @@ struct PublishQuery {
     platform: String,
     kind: String,
     sha256: Option<String>,
-    signature: Option<String>,
     /// Publish even a version lower than the newest offered one.
     force: Option<bool>,
 }
@@ -451,6 +450,47 @@ fn plain_name(what: &str, s: &str) -> V2Result<()> {
         )))
     }
 }
+
+/// The signed manifest and its signature from the publish request's
+/// `X-Palette-Manifest` / `X-Palette-Signature` headers (each base64): both
+/// or neither, each bounded, the manifest well-formed. The signature is
+/// not verified here — the server holds no key and is not trusted; hosts
+/// verify against their own keys.
+fn signed_manifest(headers: &HeaderMap) -> V2Result<(Option<String>, Option<String>)> {
+    use base64::Engine as _;
+    use palette_protocol::manifest::{Manifest, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES};
+    let get = |name: &str, max: usize| -> V2Result<Option<String>> {
+        let Some(v) = headers.get(name) else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.as_bytes())
+            .map_err(|_| bad(format!("{name} must be base64")))?;
+        if bytes.len() > max {
+            return Err(bad(format!("{name} is longer than {max} bytes")));
+        }
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| bad(format!("{name} must be UTF-8 text")))
+    };
+    let manifest = get(HEADER_MANIFEST, MAX_MANIFEST_BYTES)?;
+    let signature = get(HEADER_SIGNATURE, MAX_SIGNATURE_BYTES)?;
+    match (&manifest, &signature) {
+        (Some(m), Some(_)) => {
+            Manifest::parse(m).map_err(|e| bad(e.to_string()))?;
+        }
+        (None, None) => {}
+        _ => {
+            return Err(bad(format!(
+                "{HEADER_MANIFEST} and {HEADER_SIGNATURE} go together"
+            )))
+        }
+    }
+    Ok((manifest, signature))
+}
+
+const HEADER_MANIFEST: &str = "x-palette-manifest";
+const HEADER_SIGNATURE: &str = "x-palette-signature";
 
 async fn publish_release(
     State(state): State<AppState>,
@@ -497,6 +537,7 @@ async fn publish_release(
             ));
         }
     }
+    let (manifest, signature) = signed_manifest(req.headers())?;
     let stream = req.into_body().into_data_stream();
     let staged = state
         .artifacts
@@ -519,7 +560,8 @@ async fn publish_release(
                 sha256: String::new(),
                 md5: String::new(),
                 size: 0,
-                signature: q.signature,
+                signature,
+                manifest,
                 created_at: now_ms(),
                 withdrawn_at: None,
             },

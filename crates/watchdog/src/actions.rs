@@ -57,6 +57,9 @@ pub struct Ctx {
     /// Successful check-ins (or v1 polls) since start; a new watchdog on
     /// probation proves itself with the first.
     pub(crate) checkins: tokio::sync::watch::Sender<u64>,
+    /// The publisher keys of the local settings (`trust.keys`); `None`:
+    /// releases are taken on the server's word.
+    pub trust: Option<palette_host::trust::TrustedKeys>,
 }
 
 impl Ctx {
@@ -71,7 +74,12 @@ impl Ctx {
             Protocol::V1 => Protocol::V1,
             Protocol::V2 | Protocol::Auto => Protocol::V2,
         };
+        // Validated when the settings were loaded.
+        let trust = palette_host::trust::TrustedKeys::parse(&settings.trust.keys)
+            .ok()
+            .filter(|k| !k.is_empty());
         Ctx {
+            trust,
             layout,
             settings,
             hostname,

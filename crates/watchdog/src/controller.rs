@@ -39,7 +39,10 @@ pub enum Msg {
     /// Carry out a command; `id` is the v2 command id (none for legacy v1).
     Perform { id: Option<i64>, kind: CommandKind },
     /// The server offers this release.
-    Offer { cand: Candidate, client: Client },
+    Offer {
+        cand: Box<Candidate>,
+        client: Client,
+    },
     /// Answer when the controller is free (liveness).
     Ping(oneshot::Sender<()>),
 }
@@ -137,7 +140,7 @@ impl Controller {
             let Some(msg) = msg else { break };
             match msg {
                 Msg::Perform { id, kind } => self.on_command(id, kind).await,
-                Msg::Offer { cand, client } => self.on_offer(cand, client).await,
+                Msg::Offer { cand, client } => self.on_offer(*cand, client).await,
                 Msg::Ping(reply) => {
                     let _ = reply.send(());
                 }

@@ -195,6 +195,15 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
         durable,
         supervisor.clone(),
     ));
+    match &ctx.trust {
+        Some(keys) => tracing::info!(
+            keys = keys.len(),
+            "only releases signed by a trusted key (trust.keys) are installed"
+        ),
+        None => tracing::warn!(
+            "trust.keys is empty: releases are installed on the server's word (its sha256); set trust.keys to install only releases signed by your publisher key"
+        ),
+    }
 
     // Settle a self-update, then finish an agent update a crash
     // interrupted, before anything else runs.

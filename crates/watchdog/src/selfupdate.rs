@@ -37,7 +37,8 @@ pub(crate) fn own_version() -> Version {
 /// it is newer than this watchdog, and no update is unfinished.
 pub(crate) fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
     ctx.settings.self_update.enabled
-        && cand.version > own_version()
+        && (cand.version > own_version()
+            || crate::update::signed_downgrade(ctx, cand, own_version()))
         && !ctx.layout.journal().exists()
         && !ctx.layout.self_journal().exists()
 }

@@ -51,16 +51,20 @@ pub struct Candidate {
     pub kind: ReleaseKind,
     pub url: String,
     pub integrity: Integrity,
+    /// The signed manifest and its signature, as the server passed them on.
+    pub manifest: Option<String>,
+    pub signature: Option<String>,
 }
 
-/// Whether `cand` should be installed: newer than what runs (never a
-/// downgrade) and not already failed.
+/// Whether `cand` should be installed: newer than what runs (an older one
+/// only when its signed manifest claims to authorise that downgrade, which
+/// `fetch` then verifies) and not already failed.
 pub fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
     let newer = match cand.product {
         Product::Agent => ctx
             .layout
             .current_version()
-            .is_none_or(|cur| cand.version > cur),
+            .is_none_or(|cur| cand.version > cur || signed_downgrade(ctx, cand, cur)),
         Product::Watchdog => crate::selfupdate::wanted(ctx, cand),
     };
     let waiting = ctx
@@ -69,6 +73,47 @@ pub fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
         .unwrap()
         .is_some_and(|(id, at, _)| id == cand.release_id && std::time::Instant::now() < at);
     newer && !waiting && !ctx.durable.get().failed_releases.contains(&cand.release_id)
+}
+
+/// An older release whose manifest claims a downgrade from `installed` is
+/// authorised: considered only when this host verifies signatures.
+pub(crate) fn signed_downgrade(ctx: &Ctx, cand: &Candidate, installed: Version) -> bool {
+    cand.version < installed
+        && ctx.trust.is_some()
+        && palette_host::trust::claims_downgrade(cand.manifest.as_deref(), installed)
+}
+
+/// With `trust.keys` set: the release's signed manifest must verify and
+/// match the offer, before anything is downloaded or stopped.
+fn check_trust(ctx: &Ctx, cand: &Candidate) -> Result<(), palette_host::trust::Refusal> {
+    let Some(keys) = &ctx.trust else {
+        return Ok(());
+    };
+    let (sha256, size) = match &cand.integrity {
+        Integrity::Sha256 { hex, size } => (hex.as_str(), *size),
+        Integrity::Md5(_) => ("", 0),
+    };
+    let (product, installed) = match cand.product {
+        Product::Agent => (ctx.settings.product.as_str(), ctx.layout.current_version()),
+        Product::Watchdog => ("watchdog", Some(crate::selfupdate::own_version())),
+    };
+    let offer = palette_host::trust::Offer {
+        product,
+        platform: &ctx.settings.platform,
+        version: cand.version,
+        kind: cand.kind,
+        sha256,
+        size,
+        installed,
+        now_ms: crate::now_ms(),
+    };
+    palette_host::trust::check(
+        keys,
+        cand.manifest.as_deref(),
+        cand.signature.as_deref(),
+        &offer,
+    )
+    .map(drop)
 }
 
 /// Longest wait before downloading a release again after a passing
@@ -280,6 +325,10 @@ pub(crate) async fn fetch(
             cand.kind.as_str(),
             ctx.settings.platform
         ));
+    }
+    if let Err(refusal) = check_trust(ctx, cand) {
+        tracing::error!(product = cand.product.as_str(), version = %cand.version, release = cand.release_id, %refusal, "release refused: its signed manifest does not verify; nothing was downloaded or stopped");
+        return fail(format!("refused (signature check): {refusal}"));
     }
     tracing::info!(product = cand.product.as_str(), version = %cand.version, release = cand.release_id, "downloading update");
     let updates = ctx.layout.updates();

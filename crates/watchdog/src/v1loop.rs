@@ -61,7 +61,13 @@ pub async fn run(ctx: &Ctx, handle: &Handle, shutdown: &CancellationToken) {
         }
         if now >= next_upd {
             if let Some((cand, client)) = check_update(ctx, &mut said).await {
-                if !handle.send(Msg::Offer { cand, client }).await {
+                if !handle
+                    .send(Msg::Offer {
+                        cand: Box::new(cand),
+                        client,
+                    })
+                    .await
+                {
                     return;
                 }
             }
@@ -170,6 +176,9 @@ async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, crate::c
         kind: ReleaseKind::Archive,
         url: v.url.clone(),
         integrity: Integrity::Md5(v.md5.clone()),
+        // Legacy releases are never signed.
+        manifest: None,
+        signature: None,
     };
     if ctx.durable.get().failed_releases.contains(&id) {
         if said.skipped_bad != Some(id) {

@@ -230,12 +230,14 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                     hex: r.sha256.clone(),
                     size: r.size,
                 },
+                manifest: r.manifest.clone(),
+                signature: r.signature.clone(),
             };
             let offer = ctx.active_update() != Some(cand.release_id)
                 && update::wanted(ctx, &cand)
                 && last_offer.fresh(product, cand.release_id);
             let msg = Msg::Offer {
-                cand,
+                cand: Box::new(cand),
                 client: client.clone(),
             };
             if offer && !handle.send(msg).await {

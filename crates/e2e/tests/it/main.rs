@@ -12,6 +12,7 @@ use palette_protocol::v2::{AgentState, CommandKind, DesiredState, Outcome};
 const T: Duration = Duration::from_secs(30);
 
 mod selfupdate;
+mod trust;
 
 async fn setup(name: &str) -> (tempfile::TempDir, Server, Host) {
     let tmp = tempfile::tempdir().unwrap();

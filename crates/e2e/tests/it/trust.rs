@@ -1,0 +1,304 @@
+//! Signed releases, end to end: keys made by `palettectl keys generate`,
+//! releases signed by `palettectl release publish --sign-key`, a watchdog
+//! with `trust.keys` that installs only what a trusted key signed — and
+//! refuses, before downloading or stopping anything, every release a
+//! compromised server (or a careless publisher) could offer instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use palette_e2e::*;
+use palette_protocol::manifest::Manifest;
+use palette_protocol::v2::Outcome;
+
+use super::T;
+
+fn ctl(server: &Server, args: &[&str]) -> String {
+    let out = Command::new(bin("palettectl"))
+        .args(["--server", &server.url, "--token", ADMIN])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "palettectl {args:?}: {text}");
+    text
+}
+
+/// A publisher key pair from `palettectl keys generate`: (secret key path,
+/// the public key line hosts trust).
+fn keypair(server: &Server, dir: &Path, name: &str) -> (PathBuf, String) {
+    let prefix = dir.join(name);
+    ctl(
+        server,
+        &[
+            "keys",
+            "generate",
+            "--out",
+            &prefix.display().to_string(),
+            "--no-password",
+        ],
+    );
+    let public = std::fs::read_to_string(prefix.with_extension("pub")).unwrap();
+    let line = public.lines().nth(1).unwrap().trim().to_string();
+    (prefix.with_extension("key"), line)
+}
+
+fn publish_signed(server: &Server, archive: &Path, version: &str, key: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "release".to_string(),
+        "publish".into(),
+        archive.display().to_string(),
+        "--version".into(),
+        version.into(),
+        "--sign-key".into(),
+        key.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ctl(server, &args);
+    assert!(out.contains("signed manifest attached"), "{out}");
+}
+
+/// Publishes `archive` with a manifest and signature made here, as a
+/// compromised server could serve them.
+async fn publish_crafted(
+    server: &Server,
+    archive: &Path,
+    version: &str,
+    manifest: &Manifest,
+    key: &Path,
+) {
+    use base64::Engine as _;
+    let sk = minisign::SecretKeyBox::from_string(&std::fs::read_to_string(key).unwrap())
+        .unwrap()
+        .into_unencrypted_secret_key()
+        .unwrap();
+    let text = manifest.to_text();
+    let sig = minisign::sign(None, &sk, std::io::Cursor::new(text.as_bytes()), None, None)
+        .unwrap()
+        .to_string();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v2/releases?version={version}&platform={platform}&kind=archive",
+            server.url
+        ))
+        .bearer_auth(ADMIN)
+        .header("x-palette-manifest", b64.encode(&text))
+        .header("x-palette-signature", b64.encode(&sig))
+        .body(std::fs::read(archive).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        201,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+}
+
+fn manifest_for(archive: &Path, version: &str) -> Manifest {
+    use sha2::Digest;
+    let bytes = std::fs::read(archive).unwrap();
+    Manifest {
+        product: "agent".into(),
+        version: version.parse().unwrap(),
+        platform: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+        kind: palette_protocol::v2::ReleaseKind::Archive,
+        size: bytes.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+        created: "2026-11-28T00:00:00Z".into(),
+        expires: "2099-01-01T00:00:00Z".into(),
+        allow_downgrade_from: None,
+    }
+}
+
+/// Waits until the host reports an update outcome for `version`; returns
+/// its message.
+async fn outcome_of(server: &Server, host: &Host, version: &str, want: Outcome) -> String {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let info = server.api().host(&host.name).await;
+        if let Some(u) = info.and_then(|i| i.report?.last_update) {
+            if u.version.to_string() == version && u.outcome == want {
+                return u.message;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not report {version} {want:?}\n{}",
+            host.name,
+            host.diagnostics()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn set_trusted(host: &Host, keys: &[&str]) {
+    let path = host.base.join("watchdog.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = text.split("trust:\n").next().unwrap().to_string();
+    let list: String = keys.iter().map(|k| format!("    - {k}\n")).collect();
+    std::fs::write(&path, format!("{head}trust:\n  keys:\n{list}")).unwrap();
+}
+
+#[tokio::test]
+async fn only_releases_signed_by_a_trusted_key_are_installed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let (key1, pub1) = keypair(&server, tmp.path(), "publisher1");
+    let (key2, pub2) = keypair(&server, tmp.path(), "publisher2");
+    let mut host = Host::new(
+        "signed",
+        &server.url,
+        "v2",
+        &format!("  download_retry_secs: 1\ntrust:\n  keys:\n    - {pub1}\n"),
+    );
+    host.start();
+    let agent = host.wait_agent_running(T).await.unwrap();
+    host.wait_log("only releases signed by a trusted key", T)
+        .await
+        .unwrap();
+    let api = server.api();
+
+    // Every refusal: reported with its reason, nothing downloaded, the
+    // agent never stopped.
+    let a = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&a, "2.0.0", "archive").await;
+    let m = outcome_of(&server, &host, "2.0.0", Outcome::Failed).await;
+    assert!(m.contains("not signed"), "{m}");
+
+    let a = release_archive(tmp.path(), "2.0.1", false);
+    publish_signed(&server, &a, "2.0.1", &key2, &[]);
+    let m = outcome_of(&server, &host, "2.0.1", Outcome::Failed).await;
+    assert!(m.contains("not made by a trusted key"), "{m}");
+
+    let a = release_archive(tmp.path(), "2.0.2", false);
+    publish_signed(&server, &a, "2.0.2", &key1, &["--expires-days", "0"]);
+    let m = outcome_of(&server, &host, "2.0.2", Outcome::Failed).await;
+    assert!(m.contains("expired"), "{m}");
+
+    // Signed by the trusted key, but for other bytes than the server serves.
+    let a = release_archive(tmp.path(), "2.0.3", false);
+    let mut wrong = manifest_for(&a, "2.0.3");
+    wrong.sha256 = "00".repeat(32);
+    publish_crafted(&server, &a, "2.0.3", &wrong, &key1).await;
+    let m = outcome_of(&server, &host, "2.0.3", Outcome::Failed).await;
+    assert!(m.contains("sha256"), "{m}");
+
+    // Signed for another product.
+    let a = release_archive(tmp.path(), "2.0.4", false);
+    let mut other = manifest_for(&a, "2.0.4");
+    other.product = "something-else".into();
+    publish_crafted(&server, &a, "2.0.4", &other, &key1).await;
+    let m = outcome_of(&server, &host, "2.0.4", Outcome::Failed).await;
+    assert!(m.contains("product"), "{m}");
+
+    assert_eq!(
+        host.running_agent().map(|a| a.pid),
+        Some(agent.pid),
+        "a refused release stopped the agent\n{}",
+        host.diagnostics()
+    );
+    assert!(
+        !host.base.join("versions/2.0.0").exists() && !host.base.join("versions/2.0.4").exists(),
+        "a refused release was unpacked"
+    );
+    let log = host.log();
+    assert!(
+        !log.contains("downloading update"),
+        "a refused release was downloaded:\n{log}"
+    );
+
+    // Properly signed: installed.
+    let a = release_archive(tmp.path(), "2.1.0", false);
+    publish_signed(&server, &a, "2.1.0", &key1, &[]);
+    outcome_of(&server, &host, "2.1.0", Outcome::Succeeded).await;
+    assert_eq!(host.wait_agent_running(T).await.unwrap().version, "2.1.0");
+
+    // Key rotation: both keys trusted, a release signed by the new one
+    // installs; then the old key is dropped, and only the new one counts.
+    host.stop();
+    set_trusted(&host, &[&pub1, &pub2]);
+    host.start();
+    let a = release_archive(tmp.path(), "2.2.0", false);
+    publish_signed(&server, &a, "2.2.0", &key2, &[]);
+    outcome_of(&server, &host, "2.2.0", Outcome::Succeeded).await;
+    host.stop();
+    set_trusted(&host, &[&pub2]);
+    host.start();
+    let a = release_archive(tmp.path(), "2.3.0", false);
+    publish_signed(&server, &a, "2.3.0", &key1, &[]);
+    let m = outcome_of(&server, &host, "2.3.0", Outcome::Failed).await;
+    assert!(m.contains("not made by a trusted key"), "{m}");
+    let a = release_archive(tmp.path(), "2.4.0", false);
+    publish_signed(&server, &a, "2.4.0", &key2, &[]);
+    outcome_of(&server, &host, "2.4.0", Outcome::Succeeded).await;
+
+    // A signed downgrade: only with the manifest's authorisation.
+    let a = release_archive(tmp.path(), "2.3.5", false);
+    publish_signed(
+        &server,
+        &a,
+        "2.3.5",
+        &key2,
+        &["--force", "--allow-downgrade-from", "2.4.0"],
+    );
+    // The server offers the newest release: 2.4.0 is withdrawn first.
+    ctl(&server, &["release", "withdraw", "2.4.0"]);
+    outcome_of(&server, &host, "2.3.5", Outcome::Succeeded).await;
+    assert_eq!(host.wait_agent_running(T).await.unwrap().version, "2.3.5");
+
+    // Watchdog releases follow the same rules: an unsigned one is refused
+    // and the running watchdog stays.
+    let w = watchdog_release_archive(tmp.path(), "9.0.0", WatchdogBuild::Good);
+    api.publish_product(&w, "watchdog", "9.0.0", "archive")
+        .await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let info = api.host(&host.name).await;
+        if let Some(u) = info.and_then(|i| i.report?.last_watchdog_update) {
+            assert_eq!(u.outcome, Outcome::Failed);
+            assert!(u.message.contains("not signed"), "{}", u.message);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            host.diagnostics()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        host.installed_watchdog_version().as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn a_bad_trust_key_in_the_settings_is_a_clear_error_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = Host::new(
+        "badkey",
+        "http://127.0.0.1:9",
+        "v2",
+        "trust:\n  keys:\n    - RWQnot-a-key\n",
+    );
+    let out = Command::new(bin("palette-watchdog"))
+        .args(["run", "--base", &host.base.display().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("trust.keys[0] is not a minisign public key"),
+        "{err}"
+    );
+    drop(tmp);
+}
