@@ -288,6 +288,22 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(tmp.path(), |o| o.max_artifact_bytes = 1000).await;
     let post = |q: &str| http().post(s.u(&format!("/api/v2/releases?{q}")));
+    let b64 = |t: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(t)
+    };
+    let manifest = palette_protocol::manifest::Manifest {
+        product: "agent".into(),
+        version: "1.0.0".parse().unwrap(),
+        platform: "p".into(),
+        kind: palette_protocol::v2::ReleaseKind::Archive,
+        size: 1,
+        sha256: "ab".repeat(32),
+        created: "2026-11-28T00:00:00Z".into(),
+        expires: "2027-11-28T00:00:00Z".into(),
+        allow_downgrade_from: None,
+    }
+    .to_text();
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
         (
             "no token",
@@ -349,6 +365,41 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
                 .body(vec![0u8; 1001]),
             413,
         ),
+        (
+            "manifest without signature",
+            post("version=1.0.0&platform=p&kind=archive")
+                .admin()
+                .header("x-palette-manifest", b64(&manifest))
+                .body("x"),
+            400,
+        ),
+        (
+            "manifest not base64",
+            post("version=1.0.0&platform=p&kind=archive")
+                .admin()
+                .header("x-palette-manifest", "%%%")
+                .header("x-palette-signature", b64("sig"))
+                .body("x"),
+            400,
+        ),
+        (
+            "malformed manifest",
+            post("version=1.0.0&platform=p&kind=archive")
+                .admin()
+                .header("x-palette-manifest", b64("{\"product\": 1}"))
+                .header("x-palette-signature", b64("sig"))
+                .body("x"),
+            400,
+        ),
+        (
+            "signature too long",
+            post("version=1.0.0&platform=p&kind=archive")
+                .admin()
+                .header("x-palette-manifest", b64(&manifest))
+                .header("x-palette-signature", b64(&"s".repeat(5000)))
+                .body("x"),
+            400,
+        ),
     ];
     for (what, rb, want) in cases {
         let res = rb.go().await;
@@ -367,7 +418,23 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
     let count = walk(&tmp.path().join("artifacts"));
     assert_eq!(count, 0, "artifact files left behind");
 
-    publish(&s, "1.0.0", "p", "archive", b"x").await;
+    // A manifest and signature are stored and served as given: the server
+    // holds no key and verifies nothing (hosts do).
+    let res = post("version=1.0.0&platform=p&kind=archive")
+        .admin()
+        .header("x-palette-manifest", b64(&manifest))
+        .header("x-palette-signature", b64("untrusted comment: x\nsig"))
+        .body("x")
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    let list: Vec<Release> = http().get(s.u("/api/v2/releases")).admin().json_of().await;
+    assert_eq!(list[0].manifest.as_deref(), Some(manifest.as_str()));
+    assert_eq!(
+        list[0].signature.as_deref(),
+        Some("untrusted comment: x\nsig")
+    );
+
     let res = post("version=1.0.0&platform=p&kind=archive")
         .admin()
         .body("y")
