@@ -77,6 +77,12 @@ enum Cmd {
     /// Release signing keys (minisign).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// The audit log: who did what, when, from where (newest first).
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -520,6 +526,30 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 return print_json(&st);
             }
             print_command(&st);
+            Ok(())
+        }
+        Cmd::Audit { limit } => {
+            let list: Vec<serde_json::Value> = api
+                .json(api.req(Method::GET, &format!("/api/v2/audit?limit={limit}")))
+                .await?;
+            if out == Output::Json {
+                return print_json(&list);
+            }
+            println!(
+                "{:<24}  {:<16}  {:<15}  {:<20}  DETAIL",
+                "AT", "WHO", "FROM", "ACTION"
+            );
+            for e in &list {
+                let s = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+                println!(
+                    "{:<24}  {:<16}  {:<15}  {:<20}  {}",
+                    s("at"),
+                    s("actor"),
+                    s("source"),
+                    s("action"),
+                    s("detail")
+                );
+            }
             Ok(())
         }
         Cmd::Command(CommandCmd::List) => {

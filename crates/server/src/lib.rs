@@ -200,7 +200,7 @@ pub async fn serve_on(
         shutdown.await;
         h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    let svc = app.into_make_service();
+    let svc = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = match &opts.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();

@@ -27,7 +27,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
-use crate::store::{CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult};
+use crate::store::{
+    AuditEntry, CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult,
+};
 
 /// Runs `body` (which uses the transaction `tx`) in a write transaction on
 /// a connection of its own, commits, and ends through `finish`: the value
@@ -67,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "release manifest",
         include_str!("../migrations/sqlite/0004_release_manifest.sql"),
+    ),
+    (
+        5,
+        "audit",
+        include_str!("../migrations/sqlite/0005_audit.sql"),
     ),
 ];
 
@@ -628,11 +635,60 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn operator_tokens(&self) -> StoreResult<Vec<String>> {
+    async fn operator_tokens(&self) -> StoreResult<Vec<(String, String)>> {
         self.read(
-            sqlx::query_scalar("SELECT hash FROM operator_tokens")
+            sqlx::query_as("SELECT hash, label FROM operator_tokens")
                 .fetch_all(&self.pool)
                 .await,
         )
+    }
+
+    async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<i64> {
+        let mut conn = self.conn().await?;
+        let res = async {
+            let mut tx = conn.begin().await?;
+            let id = sqlx::query(
+                "INSERT INTO audit (at, actor, source, action, detail) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(e.at)
+            .bind(&e.actor)
+            .bind(&e.source)
+            .bind(&e.action)
+            .bind(&e.detail)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid();
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        }
+        .await
+        .map_err(StoreError::from);
+        self.finish(conn, res)
+    }
+
+    async fn audit(&self, limit: u32) -> StoreResult<Vec<(i64, AuditEntry)>> {
+        let rows: Vec<(i64, i64, String, Option<String>, String, String)> = self.read(
+            sqlx::query_as(
+                "SELECT id, at, actor, source, action, detail FROM audit ORDER BY id DESC LIMIT ?",
+            )
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await,
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, at, actor, source, action, detail)| {
+                (
+                    id,
+                    AuditEntry {
+                        at,
+                        actor,
+                        source,
+                        action,
+                        detail,
+                    },
+                )
+            })
+            .collect())
     }
 }

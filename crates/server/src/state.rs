@@ -127,7 +127,8 @@ pub struct Inner {
     publish_lock: tokio::sync::Mutex<()>,
     releases: RwLock<ReleaseCache>,
     agent_tokens: RwLock<HashSet<TokenHash>>,
-    operator_tokens: RwLock<HashSet<TokenHash>>,
+    /// Operator token hashes and their labels.
+    operator_tokens: RwLock<HashMap<TokenHash, String>>,
     new_hosts: Mutex<HashMap<TokenHash, Bucket>>,
     changes: watch::Sender<u64>,
 }
@@ -184,6 +185,9 @@ pub enum PublishError {
 /// The URL a legacy watchdog downloads the newest agent installer from.
 pub const V1_AGENT_URL: &str = "/api/v1/agent";
 
+/// The audit label of the token given in PALETTE_ADMIN_TOKEN.
+pub const ADMIN_LABEL: &str = "admin";
+
 impl AppState {
     /// Loads every in-memory view from the store.
     pub async fn load(
@@ -206,9 +210,14 @@ impl AppState {
                 .collect()
         };
         let agent = decode(store.agent_tokens().await?);
-        let mut operator = decode(store.operator_tokens().await?);
+        let mut operator: HashMap<TokenHash, String> = store
+            .operator_tokens()
+            .await?
+            .into_iter()
+            .filter_map(|(h, label)| Some((hex::decode(h).ok()?.try_into().ok()?, label)))
+            .collect();
         if let Some(t) = admin_token {
-            operator.insert(token_hash(t));
+            operator.insert(token_hash(t), ADMIN_LABEL.into());
         }
         let with_config: HashSet<String> = store.hosts_with_config().await?.into_iter().collect();
         let mut hosts = HashMap::new();
@@ -256,10 +265,41 @@ impl AppState {
     // ---- tokens -------------------------------------------------------
 
     pub fn is_operator(&self, token: &str) -> bool {
+        self.operator_label(token).is_some()
+    }
+
+    /// The label of an operator token (`admin` for PALETTE_ADMIN_TOKEN).
+    pub fn operator_label(&self, token: &str) -> Option<String> {
         self.operator_tokens
             .read()
             .unwrap()
-            .contains(&token_hash(token))
+            .get(&token_hash(token))
+            .cloned()
+    }
+
+    /// Records an operator action durably (and logs it).
+    pub async fn audit(
+        &self,
+        actor: &str,
+        source: Option<String>,
+        action: &str,
+        detail: String,
+    ) -> StoreResult<()> {
+        tracing::info!(actor, source, action, detail, "audit");
+        self.store
+            .insert_audit(&crate::store::AuditEntry {
+                at: now_ms(),
+                actor: actor.into(),
+                source,
+                action: action.into(),
+                detail,
+            })
+            .await
+            .map(drop)
+    }
+
+    pub async fn audit_log(&self, limit: u32) -> StoreResult<Vec<(i64, crate::store::AuditEntry)>> {
+        self.store.audit(limit).await
     }
 
     /// License keys compare case-insensitively, as the legacy server did.
@@ -284,7 +324,10 @@ impl AppState {
         self.store
             .add_operator_token(&hex::encode(h), label, now_ms())
             .await?;
-        self.operator_tokens.write().unwrap().insert(h);
+        self.operator_tokens
+            .write()
+            .unwrap()
+            .insert(h, label.to_string());
         Ok(())
     }
 

@@ -165,6 +165,20 @@ impl CommandRow {
     }
 }
 
+/// One operator action in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: Millis,
+    /// The operator token's label (`admin` for PALETTE_ADMIN_TOKEN).
+    pub actor: String,
+    /// The caller's address, when known.
+    pub source: Option<String>,
+    /// What was done (`release.publish`, `command.create`, ...).
+    pub action: String,
+    /// What it was done to, in words.
+    pub detail: String,
+}
+
 /// A release before it has an id.
 #[derive(Debug, Clone)]
 pub struct NewRelease {
@@ -249,5 +263,10 @@ pub trait Store: Send + Sync + 'static {
     async fn add_agent_token(&self, hash: &str, at: Millis) -> StoreResult<()>;
     async fn agent_tokens(&self) -> StoreResult<Vec<String>>;
     async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()>;
-    async fn operator_tokens(&self) -> StoreResult<Vec<String>>;
+    /// (hash, label) of every operator token.
+    async fn operator_tokens(&self) -> StoreResult<Vec<(String, String)>>;
+    /// Records one operator action; answered after it is durable.
+    async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<i64>;
+    /// The newest `limit` audit entries, newest first.
+    async fn audit(&self, limit: u32) -> StoreResult<Vec<(i64, AuditEntry)>>;
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -127,23 +128,82 @@ fn bad(msg: impl Into<String>) -> V2Error {
 
 type V2Result<T> = Result<T, V2Error>;
 
-fn require(state: &AppState, headers: &HeaderMap, min: Role) -> V2Result<Role> {
-    let r = role(state, headers);
-    if r < min {
-        state.metrics.auth_failures.increment(1);
-    }
-    if r >= min {
-        Ok(r)
-    } else if r == Role::Anonymous {
-        Err(V2Error::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or unknown token",
-        ))
+/// The answer to a caller below `min`: 401 without a known token, 403 with
+/// one of too low a role. Counted and logged (never the secret).
+fn refuse(state: &AppState, parts: &Parts, have: Role, min: Role) -> V2Error {
+    state.metrics.auth_failures.increment(1);
+    tracing::warn!(
+        path = %parts.uri.path(),
+        source = source_of(parts).unwrap_or_default(),
+        role = ?have,
+        needed = ?min,
+        "request refused: credentials"
+    );
+    if have == Role::Anonymous {
+        V2Error::new(StatusCode::UNAUTHORIZED, "missing or unknown token")
     } else {
-        Err(V2Error::new(
-            StatusCode::FORBIDDEN,
-            "an operator token is required",
-        ))
+        V2Error::new(StatusCode::FORBIDDEN, "an operator token is required")
+    }
+}
+
+/// The caller's address, when the server knows it.
+fn source_of(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+/// An operator, authenticated once per request by this extractor (every
+/// other caller is refused before the handler runs): the token's label and
+/// the caller's address, for the audit log.
+pub(crate) struct Operator {
+    pub label: String,
+    pub source: Option<String>,
+}
+
+impl axum::extract::FromRequestParts<AppState> for Operator {
+    type Rejection = V2Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
+        match crate::auth::presented_token(&parts.headers).and_then(|t| state.operator_label(t)) {
+            Some(label) => Ok(Operator {
+                label,
+                source: source_of(parts),
+            }),
+            None => Err(refuse(
+                state,
+                parts,
+                role(state, &parts.headers),
+                Role::Operator,
+            )),
+        }
+    }
+}
+
+impl Operator {
+    /// Records what this operator did, durably, before the answer.
+    async fn audit(&self, state: &AppState, action: &str, detail: String) -> V2Result<()> {
+        state
+            .audit(&self.label, self.source.clone(), action, detail)
+            .await
+            .map_err(V2Error::from)
+    }
+}
+
+/// A host (an agent token) or an operator; anyone else is refused.
+pub(crate) struct Caller(pub Role);
+
+impl axum::extract::FromRequestParts<AppState> for Caller {
+    type Rejection = V2Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
+        let r = role(state, &parts.headers);
+        if r >= Role::Agent {
+            Ok(Caller(r))
+        } else {
+            Err(refuse(state, parts, r, Role::Agent))
+        }
     }
 }
 
@@ -202,6 +262,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v2/agent-tokens", post(add_agent_token))
         .route("/api/v2/operator-tokens", post(add_operator_token))
+        .route("/api/v2/audit", get(audit_log))
 }
 
 #[derive(Deserialize)]
@@ -211,10 +272,10 @@ struct WaitQuery {
 
 async fn checkin(
     State(state): State<AppState>,
+    Caller(role): Caller,
     q: Result<Query<WaitQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<Json<CheckinResponse>> {
-    let role = require(&state, req.headers(), Role::Agent)?;
     state.metrics.checkins.increment(1);
     let key = credential_key(req.headers());
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
@@ -339,9 +400,9 @@ async fn answer_for(
 
 async fn create_command(
     State(state): State<AppState>,
+    op: Operator,
     req: Request,
 ) -> V2Result<(StatusCode, Json<CommandStatus>)> {
-    require(&state, req.headers(), Role::Operator)?;
     let body = read_body(&state, req, state.settings.max_json_bytes).await?;
     let new: NewCommand = parse_json(&body)?;
     if new.kind == palette_protocol::v2::CommandKind::Unknown {
@@ -376,6 +437,16 @@ async fn create_command(
         ttl,
         "command issued"
     );
+    op.audit(
+        &state,
+        "command.create",
+        format!(
+            "command {} {} to {target:?}, ttl {ttl} s",
+            row.id,
+            new.kind.as_str()
+        ),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CommandStatus {
@@ -388,9 +459,8 @@ async fn create_command(
 
 async fn list_commands(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _op: Operator,
 ) -> V2Result<Json<Vec<CommandStatus>>> {
-    require(&state, &headers, Role::Operator)?;
     let rows = state.store.recent_commands(100).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -406,10 +476,9 @@ async fn list_commands(
 
 async fn get_command(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _op: Operator,
     Path(id): Path<String>,
 ) -> V2Result<Json<CommandStatus>> {
-    require(&state, &headers, Role::Operator)?;
     let id: i64 = id
         .parse()
         .map_err(|_| bad(format!("command id {id:?} is not a number")))?;
@@ -494,10 +563,10 @@ const HEADER_SIGNATURE: &str = "x-palette-signature";
 
 async fn publish_release(
     State(state): State<AppState>,
+    op: Operator,
     q: Result<Query<PublishQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<(StatusCode, Json<Release>)> {
-    require(&state, req.headers(), Role::Operator)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let product = q.product.unwrap_or_else(|| "agent".into());
     plain_name("product", &product)?;
@@ -568,15 +637,33 @@ async fn publish_release(
         )
         .await?;
     tracing::info!(id = release.id, product = release.product, version = %release.version, platform = release.platform, kind = release.kind.as_str(), size = release.size, "release published");
+    op.audit(
+        &state,
+        "release.publish",
+        format!(
+            "release {} {} {} {} {} sha256 {}{}",
+            release.id,
+            release.product,
+            release.version,
+            release.platform,
+            release.kind.as_str(),
+            release.sha256,
+            if release.manifest.is_some() {
+                ", signed"
+            } else {
+                ", unsigned"
+            }
+        ),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
 async fn withdraw_release(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    op: Operator,
     Path(id): Path<String>,
 ) -> V2Result<Json<Release>> {
-    require(&state, &headers, Role::Operator)?;
     let id: i64 = id
         .parse()
         .map_err(|_| bad(format!("release id {id:?} is not a number")))?;
@@ -585,14 +672,19 @@ async fn withdraw_release(
         .await?
         .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no release {id}")))?;
     tracing::warn!(id, product = r.product, version = %r.version, platform = r.platform, "release withdrawn: no host is offered it any more");
+    op.audit(
+        &state,
+        "release.withdraw",
+        format!("release {id} {} {} {}", r.product, r.version, r.platform),
+    )
+    .await?;
     Ok(Json(r))
 }
 
 async fn list_releases(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Caller,
 ) -> V2Result<Json<Vec<Release>>> {
-    require(&state, &headers, Role::Agent)?;
     let mut all = state.releases();
     all.sort_by(|a, b| b.version.cmp(&a.version).then(b.id.cmp(&a.id)));
     Ok(Json(all))
@@ -600,12 +692,10 @@ async fn list_releases(
 
 async fn download_artifact(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(sha256): Path<String>,
     req: Request,
 ) -> Response {
-    if let Err(e) = require(&state, req.headers(), Role::Agent) {
-        return e.into_response();
-    }
     if state.artifacts.path_for(&sha256).is_none() {
         return bad("artifact id must be 64 lower-case hex digits").into_response();
     }
@@ -618,18 +708,16 @@ async fn download_artifact(
 
 async fn list_hosts(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _op: Operator,
 ) -> V2Result<Json<Vec<palette_protocol::v2::HostInfo>>> {
-    require(&state, &headers, Role::Operator)?;
     Ok(Json(state.hosts(None)))
 }
 
 async fn get_host(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _op: Operator,
     Path(host): Path<String>,
 ) -> V2Result<Json<palette_protocol::v2::HostInfo>> {
-    require(&state, &headers, Role::Operator)?;
     let host = host_param(&host)?;
     state
         .hosts(None)
@@ -641,12 +729,13 @@ async fn get_host(
 
 async fn retire_host(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    op: Operator,
     Path(host): Path<String>,
 ) -> V2Result<StatusCode> {
-    require(&state, &headers, Role::Operator)?;
     let host = host_param(&host)?;
     if state.retire_host(&host).await? {
+        op.audit(&state, "host.retire", format!("host {host}"))
+            .await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(V2Error::new(
@@ -658,10 +747,9 @@ async fn retire_host(
 
 async fn config_history(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _op: Operator,
     Path(host): Path<String>,
 ) -> V2Result<Json<Vec<ConfigRevision>>> {
-    require(&state, &headers, Role::Operator)?;
     let host = host_param(&host)?;
     Ok(Json(state.store.config_history(&host).await?))
 }
@@ -677,10 +765,9 @@ fn config_response(rev: ConfigRevision, body: Vec<u8>) -> Response {
 
 async fn config_revision(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Caller,
     Path((host, revision)): Path<(String, String)>,
 ) -> Result<Response, V2Error> {
-    require(&state, &headers, Role::Agent)?;
     let host = host_param(&host)?;
     let revision: i64 = revision
         .parse()
@@ -705,11 +792,10 @@ struct SourceQuery {
 
 async fn latest_config(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Caller,
     Path(host): Path<String>,
     q: Result<Query<SourceQuery>, QueryRejection>,
 ) -> Result<Response, V2Error> {
-    require(&state, &headers, Role::Agent)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let host = host_param(&host)?;
     let source = match q.source.as_deref() {
@@ -740,11 +826,11 @@ struct PushAnswer {
 
 async fn push_config(
     State(state): State<AppState>,
+    op: Operator,
     Path(host): Path<String>,
     q: Result<Query<PushQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<(StatusCode, Json<PushAnswer>)> {
-    require(&state, req.headers(), Role::Operator)?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let host = host_param(&host)?;
     let body = read_body(&state, req, state.settings.max_config_bytes).await?;
@@ -766,15 +852,26 @@ async fn push_config(
     } else {
         None
     };
+    op.audit(
+        &state,
+        "config.push",
+        format!(
+            "host {host} revision {} ({} bytes){}",
+            revision.revision,
+            body.len(),
+            if command.is_some() { ", applied" } else { "" }
+        ),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(PushAnswer { revision, command })))
 }
 
 async fn report_config(
     State(state): State<AppState>,
+    Caller(role): Caller,
     Path(host): Path<String>,
     req: Request,
 ) -> V2Result<(StatusCode, Json<ConfigRevision>)> {
-    let role = require(&state, req.headers(), Role::Agent)?;
     let host = host_param(&host)?;
     if let (Role::Agent, Some(key)) = (role, credential_key(req.headers())) {
         state.admit_host(&host, &key)?;
@@ -794,8 +891,11 @@ struct TokenBody {
     token: String,
 }
 
-async fn add_agent_token(State(state): State<AppState>, req: Request) -> V2Result<StatusCode> {
-    require(&state, req.headers(), Role::Operator)?;
+async fn add_agent_token(
+    State(state): State<AppState>,
+    op: Operator,
+    req: Request,
+) -> V2Result<StatusCode> {
     let body = read_body(&state, req, 4096).await?;
     let t: TokenBody = parse_json(&body)?;
     if t.token.trim().len() < 8 || t.token.contains(char::is_whitespace) {
@@ -805,6 +905,12 @@ async fn add_agent_token(State(state): State<AppState>, req: Request) -> V2Resul
     }
     state.add_agent_token(&t.token).await?;
     tracing::info!("agent token registered");
+    op.audit(
+        &state,
+        "token.add-agent",
+        "an agent token (license key)".into(),
+    )
+    .await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -822,9 +928,9 @@ struct NewToken {
 
 async fn add_operator_token(
     State(state): State<AppState>,
+    op: Operator,
     req: Request,
 ) -> V2Result<(StatusCode, Json<NewToken>)> {
-    require(&state, req.headers(), Role::Operator)?;
     let body = read_body(&state, req, 4096).await?;
     let l: LabelBody = parse_json(&body)?;
     let mut raw = [0u8; 32];
@@ -832,6 +938,12 @@ async fn add_operator_token(
     let token = format!("pop_{}", hex::encode(raw));
     state.add_operator_token(&token, &l.label).await?;
     tracing::info!(label = l.label, "operator token created");
+    op.audit(
+        &state,
+        "token.add-operator",
+        format!("operator token {:?}", l.label),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(NewToken {
@@ -839,5 +951,45 @@ async fn add_operator_token(
             label: l.label,
             created_at: rfc3339_millis(now_ms()),
         }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+/// One audit log entry on the wire.
+#[derive(Serialize)]
+struct AuditWire {
+    id: i64,
+    at: String,
+    actor: String,
+    source: Option<String>,
+    action: String,
+    detail: String,
+}
+
+/// The newest operator actions, newest first (`limit`, default 100, at
+/// most 10,000).
+async fn audit_log(
+    State(state): State<AppState>,
+    _op: Operator,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> V2Result<Json<Vec<AuditWire>>> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let rows = state.audit_log(limit).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, e)| AuditWire {
+                id,
+                at: rfc3339_millis(e.at),
+                actor: e.actor,
+                source: e.source,
+                action: e.action,
+                detail: e.detail,
+            })
+            .collect(),
     ))
 }

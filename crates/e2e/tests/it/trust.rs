@@ -216,6 +216,16 @@ async fn only_releases_signed_by_a_trusted_key_are_installed() {
         "a refused release was downloaded:\n{log}"
     );
 
+    // Each publish is in the audit log, signed or not, with who did it.
+    let audit = ctl(&server, &["audit", "--limit", "10"]);
+    assert!(
+        audit.contains("release.publish")
+            && audit.contains(", signed")
+            && audit.contains(", unsigned")
+            && audit.contains("admin"),
+        "{audit}"
+    );
+
     // Properly signed: installed.
     let a = release_archive(tmp.path(), "2.1.0", false);
     publish_signed(&server, &a, "2.1.0", &key1, &[]);

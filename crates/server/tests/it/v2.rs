@@ -860,3 +860,92 @@ async fn a_retired_host_disappears_and_may_enroll_again() {
     assert_eq!(n, ["keeper", "old-box"]);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn every_operator_action_is_in_the_audit_log_with_its_token_label() {
+    let s = TestServer::start().await;
+    // A labelled operator token, made by the admin.
+    let created: serde_json::Value = http()
+        .post(s.u("/api/v2/operator-tokens"))
+        .admin()
+        .json(&serde_json::json!({"label": "alice"}))
+        .json_of()
+        .await;
+    let alice = created["token"].as_str().unwrap().to_string();
+    let as_alice = |rb: reqwest::RequestBuilder| rb.bearer_auth(&alice);
+
+    let r = as_alice(http().post(s.u("/api/v2/releases?version=1.0.0&platform=p&kind=archive")))
+        .body("x")
+        .go()
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Release>().await.unwrap().id;
+    let r = as_alice(http().post(s.u("/api/v2/commands")))
+        .json(&serde_json::json!({"kind": "stop", "target": {"hosts": ["web-1"]}}))
+        .go()
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = as_alice(http().post(s.u("/api/v2/hosts/web-1/configs")))
+        .body("LicenseKey: k\n")
+        .go()
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = as_alice(http().post(s.u(&format!("/api/v2/releases/{id}/withdraw"))))
+        .go()
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .post(s.u("/api/v2/agent-tokens"))
+        .admin()
+        .json(&serde_json::json!({"token": "a-new-license-key"}))
+        .go()
+        .await;
+    assert_eq!(r.status(), 201);
+    // A refused request is not an action.
+    let r = http()
+        .post(s.u("/api/v2/commands"))
+        .agent()
+        .json(&serde_json::json!({"kind": "stop", "target": "all"}))
+        .go()
+        .await;
+    assert_eq!(r.status(), 403);
+
+    let log: Vec<serde_json::Value> = as_alice(http().get(s.u("/api/v2/audit"))).json_of().await;
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .rev()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("admin", "token.add-operator"),
+            ("alice", "release.publish"),
+            ("alice", "command.create"),
+            ("alice", "config.push"),
+            ("alice", "release.withdraw"),
+            ("admin", "token.add-agent"),
+        ]
+    );
+    for e in &log {
+        assert_eq!(e["source"], "127.0.0.1", "{e}");
+        assert!(e["at"].as_str().is_some_and(|a| a.ends_with('Z')));
+    }
+    assert!(log[4]["detail"].as_str().unwrap().contains("1.0.0"));
+    assert!(
+        !log.iter().any(|e| e.to_string().contains(&alice)),
+        "a secret in the audit log"
+    );
+    let one: Vec<serde_json::Value> = http()
+        .get(s.u("/api/v2/audit?limit=1"))
+        .admin()
+        .json_of()
+        .await;
+    assert_eq!(one.len(), 1);
+    // Only operators read it.
+    assert_eq!(
+        http().get(s.u("/api/v2/audit")).agent().go().await.status(),
+        403
+    );
+    assert_eq!(http().get(s.u("/api/v2/audit")).go().await.status(), 401);
+}
