@@ -122,7 +122,7 @@ enum ReleaseCmd {
         #[arg(long)]
         sign_key: Option<PathBuf>,
         /// Days the signed manifest stays valid (hosts refuse it after).
-        #[arg(long, default_value_t = 90, requires = "sign_key")]
+        #[arg(long, default_value_t = 90, requires = "sign_key", value_parser = clap::value_parser!(u32).range(0..=3650))]
         expires_days: u32,
         /// Authorise hosts running at least this version to install this
         /// (older) release: a signed downgrade.
@@ -230,10 +230,29 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Register an agent token (license key).
-    AddAgent { token: String },
+    /// Register an agent token (license key) that hosts check in with.
+    AddAgent {
+        #[arg(value_name = "KEY")]
+        key: String,
+        /// What the key is for (shown by `token list`).
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Create a new operator token; printed once.
     NewOperator { label: String },
+    /// Every stored token: kind, id, label, created, revoked (never the
+    /// secret; PALETTE_ADMIN_TOKEN is not stored and is not listed).
+    List,
+    /// Revoke tokens at once: `agent:ID`, `operator:ID`, or a label (every
+    /// live token with it).
+    Revoke {
+        #[arg(value_name = "LABEL-OR-ID")]
+        which: String,
+    },
+    /// Replace the operator token(s) labelled LABEL: a new one is created
+    /// (printed once), then the old ones are revoked. (An agent key is
+    /// rotated with add-agent, the hosts' Config.yml, then revoke.)
+    Rotate { label: String },
 }
 
 struct Api {
@@ -791,13 +810,79 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Token(TokenCmd::AddAgent { token }) => {
+        Cmd::Token(TokenCmd::AddAgent { key, label }) => {
             api.send(
                 api.req(Method::POST, "/api/v2/agent-tokens")
-                    .json(&serde_json::json!({ "token": token })),
+                    .json(&serde_json::json!({ "token": key, "label": label })),
             )
             .await?;
             println!("agent token registered");
+            Ok(())
+        }
+        Cmd::Token(TokenCmd::List) => {
+            let list: Vec<serde_json::Value> =
+                api.json(api.req(Method::GET, "/api/v2/tokens")).await?;
+            if out == Output::Json {
+                return print_json(&list);
+            }
+            println!("{:<16}  {:<24}  {:<24}  REVOKED", "ID", "LABEL", "CREATED");
+            for t in &list {
+                let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
+                println!(
+                    "{:<16}  {:<24}  {:<24}  {}",
+                    format!("{}:{}", s("kind"), t["id"]),
+                    s("label"),
+                    s("created_at"),
+                    s("revoked_at")
+                );
+            }
+            Ok(())
+        }
+        Cmd::Token(TokenCmd::Revoke { which }) => {
+            let n = revoke_tokens(&api, &which).await?;
+            println!("{n} token(s) revoked");
+            Ok(())
+        }
+        Cmd::Token(TokenCmd::Rotate { label }) => {
+            let live: Vec<serde_json::Value> = api
+                .json::<Vec<serde_json::Value>>(api.req(Method::GET, "/api/v2/tokens"))
+                .await?
+                .into_iter()
+                .filter(|t| {
+                    t["kind"] == "operator"
+                        && t["label"] == label.as_str()
+                        && t["revoked_at"].is_null()
+                })
+                .collect();
+            if live.is_empty() {
+                bail!("no live operator token is labelled {label:?}");
+            }
+            let v: serde_json::Value = api
+                .json(
+                    api.req(Method::POST, "/api/v2/operator-tokens")
+                        .json(&serde_json::json!({ "label": label })),
+                )
+                .await?;
+            let new_token = v["token"].as_str().unwrap_or_default().to_string();
+            // Revoked with the new token: the old one may be the caller's.
+            let with_new = Api {
+                http: api.http.clone(),
+                base: api.base.clone(),
+                token: Some(new_token.clone()),
+            };
+            for t in &live {
+                with_new
+                    .send(with_new.req(
+                        Method::POST,
+                        &format!("/api/v2/tokens/operator/{}/revoke", t["id"]),
+                    ))
+                    .await?;
+            }
+            println!("{new_token}");
+            eprintln!(
+                "operator token {label:?} rotated: the new one is above (shown only once); {} old one(s) revoked",
+                live.len()
+            );
             Ok(())
         }
         Cmd::Token(TokenCmd::NewOperator { label }) => {
@@ -932,6 +1017,36 @@ async fn watch_acks(
     }
 }
 
+/// Revokes `agent:ID`, `operator:ID`, or every live token labelled
+/// `which`; returns how many.
+async fn revoke_tokens(api: &Api, which: &str) -> anyhow::Result<usize> {
+    let targets: Vec<(String, String)> = match which.split_once(':') {
+        Some((kind @ ("agent" | "operator"), id)) if id.parse::<i64>().is_ok() => {
+            vec![(kind.to_string(), id.to_string())]
+        }
+        _ => api
+            .json::<Vec<serde_json::Value>>(api.req(Method::GET, "/api/v2/tokens"))
+            .await?
+            .into_iter()
+            .filter(|t| t["label"] == which && t["revoked_at"].is_null())
+            .map(|t| {
+                (
+                    t["kind"].as_str().unwrap_or_default().to_string(),
+                    t["id"].to_string(),
+                )
+            })
+            .collect(),
+    };
+    if targets.is_empty() {
+        bail!("no live token is labelled {which:?} (ids look like agent:3 or operator:5; see `token list`)");
+    }
+    for (kind, id) in &targets {
+        api.send(api.req(Method::POST, &format!("/api/v2/tokens/{kind}/{id}/revoke")))
+            .await?;
+    }
+    Ok(targets.len())
+}
+
 /// How `release publish` signs the manifest.
 struct Signing {
     key: PathBuf,
@@ -998,6 +1113,12 @@ async fn publish(
                     .transpose()
                     .context("while reading --allow-downgrade-from")?,
             };
+            if manifest
+                .allow_downgrade_from
+                .is_some_and(|from| from <= manifest.version)
+            {
+                bail!("--allow-downgrade-from must be newer than --version (it names the versions hosts may come down from)");
+            }
             let signature = signing::sign(&s.key, &manifest)?;
             Some((manifest.to_text(), signature))
         }

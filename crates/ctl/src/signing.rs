@@ -11,8 +11,14 @@ use palette_protocol::manifest::Manifest;
 /// (automation); otherwise it is asked for on the terminal.
 pub const PASSWORD_ENV: &str = "PALETTE_SIGN_KEY_PASSWORD";
 
-fn password_from_env() -> Option<String> {
-    std::env::var(PASSWORD_ENV).ok()
+/// The password from the environment; an empty one is refused rather
+/// than silently protecting a key with nothing.
+fn password_from_env() -> anyhow::Result<Option<String>> {
+    match std::env::var(PASSWORD_ENV) {
+        Ok(p) if p.is_empty() => bail!("{PASSWORD_ENV} is set but empty"),
+        Ok(p) => Ok(Some(p)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Writes `PREFIX.pub` (the public key; its second line is what hosts list
@@ -33,7 +39,7 @@ pub fn generate(prefix: &Path, no_password: bool) -> anyhow::Result<(PathBuf, St
     let kp = if no_password {
         minisign::KeyPair::generate_unencrypted_keypair()
     } else {
-        minisign::KeyPair::generate_encrypted_keypair(password_from_env())
+        minisign::KeyPair::generate_encrypted_keypair(password_from_env()?)
     }
     .context("while generating the key pair")?;
     let pk_box = kp.pk.to_box().context("while encoding the public key")?;
@@ -42,7 +48,10 @@ pub fn generate(prefix: &Path, no_password: bool) -> anyhow::Result<(PathBuf, St
         .to_box(Some("palette-updater release signing key"))
         .context("while encoding the secret key")?;
     write_new(&key_path, sk_box.to_string().as_bytes(), true)?;
-    write_new(&pub_path, pk_box.to_string().as_bytes(), false)?;
+    if let Err(e) = write_new(&pub_path, pk_box.to_string().as_bytes(), false) {
+        let _ = fs_err::remove_file(&key_path);
+        return Err(e);
+    }
     Ok((pub_path, kp.pk.to_base64()))
 }
 
@@ -71,7 +80,7 @@ pub fn sign(key_path: &Path, manifest: &Manifest) -> anyhow::Result<String> {
         .with_context(|| format!("{} is not a minisign secret key", key_path.display()))?;
     let sk = match sk_box.clone().into_unencrypted_secret_key() {
         Ok(sk) if !sk.is_encrypted() => sk,
-        _ => sk_box.into_secret_key(password_from_env()).with_context(|| {
+        _ => sk_box.into_secret_key(password_from_env()?).with_context(|| {
             format!(
                 "could not open the secret key {} (wrong password? {PASSWORD_ENV} gives it to scripts)",
                 key_path.display()

@@ -97,12 +97,29 @@ pub enum Refusal {
     },
     #[error("the manifest expired at {expires}")]
     Expired { expires: String },
+    #[error("the manifest was created at {created}, later than this host's clock allows (is its clock behind?)")]
+    NotYetValid { created: String },
     #[error("version {offered} is older than the installed {installed}, and the manifest does not authorise that downgrade")]
     Downgrade {
         offered: Version,
         installed: Version,
     },
 }
+
+impl Refusal {
+    /// Whether the same release may pass once this host changes (a key
+    /// added in a rotation, a clock set right): asked again later, not held
+    /// against the release.
+    pub fn may_pass_later(&self) -> bool {
+        matches!(
+            self,
+            Refusal::BadSignature | Refusal::Expired { .. } | Refusal::NotYetValid { .. }
+        )
+    }
+}
+
+/// How far ahead of this host's clock a manifest's `created` may be.
+const CLOCK_SKEW_MS: i64 = 60 * 60 * 1000;
 
 /// Checks the signed manifest of a release against the trusted keys and
 /// the offer. `Ok` with the manifest when the host may install it.
@@ -117,6 +134,12 @@ pub fn check(
     };
     if sig.len() > MAX_SIGNATURE_BYTES {
         return Err(Refusal::MalformedSignature("too long".into()));
+    }
+    if text.len() > palette_protocol::manifest::MAX_MANIFEST_BYTES {
+        return Err(Refusal::MalformedManifest(format!(
+            "{} bytes, more than allowed",
+            text.len()
+        )));
     }
     let sig = minisign_verify::Signature::decode(sig)
         .map_err(|e| Refusal::MalformedSignature(e.to_string()))?;
@@ -143,7 +166,13 @@ pub fn check(
     };
     mismatch("product", m.product.clone(), offer.product.to_string())?;
     mismatch("platform", m.platform.clone(), offer.platform.to_string())?;
-    mismatch("version", m.version.to_string(), offer.version.to_string())?;
+    if m.version != offer.version {
+        return Err(Refusal::Mismatch {
+            field: "version",
+            signed: m.version.to_string(),
+            offered: offer.version.to_string(),
+        });
+    }
     mismatch("kind", m.kind.as_str().into(), offer.kind.as_str().into())?;
     mismatch("size", m.size.to_string(), offer.size.to_string())?;
     mismatch(
@@ -158,6 +187,19 @@ pub fn check(
         return Err(Refusal::Expired {
             expires: m.expires.clone(),
         });
+    }
+    let created = m
+        .created_ms()
+        .map_err(|e| Refusal::MalformedManifest(e.to_string()))?;
+    if created > offer.now_ms + CLOCK_SKEW_MS {
+        return Err(Refusal::NotYetValid {
+            created: m.created.clone(),
+        });
+    }
+    if m.allow_downgrade_from.is_some_and(|from| from <= m.version) {
+        return Err(Refusal::MalformedManifest(
+            "allow_downgrade_from must be newer than the version it authorises".into(),
+        ));
     }
     if let Some(installed) = offer.installed {
         if m.version < installed && m.allow_downgrade_from.is_none_or(|from| installed < from) {
@@ -315,6 +357,29 @@ mod tests {
         assert!(matches!(
             check(&keys, Some(&t), Some(&sign(&kp, &t)), &o),
             Err(Refusal::Expired { .. })
+        ));
+        // Created in the host's future (its clock is behind): refused, and
+        // asked again later, as are a bad signature and an expiry.
+        let mut m = manifest("2.0.0");
+        m.created = "2026-12-05T00:00:00Z".into();
+        let t = m.to_text();
+        let r = check(&keys, Some(&t), Some(&sign(&kp, &t)), &o).unwrap_err();
+        assert!(matches!(r, Refusal::NotYetValid { .. }) && r.may_pass_later());
+        assert!(Refusal::BadSignature.may_pass_later());
+        assert!(!Refusal::Unsigned.may_pass_later());
+        // A downgrade authorisation that authorises nothing sensible.
+        let mut m = manifest("2.0.0");
+        m.allow_downgrade_from = Some("2.0.0".parse().unwrap());
+        let t = m.to_text();
+        assert!(matches!(
+            check(&keys, Some(&t), Some(&sign(&kp, &t)), &o),
+            Err(Refusal::MalformedManifest(_))
+        ));
+        // An oversized manifest is refused before its signature is checked.
+        let big = " ".repeat(palette_protocol::manifest::MAX_MANIFEST_BYTES + 1);
+        assert!(matches!(
+            check(&keys, Some(&big), Some(&sig), &o),
+            Err(Refusal::MalformedManifest(_))
         ));
         // A signed but malformed manifest.
         let junk = "{\"product\": 1}";

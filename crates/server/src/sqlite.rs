@@ -29,6 +29,7 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
 use crate::store::{
     AuditEntry, CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult,
+    TokenKind, TokenRow,
 };
 
 /// Runs `body` (which uses the transaction `tx`) in a write transaction on
@@ -74,6 +75,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "audit",
         include_str!("../migrations/sqlite/0005_audit.sql"),
+    ),
+    (
+        6,
+        "token lifecycle",
+        include_str!("../migrations/sqlite/0006_token_lifecycle.sql"),
     ),
 ];
 
@@ -604,12 +610,13 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn add_agent_token(&self, hash: &str, at: Millis) -> StoreResult<()> {
+    async fn add_agent_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
-                "INSERT INTO agent_tokens (hash, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO agent_tokens (hash, label, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(hash)
+            .bind(label)
             .bind(at)
             .execute(&mut *tx)
             .await?;
@@ -618,7 +625,7 @@ impl Store for SqliteStore {
 
     async fn agent_tokens(&self) -> StoreResult<Vec<String>> {
         self.read(
-            sqlx::query_scalar("SELECT hash FROM agent_tokens")
+            sqlx::query_scalar("SELECT hash FROM agent_tokens WHERE revoked_at IS NULL")
                 .fetch_all(&self.pool)
                 .await,
         )
@@ -637,10 +644,63 @@ impl Store for SqliteStore {
 
     async fn operator_tokens(&self) -> StoreResult<Vec<(String, String)>> {
         self.read(
-            sqlx::query_as("SELECT hash, label FROM operator_tokens")
+            sqlx::query_as("SELECT hash, label FROM operator_tokens WHERE revoked_at IS NULL")
                 .fetch_all(&self.pool)
                 .await,
         )
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRow>> {
+        type Row = (i64, String, Option<String>, i64, Option<i64>);
+        let agent: Vec<Row> = self.read(
+            sqlx::query_as(
+                "SELECT rowid, hash, label, created_at, revoked_at FROM agent_tokens ORDER BY rowid",
+            )
+            .fetch_all(&self.pool)
+            .await,
+        )?;
+        let operator: Vec<Row> = self.read(
+            sqlx::query_as(
+                "SELECT rowid, hash, label, created_at, revoked_at FROM operator_tokens ORDER BY rowid",
+            )
+            .fetch_all(&self.pool)
+            .await,
+        )?;
+        let row = |kind: TokenKind| {
+            move |(id, hash, label, created_at, revoked_at): Row| TokenRow {
+                kind,
+                id,
+                hash,
+                label: label.unwrap_or_default(),
+                created_at,
+                revoked_at,
+            }
+        };
+        Ok(agent
+            .into_iter()
+            .map(row(TokenKind::Agent))
+            .chain(operator.into_iter().map(row(TokenKind::Operator)))
+            .collect())
+    }
+
+    async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool> {
+        let sql = match kind {
+            TokenKind::Agent => {
+                "UPDATE agent_tokens SET revoked_at = ? WHERE rowid = ? AND revoked_at IS NULL"
+            }
+            TokenKind::Operator => {
+                "UPDATE operator_tokens SET revoked_at = ? WHERE rowid = ? AND revoked_at IS NULL"
+            }
+        };
+        write_tx!(self, |tx| {
+            let done = sqlx::query(sql)
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            done > 0
+        })
     }
 
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<i64> {

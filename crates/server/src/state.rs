@@ -200,7 +200,11 @@ impl AppState {
         let now = now_ms();
         for t in agent_tokens {
             store
-                .add_agent_token(&hex::encode(token_hash(&t.to_lowercase())), now)
+                .add_agent_token(
+                    &hex::encode(token_hash(&t.to_lowercase())),
+                    "PALETTE_AGENT_TOKENS",
+                    now,
+                )
                 .await?;
         }
         let decode = |hashes: Vec<String>| -> HashSet<TokenHash> {
@@ -277,6 +281,44 @@ impl AppState {
             .cloned()
     }
 
+    /// Every stored token (hashes only), revoked ones too.
+    pub async fn tokens(&self) -> StoreResult<Vec<crate::store::TokenRow>> {
+        self.store.tokens().await
+    }
+
+    /// Revokes a stored token, durably and at once: its next request is
+    /// refused. `None` when there is no such live token.
+    pub async fn revoke_token(
+        &self,
+        kind: crate::store::TokenKind,
+        id: i64,
+    ) -> StoreResult<Option<crate::store::TokenRow>> {
+        let Some(row) = self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.kind == kind && t.id == id && t.revoked_at.is_none())
+        else {
+            return Ok(None);
+        };
+        if !self.store.revoke_token(kind, id, now_ms()).await? {
+            return Ok(None);
+        }
+        let hash: Option<TokenHash> = hex::decode(&row.hash).ok().and_then(|h| h.try_into().ok());
+        if let Some(h) = hash {
+            match kind {
+                crate::store::TokenKind::Agent => {
+                    self.agent_tokens.write().unwrap().remove(&h);
+                }
+                crate::store::TokenKind::Operator => {
+                    self.operator_tokens.write().unwrap().remove(&h);
+                }
+            }
+        }
+        Ok(Some(row))
+    }
+
     /// Records an operator action durably (and logs it).
     pub async fn audit(
         &self,
@@ -310,10 +352,24 @@ impl AppState {
             .contains(&token_hash(&token.to_lowercase()))
     }
 
-    pub async fn add_agent_token(&self, token: &str) -> StoreResult<()> {
+    /// Adds a license key. A key that was revoked stays revoked (409):
+    /// a revoked secret is never live again.
+    pub async fn add_agent_token(&self, token: &str, label: &str) -> StoreResult<()> {
         let h = token_hash(&token.to_lowercase());
+        let hex_hash = hex::encode(h);
+        let revoked = self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .any(|t| t.hash == hex_hash && t.revoked_at.is_some());
+        if revoked {
+            return Err(crate::store::StoreError::Conflict(
+                "a revoked agent token with this value (choose a new key)".into(),
+            ));
+        }
         self.store
-            .add_agent_token(&hex::encode(h), now_ms())
+            .add_agent_token(&hex_hash, label, now_ms())
             .await?;
         self.agent_tokens.write().unwrap().insert(h);
         Ok(())

@@ -165,6 +165,26 @@ impl CommandRow {
     }
 }
 
+/// Which table a token lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// A license key: hosts check in with it.
+    Agent,
+    Operator,
+}
+
+/// A stored token (its hash only; the secret is never kept).
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub kind: TokenKind,
+    pub id: i64,
+    pub hash: String,
+    pub label: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
 /// One operator action in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -260,11 +280,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<(ConfigRevision, Vec<u8>)>>;
     async fn hosts_with_config(&self) -> StoreResult<Vec<String>>;
 
-    async fn add_agent_token(&self, hash: &str, at: Millis) -> StoreResult<()>;
+    /// Adds a license key (a no-op when it exists, revoked or not).
+    async fn add_agent_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()>;
     async fn agent_tokens(&self) -> StoreResult<Vec<String>>;
     async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()>;
     /// (hash, label) of every operator token.
     async fn operator_tokens(&self) -> StoreResult<Vec<(String, String)>>;
+    /// Every token, revoked ones too.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
+    /// Revokes one token; false when there is no such live token.
+    async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool>;
     /// Records one operator action; answered after it is durable.
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<i64>;
     /// The newest `limit` audit entries, newest first.

@@ -263,6 +263,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/v2/agent-tokens", post(add_agent_token))
         .route("/api/v2/operator-tokens", post(add_operator_token))
         .route("/api/v2/audit", get(audit_log))
+        .route("/api/v2/tokens", get(list_tokens))
+        .route("/api/v2/tokens/{kind}/{id}/revoke", post(revoke_token))
 }
 
 #[derive(Deserialize)]
@@ -889,6 +891,9 @@ async fn report_config(
 #[derive(Deserialize)]
 struct TokenBody {
     token: String,
+    /// What the key is for (shown by `token list`).
+    #[serde(default)]
+    label: Option<String>,
 }
 
 async fn add_agent_token(
@@ -903,7 +908,9 @@ async fn add_agent_token(
             "agent token must be at least 8 characters without spaces",
         ));
     }
-    state.add_agent_token(&t.token).await?;
+    state
+        .add_agent_token(&t.token, t.label.as_deref().unwrap_or(""))
+        .await?;
     tracing::info!("agent token registered");
     op.audit(
         &state,
@@ -992,4 +999,76 @@ async fn audit_log(
             })
             .collect(),
     ))
+}
+
+/// A token on the wire: never its secret or hash.
+#[derive(Serialize)]
+struct TokenWire {
+    kind: crate::store::TokenKind,
+    id: i64,
+    label: String,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+}
+
+impl From<crate::store::TokenRow> for TokenWire {
+    fn from(t: crate::store::TokenRow) -> Self {
+        TokenWire {
+            kind: t.kind,
+            id: t.id,
+            label: t.label,
+            created_at: rfc3339_millis(t.created_at),
+            revoked_at: t.revoked_at.map(rfc3339_millis),
+        }
+    }
+}
+
+/// Every stored token (the one in PALETTE_ADMIN_TOKEN is not stored: it
+/// is changed by changing that variable).
+async fn list_tokens(
+    State(state): State<AppState>,
+    _op: Operator,
+) -> V2Result<Json<Vec<TokenWire>>> {
+    Ok(Json(
+        state
+            .tokens()
+            .await?
+            .into_iter()
+            .map(TokenWire::from)
+            .collect(),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    op: Operator,
+    Path((kind, id)): Path<(String, String)>,
+) -> V2Result<Json<TokenWire>> {
+    let kind = match kind.as_str() {
+        "agent" => crate::store::TokenKind::Agent,
+        "operator" => crate::store::TokenKind::Operator,
+        _ => {
+            return Err(bad(format!(
+                "token kind {kind:?} must be agent or operator"
+            )))
+        }
+    };
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad(format!("token id {id:?} is not a number")))?;
+    let row = state.revoke_token(kind, id).await?.ok_or_else(|| {
+        V2Error::new(
+            StatusCode::NOT_FOUND,
+            format!("no live {kind:?} token {id}"),
+        )
+    })?;
+    tracing::warn!(?kind, id, label = row.label, "token revoked");
+    op.audit(
+        &state,
+        "token.revoke",
+        format!("{kind:?} token {id} {:?}", row.label),
+    )
+    .await?;
+    Ok(Json(TokenWire::from(row)))
 }

@@ -116,6 +116,9 @@ fn check_trust(ctx: &Ctx, cand: &Candidate) -> Result<(), palette_host::trust::R
     .map(drop)
 }
 
+/// How many failed release ids are remembered.
+const MAX_FAILED_KEPT: usize = 256;
+
 /// Longest wait before downloading a release again after a passing
 /// failure (the first is `intervals.download_retry_secs`).
 const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
@@ -202,6 +205,10 @@ pub(crate) fn report_with(
         }
         if outcome == Outcome::Failed && !retry && !d.failed_releases.contains(&cand_id) {
             d.failed_releases.push(cand_id);
+            // Bounded: a server offering ever new bad releases cannot grow
+            // the state file without end (the oldest are forgotten).
+            let excess = d.failed_releases.len().saturating_sub(MAX_FAILED_KEPT);
+            d.failed_releases.drain(..excess);
         }
     });
     r
@@ -328,7 +335,20 @@ pub(crate) async fn fetch(
     }
     if let Err(refusal) = check_trust(ctx, cand) {
         tracing::error!(product = cand.product.as_str(), version = %cand.version, release = cand.release_id, %refusal, "release refused: its signed manifest does not verify; nothing was downloaded or stopped");
-        return fail(format!("refused (signature check): {refusal}"));
+        // What this host may fix (its keys, its clock) is asked again
+        // later; what the release is (unsigned, for something else) is not.
+        return if refusal.may_pass_later() {
+            Fetched::Ended(Some(retry_later(ctx, cand, |secs| {
+                format!("refused (signature check): {refusal}; checked again in {secs} s")
+            })))
+        } else {
+            fail(format!("refused (signature check): {refusal}"))
+        };
+    }
+    if let Integrity::Sha256 { hex, .. } = &cand.integrity {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return fail(format!("the server gave a malformed sha256 {hex:?}"));
+        }
     }
     tracing::info!(product = cand.product.as_str(), version = %cand.version, release = cand.release_id, "downloading update");
     let updates = ctx.layout.updates();

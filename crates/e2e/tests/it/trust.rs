@@ -312,3 +312,53 @@ async fn a_bad_trust_key_in_the_settings_is_a_clear_error_at_start() {
     );
     drop(tmp);
 }
+
+fn ctl_as(server: &Server, token: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("palettectl"))
+        .args(["--server", &server.url, "--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn palettectl_lists_revokes_and_rotates_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    // The key is the positional argument, the operator token the global one.
+    ctl(
+        &server,
+        &["token", "add-agent", "eu-license-key-1", "--label", "eu"],
+    );
+    let list = ctl(&server, &["token", "list"]);
+    assert!(list.contains("agent:") && list.contains("eu"), "{list}");
+
+    let carol = ctl(&server, &["token", "new-operator", "carol"]);
+    let carol = carol.lines().next().unwrap().trim().to_string();
+    assert!(ctl_as(&server, &carol, &["hosts"]).0);
+    let (ok, rotated) = ctl_as(&server, &carol, &["token", "rotate", "carol"]);
+    assert!(ok, "{rotated}");
+    let new = rotated.lines().next().unwrap().trim().to_string();
+    assert_ne!(new, carol);
+    let (ok, err) = ctl_as(&server, &carol, &["hosts"]);
+    assert!(!ok, "the rotated-out token still works: {err}");
+    assert!(ctl_as(&server, &new, &["hosts"]).0);
+
+    let out = ctl(&server, &["token", "revoke", "eu"]);
+    assert!(out.contains("1 token(s) revoked"), "{out}");
+    let (ok, err) = ctl_as(&server, ADMIN, &["token", "revoke", "no-such-label"]);
+    assert!(!ok && err.contains("no live token"), "{err}");
+    let audit = ctl(&server, &["audit"]);
+    assert!(
+        audit.contains("token.revoke") && audit.contains("carol"),
+        "{audit}"
+    );
+}

@@ -949,3 +949,111 @@ async fn every_operator_action_is_in_the_audit_log_with_its_token_label() {
     );
     assert_eq!(http().get(s.u("/api/v2/audit")).go().await.status(), 401);
 }
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once_and_never_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    let created: serde_json::Value = http()
+        .post(s.u("/api/v2/operator-tokens"))
+        .admin()
+        .json(&serde_json::json!({"label": "bob"}))
+        .json_of()
+        .await;
+    let bob = created["token"].as_str().unwrap().to_string();
+    let as_bob = |rb: reqwest::RequestBuilder| rb.bearer_auth(&bob);
+    assert_eq!(
+        as_bob(http().get(s.u("/api/v2/hosts"))).go().await.status(),
+        200
+    );
+
+    let list: Vec<serde_json::Value> = http().get(s.u("/api/v2/tokens")).admin().json_of().await;
+    assert!(
+        !serde_json::to_string(&list).unwrap().contains(&bob),
+        "a secret in the token list"
+    );
+    let bob_id = list.iter().find(|t| t["label"] == "bob").unwrap()["id"].clone();
+    let agent_id = list
+        .iter()
+        .find(|t| t["kind"] == "agent" && t["label"] == "PALETTE_AGENT_TOKENS")
+        .unwrap()["id"]
+        .clone();
+
+    // Revoked: refused on the very next request.
+    let r = http()
+        .post(s.u(&format!("/api/v2/tokens/operator/{bob_id}/revoke")))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        as_bob(http().get(s.u("/api/v2/hosts"))).go().await.status(),
+        401
+    );
+    let r = http()
+        .post(s.u(&format!("/api/v2/tokens/agent/{agent_id}/revoke")))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/releases"))
+            .agent()
+            .go()
+            .await
+            .status(),
+        401
+    );
+    // Twice, or nonsense: a clear error, nothing changed.
+    let r = http()
+        .post(s.u(&format!("/api/v2/tokens/agent/{agent_id}/revoke")))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(r.status(), 404);
+    let r = http()
+        .post(s.u("/api/v2/tokens/root/1/revoke"))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = http()
+        .post(s.u("/api/v2/tokens/agent/1/revoke"))
+        .agent()
+        .go()
+        .await;
+    assert_eq!(r.status(), 401);
+    // The revoked license key cannot be registered again...
+    let r = http()
+        .post(s.u("/api/v2/agent-tokens"))
+        .admin()
+        .json(&serde_json::json!({"token": AGENT}))
+        .go()
+        .await;
+    assert_eq!(r.status(), 409);
+    // ...nor does PALETTE_AGENT_TOKENS bring it back at the next start.
+    drop(s.stop().await);
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    assert_eq!(
+        http()
+            .get(s.u("/api/v2/releases"))
+            .agent()
+            .go()
+            .await
+            .status(),
+        401
+    );
+    let list: Vec<serde_json::Value> = http().get(s.u("/api/v2/tokens")).admin().json_of().await;
+    assert!(list
+        .iter()
+        .all(|t| t["label"] != "bob" || t["revoked_at"].is_string()));
+    let audit: Vec<serde_json::Value> = http().get(s.u("/api/v2/audit")).admin().json_of().await;
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e["action"] == "token.revoke")
+            .count(),
+        2
+    );
+}
