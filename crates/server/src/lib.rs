@@ -15,6 +15,7 @@ pub mod conn;
 pub mod metrics;
 mod ops;
 mod platform;
+pub mod ratelimit;
 pub mod sqlite;
 pub mod state;
 pub mod store;
@@ -90,6 +91,8 @@ pub struct ServerOptions {
     /// minute after that.
     pub new_hosts_burst: u32,
     pub new_hosts_per_minute: u32,
+    /// Failed authentications allowed per source address.
+    pub auth_limit: ratelimit::AuthLimit,
 }
 
 impl ServerOptions {
@@ -104,6 +107,7 @@ impl ServerOptions {
             limits: conn::Limits::default(),
             new_hosts_burst: Settings::new(PathBuf::new()).new_hosts_burst,
             new_hosts_per_minute: Settings::new(PathBuf::new()).new_hosts_per_minute,
+            auth_limit: ratelimit::AuthLimit::default(),
         }
     }
 }
@@ -120,6 +124,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.limits = opts.limits.clone();
     settings.new_hosts_burst = opts.new_hosts_burst;
     settings.new_hosts_per_minute = opts.new_hosts_per_minute;
+    settings.auth_limit = opts.auth_limit;
     AppState::load(
         Arc::new(store),
         settings,

@@ -56,6 +56,8 @@ pub struct Settings {
     pub new_hosts_per_minute: u32,
     /// Limits on connections and request bodies (see `conn`).
     pub limits: crate::conn::Limits,
+    /// Failed authentications allowed per source address.
+    pub auth_limit: crate::ratelimit::AuthLimit,
 }
 
 impl Settings {
@@ -64,6 +66,7 @@ impl Settings {
             data_dir,
             max_config_bytes: 1024 * 1024,
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
+            auth_limit: crate::ratelimit::AuthLimit::default(),
             max_json_bytes: 1024 * 1024,
             max_wait_secs: 120,
             max_config_revisions: 50,
@@ -119,6 +122,8 @@ pub struct Inner {
     pub settings: Settings,
     pub artifacts: ArtifactStore,
     pub metrics: crate::metrics::Metrics,
+    /// Failed authentications per source address.
+    pub auth_limiter: crate::ratelimit::AuthLimiter,
     hosts: Mutex<HashMap<String, HostEntry>>,
     commands: RwLock<CommandCache>,
     issue_lock: tokio::sync::Mutex<()>,
@@ -240,11 +245,13 @@ impl AppState {
                 },
             );
         }
+        let auth_limit = settings.auth_limit;
         let state = AppState(Arc::new(Inner {
             store,
             settings,
             artifacts,
             metrics: crate::metrics::Metrics::new(),
+            auth_limiter: crate::ratelimit::AuthLimiter::new(auth_limit),
             hosts: Mutex::new(hosts),
             commands: RwLock::new(CommandCache::default()),
             issue_lock: tokio::sync::Mutex::new(()),

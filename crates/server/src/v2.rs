@@ -132,6 +132,19 @@ type V2Result<T> = Result<T, V2Error>;
 /// one of too low a role. Counted and logged (never the secret).
 fn refuse(state: &AppState, parts: &Parts, have: Role, min: Role) -> V2Error {
     state.metrics.auth_failures.increment(1);
+    // An unknown secret is a guess: counted against its address.
+    if have == Role::Anonymous && crate::auth::presented_token(&parts.headers).is_some() {
+        if let Some(ip) = source_ip(parts) {
+            if state.auth_limiter.failed(ip) {
+                tracing::warn!(
+                    source = %ip,
+                    failures = state.settings.auth_limit.failures,
+                    block_secs = state.settings.auth_limit.block.as_secs(),
+                    "too many failed authentications: this address is refused for a while"
+                );
+            }
+        }
+    }
     tracing::warn!(
         path = %parts.uri.path(),
         source = source_of(parts).unwrap_or_default(),
@@ -148,10 +161,36 @@ fn refuse(state: &AppState, parts: &Parts, have: Role, min: Role) -> V2Error {
 
 /// The caller's address, when the server knows it.
 fn source_of(parts: &Parts) -> Option<String> {
+    source_ip(parts).map(|ip| ip.to_string())
+}
+
+fn source_ip(parts: &Parts) -> Option<std::net::IpAddr> {
     parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| c.0.ip())
+}
+
+/// Before any credential is checked: an address blocked for failing too
+/// often is answered 429 while it presents credentials.
+fn not_blocked(state: &AppState, parts: &Parts) -> V2Result<()> {
+    let (Some(ip), Some(_)) = (
+        source_ip(parts),
+        crate::auth::presented_token(&parts.headers),
+    ) else {
+        return Ok(());
+    };
+    match state.auth_limiter.blocked(ip) {
+        None => Ok(()),
+        Some(secs) => {
+            let mut e = V2Error::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed authentications from {ip}; try again in {secs} s"),
+            );
+            e.retry_after_secs = Some(secs);
+            Err(e)
+        }
+    }
 }
 
 /// An operator, authenticated once per request by this extractor (every
@@ -166,6 +205,7 @@ impl axum::extract::FromRequestParts<AppState> for Operator {
     type Rejection = V2Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
+        not_blocked(state, parts)?;
         match crate::auth::presented_token(&parts.headers).and_then(|t| state.operator_label(t)) {
             Some(label) => Ok(Operator {
                 label,
@@ -198,6 +238,7 @@ impl axum::extract::FromRequestParts<AppState> for Caller {
     type Rejection = V2Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
+        not_blocked(state, parts)?;
         let r = role(state, &parts.headers);
         if r >= Role::Agent {
             Ok(Caller(r))

@@ -1057,3 +1057,59 @@ async fn a_revoked_token_is_refused_at_once_and_never_comes_back() {
         2
     );
 }
+
+#[tokio::test]
+async fn failed_authentications_are_rate_limited_per_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |o| {
+        o.auth_limit = palette_server::ratelimit::AuthLimit {
+            failures: 5,
+            window: Duration::from_secs(60),
+            block: Duration::from_secs(1),
+        }
+    })
+    .await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(ip.parse().unwrap()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (from("127.0.0.1"), from("127.0.0.2"));
+    let hosts = s.u("/api/v2/hosts");
+    for _ in 0..6 {
+        let r = a.get(&hosts).bearer_auth("a-guess").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // Over the limit: this address is refused before any check, even with
+    // the right token, and told when to come back.
+    let r = a.get(&hosts).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1).contains(&retry), "{retry}");
+    // Another address is untouched, its guesses answered as usual.
+    let r = b.get(&hosts).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = b
+        .get(&hosts)
+        .bearer_auth("other-guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The block ends by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = a.get(&hosts).bearer_auth(ADMIN).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(Instant::now() < deadline, "the block never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
