@@ -183,16 +183,39 @@ impl Server {
     }
 
     pub async fn start_on(data: &Path, port: u16) -> Server {
-        Self::start_with(data, port, None).await
+        Self::start_with(data, port, None, None).await
     }
 
     /// An HTTPS server with `cert` and `key` (PEM files), reachable as
     /// `https://localhost:<port>` by clients that trust `ca_pem`.
     pub async fn start_tls(data: &Path, cert: &Path, key: &Path, ca_pem: &str) -> Server {
-        Self::start_with(data, free_port(), Some((cert, key, ca_pem))).await
+        Self::start_with(data, free_port(), Some((cert, key, ca_pem)), None).await
     }
 
-    async fn start_with(data: &Path, port: u16, tls: Option<(&Path, &Path, &str)>) -> Server {
+    /// As `start_tls`, requiring client certificates issued by the CA in
+    /// `client_ca` (mutual TLS); this harness's own client presents
+    /// `identity_pem` (certificate and key, PEM).
+    pub async fn start_mtls(
+        data: &Path,
+        (cert, key, ca_pem): (&Path, &Path, &str),
+        client_ca: &Path,
+        identity_pem: &str,
+    ) -> Server {
+        Self::start_with(
+            data,
+            free_port(),
+            Some((cert, key, ca_pem)),
+            Some((client_ca, identity_pem)),
+        )
+        .await
+    }
+
+    async fn start_with(
+        data: &Path,
+        port: u16,
+        tls: Option<(&Path, &Path, &str)>,
+        mtls: Option<(&Path, &str)>,
+    ) -> Server {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -216,6 +239,10 @@ impl Server {
             client =
                 client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap());
             url = format!("https://localhost:{port}");
+        }
+        if let Some((client_ca, identity)) = mtls {
+            cmd.arg("--client-ca").arg(client_ca);
+            client = client.identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap());
         }
         let client = client.build().unwrap();
         let child = cmd

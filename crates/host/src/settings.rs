@@ -109,6 +109,10 @@ pub struct ServerSettings {
     pub ca_file: Option<PathBuf>,
     /// Switches TLS certificate verification off. Logged loudly; for labs only.
     pub insecure_skip_verify: bool,
+    /// A client certificate (PEM) presented to a server that requires one
+    /// (mutual TLS), with its private key `client_key` (PEM).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// How long the server may hold a v2 check-in.
     pub checkin_wait_secs: u64,
     /// Per-request timeout (apart from the long poll and downloads).
@@ -123,6 +127,8 @@ impl Default for ServerSettings {
             protocol: Protocol::Auto,
             ca_file: None,
             insecure_skip_verify: false,
+            client_cert: None,
+            client_key: None,
             checkin_wait_secs: 30,
             timeout_secs: 30,
             download_rate_bytes_per_sec: None,
@@ -300,6 +306,9 @@ impl Settings {
                 ));
             }
         }
+        if self.server.client_cert.is_some() != self.server.client_key.is_some() {
+            return Err("server.client_cert and server.client_key go together".into());
+        }
         if self.server.checkin_wait_secs > 300 {
             return Err("server.checkin_wait_secs must be at most 300".into());
         }
@@ -356,6 +365,8 @@ mod tests {
             ),
             ("intervals:\n  keepalive_secs: 0\n", "keepalive_secs"),
             ("hostname: ../etc\n", "hostname"),
+            ("server:\n  client_cert: /c.pem\n", "go together"),
+            ("trust:\n  keys: [nope]\n", "trust.keys[0]"),
         ] {
             std::fs::write(&p, text).unwrap();
             let err = Settings::load(&p).unwrap_err().to_string();

@@ -83,6 +83,9 @@ pub struct ServerOptions {
     pub admin_token: Option<String>,
     pub agent_tokens: Vec<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: only clients presenting a certificate issued by this CA
+    /// (PEM) are served (mutual TLS).
+    pub client_ca: Option<PathBuf>,
     /// Largest accepted release artifact.
     pub max_artifact_bytes: u64,
     /// Connection and body limits.
@@ -103,6 +106,7 @@ impl ServerOptions {
             admin_token: None,
             agent_tokens: Vec::new(),
             tls: None,
+            client_ca: None,
             max_artifact_bytes: Settings::new(PathBuf::new()).max_artifact_bytes,
             limits: conn::Limits::default(),
             new_hosts_burst: Settings::new(PathBuf::new()).new_hosts_burst,
@@ -150,6 +154,53 @@ fn configure_http(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
+}
+
+/// A TLS configuration that requires a client certificate issued by the
+/// CA in `client_ca` (mutual TLS).
+fn mtls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("while reading the TLS certificate {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("while reading the TLS key {}", key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(client_ca)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("while reading the client CA {}", client_ca.display()))?;
+    if cas.is_empty() {
+        anyhow::bail!(
+            "the client CA file {} holds no certificate",
+            client_ca.display()
+        );
+    }
+    for c in cas {
+        roots.add(c).with_context(|| {
+            format!(
+                "a certificate in {} is not a usable CA",
+                client_ca.display()
+            )
+        })?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .context("while building the client certificate verifier")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("while choosing TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not go together")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Binds `opts.listen` and serves until `shutdown` resolves.
@@ -209,15 +260,23 @@ pub async fn serve_on(
     let result = match &opts.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "while loading TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
+            let config = match &opts.client_ca {
+                None => axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "while loading TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+                Some(ca) => {
+                    tracing::info!(client_ca = %ca.display(), "mutual TLS: clients must present a certificate issued by this CA");
+                    axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(
+                        mtls_config(cert, key, ca)?,
+                    ))
+                }
+            };
             tracing::info!(listen = %opts.listen, data_dir = %opts.data_dir.display(), "palette-server listening (HTTPS)");
             let mut server = axum_server::from_tcp_rustls(listener, config)
                 .map(|tls| conn::LimitAcceptor::new(tls, tracker))

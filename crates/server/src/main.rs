@@ -24,6 +24,10 @@ struct Cli {
     /// PEM private key.
     #[arg(long, env = env::TLS_KEY, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS: serve only clients presenting a certificate issued by
+    /// this CA (PEM). Needs --tls-cert; legacy watchdogs need one too.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// Largest accepted release artifact, in bytes (default 4 GiB).
     #[arg(long, env = env::MAX_ARTIFACT_BYTES)]
     max_artifact_bytes: Option<u64>,
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     opts.admin_token = admin_token;
     opts.agent_tokens = agent_tokens;
     opts.tls = cli.tls_cert.zip(cli.tls_key);
+    opts.client_ca = cli.client_ca;
     if let Some(max) = cli.max_artifact_bytes {
         opts.max_artifact_bytes = max;
     }

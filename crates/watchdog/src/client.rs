@@ -26,6 +26,18 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not read the client certificate or key {path}")]
+    ClientCertFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the client certificate {cert} and its key are not a usable PEM identity")]
+    ClientCert {
+        cert: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("the CA file {path} holds no usable PEM certificate")]
     CaPem {
         path: String,
@@ -193,6 +205,24 @@ impl Client {
             for c in certs {
                 b = b.add_root_certificate(c);
             }
+        }
+        if let (Some(cert), Some(key)) = (&server.client_cert, &server.client_key) {
+            let mut pem = Vec::new();
+            for p in [cert, key] {
+                pem.extend(
+                    fs_err::read(p).map_err(|source| ClientError::ClientCertFile {
+                        path: p.display().to_string(),
+                        source,
+                    })?,
+                );
+                pem.push(b'\n');
+            }
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|source| ClientError::ClientCert {
+                    cert: cert.display().to_string(),
+                    source,
+                })?;
+            b = b.identity(identity);
         }
         if server.insecure_skip_verify {
             tracing::warn!("TLS certificate verification is OFF (server.insecure_skip_verify): anyone on the path can impersonate the server");

@@ -877,6 +877,100 @@ async fn https_with_a_private_ca() {
     assert!(untrusting.running_agent().is_some());
 }
 
+/// Mutual TLS: the server (`--client-ca`) serves only clients presenting
+/// a certificate its CA issued; a watchdog with `server.client_cert` and
+/// `client_key` checks in, one without is refused at the handshake (and
+/// keeps its agent running), as is one whose certificate another CA issued.
+#[tokio::test]
+async fn mutual_tls_admits_only_hosts_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_string());
+        (p.self_signed(&key).unwrap(), key)
+    };
+    let (server_ca, server_ca_key) = ca("server CA");
+    let (client_ca, client_ca_key) = ca("client CA");
+    let (rogue_ca, rogue_ca_key) = ca("rogue CA");
+    let leaf = |names: Vec<String>, issuer: &rcgen::Certificate, issuer_key: &rcgen::KeyPair| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, issuer, issuer_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (scert, skey) = leaf(vec!["localhost".into()], &server_ca, &server_ca_key);
+    let (scert, skey) = (write("server.pem", &scert), write("server.key", &skey));
+    let server_ca_path = write("server-ca.pem", &server_ca.pem());
+    let client_ca_path = write("client-ca.pem", &client_ca.pem());
+    let (ops_cert, ops_key) = leaf(vec!["operator".into()], &client_ca, &client_ca_key);
+    let server = Server::start_mtls(
+        &tmp.path().join("server"),
+        (&scert, &skey, &server_ca.pem()),
+        &client_ca_path,
+        &format!("{ops_cert}\n{ops_key}"),
+    )
+    .await;
+    let api = server.api();
+
+    let host_with = |name: &str, cert: Option<(String, String)>| {
+        let mut extra = format!("  ca_file: {}\n", server_ca_path.display());
+        if let Some((c, k)) = cert {
+            let (c, k) = (
+                write(&format!("{name}.pem"), &c),
+                write(&format!("{name}.key"), &k),
+            );
+            extra.push_str(&format!(
+                "  client_cert: {}\n  client_key: {}\n",
+                c.display(),
+                k.display()
+            ));
+        }
+        let h = Host::new(name, &server.url, "v2", "");
+        let yml = h.base.join("watchdog.yml");
+        let text = std::fs::read_to_string(&yml)
+            .unwrap()
+            .replace("server:\n", &format!("server:\n{extra}"));
+        std::fs::write(&yml, text).unwrap();
+        h
+    };
+    let mut good = host_with(
+        "mtls-good",
+        Some(leaf(vec!["mtls-good".into()], &client_ca, &client_ca_key)),
+    );
+    let mut none = host_with("mtls-none", None);
+    let mut rogue = host_with(
+        "mtls-rogue",
+        Some(leaf(vec!["mtls-rogue".into()], &rogue_ca, &rogue_ca_key)),
+    );
+    good.start();
+    none.start();
+    rogue.start();
+    wait_for(
+        "the host with a client certificate checks in",
+        T,
+        || async { api.host("mtls-good").await.is_some() },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", good.diagnostics()));
+    for h in [&none, &rogue] {
+        h.wait_log("check-in failed; the agent keeps running", T)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", h.diagnostics()));
+        assert!(api.host(&h.name).await.is_none(), "{} got in", h.name);
+        assert!(h.running_agent().is_some());
+    }
+}
+
 /// The manager outlives a watchdog that dies mid-update: it finishes its
 /// step (the journal reaches "switched"), and the next watchdog checks the
 /// new version's health and commits it.
