@@ -228,8 +228,14 @@ impl Client {
             tracing::warn!("TLS certificate verification is OFF (server.insecure_skip_verify): anyone on the path can impersonate the server");
             b = b.danger_accept_invalid_certs(true);
         }
+        // The Config.yml proxy (credentials as `http://user:pass@host:port`),
+        // bypassed for the hosts in NO_PROXY; without one, the usual
+        // HTTP_PROXY / HTTPS_PROXY / NO_PROXY variables apply.
         if let Some(p) = &config.proxy {
-            b = b.proxy(reqwest::Proxy::all(p).map_err(ClientError::Build)?);
+            let proxy = reqwest::Proxy::all(p)
+                .map_err(ClientError::Build)?
+                .no_proxy(reqwest::NoProxy::from_env());
+            b = b.proxy(proxy);
         }
         Ok(Client {
             http: b.build().map_err(ClientError::Build)?,

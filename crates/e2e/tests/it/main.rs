@@ -971,6 +971,97 @@ async fn mutual_tls_admits_only_hosts_with_a_client_certificate() {
     }
 }
 
+/// A real HTTP proxy (Debian's tinyproxy) with BasicAuth: a watchdog whose
+/// `Config.yml` names it with the right credentials checks in through it
+/// (the proxy logs the check-ins); wrong credentials are refused and
+/// the agent keeps running.
+#[tokio::test]
+async fn check_ins_go_through_an_authenticated_proxy() {
+    let Some(tinyproxy) = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("PALETTE_REQUIRE_TINYPROXY").is_none(),
+            "tinyproxy is required here (.ci/run installs it)"
+        );
+        println!("skipped: tinyproxy is not installed (apt-get install tinyproxy)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let port = free_port();
+    let log = tmp.path().join("tinyproxy.log");
+    let conf = tmp.path().join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 120\nLogLevel Info\nLogFile \"{}\"\nMaxClients 20\nAllow 127.0.0.1\nBasicAuth palette s3cret\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut proxy = std::process::Command::new(tinyproxy)
+        .args(["-d", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _proxy = Kill(&mut proxy);
+    wait_for("tinyproxy listens", T, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await
+    .unwrap();
+
+    let with_proxy = |name: &str, creds: &str| {
+        let h = Host::new(name, &server.url, "v2", "");
+        let cfg = h.base.join("Config/Config.yml");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "UseProxy: false",
+            &format!("UseProxy: true\n  ProxyAddress: http://{creds}@127.0.0.1:{port}"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        h
+    };
+    let mut good = with_proxy("via-proxy", "palette:s3cret");
+    let mut bad = with_proxy("bad-proxy-creds", "palette:wrong");
+    good.start();
+    bad.start();
+    let api = server.api();
+    wait_for("the host checks in through the proxy", T, || async {
+        api.host("via-proxy").await.is_some()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", good.diagnostics()));
+    let proxied = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        proxied.contains("/api/v2/checkin"),
+        "the check-in did not go through the proxy:\n{proxied}"
+    );
+    bad.wait_log("check-in failed; the agent keeps running", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", bad.diagnostics()));
+    // tinyproxy answers wrong credentials with 401 and a page saying so.
+    let log = bad.log();
+    assert!(
+        (log.contains("401") || log.contains("407")) && log.contains("proxy"),
+        "{log}"
+    );
+    assert!(api.host("bad-proxy-creds").await.is_none());
+    assert!(bad.running_agent().is_some());
+}
+
 /// The manager outlives a watchdog that dies mid-update: it finishes its
 /// step (the journal reaches "switched"), and the next watchdog checks the
 /// new version's health and commits it.
