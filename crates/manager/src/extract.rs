@@ -79,9 +79,13 @@ impl Limits {
 }
 
 /// Checks an entry path and returns it relative to the target folder.
+/// Refused: absolute paths, `..`, backslashes, NUL, and any `:` — on
+/// Windows `x/C:y` would push a drive-relative path that replaces the
+/// target folder (found by the property test under Wine), and `a:b` names
+/// an NTFS alternate data stream.
 pub fn safe_relative(name: &str) -> Result<PathBuf, ExtractError> {
     let unsafe_path = || ExtractError::UnsafePath(name.to_string());
-    if name.contains('\\') || name.contains('\0') {
+    if name.contains('\\') || name.contains('\0') || name.contains(':') {
         return Err(unsafe_path());
     }
     let mut out = PathBuf::new();

@@ -22,3 +22,20 @@ proptest! {
         }
     }
 }
+
+/// The cases that escaped once (Windows: a drive-relative component).
+#[test]
+fn drive_letters_and_streams_are_refused() {
+    for name in [
+        "~/C:",
+        "a/C:b",
+        "C:",
+        "file:stream",
+        "x/../y",
+        "/etc/passwd",
+        "a\\b",
+    ] {
+        assert!(safe_relative(name).is_err(), "{name:?} accepted");
+    }
+    assert!(safe_relative("bin/agent").is_ok());
+}
