@@ -652,35 +652,28 @@ impl Store for SqliteStore {
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRow>> {
         type Row = (i64, String, Option<String>, i64, Option<i64>);
-        let agent: Vec<Row> = self.read(
-            sqlx::query_as(
-                "SELECT rowid, hash, label, created_at, revoked_at FROM agent_tokens ORDER BY rowid",
-            )
-            .fetch_all(&self.pool)
-            .await,
-        )?;
-        let operator: Vec<Row> = self.read(
-            sqlx::query_as(
-                "SELECT rowid, hash, label, created_at, revoked_at FROM operator_tokens ORDER BY rowid",
-            )
-            .fetch_all(&self.pool)
-            .await,
-        )?;
-        let row = |kind: TokenKind| {
-            move |(id, hash, label, created_at, revoked_at): Row| TokenRow {
-                kind,
-                id,
-                hash,
-                label: label.unwrap_or_default(),
-                created_at,
-                revoked_at,
-            }
-        };
-        Ok(agent
-            .into_iter()
-            .map(row(TokenKind::Agent))
-            .chain(operator.into_iter().map(row(TokenKind::Operator)))
-            .collect())
+        let mut all = Vec::new();
+        for (kind, table) in [
+            (TokenKind::Agent, "agent_tokens"),
+            (TokenKind::Operator, "operator_tokens"),
+        ] {
+            let sql = format!(
+                "SELECT rowid, hash, label, created_at, revoked_at FROM {table} ORDER BY rowid"
+            );
+            let rows: Vec<Row> = self.read(sqlx::query_as(&sql).fetch_all(&self.pool).await)?;
+            all.extend(
+                rows.into_iter()
+                    .map(|(id, hash, label, created_at, revoked_at)| TokenRow {
+                        kind,
+                        id,
+                        hash,
+                        label: label.unwrap_or_default(),
+                        created_at,
+                        revoked_at,
+                    }),
+            );
+        }
+        Ok(all)
     }
 
     async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool> {

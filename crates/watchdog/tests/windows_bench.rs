@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod windows_support;
+use windows_support::*;
+
 const AGENT: &str = "palette-sample-agent-bench";
 const ROUNDS: usize = 8;
-
-fn built(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join(name)
-}
 
 fn quiet(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -27,18 +25,11 @@ fn quiet(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn agent_pid(base: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(base.join("state").join("sample-agent.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let pid = v["pid"].as_u64()? as u32;
-    palette_service::process_alive(pid).then_some(pid)
-}
-
 /// The next agent pid other than `old`, within `limit`.
 fn wait_new_agent(base: &Path, old: Option<u32>, limit: Duration) -> Option<u32> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(p) = agent_pid(base).filter(|p| Some(*p) != old) {
+        if let Some(p) = live_agent_pid(base).filter(|p| Some(*p) != old) {
             return Some(p);
         }
         if Instant::now() > deadline {
@@ -82,17 +73,6 @@ fn memory(pid: u32) -> Option<(usize, usize)> {
         ) != 0;
         CloseHandle(h);
         ok.then_some((c.WorkingSetSize, c.PagefileUsage))
-    }
-}
-
-/// Whether this runs under Wine (its ntdll exports `wine_get_version`).
-#[allow(unsafe_code)]
-fn under_wine() -> bool {
-    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
-    // SAFETY: looking up an export by name in a loaded module.
-    unsafe {
-        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
-        !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
     }
 }
 

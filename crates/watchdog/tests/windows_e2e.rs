@@ -16,45 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod windows_support;
+use windows_support::*;
+
 const ADMIN: &str = "wine-admin-token";
 const KEY: &str = "wine-license-key";
 const WATCHDOG_SERVICE: &str = "palette-watchdog";
 
-/// A binary built beside this test's binaries.
-fn built(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build it for this target first",
-        p.display()
-    );
-    p
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
 fn sha256(p: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
-}
-
-/// `sc` with its console captured (it starts nothing that could hold the
-/// pipe open).
-fn sc(args: &[&str]) -> (bool, String) {
-    let out = Command::new("sc").args(args).output().expect("sc runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn service_state_is(name: &str, want: &str) -> bool {
-    sc(&["query", name]).1.contains(want)
 }
 
 async fn wait_until<F: std::future::Future<Output = bool>>(
@@ -239,10 +210,7 @@ impl HostDir {
 
     /// The pid in the sample agent's status file, when that process runs.
     fn agent_pid(&self) -> Option<u32> {
-        let text = read(&self.base.join("state").join("sample-agent.json"));
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let pid = v["pid"].as_u64()? as u32;
-        palette_service::process_alive(pid).then_some(pid)
+        live_agent_pid(&self.base)
     }
 
     /// Runs the installed manager (console to nowhere: a process msiexec

@@ -8,17 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SERVICE: &str = "palette-watchdog";
+mod windows_support;
+use windows_support::*;
 
-fn sc(args: &[&str]) -> (bool, String) {
-    let out = Command::new("sc").args(args).output().expect("sc runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+const SERVICE: &str = "palette-watchdog";
 
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -29,11 +22,6 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn state_is(want: &str) -> bool {
-    let (_, text) = sc(&["query", SERVICE]);
-    text.contains(want)
 }
 
 fn watchdog(base: &Path, args: &[&str]) -> (bool, String) {
@@ -51,33 +39,6 @@ fn watchdog(base: &Path, args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-/// The sample agent built beside this test's binaries.
-fn sample_agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let agent = dir.join("palette-sample-agent.exe");
-    assert!(
-        agent.exists(),
-        "{} is missing: build palette-sample-agent for this target first",
-        agent.display()
-    );
-    agent
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn agent_pid(base: &Path) -> Option<u32> {
-    let text = read(&base.join("state").join("sample-agent.json"));
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["pid"].as_u64().map(|p| p as u32)
-}
-
-fn alive(pid: u32) -> bool {
-    palette_service::process_alive(pid)
 }
 
 /// Removes the service even when the test fails half-way.
@@ -100,7 +61,11 @@ fn the_watchdog_runs_as_a_windows_service() {
     .unwrap();
     let v1 = base.join("versions").join("1.0.0");
     std::fs::create_dir_all(&v1).unwrap();
-    std::fs::copy(sample_agent(), v1.join("palette-sample-agent.exe")).unwrap();
+    std::fs::copy(
+        built("palette-sample-agent.exe"),
+        v1.join("palette-sample-agent.exe"),
+    )
+    .unwrap();
     std::fs::write(base.join("versions").join("current"), "1.0.0\n").unwrap();
     std::fs::create_dir_all(base.join("Config")).unwrap();
     // No server answers here: the watchdog keeps the agent alive and
@@ -121,7 +86,7 @@ fn the_watchdog_runs_as_a_windows_service() {
     let (ok, text) = watchdog(&base, &["install", "--start"]);
     assert!(ok, "install --start: {text}");
     wait_for("the service runs", Duration::from_secs(60), || {
-        state_is("RUNNING")
+        service_state_is(SERVICE, "RUNNING")
     });
     let log = base.join("Logs").join("watchdog.log");
     let logs = |base: &Path| {
@@ -132,7 +97,7 @@ fn the_watchdog_runs_as_a_windows_service() {
         )
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !agent_pid(&base).is_some_and(alive) {
+    while live_agent_pid(&base).is_none() {
         assert!(
             Instant::now() < deadline,
             "the service's watchdog did not start the agent\n{}",
@@ -141,14 +106,14 @@ fn the_watchdog_runs_as_a_windows_service() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(read(&log).contains("starting"), "{}", read(&log));
-    let agent = agent_pid(&base).unwrap();
+    let agent = live_agent_pid(&base).unwrap();
 
     // Stopped through the service control manager: the stop handler ends
     // the watchdog the graceful way, which stops the agent.
     let (ok, text) = sc(&["stop", SERVICE]);
     assert!(ok, "sc stop: {text}");
     wait_for("the service stops", Duration::from_secs(60), || {
-        state_is("STOPPED")
+        service_state_is(SERVICE, "STOPPED")
     });
     assert!(
         read(&log).contains("palette-watchdog stopped"),
@@ -156,18 +121,18 @@ fn the_watchdog_runs_as_a_windows_service() {
         read(&log)
     );
     wait_for("the agent stopped with it", Duration::from_secs(30), || {
-        !alive(agent)
+        !palette_service::process_alive(agent)
     });
 
     // The legacy-style commands start and stop it too; `restart` (what a
     // self-update's manager runs) goes through a stop and a start.
     let (ok, text) = watchdog(&base, &["start"]);
     assert!(ok, "start: {text}");
-    assert!(state_is("RUNNING"));
+    assert!(service_state_is(SERVICE, "RUNNING"));
     let starts = read(&log).matches("starting base=").count();
     let (ok, text) = watchdog(&base, &["restart"]);
     assert!(ok, "restart: {text}");
-    assert!(state_is("RUNNING"));
+    assert!(service_state_is(SERVICE, "RUNNING"));
     assert_eq!(
         read(&log).matches("starting base=").count(),
         starts + 1,
@@ -176,7 +141,7 @@ fn the_watchdog_runs_as_a_windows_service() {
     );
     let (ok, text) = watchdog(&base, &["stop"]);
     assert!(ok, "stop: {text}");
-    assert!(state_is("STOPPED"));
+    assert!(service_state_is(SERVICE, "STOPPED"));
 
     let (ok, text) = watchdog(&base, &["remove"]);
     assert!(ok, "remove: {text}");
@@ -218,7 +183,7 @@ fn an_agent_service_stopped_from_outside_is_started_again() {
     .unwrap();
     let agent = base.join("agent").join("palette-sample-agent.exe");
     std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
-    std::fs::copy(sample_agent(), &agent).unwrap();
+    std::fs::copy(built("palette-sample-agent.exe"), &agent).unwrap();
     std::fs::write(agent.parent().unwrap().join("VERSION"), "1.0.0").unwrap();
     std::fs::create_dir_all(base.join("Config")).unwrap();
     std::fs::write(
@@ -256,7 +221,7 @@ fn an_agent_service_stopped_from_outside_is_started_again() {
     );
     let logs = |base: &Path| read(&base.join("Logs").join("watchdog.log"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !agent_pid(&base).is_some_and(alive) {
+    while live_agent_pid(&base).is_none() {
         assert!(
             Instant::now() < deadline,
             "the watchdog did not start the agent service\n{}",
@@ -269,12 +234,12 @@ fn an_agent_service_stopped_from_outside_is_started_again() {
         "{}",
         logs(&base)
     );
-    let first = agent_pid(&base).unwrap();
+    let first = live_agent_pid(&base).unwrap();
 
     let (ok, text) = sc(&["stop", NAME]);
     assert!(ok, "sc stop: {text}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !agent_pid(&base).is_some_and(|p| p != first && alive(p)) {
+    while live_agent_pid(&base).is_none_or(|p| p == first) {
         assert!(
             Instant::now() < deadline,
             "the agent service stopped from outside was not started again\n{}",
