@@ -64,14 +64,36 @@ pub fn stamp_bytes(bytes: &mut [u8], version: &Version) -> Result<(), StampError
     if v.len() >= SLOT - MARKER.len() {
         return Err(StampError::TooLong(v));
     }
-    let at = bytes
+    // The marker text also stands elsewhere in a binary (the constant it
+    // is built from; a debug build keeps several copies): only a place
+    // that *is* a slot — the marker, a version, then zeros to the end —
+    // is rewritten. Every such place is (a linker may keep copies).
+    let slots: Vec<usize> = bytes
         .windows(MARKER.len())
-        .position(|w| w == MARKER)
-        .ok_or(StampError::NoSlot)?;
-    let slot = &mut bytes[at + MARKER.len()..at + SLOT];
-    slot.fill(0);
-    slot[..v.len()].copy_from_slice(v.as_bytes());
+        .enumerate()
+        .filter(|(at, w)| *w == MARKER && is_slot(bytes.get(*at..*at + SLOT)))
+        .map(|(at, _)| at)
+        .collect();
+    if slots.is_empty() {
+        return Err(StampError::NoSlot);
+    }
+    for at in slots {
+        let slot = &mut bytes[at + MARKER.len()..at + SLOT];
+        slot.fill(0);
+        slot[..v.len()].copy_from_slice(v.as_bytes());
+    }
     Ok(())
+}
+
+/// Whether `b` (SLOT bytes) is a version slot: the marker, a version, and
+/// nothing but zeros after it.
+fn is_slot(b: Option<&[u8]>) -> bool {
+    let Some(b) = b.filter(|b| b.len() == SLOT) else {
+        return false;
+    };
+    let rest = &b[MARKER.len()..];
+    let end = rest.iter().position(|x| *x == 0).unwrap_or(rest.len());
+    parse_slot(rest).is_some() && rest[end..].iter().all(|x| *x == 0)
 }
 
 #[cfg(test)]
@@ -98,5 +120,17 @@ mod tests {
             stamp_bytes(&mut b"no slot".to_vec(), &Version::new(1, 0, 0)),
             Err(StampError::NoSlot)
         ));
+        // The marker text standing elsewhere (before the slot, followed by
+        // other data) is left alone; the real slot is stamped.
+        let mut bytes = MARKER.to_vec();
+        bytes.extend_from_slice(b"some other constant data that follows it in .rdata....");
+        let decoy = bytes.clone();
+        bytes.extend_from_slice(&make_slot());
+        stamp_bytes(&mut bytes, &Version::new(9, 0, 0)).unwrap();
+        assert_eq!(&bytes[..decoy.len()], &decoy[..]);
+        assert_eq!(
+            parse_slot(&bytes[decoy.len() + MARKER.len()..decoy.len() + SLOT]),
+            Some("9.0.0")
+        );
     }
 }
