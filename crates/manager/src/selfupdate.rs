@@ -57,6 +57,40 @@ pub enum SelfUpdateError {
     Refused(String),
 }
 
+/// Why the new watchdog did not prove itself, or a watchdog could not be
+/// (re)started. The text goes into the report the operator reads.
+#[derive(Debug, Error)]
+enum NotProven {
+    #[error("the restart command is empty")]
+    EmptyRestartCommand,
+    #[error("could not run {program}: {error}")]
+    RunRestart {
+        program: String,
+        error: std::io::Error,
+    },
+    #[error("{command} exited with {status}: {stderr}")]
+    RestartFailed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{command} did not finish within 60 s")]
+    RestartTimeout { command: String },
+    #[error("waiting for {program}: {error}")]
+    RestartWait {
+        program: String,
+        error: std::io::Error,
+    },
+    #[error("could not start {exe}: {error}")]
+    Start { exe: String, error: std::io::Error },
+    #[error("its self-check failed: {problem}")]
+    SelfCheck { problem: String },
+    #[error("it exited at once ({status})")]
+    ExitedAtOnce { status: std::process::ExitStatus },
+    #[error("it did not pass its self-check and check in within {secs} s")]
+    Deadline { secs: u64 },
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SelfUpdateError {
     let what = what.into();
     move |source| SelfUpdateError::Io { what, source }
@@ -168,7 +202,7 @@ pub fn self_update(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfU
                     tail.join(" | ")
                 )
             };
-            tracing::error!(version = %req.version, why, "the new watchdog did not prove itself; putting the old one back");
+            tracing::error!(version = %req.version, why = %why, "the new watchdog did not prove itself; putting the old one back");
             journal.step = SelfStep::Reverting;
             journal.failure = Some(message.clone());
             save(layout, &journal)?;
@@ -312,9 +346,9 @@ fn spawn_watchdog(layout: &Layout, exe: &Path) -> std::io::Result<std::process::
 }
 
 /// Runs the service manager's restart command (60 s at most).
-fn run_restart_command(words: &[String]) -> Result<(), String> {
+fn run_restart_command(words: &[String]) -> Result<(), NotProven> {
     let Some((program, args)) = words.split_first() else {
-        return Err("the restart command is empty".into());
+        return Err(NotProven::EmptyRestartCommand);
     };
     let mut child = std::process::Command::new(program)
         .args(args)
@@ -322,29 +356,39 @@ fn run_restart_command(words: &[String]) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("could not run {program}: {e}"))?;
+        .map_err(|error| NotProven::RunRestart {
+            program: program.clone(),
+            error,
+        })?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match child.try_wait() {
             Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => {
+            Ok(Some(status)) => {
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {
                     use std::io::Read;
                     let _ = e.read_to_string(&mut err);
                 }
-                return Err(format!(
-                    "{} exited with {st}: {}",
-                    words.join(" "),
-                    err.trim()
-                ));
+                return Err(NotProven::RestartFailed {
+                    command: words.join(" "),
+                    status,
+                    stderr: err.trim().to_string(),
+                });
             }
             Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
-                return Err(format!("{} did not finish within 60 s", words.join(" ")));
+                return Err(NotProven::RestartTimeout {
+                    command: words.join(" "),
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for {program}: {e}")),
+            Err(error) => {
+                return Err(NotProven::RestartWait {
+                    program: program.clone(),
+                    error,
+                })
+            }
         }
     }
 }
@@ -354,7 +398,7 @@ fn run_restart_command(words: &[String]) -> Result<(), String> {
 fn restart(
     layout: &Layout,
     req: &SelfUpdateRequest,
-) -> Result<(Option<std::process::Child>, LogMarks), String> {
+) -> Result<(Option<std::process::Child>, LogMarks), NotProven> {
     match &req.restart {
         Restart::Command(words) => {
             tracing::info!(
@@ -370,7 +414,10 @@ fn restart(
             let marks = LogMarks::now(layout);
             spawn_watchdog(layout, &req.watchdog_exe)
                 .map(|c| (Some(c), marks))
-                .map_err(|e| format!("could not start {}: {e}", req.watchdog_exe.display()))
+                .map_err(|error| NotProven::Start {
+                    exe: req.watchdog_exe.display().to_string(),
+                    error,
+                })
         }
     }
 }
@@ -381,7 +428,7 @@ fn await_proof(
     layout: &Layout,
     req: &SelfUpdateRequest,
     mut child: Option<std::process::Child>,
-) -> Result<(), String> {
+) -> Result<(), NotProven> {
     let deadline = Instant::now() + req.prove_within;
     loop {
         if let Ok(Some(p)) = SelfProof::load(layout) {
@@ -390,7 +437,7 @@ fn await_proof(
                     None => return Ok(()),
                     Some(problem) => {
                         stop_new(layout, child.as_mut());
-                        return Err(format!("its self-check failed: {problem}"));
+                        return Err(NotProven::SelfCheck { problem });
                     }
                 }
             }
@@ -401,17 +448,16 @@ fn await_proof(
                 // one, which took the lock first): then that one must prove
                 // itself, before the deadline.
                 if !palette_host::lock::is_held(&layout.watchdog_lock()) {
-                    return Err(format!("it exited at once ({status})"));
+                    return Err(NotProven::ExitedAtOnce { status });
                 }
                 child = None;
             }
         }
         if Instant::now() > deadline {
             stop_new(layout, child.as_mut());
-            return Err(format!(
-                "it did not pass its self-check and check in within {} s",
-                req.prove_within.as_secs()
-            ));
+            return Err(NotProven::Deadline {
+                secs: req.prove_within.as_secs(),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -443,11 +489,14 @@ fn start_old(layout: &Layout, req: &SelfUpdateRequest) {
         Restart::Command(words) => run_restart_command(words),
         Restart::Itself => spawn_watchdog(layout, &req.watchdog_exe)
             .map(drop)
-            .map_err(|e| e.to_string()),
+            .map_err(|error| NotProven::Start {
+                exe: req.watchdog_exe.display().to_string(),
+                error,
+            }),
     };
     match started {
         Ok(()) => tracing::info!("the old watchdog was started again"),
-        Err(e) => tracing::error!(error = e, "could not start the old watchdog again"),
+        Err(e) => tracing::error!(error = %e, "could not start the old watchdog again"),
     }
 }
 
