@@ -240,11 +240,13 @@ enum TokenCmd {
     },
     /// Create a new operator token; printed once.
     NewOperator { label: String },
-    /// Every stored token: kind, id, label, created, revoked (never the
-    /// secret; PALETTE_ADMIN_TOKEN is not stored and is not listed).
+    /// Every stored token: kind, id, label, created, last used, revoked
+    /// (never the secret; PALETTE_ADMIN_TOKEN is not stored and is not
+    /// listed). Kinds: operator, agent (enrollment keys), host.
     List,
-    /// Revoke tokens at once: `agent:ID`, `operator:ID`, or a label (every
-    /// live token with it).
+    /// Revoke tokens at once: `agent:ID`, `operator:ID`, `host:ID`, or a
+    /// label (every live token with it; a host token's label is its host
+    /// name). A host whose token is revoked must enroll again.
     Revoke {
         #[arg(value_name = "LABEL-OR-ID")]
         which: String,
@@ -825,14 +827,18 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             if out == Output::Json {
                 return print_json(&list);
             }
-            println!("{:<16}  {:<24}  {:<24}  REVOKED", "ID", "LABEL", "CREATED");
+            println!(
+                "{:<16}  {:<24}  {:<24}  {:<24}  REVOKED",
+                "ID", "LABEL", "CREATED", "LAST USED"
+            );
             for t in &list {
                 let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
                 println!(
-                    "{:<16}  {:<24}  {:<24}  {}",
+                    "{:<16}  {:<24}  {:<24}  {:<24}  {}",
                     format!("{}:{}", s("kind"), t["id"]),
                     s("label"),
                     s("created_at"),
+                    s("last_used"),
                     s("revoked_at")
                 );
             }
@@ -1017,11 +1023,12 @@ async fn watch_acks(
     }
 }
 
-/// Revokes `agent:ID`, `operator:ID`, or every live token labelled
-/// `which`; returns how many.
+/// Revokes `agent:ID`, `operator:ID`, `host:ID`, or every live token
+/// labelled `which` (a host token's label is its host name); returns how
+/// many.
 async fn revoke_tokens(api: &Api, which: &str) -> anyhow::Result<usize> {
     let targets: Vec<(String, String)> = match which.split_once(':') {
-        Some((kind @ ("agent" | "operator"), id)) if id.parse::<i64>().is_ok() => {
+        Some((kind @ ("agent" | "operator" | "host"), id)) if id.parse::<i64>().is_ok() => {
             vec![(kind.to_string(), id.to_string())]
         }
         _ => api

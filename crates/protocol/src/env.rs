@@ -37,6 +37,8 @@ pub const UPLOAD_STALL_SECS: &str = "PALETTE_UPLOAD_STALL_SECS";
 /// palette-server: new host names one agent credential may introduce at
 /// once (default 10000)...
 pub const NEW_HOSTS_BURST: &str = "PALETTE_NEW_HOSTS_BURST";
+/// Server: accept the enrollment key on v2 only to enroll.
+pub const REQUIRE_HOST_TOKENS: &str = "PALETTE_REQUIRE_HOST_TOKENS";
 /// ...and per minute after that (default 1200).
 pub const NEW_HOSTS_PER_MINUTE: &str = "PALETTE_NEW_HOSTS_PER_MINUTE";
 

@@ -7,6 +7,7 @@ use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::state::AppState;
+use crate::store::TokenKind;
 
 pub type TokenHash = [u8; 32];
 
@@ -18,6 +19,9 @@ pub fn token_hash(token: &str) -> TokenHash {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Anonymous,
+    /// One host's own token: it acts for that host only, on the v2 API.
+    Host,
+    /// A license key (enrollment key).
     Agent,
     Operator,
 }
@@ -44,9 +48,12 @@ pub fn credential_key(headers: &HeaderMap) -> Option<TokenHash> {
 }
 
 pub fn role(state: &AppState, headers: &HeaderMap) -> Role {
-    match presented_token(headers) {
-        Some(t) if state.is_operator(t) => Role::Operator,
-        Some(t) if state.is_agent(t) => Role::Agent,
-        _ => Role::Anonymous,
+    match presented_token(headers).and_then(|t| state.credential(t)) {
+        Some(c) => match c.kind {
+            TokenKind::Operator => Role::Operator,
+            TokenKind::Agent => Role::Agent,
+            TokenKind::Host => Role::Host,
+        },
+        None => Role::Anonymous,
     }
 }

@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod sqlite;
 pub mod state;
 pub mod store;
+mod tokens;
 pub mod v1;
 pub mod v2;
 
@@ -57,7 +58,10 @@ pub fn app(state: AppState) -> Router {
         (header::EXPIRES, "0"),
     ];
     let mut router = Router::new()
-        .merge(v1::router())
+        .merge(v1::router().layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            v1::auth_limit_layer,
+        )))
         .merge(v2::router().layer(DefaultBodyLimit::disable()))
         .merge(ops::router())
         .fallback(|| async { v1::text(StatusCode::NOT_FOUND, "404 page not found\n") })
@@ -93,6 +97,8 @@ pub struct ServerOptions {
     /// New host names one agent credential may introduce at once, and per
     /// minute after that.
     pub new_hosts_burst: u32,
+    /// See `Settings::require_host_tokens`.
+    pub require_host_tokens: bool,
     pub new_hosts_per_minute: u32,
     /// Failed authentications allowed per source address.
     pub auth_limit: ratelimit::AuthLimit,
@@ -110,6 +116,7 @@ impl ServerOptions {
             max_artifact_bytes: Settings::new(PathBuf::new()).max_artifact_bytes,
             limits: conn::Limits::default(),
             new_hosts_burst: Settings::new(PathBuf::new()).new_hosts_burst,
+            require_host_tokens: false,
             new_hosts_per_minute: Settings::new(PathBuf::new()).new_hosts_per_minute,
             auth_limit: ratelimit::AuthLimit::default(),
         }
@@ -127,6 +134,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.max_artifact_bytes = opts.max_artifact_bytes;
     settings.limits = opts.limits.clone();
     settings.new_hosts_burst = opts.new_hosts_burst;
+    settings.require_host_tokens = opts.require_host_tokens;
     settings.new_hosts_per_minute = opts.new_hosts_per_minute;
     settings.auth_limit = opts.auth_limit;
     AppState::load(

@@ -56,6 +56,12 @@ struct Cli {
     /// How fast that budget refills, in host names per minute.
     #[arg(long, env = env::NEW_HOSTS_PER_MINUTE, default_value_t = 1200)]
     new_hosts_per_minute: u32,
+    /// On the v2 API, accept the enrollment key (license key) only to
+    /// enroll: every host must use its own host token. Without it, a host
+    /// that has not enrolled may still check in with the key (watchdogs
+    /// before 0.2); an enrolled host never may.
+    #[arg(long, env = env::REQUIRE_HOST_TOKENS)]
+    require_host_tokens: bool,
 }
 
 #[tokio::main]
@@ -102,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         max_connections: cli.max_connections,
     };
     opts.new_hosts_burst = cli.new_hosts_burst;
+    opts.require_host_tokens = cli.require_host_tokens;
     opts.new_hosts_per_minute = cli.new_hosts_per_minute;
     palette_server::serve(opts, async {
         shutdown_signal().await;

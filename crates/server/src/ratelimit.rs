@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,11 @@ struct Entry {
 pub struct AuthLimiter {
     limit: AuthLimit,
     by_source: Mutex<HashMap<IpAddr, Entry>>,
+    /// When the latest block ends (ms after `epoch`): while none is in
+    /// force, `blocked` answers without taking the lock (the hot path of
+    /// every credentialed request).
+    last_block_end: AtomicU64,
+    epoch: Instant,
 }
 
 impl AuthLimiter {
@@ -49,12 +55,21 @@ impl AuthLimiter {
         AuthLimiter {
             limit,
             by_source: Mutex::new(HashMap::new()),
+            last_block_end: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// `Some(seconds to wait)` while `source` is blocked.
     pub fn blocked(&self, source: IpAddr) -> Option<u64> {
         let now = Instant::now();
+        if self.last_block_end.load(Ordering::Relaxed) < self.ms(now) {
+            return None;
+        }
         let map = self.by_source.lock().unwrap();
         let until = map.get(&source)?.blocked_until?;
         (until > now).then(|| (until - now).as_secs().max(1))
@@ -93,6 +108,8 @@ impl AuthLimiter {
         e.failures += 1;
         if e.failures > self.limit.failures && e.blocked_until.is_none_or(|u| u <= now) {
             e.blocked_until = Some(now + self.limit.block);
+            self.last_block_end
+                .fetch_max(self.ms(now + self.limit.block) + 1, Ordering::Relaxed);
             e.since = now;
             e.failures = 0;
             return true;

@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "token lifecycle",
         include_str!("../migrations/sqlite/0006_token_lifecycle.sql"),
     ),
+    (
+        7,
+        "host tokens",
+        include_str!("../migrations/sqlite/0007_host_tokens.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -651,48 +656,89 @@ impl Store for SqliteStore {
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRow>> {
-        type Row = (i64, String, Option<String>, i64, Option<i64>);
+        type Row = (i64, String, Option<String>, i64, Option<i64>, Option<i64>);
         let mut all = Vec::new();
-        for (kind, table) in [
-            (TokenKind::Agent, "agent_tokens"),
-            (TokenKind::Operator, "operator_tokens"),
-        ] {
-            let sql = format!(
-                "SELECT rowid, hash, label, created_at, revoked_at FROM {table} ORDER BY rowid"
-            );
+        for kind in [TokenKind::Agent, TokenKind::Operator, TokenKind::Host] {
+            let sql = match kind {
+                TokenKind::Host => "SELECT id, hash, hostname, created_at, revoked_at, last_used FROM host_tokens ORDER BY id".to_string(),
+                _ => format!(
+                    "SELECT rowid, hash, label, created_at, revoked_at, last_used FROM {} ORDER BY rowid",
+                    token_table(kind)
+                ),
+            };
             let rows: Vec<Row> = self.read(sqlx::query_as(&sql).fetch_all(&self.pool).await)?;
-            all.extend(
-                rows.into_iter()
-                    .map(|(id, hash, label, created_at, revoked_at)| TokenRow {
-                        kind,
-                        id,
-                        hash,
-                        label: label.unwrap_or_default(),
-                        created_at,
-                        revoked_at,
-                    }),
-            );
+            all.extend(rows.into_iter().map(
+                |(id, hash, label, created_at, revoked_at, last_used)| TokenRow {
+                    kind,
+                    id,
+                    hash,
+                    label: label.unwrap_or_default(),
+                    created_at,
+                    revoked_at,
+                    last_used,
+                },
+            ));
         }
         Ok(all)
     }
 
     async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool> {
-        let sql = match kind {
-            TokenKind::Agent => {
-                "UPDATE agent_tokens SET revoked_at = ? WHERE rowid = ? AND revoked_at IS NULL"
-            }
-            TokenKind::Operator => {
-                "UPDATE operator_tokens SET revoked_at = ? WHERE rowid = ? AND revoked_at IS NULL"
-            }
-        };
+        let sql = format!(
+            "UPDATE {} SET revoked_at = ? WHERE rowid = ? AND revoked_at IS NULL",
+            token_table(kind)
+        );
         write_tx!(self, |tx| {
-            let done = sqlx::query(sql)
+            let done = sqlx::query(&sql)
                 .bind(at)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
             done > 0
+        })
+    }
+
+    async fn enroll_host(
+        &self,
+        hostname: &str,
+        hash: &str,
+        at: Millis,
+    ) -> StoreResult<Option<i64>> {
+        let mut conn = self.conn().await?;
+        let res = async {
+            let mut tx = conn.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO host_tokens (hash, hostname, created_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (hostname) WHERE revoked_at IS NULL DO NOTHING",
+            )
+            .bind(hash)
+            .bind(hostname)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            let id = (inserted.rows_affected() == 1).then(|| inserted.last_insert_rowid());
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        }
+        .await
+        .map_err(StoreError::from);
+        self.finish(conn, res)
+    }
+
+    async fn touch_tokens(&self, used: &[(TokenKind, i64, Millis)]) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            for (kind, id, at) in used {
+                let sql = format!(
+                    "UPDATE {} SET last_used = ? WHERE rowid = ? AND (last_used IS NULL OR last_used < ?)",
+                    token_table(*kind)
+                );
+                sqlx::query(&sql)
+                    .bind(at)
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         })
     }
 
@@ -743,5 +789,14 @@ impl Store for SqliteStore {
                 )
             })
             .collect())
+    }
+}
+
+/// The table a kind of token lives in.
+fn token_table(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Agent => "agent_tokens",
+        TokenKind::Operator => "operator_tokens",
+        TokenKind::Host => "host_tokens",
     }
 }

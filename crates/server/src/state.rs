@@ -58,6 +58,10 @@ pub struct Settings {
     pub limits: crate::conn::Limits,
     /// Failed authentications allowed per source address.
     pub auth_limit: crate::ratelimit::AuthLimit,
+    /// Refuse the enrollment key on the v2 API for anything but enrolling
+    /// (off: a host that has not enrolled may still use it, as watchdogs
+    /// before 0.2 did; an enrolled host never).
+    pub require_host_tokens: bool,
 }
 
 impl Settings {
@@ -74,6 +78,7 @@ impl Settings {
             new_hosts_burst: 10_000,
             new_hosts_per_minute: 1200,
             limits: crate::conn::Limits::default(),
+            require_host_tokens: false,
         }
     }
 }
@@ -131,9 +136,10 @@ pub struct Inner {
     /// publish can delete the file it placed without racing another.
     publish_lock: tokio::sync::Mutex<()>,
     releases: RwLock<ReleaseCache>,
-    agent_tokens: RwLock<HashSet<TokenHash>>,
-    /// Operator token hashes and their labels.
-    operator_tokens: RwLock<HashMap<TokenHash, String>>,
+    /// Every live credential, by hash.
+    tokens: crate::tokens::Tokens,
+    /// The hash of PALETTE_ADMIN_TOKEN (kept across token rebuilds).
+    admin_token: Option<TokenHash>,
     new_hosts: Mutex<HashMap<TokenHash, Bucket>>,
     changes: watch::Sender<u64>,
 }
@@ -212,22 +218,6 @@ impl AppState {
                 )
                 .await?;
         }
-        let decode = |hashes: Vec<String>| -> HashSet<TokenHash> {
-            hashes
-                .iter()
-                .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
-                .collect()
-        };
-        let agent = decode(store.agent_tokens().await?);
-        let mut operator: HashMap<TokenHash, String> = store
-            .operator_tokens()
-            .await?
-            .into_iter()
-            .filter_map(|(h, label)| Some((hex::decode(h).ok()?.try_into().ok()?, label)))
-            .collect();
-        if let Some(t) = admin_token {
-            operator.insert(token_hash(t), ADMIN_LABEL.into());
-        }
         let with_config: HashSet<String> = store.hosts_with_config().await?.into_iter().collect();
         let mut hosts = HashMap::new();
         for row in store.load_hosts().await? {
@@ -257,11 +247,12 @@ impl AppState {
             issue_lock: tokio::sync::Mutex::new(()),
             publish_lock: tokio::sync::Mutex::new(()),
             releases: RwLock::new(ReleaseCache::default()),
-            agent_tokens: RwLock::new(agent),
-            operator_tokens: RwLock::new(operator),
+            tokens: crate::tokens::Tokens::default(),
+            admin_token: admin_token.map(token_hash),
             new_hosts: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
         }));
+        state.reload_tokens().await?;
         let mut recent = state.store.recent_commands(10_000).await?;
         recent.reverse();
         for c in recent {
@@ -275,17 +266,24 @@ impl AppState {
 
     // ---- tokens -------------------------------------------------------
 
-    pub fn is_operator(&self, token: &str) -> bool {
-        self.operator_label(token).is_some()
+    /// Rebuilds the in-memory credentials from the store (after any add or
+    /// revoke: rare).
+    async fn reload_tokens(&self) -> StoreResult<()> {
+        let rows = self.store.tokens().await?;
+        self.tokens.rebuild(rows, self.admin_token, ADMIN_LABEL);
+        Ok(())
     }
 
-    /// The label of an operator token (`admin` for PALETTE_ADMIN_TOKEN).
-    pub fn operator_label(&self, token: &str) -> Option<String> {
-        self.operator_tokens
-            .read()
-            .unwrap()
-            .get(&token_hash(token))
-            .cloned()
+    /// The live credential `token` is, noting the use.
+    pub fn credential(&self, token: &str) -> Option<Arc<crate::tokens::Credential>> {
+        let c = self.tokens.find(token)?;
+        c.used(now_ms());
+        Some(c)
+    }
+
+    /// Whether `host` has enrolled (has a live host token).
+    pub fn is_enrolled(&self, host: &str) -> bool {
+        self.tokens.is_enrolled(host)
     }
 
     /// Every stored token (hashes only), revoked ones too.
@@ -309,21 +307,43 @@ impl AppState {
         else {
             return Ok(None);
         };
-        if !self.store.revoke_token(kind, id, now_ms()).await? {
-            return Ok(None);
+        let done = self.store.revoke_token(kind, id, now_ms()).await?;
+        self.reload_tokens().await?;
+        Ok(done.then_some(row))
+    }
+
+    /// Enrolls `host`: a new host token, durably recorded (hash only) and
+    /// live at once. `Conflict` when the name already has a live token:
+    /// only an operator revoking it (or retiring the host) frees the name,
+    /// so an enrollment key alone cannot take over an enrolled host.
+    pub async fn enroll_host(&self, host: &str) -> StoreResult<(i64, String)> {
+        let mut raw = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+        let token = format!("pht_{}", hex::encode(raw));
+        let id = self
+            .store
+            .enroll_host(host, &hex::encode(token_hash(&token)), now_ms())
+            .await?;
+        let Some(id) = id else {
+            return Err(crate::store::StoreError::Conflict(format!(
+                "a live host token for {host} (an operator must revoke it or retire the host before it can enroll again)"
+            )));
+        };
+        self.reload_tokens().await?;
+        Ok((id, token))
+    }
+
+    /// Writes the batched "last used" times of tokens.
+    async fn flush_token_uses(&self) -> StoreResult<()> {
+        let batch = self.tokens.take_unwritten();
+        if batch.is_empty() {
+            return Ok(());
         }
-        let hash: Option<TokenHash> = hex::decode(&row.hash).ok().and_then(|h| h.try_into().ok());
-        if let Some(h) = hash {
-            match kind {
-                crate::store::TokenKind::Agent => {
-                    self.agent_tokens.write().unwrap().remove(&h);
-                }
-                crate::store::TokenKind::Operator => {
-                    self.operator_tokens.write().unwrap().remove(&h);
-                }
-            }
+        let r = self.store.touch_tokens(&batch).await;
+        if r.is_err() {
+            self.tokens.unwritten(&batch);
         }
-        Ok(Some(row))
+        r
     }
 
     /// Records an operator action durably (and logs it).
@@ -351,19 +371,10 @@ impl AppState {
         self.store.audit(limit).await
     }
 
-    /// License keys compare case-insensitively, as the legacy server did.
-    pub fn is_agent(&self, token: &str) -> bool {
-        self.agent_tokens
-            .read()
-            .unwrap()
-            .contains(&token_hash(&token.to_lowercase()))
-    }
-
     /// Adds a license key. A key that was revoked stays revoked (409):
     /// a revoked secret is never live again.
     pub async fn add_agent_token(&self, token: &str, label: &str) -> StoreResult<()> {
-        let h = token_hash(&token.to_lowercase());
-        let hex_hash = hex::encode(h);
+        let hex_hash = hex::encode(token_hash(&token.to_lowercase()));
         let revoked = self
             .store
             .tokens()
@@ -378,20 +389,14 @@ impl AppState {
         self.store
             .add_agent_token(&hex_hash, label, now_ms())
             .await?;
-        self.agent_tokens.write().unwrap().insert(h);
-        Ok(())
+        self.reload_tokens().await
     }
 
     pub async fn add_operator_token(&self, token: &str, label: &str) -> StoreResult<()> {
-        let h = token_hash(token);
         self.store
-            .add_operator_token(&hex::encode(h), label, now_ms())
+            .add_operator_token(&hex::encode(token_hash(token)), label, now_ms())
             .await?;
-        self.operator_tokens
-            .write()
-            .unwrap()
-            .insert(h, label.to_string());
-        Ok(())
+        self.reload_tokens().await
     }
 
     // ---- hosts --------------------------------------------------------
@@ -538,6 +543,10 @@ impl AppState {
     pub async fn retire_host(&self, host: &str) -> StoreResult<bool> {
         let in_memory = self.hosts.lock().unwrap().contains_key(host);
         let stored = self.store.retire_host(host).await?;
+        if let Some(id) = self.tokens.host_token_id(host) {
+            self.revoke_token(crate::store::TokenKind::Host, id).await?;
+            tracing::info!(host, "host token revoked with the host's retirement");
+        }
         if in_memory || stored {
             self.hosts.lock().unwrap().remove(host);
             tracing::info!(host, "host retired from the inventory");
@@ -625,9 +634,15 @@ impl AppState {
             if let Err(e) = self.flush_heartbeats().await {
                 tracing::debug!(error = %e, "could not write heartbeats; retrying in 1 s");
             }
+            if let Err(e) = self.flush_token_uses().await {
+                tracing::debug!(error = %e, "could not write token uses; retrying in 1 s");
+            }
         }
         if let Err(e) = self.flush_heartbeats().await {
             tracing::error!(error = %e, "could not write heartbeats at shutdown");
+        }
+        if let Err(e) = self.flush_token_uses().await {
+            tracing::warn!(error = %e, "could not write token uses at shutdown");
         }
     }
 

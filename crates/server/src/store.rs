@@ -169,9 +169,12 @@ impl CommandRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
-    /// A license key: hosts check in with it.
+    /// A license key (the fleet's enrollment key): a host enrolls with it
+    /// (and legacy v1 watchdogs check in with it).
     Agent,
     Operator,
+    /// One host's own credential, made at enrollment.
+    Host,
 }
 
 /// A stored token (its hash only; the secret is never kept).
@@ -183,6 +186,9 @@ pub struct TokenRow {
     pub label: String,
     pub created_at: Millis,
     pub revoked_at: Option<Millis>,
+    /// When it last authenticated a request (written in batches, so up to
+    /// a minute behind).
+    pub last_used: Option<Millis>,
 }
 
 /// One operator action in the audit log.
@@ -290,6 +296,13 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
     /// Revokes one token; false when there is no such live token.
     async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool>;
+    /// Records a new host token for `hostname`; `None` (nothing written)
+    /// when the name already has a live one.
+    async fn enroll_host(&self, hostname: &str, hash: &str, at: Millis)
+        -> StoreResult<Option<i64>>;
+    /// Records when tokens were last used: (kind, id, at), in one
+    /// transaction; a time never moves backwards.
+    async fn touch_tokens(&self, used: &[(TokenKind, i64, Millis)]) -> StoreResult<()>;
     /// Records one operator action; answered after it is durable.
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<i64>;
     /// The newest `limit` audit entries, newest first.

@@ -56,6 +56,58 @@ fn require(state: &AppState, headers: &HeaderMap, min: Role) -> Result<Role, Res
     }
 }
 
+/// Failed authentications on the v1 API count against the caller's address
+/// like on v2 (`ratelimit`): a blocked address presenting a credential is
+/// answered 429 with `Retry-After` before anything else; a 401 to a
+/// presented credential is a failure. Requests without one (anonymous
+/// config uploads, `ping`) are not counted.
+pub async fn auth_limit_layer(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = crate::auth::presented_token(req.headers()).is_some();
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (true, Some(ip)) = (presented, ip) else {
+        return next.run(req).await;
+    };
+    if let Some(secs) = state.auth_limiter.blocked(ip) {
+        let mut res = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too many failed authentications from {ip}; retry in {secs} s\n"),
+        );
+        res.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        return res;
+    }
+    let res = next.run(req).await;
+    if res.status() == StatusCode::UNAUTHORIZED && state.auth_limiter.failed(ip) {
+        tracing::warn!(
+            source = %ip,
+            failures = state.settings.auth_limit.failures,
+            block_secs = state.settings.auth_limit.block.as_secs(),
+            "too many failed authentications (v1): this address is refused for a while"
+        );
+    }
+    res
+}
+
+/// A host that enrolled has its own token, which the v1 API does not take:
+/// the license key may no longer act for it, here or on v2.
+fn enrolled_refusal(state: &AppState, host: &str) -> Response {
+    state.metrics.auth_failures.increment(1);
+    tracing::warn!(
+        host,
+        "v1 request for an enrolled host refused: only its host token may act for it (v2 API)"
+    );
+    text(
+        StatusCode::FORBIDDEN,
+        format!("{host} has enrolled: only its own host token may act for it, on the v2 API\n"),
+    )
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/ping", get(ping))
@@ -406,6 +458,9 @@ async fn put_config(State(state): State<AppState>, req: Request) -> Response {
             ),
         );
     }
+    if role != Role::Operator && state.is_enrolled(&host) {
+        return enrolled_refusal(&state, &host);
+    }
     let source = if role == Role::Operator {
         ConfigSource::Desired
     } else if state.config_upload_expected(&host) {
@@ -456,6 +511,9 @@ pub async fn heartbeat_layer(
             match validate_hostname(&host) {
                 Ok(h) => {
                     let r = role(&state, req.headers());
+                    if r == Role::Agent && state.is_enrolled(&h) {
+                        return enrolled_refusal(&state, &h);
+                    }
                     if r >= Role::Agent && req.method() != Method::OPTIONS {
                         if let (Role::Agent, Some(key)) = (r, credential_key(req.headers())) {
                             if let Err(e) = state.admit_host(&h, &key) {

@@ -21,11 +21,12 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::IngestError;
-use crate::auth::{credential_key, role, Role};
+use crate::auth::{credential_key, role, Role, TokenHash};
 use crate::body::BodyError;
 use crate::state::{
     command_wire, now_ms, AppState, PublishError, TooManyNewHosts, DEFAULT_COMMAND_TTL_SECS,
 };
+use crate::store::TokenKind;
 use crate::store::{NewRelease, StoreError};
 
 /// A v2 error: a status and a one-line reason as `{"error": "..."}`.
@@ -206,9 +207,10 @@ impl axum::extract::FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
         not_blocked(state, parts)?;
-        match crate::auth::presented_token(&parts.headers).and_then(|t| state.operator_label(t)) {
-            Some(label) => Ok(Operator {
-                label,
+        let cred = crate::auth::presented_token(&parts.headers).and_then(|t| state.credential(t));
+        match cred.filter(|c| c.kind == TokenKind::Operator) {
+            Some(c) => Ok(Operator {
+                label: c.label.clone(),
                 source: source_of(parts),
             }),
             None => Err(refuse(
@@ -231,19 +233,66 @@ impl Operator {
     }
 }
 
-/// A host (an agent token) or an operator; anyone else is refused.
-pub(crate) struct Caller(pub Role);
+/// Who may act for a host, authenticated once per request (anyone else is
+/// refused before the handler runs): an operator, the fleet's enrollment
+/// key (a license key), or one host's own token.
+pub(crate) enum Caller {
+    Operator,
+    /// A license key; the hash the new-host budget is counted under.
+    Enrollment(TokenHash),
+    /// A host token: it acts for this host name only.
+    Host(String),
+}
 
 impl axum::extract::FromRequestParts<AppState> for Caller {
     type Rejection = V2Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
         not_blocked(state, parts)?;
-        let r = role(state, &parts.headers);
-        if r >= Role::Agent {
-            Ok(Caller(r))
-        } else {
-            Err(refuse(state, parts, r, Role::Agent))
+        let cred = crate::auth::presented_token(&parts.headers).and_then(|t| state.credential(t));
+        match cred.as_deref().map(|c| c.kind) {
+            Some(TokenKind::Operator) => Ok(Caller::Operator),
+            Some(TokenKind::Host) => Ok(Caller::Host(cred.expect("matched").label.clone())),
+            Some(TokenKind::Agent) => Ok(Caller::Enrollment(
+                credential_key(&parts.headers).expect("a token was presented"),
+            )),
+            None => Err(refuse(state, parts, Role::Anonymous, Role::Host)),
+        }
+    }
+}
+
+impl Caller {
+    /// Refuses a caller that may not act for `host`: a host token for any
+    /// other host; the enrollment key for a host that has enrolled (only
+    /// its own token may act for it then), or for any host when the server
+    /// requires host tokens.
+    fn act_for(&self, state: &AppState, host: &str) -> V2Result<()> {
+        let refusal = match self {
+            Caller::Operator => return Ok(()),
+            Caller::Host(own) if own == host => return Ok(()),
+            Caller::Host(own) => format!("this host token belongs to {own}; it may not act for {host}"),
+            Caller::Enrollment(_) if state.is_enrolled(host) => format!(
+                "{host} has enrolled: only its own host token may act for it (an enrollment key may not)"
+            ),
+            Caller::Enrollment(_) if state.settings.require_host_tokens => format!(
+                "this server requires host tokens: {host} must enroll first (POST /api/v2/enroll)"
+            ),
+            Caller::Enrollment(_) => return Ok(()),
+        };
+        state.metrics.auth_failures.increment(1);
+        tracing::warn!(
+            host,
+            reason = refusal,
+            "request refused: not this caller's host"
+        );
+        Err(V2Error::new(StatusCode::FORBIDDEN, refusal))
+    }
+
+    /// Counts a new host name against an enrollment key's budget.
+    fn admit(&self, state: &AppState, host: &str) -> V2Result<()> {
+        match self {
+            Caller::Enrollment(key) => Ok(state.admit_host(host, key)?),
+            _ => Ok(()),
         }
     }
 }
@@ -284,6 +333,7 @@ async fn read_body(state: &AppState, req: Request, limit: usize) -> V2Result<byt
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v2/checkin", post(checkin))
+        .route("/api/v2/enroll", post(enroll))
         .route("/api/v2/commands", post(create_command).get(list_commands))
         .route("/api/v2/commands/{id}", get(get_command))
         .route("/api/v2/releases", post(publish_release).get(list_releases))
@@ -315,12 +365,11 @@ struct WaitQuery {
 
 async fn checkin(
     State(state): State<AppState>,
-    Caller(role): Caller,
+    caller: Caller,
     q: Result<Query<WaitQuery>, QueryRejection>,
     req: Request,
 ) -> V2Result<Json<CheckinResponse>> {
     state.metrics.checkins.increment(1);
-    let key = credential_key(req.headers());
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let body = read_body(&state, req, state.settings.max_json_bytes).await?;
     let mut ci: CheckinRequest = parse_json(&body)?;
@@ -337,9 +386,8 @@ async fn checkin(
             ),
         ));
     }
-    if let (Role::Agent, Some(key)) = (role, key) {
-        state.admit_host(&host, &key)?;
-    }
+    caller.act_for(&state, &host)?;
+    caller.admit(&state, &host)?;
     let now = now_ms();
     if ci
         .store_id
@@ -808,10 +856,11 @@ fn config_response(rev: ConfigRevision, body: Vec<u8>) -> Response {
 
 async fn config_revision(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((host, revision)): Path<(String, String)>,
 ) -> Result<Response, V2Error> {
     let host = host_param(&host)?;
+    caller.act_for(&state, &host)?;
     let revision: i64 = revision
         .parse()
         .map_err(|_| bad(format!("revision {revision:?} is not a number")))?;
@@ -835,12 +884,13 @@ struct SourceQuery {
 
 async fn latest_config(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(host): Path<String>,
     q: Result<Query<SourceQuery>, QueryRejection>,
 ) -> Result<Response, V2Error> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let host = host_param(&host)?;
+    caller.act_for(&state, &host)?;
     let source = match q.source.as_deref() {
         None => None,
         Some("desired") => Some(ConfigSource::Desired),
@@ -911,14 +961,13 @@ async fn push_config(
 
 async fn report_config(
     State(state): State<AppState>,
-    Caller(role): Caller,
+    caller: Caller,
     Path(host): Path<String>,
     req: Request,
 ) -> V2Result<(StatusCode, Json<ConfigRevision>)> {
     let host = host_param(&host)?;
-    if let (Role::Agent, Some(key)) = (role, credential_key(req.headers())) {
-        state.admit_host(&host, &key)?;
-    }
+    caller.act_for(&state, &host)?;
+    caller.admit(&state, &host)?;
     let body = read_body(&state, req, state.settings.max_config_bytes).await?;
     if body.is_empty() {
         return Err(bad("config body is empty"));
@@ -927,6 +976,53 @@ async fn report_config(
         .store_config(&host, ConfigSource::Reported, &body)
         .await?;
     Ok((StatusCode::CREATED, Json(revision)))
+}
+
+#[derive(Deserialize)]
+struct EnrollBody {
+    hostname: String,
+}
+
+/// A host's new credential, shown once.
+#[derive(Serialize)]
+struct Enrolled {
+    hostname: String,
+    host_token: String,
+    token_id: i64,
+}
+
+/// Enrolls a host: the fleet's enrollment key (or an operator) gets a new
+/// host token for a host name that has none. 409 when it has one.
+async fn enroll(
+    State(state): State<AppState>,
+    caller: Caller,
+    req: Request,
+) -> V2Result<(StatusCode, Json<Enrolled>)> {
+    if let Caller::Host(own) = &caller {
+        return Err(V2Error::new(
+            StatusCode::FORBIDDEN,
+            format!("a host token (of {own}) cannot enroll a host; the fleet's enrollment key can"),
+        ));
+    }
+    let body = read_body(&state, req, 4096).await?;
+    let e: EnrollBody = parse_json(&body)?;
+    let host = host_param(&e.hostname)?;
+    caller.admit(&state, &host)?;
+    let (token_id, host_token) = state.enroll_host(&host).await?;
+    tracing::info!(
+        host,
+        token_id,
+        "host enrolled: it has its own host token now"
+    );
+    state.heartbeat(&host);
+    Ok((
+        StatusCode::CREATED,
+        Json(Enrolled {
+            hostname: host,
+            host_token,
+            token_id,
+        }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -1051,6 +1147,9 @@ struct TokenWire {
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_at: Option<String>,
+    /// When it last authenticated a request (up to a minute behind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_used: Option<String>,
 }
 
 impl From<crate::store::TokenRow> for TokenWire {
@@ -1061,6 +1160,7 @@ impl From<crate::store::TokenRow> for TokenWire {
             label: t.label,
             created_at: rfc3339_millis(t.created_at),
             revoked_at: t.revoked_at.map(rfc3339_millis),
+            last_used: t.last_used.map(rfc3339_millis),
         }
     }
 }
@@ -1089,9 +1189,10 @@ async fn revoke_token(
     let kind = match kind.as_str() {
         "agent" => crate::store::TokenKind::Agent,
         "operator" => crate::store::TokenKind::Operator,
+        "host" => crate::store::TokenKind::Host,
         _ => {
             return Err(bad(format!(
-                "token kind {kind:?} must be agent or operator"
+                "token kind {kind:?} must be agent, operator or host"
             )))
         }
     };

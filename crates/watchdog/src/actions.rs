@@ -60,6 +60,8 @@ pub struct Ctx {
     /// The publisher keys of the local settings (`trust.keys`); `None`:
     /// releases are taken on the server's word.
     pub trust: Option<palette_host::trust::TrustedKeys>,
+    /// This host's own token (`state/host-token`), once enrolled.
+    pub(crate) identity: crate::identity::Identity,
 }
 
 impl Ctx {
@@ -78,7 +80,9 @@ impl Ctx {
         let trust = palette_host::trust::TrustedKeys::parse(&settings.trust.keys)
             .ok()
             .filter(|k| !k.is_empty());
+        let identity = crate::identity::Identity::load(layout.state().join("host-token"));
         Ctx {
+            identity,
             trust,
             layout,
             settings,
@@ -186,7 +190,7 @@ impl Ctx {
         let mut cached = self.client.lock().unwrap();
         if let Some((c, s)) = cached.as_ref() {
             if stamp.is_some() && *s == stamp {
-                return Ok(c.clone());
+                return Ok(c.clone().with_host_token(self.identity.token()));
             }
         }
         let bytes = fs_err::read(&path).map_err(|source| ActionError::ReadConfig {
@@ -198,12 +202,12 @@ impl Ctx {
         if let Some((c, s)) = cached.as_mut() {
             if c.config == cfg {
                 *s = stamp;
-                return Ok(c.clone());
+                return Ok(c.clone().with_host_token(self.identity.token()));
             }
         }
         let c = Client::new(cfg, &self.settings.server).map_err(ActionError::Client)?;
         *cached = Some((c.clone(), stamp));
-        Ok(c)
+        Ok(c.with_host_token(self.identity.token()))
     }
 }
 

@@ -173,6 +173,9 @@ pub struct Client {
     http: reqwest::Client,
     pub config: AgentConfig,
     timeout: Duration,
+    /// This host's own token (see `enroll`): used on the v2 API in place
+    /// of the license key, which the v1 API keeps using.
+    host_token: Option<std::sync::Arc<str>>,
 }
 
 /// How long an idle kept-alive connection may be reused (below the 20 s a
@@ -241,19 +244,57 @@ impl Client {
             http: b.build().map_err(ClientError::Build)?,
             config,
             timeout: Duration::from_secs(server.timeout_secs),
+            host_token: None,
         })
     }
 
-    fn auth(&self) -> String {
-        format!("Token {}", self.config.license_key)
+    /// This client, acting with `token` (this host's own) on the v2 API.
+    pub fn with_host_token(mut self, token: Option<std::sync::Arc<str>>) -> Client {
+        self.host_token = token;
+        self
+    }
+
+    pub fn has_host_token(&self) -> bool {
+        self.host_token.is_some()
+    }
+
+    /// The credential for `url`: the host token on the v2 API when this
+    /// host has one, else the license key (the only one v1 knows).
+    fn auth(&self, url: &str) -> String {
+        match &self.host_token {
+            Some(t) if url.contains("/api/v2/") => format!("Bearer {t}"),
+            _ => format!("Token {}", self.config.license_key),
+        }
     }
 
     /// A request with this client's token and the per-request timeout.
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, url)
-            .header(header::AUTHORIZATION, self.auth())
+            .header(header::AUTHORIZATION, self.auth(url))
             .timeout(self.timeout)
+    }
+
+    /// Enrolls this host with the fleet's enrollment key (the license key):
+    /// the server answers its own host token, shown once.
+    pub async fn enroll(&self, hostname: &str) -> Result<String, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Enrolled {
+            host_token: String,
+        }
+        let url = self.url("/api/v2/enroll");
+        let rb = self
+            .http
+            .post(&url)
+            .header(
+                header::AUTHORIZATION,
+                format!("Token {}", self.config.license_key),
+            )
+            .timeout(self.timeout)
+            .json(&serde_json::json!({ "hostname": hostname }));
+        let res = self.send(rb, &url).await?;
+        let e: Enrolled = Self::json(res, &url).await?;
+        Ok(e.host_token)
     }
 
     fn url(&self, path: &str) -> String {
@@ -473,7 +514,7 @@ impl Client {
         let mut rb = self
             .http
             .get(&url)
-            .header(header::AUTHORIZATION, self.auth());
+            .header(header::AUTHORIZATION, self.auth(&url));
         if have > 0 {
             rb = rb.header(header::RANGE, format!("bytes={have}-"));
         }
@@ -486,7 +527,7 @@ impl Client {
                 let rb = self
                     .http
                     .get(&url)
-                    .header(header::AUTHORIZATION, self.auth());
+                    .header(header::AUTHORIZATION, self.auth(&url));
                 have = 0;
                 sha = Sha256::new();
                 md5 = Md5::new();

@@ -83,6 +83,15 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
             }
         };
         ctx.durable.retry_save();
+        ctx.identity.retry_save();
+        // Enrolling is never cancelled halfway (a token the server made and
+        // this host dropped would leave the name taken): it runs to its
+        // answer or its timeout. A failure is a failed check-in.
+        let enrolled = ctx.identity.ensure(&client, &ctx.hostname).await;
+        let client = match &enrolled {
+            Ok(Some(token)) => client.with_host_token(Some(token.clone())),
+            _ => client,
+        };
         let durable = ctx.durable.get();
         let sent_acks = durable.pending_acks;
         let req = CheckinRequest {
@@ -93,16 +102,27 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
             seen_config,
             seen_watchdog_release: Some(seen_watchdog_release),
         };
-        let answer = tokio::select! {
-            r = client.checkin(&req, wait) => r,
-            _ = handle.news.notified() => continue,
-            _ = shutdown.cancelled() => return false,
+        let answer = match enrolled {
+            Err(e) => Err(e),
+            Ok(_) => tokio::select! {
+                r = client.checkin(&req, wait) => r,
+                _ = handle.news.notified() => continue,
+                _ = shutdown.cancelled() => return false,
+            },
         };
         ctx.progressed();
         let resp = match answer {
             Ok(r) => {
                 ctx.checked_in();
                 r
+            }
+            Err(e) if crate::identity::token_refused(&client, &e) => {
+                tracing::warn!(error = %actions::chain(&e), "the server refused this host's token (revoked?): enrolling again");
+                ctx.identity.forget();
+                if sleep_or_shutdown(backoff.next_delay(), shutdown).await {
+                    return false;
+                }
+                continue;
             }
             Err(e) if auto && legacy_only(&e) => {
                 tracing::warn!(endpoint = client.config.endpoint, "the server does not know the v2 API (404 on /api/v2/checkin): using the legacy v1 API (set server.protocol to pin one)");

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use palette_e2e::*;
 use palette_protocol::manifest::Manifest;
-use palette_protocol::v2::Outcome;
+use palette_protocol::v2::{CommandKind, Outcome};
 
 use super::T;
 
@@ -361,4 +361,53 @@ async fn palettectl_lists_revokes_and_rotates_tokens() {
         audit.contains("token.revoke") && audit.contains("carol"),
         "{audit}"
     );
+}
+
+/// Per-host credentials with the real binaries: the watchdog enrolls at its
+/// first check-in and keeps its host token in `state/` (owner-only, never in
+/// `Config.yml`); revoked by an operator, the token is refused at once and
+/// the watchdog enrolls again by itself, with commands still reaching it.
+#[tokio::test]
+async fn a_watchdog_enrolls_once_and_again_after_its_token_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let mut host = Host::new("enr-1", &server.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let path = host.base.join("state/host-token");
+    let read = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    wait_for("the host token stored", T, || async {
+        read().starts_with("pht_")
+    })
+    .await
+    .unwrap();
+    let first = read();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "host token readable by others: {mode:o}");
+    }
+    assert!(!host.config_yml().contains(&first));
+    let list = ctl(&server, &["token", "list"]);
+    assert!(list.contains("host:") && list.contains("enr-1"), "{list}");
+
+    let out = ctl(&server, &["token", "revoke", "enr-1"]);
+    assert!(out.contains("1 token(s) revoked"), "{out}");
+    wait_for("enrolled again with a new token", T, || async {
+        let now = read();
+        now.starts_with("pht_") && now != first
+    })
+    .await
+    .unwrap();
+    host.wait_log("enrolling again", T).await.unwrap();
+    let id = server.api().command(CommandKind::Restart, "enr-1").await;
+    let (outcome, message) = server.api().ack(id, T).await;
+    assert_eq!(outcome, Outcome::Succeeded, "{message}");
+    assert!(host.running_agent().is_some(), "{}", host.diagnostics());
 }

@@ -5,6 +5,7 @@
 mod durability;
 #[cfg(unix)]
 mod hostile;
+mod hosts_tokens;
 mod ops;
 mod support;
 mod takeover;

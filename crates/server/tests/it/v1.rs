@@ -1,6 +1,7 @@
 //! Every row of the legacy v1 reference table, and every legacy defect fix.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use md5::Digest;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -579,4 +580,68 @@ async fn concurrent_heartbeats_from_256_clients() {
         http().get(s.u("/api/v1/agents")).admin().json_of().await;
     assert_eq!(map.len(), 256);
     drop(keep);
+}
+
+/// Guessing license keys on the v1 API is limited per address as on v2:
+/// the address goes 429 (with Retry-After), another address's correct key
+/// is untouched, and the block ends by itself.
+#[tokio::test]
+async fn failed_authentications_are_rate_limited_per_address_on_v1_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |o| {
+        o.auth_limit = palette_server::ratelimit::AuthLimit {
+            failures: 5,
+            window: Duration::from_secs(60),
+            block: Duration::from_secs(1),
+        }
+    })
+    .await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(ip.parse().unwrap()))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (from("127.0.0.1"), from("127.0.0.3"));
+    let url = s.u("/api/v1/command?hostname=web-1");
+    let guess = |c: &reqwest::Client| {
+        c.get(&url)
+            .header(reqwest::header::AUTHORIZATION, "Token a-guess")
+            .send()
+    };
+    for _ in 0..6 {
+        assert_eq!(guess(&a).await.unwrap().status(), 401);
+    }
+    let r = a.get(&url).agent().send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Another address: its right key works, its guesses get the usual 401.
+    assert!(b
+        .get(&url)
+        .agent()
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    assert_eq!(guess(&b).await.unwrap().status(), 401);
+    // Requests without a credential are not counted nor blocked.
+    assert_eq!(
+        a.get(s.u("/api/v1/ping")).send().await.unwrap().status(),
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = a.get(&url).agent().send().await.unwrap();
+        if r.status().is_success() {
+            break;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the block never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

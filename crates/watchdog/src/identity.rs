@@ -1,0 +1,151 @@
+//! This host's own credential: the host token the server gave it at
+//! enrollment, kept in `state/host-token` (never in the shared
+//! `Config.yml`), readable by the watchdog's user only. The v2 API is
+//! spoken with it; the license key only enrolls (and speaks v1).
+//!
+//! A token that could not be written is used from memory and written again
+//! at the next check-in: losing it would leave the name enrolled with a
+//! token nobody holds, which only an operator can free.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::client::{Client, ClientError};
+
+pub(crate) struct Identity {
+    path: PathBuf,
+    inner: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<Arc<str>>,
+    /// Written to `path` (false after a failed write).
+    saved: bool,
+    /// The server answered 404 to enrollment (it predates it): check in
+    /// with the license key until the watchdog restarts.
+    unsupported: bool,
+}
+
+/// The longest token accepted from the file (a server's are 68 bytes).
+const MAX_TOKEN: usize = 1024;
+
+impl Identity {
+    pub(crate) fn load(path: PathBuf) -> Identity {
+        let token = match fs_err::read_to_string(&path) {
+            Ok(t) => {
+                let t = t.trim();
+                if t.is_empty() || t.len() > MAX_TOKEN || t.contains(char::is_whitespace) {
+                    tracing::warn!(path = %path.display(), "the host token file is not a token; enrolling again");
+                    None
+                } else {
+                    Some(Arc::from(t))
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the host token; enrolling again");
+                None
+            }
+        };
+        Identity {
+            path,
+            inner: Mutex::new(State {
+                saved: token.is_some(),
+                token,
+                unsupported: false,
+            }),
+        }
+    }
+
+    pub(crate) fn token(&self) -> Option<Arc<str>> {
+        self.inner.lock().unwrap().token.clone()
+    }
+
+    /// Keeps a new token: in memory at once, on disk when it can.
+    fn adopt(&self, token: &str) {
+        let mut s = self.inner.lock().unwrap();
+        s.token = Some(Arc::from(token));
+        s.saved = false;
+        drop(s);
+        self.retry_save();
+    }
+
+    /// Writes a token not yet on disk (a no-op when it is).
+    pub(crate) fn retry_save(&self) {
+        let mut s = self.inner.lock().unwrap();
+        let Some(token) = s.token.clone().filter(|_| !s.saved) else {
+            return;
+        };
+        match palette_host::fsx::atomic_write(&self.path, format!("{token}\n").as_bytes()) {
+            Ok(()) => s.saved = true,
+            Err(e) => tracing::error!(
+                error = %e,
+                path = %self.path.display(),
+                "cannot store this host's token; using it from memory and trying again at the next check-in"
+            ),
+        }
+    }
+
+    /// The server refused the token (revoked, or a server that never
+    /// issued it): forgotten, so the next check-in enrolls again.
+    pub(crate) fn forget(&self) {
+        let mut s = self.inner.lock().unwrap();
+        s.token = None;
+        s.saved = false;
+        drop(s);
+        match fs_err::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(error = %e, "cannot remove the refused host token"),
+        }
+    }
+
+    /// The token a client made by `Ctx::client` lacks: a new one when this
+    /// host has none and enrolls now (`None` when it already has one, or
+    /// the server does not know enrollment and the license key is used, as
+    /// before).
+    pub(crate) async fn ensure(
+        &self,
+        client: &Client,
+        hostname: &str,
+    ) -> Result<Option<Arc<str>>, ClientError> {
+        if client.has_host_token() || self.inner.lock().unwrap().unsupported {
+            return Ok(None);
+        }
+        match client.enroll(hostname).await {
+            Ok(token) => {
+                self.adopt(&token);
+                tracing::info!(
+                    host = hostname,
+                    path = %self.path.display(),
+                    "enrolled: this host speaks to the server with its own host token now"
+                );
+                Ok(self.token())
+            }
+            // A server that predates enrollment (no such route), or one whose
+            // answer has no token: the license key, as before — sent to the
+            // same server either way, so nothing is given away.
+            Err(ClientError::Status { status, .. })
+                if status == reqwest::StatusCode::NOT_FOUND
+                    || status == reqwest::StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                self.inner.lock().unwrap().unsupported = true;
+                tracing::info!("the server does not know enrollment (no /api/v2/enroll): using the license key");
+                Ok(None)
+            }
+            Err(e @ ClientError::Decode { .. }) => {
+                self.inner.lock().unwrap().unsupported = true;
+                tracing::warn!(error = %e, "the server's enrollment answer holds no host token: using the license key");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether a failed request shows the server refusing this host's token.
+pub(crate) fn token_refused(client: &Client, err: &ClientError) -> bool {
+    client.has_host_token()
+        && matches!(err, ClientError::Status { status, .. } if *status == reqwest::StatusCode::UNAUTHORIZED)
+}
