@@ -19,6 +19,13 @@ if command -v wine >/dev/null && command -v wixl >/dev/null && [ -x /usr/bin/rus
 else
   echo; echo "Windows tests under Wine skipped: they need wine, wixl, Debian's rustc-web/rust-web-src and gcc-mingw-w64-x86-64 (.ci/run installs them)"
 fi
+# Coverage-guided fuzzing of the untrusted-input parsers, bounded
+# (PALETTE_FUZZ_SECS per target, default 15; 0 skips).
+fuzz_secs="${PALETTE_FUZZ_SECS:-15}"
+if [ "$fuzz_secs" != 0 ]; then
+  echo; echo "==> fuzz targets, ${fuzz_secs} s each (scripts/fuzz.sh)"
+  ./scripts/fuzz.sh "$fuzz_secs" || status=$?
+fi
 echo
 awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { print p + 0 " passed, " f + 0 " failed" }' "$log"

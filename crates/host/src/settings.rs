@@ -256,10 +256,15 @@ impl Settings {
                 })
             }
         };
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates settings text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings, SettingsError> {
         let s: Settings = if text.trim().is_empty() {
             Settings::default()
         } else {
-            serde_saphyr::from_str(&text).map_err(|source| SettingsError::Parse {
+            serde_saphyr::from_str(text).map_err(|source| SettingsError::Parse {
                 path: path.into(),
                 source: Box::new(source),
             })?
