@@ -10,6 +10,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod backup;
 pub mod body;
 pub mod conn;
 pub mod metrics;

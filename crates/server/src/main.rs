@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use palette_protocol::env;
 use palette_server::ServerOptions;
@@ -13,8 +14,10 @@ use palette_server::ServerOptions;
 #[command(version)]
 struct Cli {
     /// Folder for the database and artifacts.
-    #[arg(long, env = env::DATA_DIR, default_value = "palette-data")]
+    #[arg(long, env = env::DATA_DIR, default_value = "palette-data", global = true)]
     data_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Sub>,
     /// Address to listen on.
     #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -64,6 +67,26 @@ struct Cli {
     require_host_tokens: bool,
 }
 
+/// Without a subcommand the server runs.
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Write the whole server state (a consistent copy of the database and
+    /// every artifact) to one file; safe while the server runs.
+    Backup {
+        /// The backup file to write (replaced atomically).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into --data-dir, which must hold no database yet;
+    /// then start the server on it. The restored store gets a new identity,
+    /// so hosts do not confuse new command ids with ones they performed.
+    Restore {
+        /// A file written by `palette-server backup`.
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -80,6 +103,44 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .with_env_filter(filter)
             .init();
+    }
+    match &cli.cmd {
+        Some(Sub::Backup { to }) => {
+            let sum = palette_server::backup::backup(&cli.data_dir, to)
+                .await
+                .with_context(|| {
+                    format!("backing up {} to {}", cli.data_dir.display(), to.display())
+                })?;
+            println!(
+                "backup written to {}: database {} bytes, {} artifact(s), {} bytes",
+                to.display(),
+                sum.database_bytes,
+                sum.artifacts,
+                sum.artifact_bytes
+            );
+            return Ok(());
+        }
+        Some(Sub::Restore { from }) => {
+            let sum = palette_server::backup::restore(from, &cli.data_dir)
+                .await
+                .with_context(|| {
+                    format!(
+                        "restoring {} into {}",
+                        from.display(),
+                        cli.data_dir.display()
+                    )
+                })?;
+            println!(
+                "restored into {}: database {} bytes, {} artifact(s), {} bytes; start palette-server --data-dir {} to serve it",
+                cli.data_dir.display(),
+                sum.database_bytes,
+                sum.artifacts,
+                sum.artifact_bytes,
+                cli.data_dir.display()
+            );
+            return Ok(());
+        }
+        None => {}
     }
     let admin_token = std::env::var(env::ADMIN_TOKEN)
         .ok()
