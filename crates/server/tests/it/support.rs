@@ -225,29 +225,6 @@ impl BinServer {
         format!("{}{}", self.url, path)
     }
 
-    /// The store identity the server answers check-ins with.
-    pub async fn store_id(&self) -> String {
-        let req = serde_json::json!({
-            "host": {
-                "hostname": "store-id-probe", "product": "agent",
-                "platform": "linux-x86_64", "watchdog_version": "0.1.0",
-                "agent_version": null, "agent_state": "running",
-                "desired_state": "running"
-            },
-            "results": []
-        });
-        let res = http()
-            .post(self.u("/api/v2/checkin?wait=0"))
-            .admin()
-            .json(&req)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        let v: serde_json::Value = res.json().await.unwrap();
-        v["store_id"].as_str().unwrap().to_string()
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
     }
