@@ -64,6 +64,10 @@ impl Layout {
     pub fn state(&self) -> PathBuf {
         self.base.join("state")
     }
+    /// This host's own token from enrollment (owner-only).
+    pub fn host_token(&self) -> PathBuf {
+        self.state().join("host-token")
+    }
     /// Held by the one watchdog running on this folder.
     pub fn watchdog_lock(&self) -> PathBuf {
         self.state().join("watchdog.lock")

@@ -80,7 +80,7 @@ impl Ctx {
         let trust = palette_host::trust::TrustedKeys::parse(&settings.trust.keys)
             .ok()
             .filter(|k| !k.is_empty());
-        let identity = crate::identity::Identity::load(layout.state().join("host-token"));
+        let identity = crate::identity::Identity::load(layout.host_token());
         Ctx {
             identity,
             trust,

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use palette_host::Layout;
 use palette_watchdog::os_service::{self, InstallOptions};
 
+mod enroll;
+
 #[derive(Parser)]
 #[command(
     version = palette_watchdog::version(),
@@ -27,6 +29,28 @@ enum Cmd {
     /// Run as a Windows service (what the service control manager starts).
     #[command(hide = true)]
     Service,
+    /// Set up this host folder for a fleet in one step: Config/Config.yml
+    /// (server, enrollment key), watchdog.yml (host name, CA file) and this
+    /// host's own token from the server. Checks the server answers and
+    /// takes the key first; writes nothing otherwise.
+    Enroll {
+        /// The server, with its scheme: https://palette.example.com:8443
+        #[arg(long)]
+        server: String,
+        /// The fleet's enrollment key (the license key).
+        #[arg(long)]
+        key: String,
+        /// This host's name in the fleet (default: the system's host name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// The CA certificate (PEM) that issued the server's certificate,
+        /// when it is not a public one.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Replace an existing Config.yml and watchdog.yml.
+        #[arg(long)]
+        force: bool,
+    },
     /// Install the service: a systemd unit on Linux (then: systemctl
     /// daemon-reload && systemctl enable --now palette-watchdog), a
     /// Windows service on Windows.
@@ -61,6 +85,27 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run => run(layout),
         Cmd::Service => os_service::run_as_service(layout, run),
+        Cmd::Enroll {
+            server,
+            key,
+            hostname,
+            ca_file,
+            force,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let opts = enroll::EnrollOptions {
+                server,
+                key,
+                hostname,
+                ca_file,
+                force,
+            };
+            println!("{}", rt.block_on(enroll::enroll(&layout, opts))?);
+            Ok(())
+        }
         Cmd::Install {
             unit_dir,
             verify,

@@ -411,3 +411,117 @@ async fn a_watchdog_enrolls_once_and_again_after_its_token_is_revoked() {
     assert_eq!(outcome, Outcome::Succeeded, "{message}");
     assert!(host.running_agent().is_some(), "{}", host.diagnostics());
 }
+
+/// `palette-watchdog enroll` sets up a host folder in one step: refused
+/// with a clear error and nothing written for a URL without a scheme, a
+/// wrong key or an existing setup; then the watchdog runs on what it wrote,
+/// checking in with its own host token.
+#[tokio::test]
+async fn palette_watchdog_enroll_bootstraps_a_host_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let base = tmp.path().join("host");
+    std::fs::create_dir_all(&base).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("palette-watchdog"))
+            .arg("--base")
+            .arg(&base)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let bare = server.url.trim_start_matches("http://").to_string();
+    let written = || {
+        ["Config/Config.yml", "watchdog.yml", "state/host-token"]
+            .iter()
+            .filter(|p| base.join(p).exists())
+            .count()
+    };
+    let (ok, out) = run(&[
+        "enroll",
+        "--server",
+        &bare,
+        "--key",
+        AGENT_KEY,
+        "--hostname",
+        "boot-1",
+    ]);
+    assert!(!ok && out.contains("needs a scheme"), "{out}");
+    let (ok, out) = run(&[
+        "enroll",
+        "--server",
+        &server.url,
+        "--key",
+        "not-the-key-1",
+        "--hostname",
+        "boot-1",
+    ]);
+    assert!(
+        !ok && out.contains("does not accept this enrollment key"),
+        "{out}"
+    );
+    assert_eq!(written(), 0, "a refused enroll wrote files");
+
+    let (ok, out) = run(&[
+        "enroll",
+        "--server",
+        &server.url,
+        "--key",
+        AGENT_KEY,
+        "--hostname",
+        "boot-1",
+    ]);
+    assert!(ok && out.contains("enrolled as boot-1"), "{out}");
+    assert_eq!(written(), 3);
+    let token = std::fs::read_to_string(base.join("state/host-token")).unwrap();
+    assert!(token.starts_with("pht_"), "{token}");
+    let (ok, out) = run(&[
+        "enroll",
+        "--server",
+        &server.url,
+        "--key",
+        AGENT_KEY,
+        "--hostname",
+        "boot-1",
+    ]);
+    assert!(!ok && out.contains("set up already"), "{out}");
+
+    // The enrollment key no longer acts for boot-1; the watchdog, started on
+    // what enroll wrote, checks in with the host token.
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/command?hostname=boot-1", server.url))
+        .header("Authorization", format!("Token {AGENT_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let mut child = Command::new(bin("palette-watchdog"))
+        .arg("--base")
+        .arg(&base)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = server.api();
+    let seen = wait_for("boot-1 checks in", T, || async {
+        api.host("boot-1").await.is_some_and(|h| h.report.is_some())
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    seen.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(base.join("state/host-token")).unwrap(),
+        token,
+        "the watchdog enrolled again instead of using the token enroll wrote"
+    );
+}
