@@ -128,7 +128,15 @@ enum ReleaseCmd {
         /// (older) release: a signed downgrade.
         #[arg(long, requires = "sign_key")]
         allow_downgrade_from: Option<String>,
+        /// Return once published, without following the hosts.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to follow the hosts installing it, in seconds (exit
+        /// code 3 when one failed or had not finished by then).
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
     },
+    /// Every release, newest version first.
     List,
     /// Stop offering a release to any host (hosts that run it keep it).
     Withdraw {
@@ -169,10 +177,20 @@ enum Kind {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Word {
+    /// Start the agent (and keep it running).
     Start,
+    /// Stop the agent; it stays stopped, across watchdog restarts, until
+    /// `start`.
     Stop,
+    /// Stop the agent and start it again.
     Restart,
+    /// The host fetches its desired Config.yml from the server and applies
+    /// it (the legacy word: get-config).
+    #[value(name = "apply-config", alias = "get-config")]
     GetConfig,
+    /// The host uploads the Config.yml it has to the server (the legacy
+    /// word: put-config).
+    #[value(name = "collect-config", alias = "put-config")]
     PutConfig,
 }
 
@@ -204,11 +222,30 @@ enum CommandCmd {
 enum ConfigCmd {
     /// Store FILE as HOST's desired Config.yml and tell the host to apply it.
     Push {
+        /// The host the config is for.
         host: String,
+        /// The Config.yml to store as its desired config.
         file: PathBuf,
-        /// Store only; don't send GET-CONFIG.
+        /// Store only; don't tell the host to apply it.
         #[arg(long)]
         no_apply: bool,
+        /// Return once stored, without waiting for the host to apply it.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the host to answer, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Ask HOST to upload the Config.yml it has, wait for it, and print it
+    /// (or save it with --to).
+    Collect {
+        host: String,
+        /// Save to this file instead of printing.
+        #[arg(long = "to")]
+        save_to: Option<PathBuf>,
+        /// How long to wait for the host to answer, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
     },
     /// Print (or save) HOST's newest config.
     Pull {
@@ -220,12 +257,9 @@ enum ConfigCmd {
         save_to: Option<PathBuf>,
     },
     /// Show how HOST's reported config differs from its desired one.
-    Diff {
-        host: String,
-    },
-    History {
-        host: String,
-    },
+    Diff { host: String },
+    /// HOST's config revisions (desired and reported), newest first.
+    History { host: String },
 }
 
 #[derive(Subcommand)]
@@ -273,12 +307,24 @@ impl Api {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let res = rb
-            .send()
-            .await
-            .with_context(|| format!("while contacting {}", self.base))?;
+        let res = rb.send().await.map_err(|e| {
+            let hint = transport_hint(&e, &self.base);
+            anyhow::Error::new(e).context(format!("{}{hint}", self.unreachable()))
+        })?;
         if res.status().is_success() {
             return Ok(res);
+        }
+        if res.status() == StatusCode::NOT_FOUND
+            && res
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"))
+        {
+            bail!(
+                "{} answered 404 for {}: check --server (the server's base URL, without a path)",
+                self.base,
+                res.url().path()
+            );
         }
         let status = res.status();
         let text = res.text().await.unwrap_or_default();
@@ -294,6 +340,10 @@ impl Api {
         bail!("the server answered {status}: {}", reason.trim())
     }
 
+    fn unreachable(&self) -> String {
+        format!("while contacting {}", self.base)
+    }
+
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         rb: reqwest::RequestBuilder,
@@ -302,6 +352,46 @@ impl Api {
         res.json()
             .await
             .context("while reading the server's answer")
+    }
+}
+
+/// The TLS error inside `e`, looking through io::Errors (whose source()
+/// skips the error they wrap).
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_rustls(inner)
+}
+
+/// What to do about a request that never got an answer, from the error's
+/// type (never its text): TLS trouble, a refused connection, a timeout.
+fn transport_hint(e: &reqwest::Error, base: &str) -> &'static str {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        let tls = find_rustls(s);
+        if let Some(tls) = tls {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) => {
+                    ": the server's certificate is not trusted — pass --ca-file with the CA that issued it (the server must present a certificate issued by that CA, not the CA itself)"
+                }
+                rustls::Error::InvalidMessage(_) => {
+                    ": the server does not speak TLS there — use http:// (or give the server --tls-cert/--tls-key)"
+                }
+                _ => ": the TLS handshake failed",
+            };
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        ": no answer in time"
+    } else if e.is_connect() {
+        ": nothing answers there — is palette-server running, and is --server right?"
+    } else if base.starts_with("http://") {
+        ": the connection broke — if the server uses TLS, use https://"
+    } else {
+        ""
     }
 }
 
@@ -332,9 +422,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 Ok(EXIT_HOSTS)
             }
-            Err(e) => Err(e),
+            Err(e) => match e.downcast::<UsageError>() {
+                Ok(u) => {
+                    eprintln!("palettectl: {u}");
+                    Ok(2)
+                }
+                Err(e) => Err(e),
+            },
         })
 }
+
+/// The command line asks for something impossible (exit code 2, as clap's
+/// own usage errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 /// Some targeted hosts failed or did not answer in time (exit code 3).
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +460,13 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             b = b.add_root_certificate(c);
         }
     }
+    if !(cli.server.starts_with("http://") || cli.server.starts_with("https://")) {
+        return Err(UsageError(format!(
+            "--server {:?} needs a scheme: http://{0} or https://{0}",
+            cli.server
+        ))
+        .into());
+    }
     let api = Api {
         http: b.build()?,
         base: cli.server.trim_end_matches('/').to_string(),
@@ -374,13 +483,43 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             sign_key,
             expires_days,
             allow_downgrade_from,
+            no_wait,
+            wait,
         }) => {
             let signing = sign_key.map(|key| Signing {
                 key,
                 expires_days,
                 allow_downgrade_from,
             });
-            publish(&api, file, version, platform, kind, product, force, signing).await
+            let r = publish(
+                &api,
+                file,
+                version,
+                platform,
+                kind,
+                product,
+                force,
+                signing,
+                out == Output::Json,
+            )
+            .await?;
+            let hosts = if no_wait {
+                Vec::new()
+            } else {
+                watch_release(&api, &r, Duration::from_secs(wait), out == Output::Table).await?
+            };
+            if out == Output::Json {
+                print_json(&serde_json::json!({ "release": r, "hosts": hosts }))?;
+            }
+            let failed = hosts
+                .iter()
+                .filter(|h| h.outcome == Some(palette_protocol::v2::Outcome::Failed))
+                .count();
+            let missing = hosts.iter().filter(|h| h.outcome.is_none()).count();
+            if failed > 0 || missing > 0 {
+                return Err(HostsFailed { failed, missing }.into());
+            }
+            Ok(())
         }
         Cmd::Keys(KeysCmd::Generate { out, no_password }) => {
             let (pub_path, line) = signing::generate(&out, no_password)?;
@@ -525,19 +664,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             if out == Output::Json {
                 print_json(&final_status)?;
             }
-            let failed = final_status
-                .results
-                .iter()
-                .filter(|a| a.outcome == palette_protocol::v2::Outcome::Failed)
-                .count();
-            let missing = expected
-                .iter()
-                .filter(|h| !final_status.results.iter().any(|a| &a.hostname == *h))
-                .count();
-            if failed > 0 || missing > 0 {
-                return Err(HostsFailed { failed, missing }.into());
-            }
-            Ok(())
+            hosts_result(&final_status, &expected)
         }
         Cmd::Command(CommandCmd::Show { id }) => {
             let st: CommandStatus = api
@@ -588,21 +715,81 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             host,
             file,
             no_apply,
+            no_wait,
+            wait,
         }) => {
             let body = fs_err::read(&file)?;
             if let Err(e) = palette_protocol_yaml_check(&body) {
                 bail!("{} is not a usable Config.yml: {e}", file.display());
             }
+            let host = host.to_lowercase();
+            let known = host_is_known(&api, &host).await?;
             let path = format!("/api/v2/hosts/{host}/configs?apply={}", !no_apply);
             let v: serde_json::Value = api.json(api.req(Method::POST, &path).body(body)).await?;
+            let command = v["command"]["id"].as_i64();
             println!(
                 "stored revision {} for {host}{}",
                 v["revision"]["revision"],
-                v["command"]["id"]
-                    .as_i64()
-                    .map(|id| format!("; GET-CONFIG command {id} sent"))
+                command
+                    .map(|id| format!("; apply-config command {id} sent"))
                     .unwrap_or_default()
             );
+            if !known {
+                eprintln!("warning: the server knows no host {host:?}: the config waits for a host of that name to check in");
+            }
+            let (Some(id), false, true) = (command, no_wait, known) else {
+                return Ok(());
+            };
+            let st = watch_acks(
+                &api,
+                id,
+                std::slice::from_ref(&host),
+                Duration::from_secs(wait),
+                true,
+            )
+            .await?;
+            hosts_result(&st, &[host])
+        }
+        Cmd::Config(ConfigCmd::Collect {
+            host,
+            save_to,
+            wait,
+        }) => {
+            let host = host.to_lowercase();
+            if !host_is_known(&api, &host).await? {
+                return Err(UsageError(format!("the server knows no host {host:?}")).into());
+            }
+            let body = NewCommand {
+                kind: CommandKind::PutConfig,
+                target: Target::Hosts(vec![host.clone()]),
+                ttl_secs: Some(wait.max(60)),
+            };
+            let st: CommandStatus = api
+                .json(api.req(Method::POST, "/api/v2/commands").json(&body))
+                .await?;
+            let st = watch_acks(
+                &api,
+                st.command.id,
+                std::slice::from_ref(&host),
+                Duration::from_secs(wait),
+                false,
+            )
+            .await?;
+            hosts_result(&st, std::slice::from_ref(&host))?;
+            let res = api
+                .send(api.req(
+                    Method::GET,
+                    &format!("/api/v2/hosts/{host}/configs/latest?source=reported"),
+                ))
+                .await?;
+            let bytes = res.bytes().await?;
+            match save_to {
+                Some(p) => {
+                    fs_err::write(&p, &bytes)?;
+                    eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
+                }
+                None => print!("{}", String::from_utf8_lossy(&bytes)),
+            }
             Ok(())
         }
         Cmd::Config(ConfigCmd::Pull {
@@ -988,6 +1175,44 @@ fn print_command(st: &CommandStatus) {
 
 /// Prints acknowledgements as they arrive, until every `expected` host
 /// answered or `limit` passed; returns the command's last status.
+/// Exit code 3 when a host failed the command or did not answer.
+fn hosts_result(st: &CommandStatus, expected: &[String]) -> anyhow::Result<()> {
+    let failed = st
+        .results
+        .iter()
+        .filter(|a| a.outcome == palette_protocol::v2::Outcome::Failed)
+        .count();
+    let missing = expected
+        .iter()
+        .filter(|h| !st.results.iter().any(|a| &a.hostname == *h))
+        .count();
+    if failed > 0 || missing > 0 {
+        return Err(HostsFailed { failed, missing }.into());
+    }
+    Ok(())
+}
+
+/// Whether the server has `host` in its inventory.
+async fn host_is_known(api: &Api, host: &str) -> anyhow::Result<bool> {
+    let res = api
+        .http
+        .execute(
+            api.req(Method::GET, &format!("/api/v2/hosts/{host}"))
+                .build()?,
+        )
+        .await
+        .with_context(|| api.unreachable())?;
+    match res.status() {
+        StatusCode::NOT_FOUND => Ok(false),
+        s if s.is_success() => Ok(true),
+        _ => {
+            api.send(api.req(Method::GET, &format!("/api/v2/hosts/{host}")))
+                .await?;
+            Ok(true)
+        }
+    }
+}
+
 async fn watch_acks(
     api: &Api,
     id: i64,
@@ -1090,7 +1315,16 @@ async fn publish(
     product: String,
     force: bool,
     signing: Option<Signing>,
-) -> anyhow::Result<()> {
+    json: bool,
+) -> anyhow::Result<Release> {
+    // With -o json, stdout holds the JSON only.
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     // Refuse what the server would refuse before uploading anything.
     let version: palette_protocol::Version = version.parse().context("while reading --version")?;
     let kind_v2 = match kind {
@@ -1174,9 +1408,9 @@ async fn publish(
     bar.finish_and_clear();
     let r = result?;
     if r.manifest.is_some() {
-        println!("signed manifest attached (hosts with trust.keys verify it)");
+        say("signed manifest attached (hosts with trust.keys verify it)".into());
     }
-    println!(
+    say(format!(
         "published release {}: {} {} {} {} ({} bytes, sha256 {})",
         r.id,
         r.product,
@@ -1185,8 +1419,141 @@ async fn publish(
         r.kind.as_str(),
         r.size,
         r.sha256
-    );
-    Ok(())
+    ));
+    Ok(r)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One host's answer to a release: `None` while it had not finished.
+#[derive(Debug, serde::Serialize)]
+struct HostOutcome {
+    hostname: String,
+    outcome: Option<palette_protocol::v2::Outcome>,
+    message: String,
+}
+
+/// After a publish: follows the online hosts the release is for (its
+/// product and platform, running an older version or none), printing each
+/// one's progress as it changes, until every one has installed it or
+/// failed (with the reason), or `limit` passes.
+async fn watch_release(
+    api: &Api,
+    r: &Release,
+    limit: Duration,
+    print: bool,
+) -> anyhow::Result<Vec<HostOutcome>> {
+    use palette_protocol::v2::{HostReport, Outcome, UpdatePhase};
+    let watchdog = r.product == "watchdog";
+    let installed = |rep: &HostReport| -> Option<palette_protocol::Version> {
+        if watchdog {
+            rep.watchdog_version.parse().ok()
+        } else {
+            rep.agent_version
+        }
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut targets: Option<Vec<String>> = None;
+    let mut last_line: std::collections::HashMap<String, String> = Default::default();
+    let mut done: Vec<HostOutcome> = Vec::new();
+    loop {
+        let hosts: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+        let targets = targets.get_or_insert_with(|| {
+            let now = now_ms();
+            let t: Vec<String> = hosts
+                .iter()
+                .filter(|h| {
+                    palette_protocol::timefmt::parse_rfc3339(&h.last_seen)
+                        .is_ok_and(|t| now - t <= 5 * 60 * 1000)
+                })
+                .filter_map(|h| {
+                    let rep = h.report.as_ref()?;
+                    let fits = rep.platform == r.platform
+                        && (watchdog || rep.product == r.product)
+                        && installed(rep).is_none_or(|v| v < r.version);
+                    fits.then(|| h.hostname.clone())
+                })
+                .collect();
+            if print {
+                println!("{} online host(s) to update", t.len());
+            }
+            t
+        });
+        for name in targets.iter() {
+            if done.iter().any(|d| &d.hostname == name) {
+                continue;
+            }
+            let Some(rep) = hosts
+                .iter()
+                .find(|h| &h.hostname == name)
+                .and_then(|h| h.report.as_ref())
+            else {
+                continue;
+            };
+            let last = if watchdog {
+                &rep.last_watchdog_update
+            } else {
+                &rep.last_update
+            };
+            let finished = match last.as_ref().filter(|u| u.release_id == r.id) {
+                Some(u) => Some((u.outcome, u.message.clone())),
+                None if installed(rep).is_some_and(|v| v == r.version) => {
+                    Some((Outcome::Succeeded, format!("running {}", r.version)))
+                }
+                None => None,
+            };
+            let line = match (&finished, &rep.update_progress) {
+                (Some((o, m)), _) => format!("{o:?}: {m}"),
+                (None, Some(p)) if p.release_id == r.id => match (p.phase, p.total) {
+                    (UpdatePhase::Downloading, Some(total)) if total > 0 => {
+                        format!("downloading {}%", p.bytes * 100 / total / 10 * 10)
+                    }
+                    (UpdatePhase::Downloading, _) => "downloading".into(),
+                    (UpdatePhase::Installing, _) => "installing".into(),
+                    (UpdatePhase::HealthChecking, _) => "health-checking".into(),
+                },
+                (None, _) => "waiting".into(),
+            };
+            if print && last_line.get(name) != Some(&line) {
+                println!("  {name:<32} {line}");
+                last_line.insert(name.clone(), line);
+            }
+            if let Some((o, m)) = finished {
+                done.push(HostOutcome {
+                    hostname: name.clone(),
+                    outcome: Some(o),
+                    message: m,
+                });
+            }
+        }
+        if done.len() == targets.len() {
+            return Ok(done);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for name in targets.iter() {
+                if !done.iter().any(|d| &d.hostname == name) {
+                    done.push(HostOutcome {
+                        hostname: name.clone(),
+                        outcome: None,
+                        message: format!("not finished after {} s", limit.as_secs()),
+                    });
+                }
+            }
+            if print {
+                eprintln!(
+                    "some hosts had not finished after {} s; `palettectl hosts` shows them later",
+                    limit.as_secs()
+                );
+            }
+            return Ok(done);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]

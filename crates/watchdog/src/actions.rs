@@ -190,7 +190,9 @@ impl Ctx {
         let mut cached = self.client.lock().unwrap();
         if let Some((c, s)) = cached.as_ref() {
             if stamp.is_some() && *s == stamp {
-                return Ok(c.clone().with_host_token(self.identity.token()));
+                return Ok(c
+                    .clone()
+                    .with_host_token(self.identity.token_for(&c.config.endpoint)));
             }
         }
         let bytes = fs_err::read(&path).map_err(|source| ActionError::ReadConfig {
@@ -202,12 +204,15 @@ impl Ctx {
         if let Some((c, s)) = cached.as_mut() {
             if c.config == cfg {
                 *s = stamp;
-                return Ok(c.clone().with_host_token(self.identity.token()));
+                return Ok(c
+                    .clone()
+                    .with_host_token(self.identity.token_for(&c.config.endpoint)));
             }
         }
         let c = Client::new(cfg, &self.settings.server).map_err(ActionError::Client)?;
         *cached = Some((c.clone(), stamp));
-        Ok(c.with_host_token(self.identity.token()))
+        let token = self.identity.token_for(&c.config.endpoint);
+        Ok(c.with_host_token(token))
     }
 }
 
@@ -369,6 +374,7 @@ pub async fn apply_config(
         }
     });
     tracing::info!(revision = ?rev, "new Config.yml applied");
+    let probe = probe.with_host_token(ctx.identity.token_for(&new.endpoint));
     if let Err(e) = upload_config(ctx, &probe, bytes).await {
         tracing::warn!(
             error = %chain(&e),

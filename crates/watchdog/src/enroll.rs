@@ -93,7 +93,8 @@ pub async fn enroll(layout: &Layout, o: EnrollOptions) -> anyhow::Result<String>
         .with_context(|| format!("writing {}", layout.settings_file().display()))?;
     let token_note = match &token {
         Some(t) => {
-            palette_host::fsx::atomic_write(&layout.host_token(), format!("{t}\n").as_bytes())
+            let text = palette_watchdog::identity::token_file_text(t, server);
+            palette_host::fsx::atomic_write(&layout.host_token(), text.as_bytes())
                 .with_context(|| format!("writing {}", layout.host_token().display()))?;
             format!(
                 "enrolled as {raw_host}; its host token is in {}",

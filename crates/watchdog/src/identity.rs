@@ -20,6 +20,8 @@ pub(crate) struct Identity {
 #[derive(Default)]
 struct State {
     token: Option<Arc<str>>,
+    /// The server that issued it (`Webservice.Endpoint`).
+    endpoint: Option<String>,
     /// Written to `path` (false after a failed write).
     saved: bool,
     /// The server answered 404 to enrollment (it predates it): check in
@@ -30,22 +32,29 @@ struct State {
 /// The longest token accepted from the file (a server's are 68 bytes).
 const MAX_TOKEN: usize = 1024;
 
+/// The file's text: the token, then the server it was issued by.
+fn file_text(token: &str, endpoint: Option<&str>) -> String {
+    format!("{token}\n{}\n", endpoint.unwrap_or_default())
+}
+
 impl Identity {
     pub(crate) fn load(path: PathBuf) -> Identity {
-        let token = match fs_err::read_to_string(&path) {
-            Ok(t) => {
-                let t = t.trim();
+        let (token, endpoint) = match fs_err::read_to_string(&path) {
+            Ok(text) => {
+                let mut lines = text.lines().map(str::trim);
+                let t = lines.next().unwrap_or_default();
+                let endpoint = lines.next().filter(|e| !e.is_empty()).map(String::from);
                 if t.is_empty() || t.len() > MAX_TOKEN || t.contains(char::is_whitespace) {
                     tracing::warn!(path = %path.display(), "the host token file is not a token; enrolling again");
-                    None
+                    (None, None)
                 } else {
-                    Some(Arc::from(t))
+                    (Some(Arc::from(t)), endpoint)
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the host token; enrolling again");
-                None
+                (None, None)
             }
         };
         Identity {
@@ -53,19 +62,28 @@ impl Identity {
             inner: Mutex::new(State {
                 saved: token.is_some(),
                 token,
+                endpoint,
                 unsupported: false,
             }),
         }
     }
 
-    pub(crate) fn token(&self) -> Option<Arc<str>> {
-        self.inner.lock().unwrap().token.clone()
+    /// This host's token for the server at `endpoint`: a token is only ever
+    /// sent to the server that issued it (a config pointing the host at
+    /// another server makes it enroll there).
+    pub(crate) fn token_for(&self, endpoint: &str) -> Option<Arc<str>> {
+        let s = self.inner.lock().unwrap();
+        match &s.endpoint {
+            Some(e) if e.trim_end_matches('/') != endpoint.trim_end_matches('/') => None,
+            _ => s.token.clone(),
+        }
     }
 
     /// Keeps a new token: in memory at once, on disk when it can.
-    fn adopt(&self, token: &str) {
+    fn adopt(&self, token: &str, endpoint: &str) {
         let mut s = self.inner.lock().unwrap();
         s.token = Some(Arc::from(token));
+        s.endpoint = Some(endpoint.to_string());
         s.saved = false;
         drop(s);
         self.retry_save();
@@ -77,7 +95,8 @@ impl Identity {
         let Some(token) = s.token.clone().filter(|_| !s.saved) else {
             return;
         };
-        match palette_host::fsx::atomic_write(&self.path, format!("{token}\n").as_bytes()) {
+        let text = file_text(&token, s.endpoint.as_deref());
+        match palette_host::fsx::atomic_write(&self.path, text.as_bytes()) {
             Ok(()) => s.saved = true,
             Err(e) => tracing::error!(
                 error = %e,
@@ -92,6 +111,7 @@ impl Identity {
     pub(crate) fn forget(&self) {
         let mut s = self.inner.lock().unwrap();
         s.token = None;
+        s.endpoint = None;
         s.saved = false;
         drop(s);
         match fs_err::remove_file(&self.path) {
@@ -115,13 +135,13 @@ impl Identity {
         }
         match client.enroll(hostname).await {
             Ok(token) => {
-                self.adopt(&token);
+                self.adopt(&token, &client.config.endpoint);
                 tracing::info!(
                     host = hostname,
                     path = %self.path.display(),
                     "enrolled: this host speaks to the server with its own host token now"
                 );
-                Ok(self.token())
+                Ok(Some(Arc::from(token)))
             }
             // A server that predates enrollment (no such route), or one whose
             // answer has no token: the license key, as before — sent to the
@@ -142,6 +162,11 @@ impl Identity {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The text `palette-watchdog enroll` writes for a token `endpoint` issued.
+pub fn token_file_text(token: &str, endpoint: &str) -> String {
+    file_text(token, Some(endpoint))
 }
 
 /// Whether a failed request shows the server refusing this host's token.

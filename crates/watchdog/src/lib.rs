@@ -26,7 +26,7 @@ pub(crate) mod controller;
 pub mod durable;
 pub mod error;
 pub(crate) mod health;
-pub(crate) mod identity;
+pub mod identity;
 pub mod os_service;
 mod platform;
 pub mod run;

@@ -725,7 +725,7 @@ async fn palettectl_drives_the_fleet() {
         &["config", "push", "ctl-host", &file.display().to_string()],
     );
     assert!(
-        ok && out.contains("stored revision") && out.contains("GET-CONFIG command"),
+        ok && out.contains("stored revision") && out.contains("apply-config command"),
         "{out}{err}"
     );
     wait_for("applied", T, || async { host.config_yml() == new })
@@ -843,6 +843,28 @@ async fn https_with_a_private_ca() {
         Server::start_tls(&tmp.path().join("server"), &cert_path, &key_path, &ca.pem()).await;
     assert!(server.url.starts_with("https://localhost:"));
     let api = server.api();
+    // palettectl says what to do about a certificate it cannot verify, and
+    // works with the CA that issued it.
+    let ctl_tls = |extra: &[&str]| {
+        std::process::Command::new(bin("palettectl"))
+            .args(["--server", &server.url, "--token", ADMIN])
+            .args(extra)
+            .arg("hosts")
+            .output()
+            .unwrap()
+    };
+    let out = ctl_tls(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("pass --ca-file"),
+        "{err}"
+    );
+    let out = ctl_tls(&["--ca-file", ca_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut trusting = Host::new("tls-trusting", &server.url, "v2", "");
     std::fs::write(
@@ -1896,4 +1918,107 @@ fn the_sample_agent_help_touches_nothing() {
         0,
         "--help wrote into the current folder"
     );
+}
+
+/// `release publish` and `config push` follow the fleet by default: each
+/// targeted host's progress and result, returning as soon as all answered,
+/// exit code 3 when one failed; `config collect` brings a host's file back;
+/// readable errors for a URL without a scheme and TLS to a plain server.
+#[tokio::test]
+async fn palettectl_follows_publishes_and_config_pushes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new("follow-1", &server.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    wait_for("the host reports", T, || async {
+        api.host("follow-1")
+            .await
+            .is_some_and(|h| h.report.is_some())
+    })
+    .await
+    .unwrap();
+
+    // A config push waits for the host to apply it.
+    let file = tmp.path().join("pushed.yml");
+    std::fs::write(
+        &file,
+        agent_config(&server.url, AGENT_KEY, "AgentOnly:\n  keep: pushed\n"),
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let (code, out, err) = ctl_code(&server, &["config", "push", "follow-1", &path]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("follow-1") && out.contains("Succeeded"),
+        "{out}"
+    );
+    assert!(host.config_yml().contains("keep: pushed"));
+    // ... and collect brings the host's file back.
+    let (code, out, err) = ctl_code(&server, &["config", "collect", "follow-1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("keep: pushed"), "{out}");
+    // A push to a name no host has is stored with a warning, not waited for.
+    let (code, _, err) = ctl_code(&server, &["config", "push", "nobody-1", &path]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("knows no host"), "{err}");
+
+    // A publish follows the host to the end: installed, then the exit code.
+    let good = release_archive(tmp.path(), "2.0.0", false);
+    let (code, out, err) = ctl_code(
+        &server,
+        &[
+            "release",
+            "publish",
+            &good.display().to_string(),
+            "--version",
+            "2.0.0",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 online host(s) to update"), "{out}");
+    assert!(
+        out.contains("follow-1") && out.contains("Succeeded"),
+        "{out}"
+    );
+    assert_eq!(host.running_agent().unwrap().version, "2.0.0");
+    // A release that fails its health check: rolled back, exit code 3.
+    let bad = release_archive(tmp.path(), "3.0.0", true);
+    let (code, out, err) = ctl_code(
+        &server,
+        &[
+            "-o",
+            "json",
+            "release",
+            "publish",
+            &bad.display().to_string(),
+            "--version",
+            "3.0.0",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["release"]["version"], "3.0.0");
+    assert_eq!(v["hosts"][0]["hostname"], "follow-1");
+    assert_eq!(v["hosts"][0]["outcome"], "failed", "{v}");
+
+    // Readable errors.
+    let bare = server.url.trim_start_matches("http://").to_string();
+    let out = std::process::Command::new(bin("palettectl"))
+        .args(["--server", &bare, "hosts"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a scheme"));
+    let tls = server.url.replace("http://", "https://");
+    let out = std::process::Command::new(bin("palettectl"))
+        .args(["--server", &tls, "--token", ADMIN, "hosts"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not speak TLS"), "{err}");
 }
