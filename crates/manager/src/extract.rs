@@ -102,7 +102,10 @@ pub fn safe_relative(name: &str) -> Result<PathBuf, ExtractError> {
 }
 
 struct Sink<'a> {
-    dest: &'a Path,
+    /// Where files go; `None`: only read through (see `inspect`).
+    dest: Option<&'a Path>,
+    /// The first bytes of a top-level `VERSION` file.
+    version: Option<String>,
     limits: Limits,
     written: u64,
     entries: usize,
@@ -122,7 +125,10 @@ impl Sink<'_> {
     }
 
     fn dir(&mut self, rel: &Path) -> Result<(), ExtractError> {
-        let path = self.dest.join(rel);
+        let Some(dest) = self.dest else {
+            return Ok(());
+        };
+        let path = dest.join(rel);
         fs_err::create_dir_all(&path).map_err(|source| ExtractError::Write { path, source })
     }
 
@@ -132,7 +138,10 @@ impl Sink<'_> {
         mut data: impl Read,
         mode: Option<u32>,
     ) -> Result<(), ExtractError> {
-        let path = self.dest.join(rel);
+        let Some(dest) = self.dest else {
+            return self.read_through(rel, data);
+        };
+        let path = dest.join(rel);
         if let Some(parent) = path.parent() {
             fs_err::create_dir_all(parent).map_err(|source| ExtractError::Write {
                 path: parent.into(),
@@ -174,38 +183,115 @@ impl Sink<'_> {
     }
 }
 
-/// Unpacks `archive` into `dest` (which must not exist yet). Returns a line
-/// per unpacked file.
-pub fn extract(archive: &Path, dest: &Path, limits: Limits) -> Result<Vec<String>, ExtractError> {
-    let mut magic = [0u8; 4];
-    {
-        let mut f = fs_err::File::open(archive).map_err(ExtractError::Corrupt)?;
-        let n = f.read(&mut magic).map_err(ExtractError::Corrupt)?;
-        if n < 4 {
-            return Err(ExtractError::UnknownFormat);
+impl Sink<'_> {
+    /// An entry read, counted and checked like an unpacked one, written
+    /// nowhere (a top-level `VERSION` is kept).
+    fn read_through(&mut self, rel: &Path, mut data: impl Read) -> Result<(), ExtractError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut head = Vec::new();
+        let mut size = 0u64;
+        loop {
+            let n = data.read(&mut buf).map_err(ExtractError::Corrupt)?;
+            if n == 0 {
+                break;
+            }
+            self.written += n as u64;
+            size += n as u64;
+            if self.written > self.limits.max_bytes {
+                return Err(ExtractError::TooLarge {
+                    limit: self.limits.max_bytes,
+                });
+            }
+            if head.len() < 64 {
+                head.extend_from_slice(&buf[..n.min(64 - head.len())]);
+            }
         }
+        if rel == Path::new("VERSION") {
+            self.version = Some(String::from_utf8_lossy(&head).trim().to_string());
+        }
+        self.listing
+            .push(format!("{} ({size} bytes)", rel.display()));
+        Ok(())
     }
-    fs_err::create_dir_all(dest).map_err(|source| ExtractError::Write {
-        path: dest.into(),
-        source,
-    })?;
+}
+
+/// What an archive holds, found by reading it through with every check of
+/// `extract` (paths, links, special files, limits) and writing nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub files: usize,
+    pub bytes: u64,
+    /// The content of a top-level `VERSION` file (trimmed, first 64 bytes).
+    pub version: Option<String>,
+}
+
+/// Reads `archive` through as `extract` would unpack it, writing nothing:
+/// the server checks a release with it at publish.
+pub fn inspect(archive: &Path, limits: Limits) -> Result<Inspection, ExtractError> {
     let mut sink = Sink {
-        dest,
+        dest: None,
+        version: None,
         limits,
         written: 0,
         entries: 0,
         listing: Vec::new(),
     };
-    if magic[..2] == [0x1f, 0x8b] {
-        extract_tar_gz(archive, &mut sink)?;
-    } else if magic == *b"PK\x03\x04" {
-        extract_zip(archive, &mut sink)?;
+    unpack(archive, sniff(archive)?, &mut sink)?;
+    Ok(Inspection {
+        files: sink.listing.len(),
+        bytes: sink.written,
+        version: sink.version,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    TarGz,
+    Zip,
+}
+
+/// The archive's format, from its first bytes.
+fn sniff(archive: &Path) -> Result<Format, ExtractError> {
+    let mut magic = [0u8; 4];
+    let mut f = fs_err::File::open(archive).map_err(ExtractError::Corrupt)?;
+    let n = f.read(&mut magic).map_err(ExtractError::Corrupt)?;
+    if n == 4 && magic[..2] == [0x1f, 0x8b] {
+        Ok(Format::TarGz)
+    } else if n == 4 && magic == *b"PK\x03\x04" {
+        Ok(Format::Zip)
     } else {
-        return Err(ExtractError::UnknownFormat);
+        Err(ExtractError::UnknownFormat)
+    }
+}
+
+fn unpack(archive: &Path, format: Format, sink: &mut Sink) -> Result<(), ExtractError> {
+    match format {
+        Format::TarGz => extract_tar_gz(archive, sink)?,
+        Format::Zip => extract_zip(archive, sink)?,
     }
     if sink.listing.is_empty() {
         return Err(ExtractError::Empty);
     }
+    Ok(())
+}
+
+/// Unpacks `archive` into `dest` (which must not exist yet). Returns a line
+/// per unpacked file.
+pub fn extract(archive: &Path, dest: &Path, limits: Limits) -> Result<Vec<String>, ExtractError> {
+    let format = sniff(archive)?;
+    fs_err::create_dir_all(dest).map_err(|source| ExtractError::Write {
+        path: dest.into(),
+        source,
+    })?;
+    let mut sink = Sink {
+        dest: Some(dest),
+        version: None,
+        limits,
+        written: 0,
+        entries: 0,
+        listing: Vec::new(),
+    };
+    unpack(archive, format, &mut sink)?;
     Ok(sink.listing)
 }
 

@@ -58,6 +58,13 @@ pub struct Staged {
     pub ingested: Ingested,
 }
 
+impl Staged {
+    /// The complete upload, still in `tmp/`.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: PathBuf,

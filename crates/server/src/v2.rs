@@ -709,6 +709,16 @@ async fn publish_release(
         )
         .await
         .map_err(ingest_error)?;
+    let force = q.force.unwrap_or(false);
+    if let Err(problem) = check_release(&staged, &q.platform, kind, &version).await {
+        if !force {
+            return Err(V2Error::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{problem} (publish with force=true to override)"),
+            ));
+        }
+        tracing::warn!(%problem, version = %version, "release published with force despite a problem");
+    }
     let release = state
         .publish(
             staged,
@@ -748,6 +758,60 @@ async fn publish_release(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(release)))
+}
+
+/// Platforms hosts report: `{os}-{arch}` as Rust names them.
+const KNOWN_OS: &[&str] = &["linux", "windows", "macos", "freebsd"];
+const KNOWN_ARCH: &[&str] = &[
+    "x86_64",
+    "aarch64",
+    "x86",
+    "arm",
+    "riscv64",
+    "powerpc64",
+    "s390x",
+];
+
+/// What is wrong with a release a host could never use: a platform no host
+/// reports, an archive that does not unpack (with every check a host
+/// makes: paths, links, limits), or one whose `VERSION` says another
+/// version.
+async fn check_release(
+    staged: &crate::artifacts::Staged,
+    platform: &str,
+    kind: ReleaseKind,
+    version: &Version,
+) -> Result<(), String> {
+    let known = platform
+        .split_once('-')
+        .is_some_and(|(os, arch)| KNOWN_OS.contains(&os) && KNOWN_ARCH.contains(&arch));
+    if !known {
+        return Err(format!(
+            "platform {platform:?} is none a host reports (they look like linux-x86_64, windows-x86_64, linux-aarch64)"
+        ));
+    }
+    if kind != ReleaseKind::Archive {
+        return Ok(());
+    }
+    let path = staged.path().to_path_buf();
+    let size = staged.ingested.size;
+    let inspected = tokio::task::spawn_blocking(move || {
+        palette_manager::extract::inspect(
+            &path,
+            palette_manager::extract::Limits::for_archive(size, None),
+        )
+    })
+    .await
+    .map_err(|e| format!("the archive could not be checked: {e}"))?;
+    match inspected {
+        Err(e) => Err(format!("the archive cannot be installed: {e}")),
+        Ok(i) => match i.version {
+            Some(v) if v.parse::<Version>().ok().as_ref() != Some(version) => Err(format!(
+                "the archive's VERSION file says {v:?}, not {version}"
+            )),
+            _ => Ok(()),
+        },
+    }
 }
 
 async fn withdraw_release(

@@ -1061,8 +1061,11 @@ async fn check_ins_go_through_an_authenticated_proxy() {
     good.start();
     bad.start();
     let api = server.api();
+    // Its report arrives with a check-in (enrolling alone makes it known).
     wait_for("the host checks in through the proxy", T, || async {
-        api.host("via-proxy").await.is_some()
+        api.host("via-proxy")
+            .await
+            .is_some_and(|h| h.report.is_some())
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", good.diagnostics()));

@@ -73,7 +73,7 @@ async fn push_config(s: &TestServer, n: usize, acked: &mut Acked) -> reqwest::St
 async fn publish(s: &TestServer, version: &str, acked: &mut Acked) -> reqwest::StatusCode {
     let res = http()
         .post(s.u(&format!(
-            "/api/v2/releases?version={version}&platform=linux-x86_64&kind=archive"
+            "/api/v2/releases?version={version}&platform=linux-x86_64&kind=installer"
         )))
         .admin()
         .body(vec![version.as_bytes()[0]; 1 << 20])

@@ -177,7 +177,7 @@ async fn slow_bodies_are_cut_off_and_leave_nothing() {
     assert!(list.is_empty(), "nothing was issued");
 
     let head = format!(
-        "POST /api/v2/releases?version=1.0.0&platform=linux-x86_64&kind=archive HTTP/1.1\r\n\
+        "POST /api/v2/releases?version=1.0.0&platform=linux-x86_64&kind=installer HTTP/1.1\r\n\
          Host: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 1000000\r\n\r\n"
     );
     let answer = stall_after(&s, &head, &[7u8; 10_000]).await;
@@ -204,7 +204,7 @@ async fn a_server_killed_mid_upload_leaves_nothing_after_restart() {
     let kept = b"kept artifact".to_vec();
     let kept_sha = hex::encode(Sha256::digest(&kept));
     let res = http()
-        .post(s.u("/api/v2/releases?version=1.0.0&platform=linux-x86_64&kind=archive"))
+        .post(s.u("/api/v2/releases?version=1.0.0&platform=linux-x86_64&kind=installer"))
         .admin()
         .body(kept)
         .go()
@@ -213,7 +213,7 @@ async fn a_server_killed_mid_upload_leaves_nothing_after_restart() {
 
     // A large upload that keeps sending...
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let url = s.u("/api/v2/releases?version=2.0.0&platform=linux-x86_64&kind=archive");
+    let url = s.u("/api/v2/releases?version=2.0.0&platform=linux-x86_64&kind=installer");
     let upload = tokio::spawn(async move {
         let body = reqwest::Body::wrap_stream(tokio_stream_of(rx));
         http().post(url).admin().body(body).send().await

@@ -420,7 +420,7 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
 
     // A manifest and signature are stored and served as given: the server
     // holds no key and verifies nothing (hosts do).
-    let res = post("version=1.0.0&platform=p&kind=archive")
+    let res = post("version=1.0.0&platform=p&kind=archive&force=true")
         .admin()
         .header("x-palette-manifest", b64(&manifest))
         .header("x-palette-signature", b64("untrusted comment: x\nsig"))
@@ -435,7 +435,7 @@ async fn publishing_refuses_bad_input_and_changes_nothing() {
         Some("untrusted comment: x\nsig")
     );
 
-    let res = post("version=1.0.0&platform=p&kind=archive")
+    let res = post("version=1.0.0&platform=p&kind=archive&force=true")
         .admin()
         .body("y")
         .go()
@@ -788,7 +788,7 @@ async fn a_withdrawn_release_is_never_offered_and_lower_versions_need_force() {
     );
     // Lower than the newest offered (1.0.0 now): refused, unless forced.
     let res = http()
-        .post(s.u("/api/v2/releases?version=0.9.0&platform=linux-x86_64&kind=archive"))
+        .post(s.u("/api/v2/releases?version=0.9.0&platform=linux-x86_64&kind=installer"))
         .admin()
         .body(b"old".to_vec())
         .go()
@@ -874,10 +874,12 @@ async fn every_operator_action_is_in_the_audit_log_with_its_token_label() {
     let alice = created["token"].as_str().unwrap().to_string();
     let as_alice = |rb: reqwest::RequestBuilder| rb.bearer_auth(&alice);
 
-    let r = as_alice(http().post(s.u("/api/v2/releases?version=1.0.0&platform=p&kind=archive")))
-        .body("x")
-        .go()
-        .await;
+    let r = as_alice(
+        http().post(s.u("/api/v2/releases?version=1.0.0&platform=linux-x86_64&kind=installer")),
+    )
+    .body("x")
+    .go()
+    .await;
     assert_eq!(r.status(), 201);
     let id = r.json::<Release>().await.unwrap().id;
     let r = as_alice(http().post(s.u("/api/v2/commands")))
@@ -1112,4 +1114,101 @@ async fn failed_authentications_are_rate_limited_per_address() {
         assert!(Instant::now() < deadline, "the block never ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A tar.gz with these (name, bytes) entries.
+fn targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Regular);
+        if name.contains("..") {
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        } else {
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// Publish checks what hosts would refuse later: an archive that does not
+/// unpack (or unpacks outside its folder), a VERSION file naming another
+/// version, a platform no host reports — refused with 422 and the reason,
+/// nothing stored; `force=true` overrides (logged).
+#[tokio::test]
+async fn publish_refuses_releases_no_host_could_use() {
+    let s = TestServer::start().await;
+    let post = |query: &str, body: Vec<u8>| {
+        http()
+            .post(s.u(&format!("/api/v2/releases?{query}")))
+            .admin()
+            .body(body)
+    };
+    let good = targz(&[("agent", b"#!/bin/sh\n"), ("VERSION", b"2.0.0\n")]);
+    let cases: Vec<(&str, reqwest::RequestBuilder, &str)> = vec![
+        (
+            "VERSION differs",
+            post(
+                "version=2.0.1&platform=linux-x86_64&kind=archive",
+                good.clone(),
+            ),
+            "VERSION file says",
+        ),
+        (
+            "not an archive",
+            post(
+                "version=2.0.0&platform=linux-x86_64&kind=archive",
+                b"just some bytes".to_vec(),
+            ),
+            "cannot be installed",
+        ),
+        (
+            "an entry outside the folder",
+            post(
+                "version=2.0.0&platform=linux-x86_64&kind=archive",
+                targz(&[("../evil", b"x")]),
+            ),
+            "cannot be installed",
+        ),
+        (
+            "unknown platform",
+            post(
+                "version=2.0.0&platform=plan9-mips&kind=msi",
+                b"msi".to_vec(),
+            ),
+            "none a host reports",
+        ),
+    ];
+    for (what, rb, reason) in cases {
+        let res = rb.go().await;
+        assert_eq!(res.status(), 422, "{what}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        let err = body["error"].as_str().unwrap();
+        assert!(
+            err.contains(reason) && err.contains("force=true"),
+            "{what}: {err}"
+        );
+    }
+    let list: Vec<Release> = http().get(s.u("/api/v2/releases")).admin().json_of().await;
+    assert!(list.is_empty(), "a refused release was stored");
+
+    let r = post(
+        "version=2.0.0&platform=linux-x86_64&kind=archive",
+        good.clone(),
+    )
+    .go()
+    .await;
+    assert_eq!(r.status(), 201);
+    let r = post(
+        "version=2.0.1&platform=linux-x86_64&kind=archive&force=true",
+        good,
+    )
+    .go()
+    .await;
+    assert_eq!(r.status(), 201, "force overrides");
 }
