@@ -146,6 +146,23 @@ enum ReleaseCmd {
         #[arg(long, default_value = "agent")]
         product: String,
     },
+    /// Let hosts try a release again that failed on them (a passing
+    /// reason: the manager killed, a full disk since freed): their
+    /// "failed" marks are cleared and they install what they are offered.
+    /// Without --host, every host whose last update of it failed.
+    Retry {
+        version: String,
+        /// Only these hosts (repeat).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = palette_default_platform())]
+        platform: String,
+        #[arg(long, default_value = "agent")]
+        product: String,
+        /// How long to wait for the hosts to answer, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
 }
 
 fn palette_default_platform() -> String {
@@ -558,6 +575,73 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Cmd::Release(ReleaseCmd::Retry {
+            version,
+            hosts,
+            platform,
+            product,
+            wait,
+        }) => {
+            let version: palette_protocol::Version =
+                version.parse().context("while reading the version")?;
+            let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
+            let ids: Vec<i64> = list
+                .iter()
+                .filter(|r| r.version == version && r.platform == platform && r.product == product)
+                .map(|r| r.id)
+                .collect();
+            if ids.is_empty() {
+                bail!("no {product} release {version} for {platform}");
+            }
+            let targets: Vec<String> = if hosts.is_empty() {
+                let known: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+                known
+                    .into_iter()
+                    .filter(|h| {
+                        h.report.as_ref().is_some_and(|rep| {
+                            let last = if product == "watchdog" {
+                                &rep.last_watchdog_update
+                            } else {
+                                &rep.last_update
+                            };
+                            last.as_ref().is_some_and(|u| {
+                                ids.contains(&u.release_id)
+                                    && u.outcome == palette_protocol::v2::Outcome::Failed
+                            })
+                        })
+                    })
+                    .map(|h| h.hostname)
+                    .collect()
+            } else {
+                hosts.iter().map(|h| h.to_lowercase()).collect()
+            };
+            if targets.is_empty() {
+                println!("no host reports a failed update to {product} {version}");
+                return Ok(());
+            }
+            let body = NewCommand {
+                kind: CommandKind::RetryUpdates,
+                target: Target::Hosts(targets.clone()),
+                ttl_secs: Some(wait.max(60)),
+            };
+            let st: CommandStatus = api
+                .json(api.req(Method::POST, "/api/v2/commands").json(&body))
+                .await?;
+            println!(
+                "retry-updates command {} sent to {} host(s)",
+                st.command.id,
+                targets.len()
+            );
+            let st = watch_acks(
+                &api,
+                st.command.id,
+                &targets,
+                Duration::from_secs(wait),
+                true,
+            )
+            .await?;
+            hosts_result(&st, &targets)
         }
         Cmd::Release(ReleaseCmd::List) => {
             let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;

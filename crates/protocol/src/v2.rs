@@ -20,6 +20,10 @@ pub enum CommandKind {
     GetConfig,
     #[serde(rename = "PUT-CONFIG")]
     PutConfig,
+    /// Forget which releases failed on the host, so the ones offered are
+    /// tried again (`palettectl release retry`). Not a legacy word.
+    #[serde(rename = "retry-updates")]
+    RetryUpdates,
     /// A word this version does not know (sent by a newer server). Never
     /// issued; a watchdog reports it as failed.
     #[serde(other)]
@@ -27,12 +31,13 @@ pub enum CommandKind {
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 5] = [
+    pub const ALL: [CommandKind; 6] = [
         CommandKind::Start,
         CommandKind::Stop,
         CommandKind::Restart,
         CommandKind::GetConfig,
         CommandKind::PutConfig,
+        CommandKind::RetryUpdates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +47,7 @@ impl CommandKind {
             CommandKind::Restart => "restart",
             CommandKind::GetConfig => "GET-CONFIG",
             CommandKind::PutConfig => "PUT-CONFIG",
+            CommandKind::RetryUpdates => "retry-updates",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -54,7 +60,10 @@ impl CommandKind {
 
     /// Whether a legacy v1 watchdog knows this word.
     pub fn is_legacy(self) -> bool {
-        !matches!(self, CommandKind::Restart | CommandKind::Unknown)
+        !matches!(
+            self,
+            CommandKind::Restart | CommandKind::RetryUpdates | CommandKind::Unknown
+        )
     }
 }
 

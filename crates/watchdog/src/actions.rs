@@ -62,6 +62,9 @@ pub struct Ctx {
     pub trust: Option<palette_host::trust::TrustedKeys>,
     /// This host's own token (`state/host-token`), once enrolled.
     pub(crate) identity: crate::identity::Identity,
+    /// Bumped by a retry-updates command: the check-in loop forgets which
+    /// offers it already passed on, so they are passed on again at once.
+    pub(crate) retry_offers: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx {
@@ -83,6 +86,7 @@ impl Ctx {
         let identity = crate::identity::Identity::load(layout.host_token());
         Ctx {
             identity,
+            retry_offers: Default::default(),
             trust,
             layout,
             settings,
@@ -235,6 +239,22 @@ pub async fn perform(ctx: &Ctx, kind: CommandKind) -> Result<String, ActionError
             Ok("agent restarted".into())
         }
         CommandKind::GetConfig => get_config(ctx).await,
+        CommandKind::RetryUpdates => {
+            let cleared = ctx
+                .durable
+                .update(|d| std::mem::take(&mut d.failed_releases));
+            *ctx.download_retry.lock().unwrap() = None;
+            ctx.retry_offers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                ?cleared,
+                "failed-release marks cleared by an operator: offered releases are tried again"
+            );
+            Ok(format!(
+                "{} failed release mark(s) cleared; offered releases are tried again",
+                cleared.len()
+            ))
+        }
         CommandKind::Unknown => Err(ActionError::UnknownCommand {
             version: palette_host::stamp::version(),
         }),

@@ -61,6 +61,7 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
     // The last offer sent to the controller, per product: sent again only
     // when it changes or a minute passed (the controller may have been busy).
     let mut last_offer = OfferMemory::default();
+    let mut retry_epoch = 0;
     let wait = Duration::from_secs(ctx.settings.server.checkin_wait_secs);
     loop {
         if shutdown.is_cancelled() {
@@ -253,6 +254,11 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                 manifest: r.manifest.clone(),
                 signature: r.signature.clone(),
             };
+            let epoch = ctx.retry_offers.load(std::sync::atomic::Ordering::Relaxed);
+            if epoch != retry_epoch {
+                retry_epoch = epoch;
+                last_offer = OfferMemory::default();
+            }
             let offer = ctx.active_update() != Some(cand.release_id)
                 && update::wanted(ctx, &cand)
                 && last_offer.fresh(product, cand.release_id);

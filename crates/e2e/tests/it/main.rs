@@ -2025,3 +2025,63 @@ async fn palettectl_follows_publishes_and_config_pushes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not speak TLS"), "{err}");
 }
+
+/// A release that failed for a passing reason is not retried by itself;
+/// `palettectl release retry` clears the host's mark and it installs.
+#[tokio::test]
+async fn release_retry_lets_a_host_install_a_release_that_failed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    // Healthy unless a marker file exists (the "passing reason").
+    let mut host = Host::with_agent_settings(
+        "retry-1",
+        &server.url,
+        "v2",
+        "  health_command: ['sh', '-c', 'test ! -e {base}/unhealthy']\n",
+        "",
+    );
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let marker = host.base.join("unhealthy");
+    std::fs::write(&marker, "").unwrap();
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    let (code, out, err) = ctl_code(
+        &server,
+        &[
+            "release",
+            "publish",
+            &a2.display().to_string(),
+            "--version",
+            "2.0.0",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("Failed"), "{out}");
+    assert_eq!(host.running_agent().unwrap().version, "1.0.0");
+
+    // Nothing retries it by itself; the cause gone, the operator asks.
+    std::fs::remove_file(&marker).unwrap();
+    let (code, out, err) = ctl_code(&server, &["release", "retry", "2.0.0"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("retry-1") && out.contains("cleared"), "{out}");
+    wait_for(
+        "the host installs 2.0.0 on the retry",
+        Duration::from_secs(60),
+        || async { host.running_agent().is_some_and(|a| a.version == "2.0.0") },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    wait_for("the server hears of the success", T, || async {
+        api.host("retry-1")
+            .await
+            .and_then(|h| h.report?.last_update)
+            .is_some_and(|u| u.outcome == Outcome::Succeeded)
+    })
+    .await
+    .unwrap();
+    let (code, out, _) = ctl_code(&server, &["release", "retry", "2.0.0"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("no host reports a failed update"), "{out}");
+}
