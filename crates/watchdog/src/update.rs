@@ -636,17 +636,16 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
             let _ = ctx.supervisor.pause().await;
             let rolled = run_manager(ctx, &["rollback".into()]).await;
             let _ = ctx.supervisor.resume().await;
-            let back = ctx
-                .layout
-                .current_version()
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "none".into());
+            let back = ctx.layout.current_version();
             let why = chain(&why);
-            let msg = match rolled {
-                Ok(_) => format!(
+            let msg = match (rolled, back) {
+                (Ok(_), Some(back)) => format!(
                     "version {version} failed its health check ({why}); rolled back to {back}"
                 ),
-                Err(e) => format!(
+                (Ok(_), None) => format!(
+                    "version {version} failed its health check ({why}); NO AGENT INSTALLED: this host never had a working version to roll back to"
+                ),
+                (Err(e), _) => format!(
                     "version {version} failed its health check ({why}); ROLLBACK FAILED: {}",
                     chain(&e)
                 ),

@@ -36,7 +36,12 @@ pub async fn host_report(ctx: &Ctx) -> HostReport {
         last_update: d.last_update,
         last_watchdog_update: d.last_watchdog_update,
         update_progress: ctx.update_progress(),
-        local_trouble: ctx.durable.trouble(),
+        // A host without any agent says so plainly in its status.
+        local_trouble: ctx.durable.trouble().or_else(|| {
+            ctx.layout.current_version().is_none().then(|| {
+                "no agent installed: no release has been installed on this host yet".into()
+            })
+        }),
     }
 }
 

@@ -521,9 +521,16 @@ async fn palette_watchdog_enroll_bootstraps_a_host_folder() {
         api.host("boot-1").await.is_some_and(|h| h.report.is_some())
     })
     .await;
+    // No release installed yet: the host says so plainly in its status.
+    let trouble = api
+        .host("boot-1")
+        .await
+        .and_then(|h| h.report?.local_trouble)
+        .unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     seen.unwrap();
+    assert!(trouble.contains("no agent installed"), "{trouble:?}");
     assert_eq!(
         std::fs::read_to_string(base.join("state/host-token")).unwrap(),
         token,
