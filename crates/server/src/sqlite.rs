@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "host tokens",
         include_str!("../migrations/sqlite/0007_host_tokens.sql"),
     ),
+    (
+        8,
+        "command legacy ts",
+        include_str!("../migrations/sqlite/0008_command_legacy_ts.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -195,6 +200,10 @@ fn command_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<CommandRow> {
         target: serde_json::from_str(&target)
             .map_err(|_| StoreError::Corrupt(format!("command target {target:?}")))?,
         issued_at: row.try_get("issued_at")?,
+        legacy_ts: match row.try_get::<Option<i64>, _>("legacy_ts")? {
+            Some(ts) => ts,
+            None => row.try_get("issued_at")?,
+        },
         expires_at: row.try_get("expires_at")?,
     })
 }
@@ -300,16 +309,18 @@ impl Store for SqliteStore {
         kind: CommandKind,
         target: &Target,
         issued_at: Millis,
+        legacy_ts: Millis,
         expires_at: Millis,
     ) -> StoreResult<CommandRow> {
         let target_json = serde_json::to_string(target).expect("target serialises");
         let id = write_tx!(self, |tx| {
             let id = sqlx::query(
-                "INSERT INTO commands (kind, target, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO commands (kind, target, issued_at, legacy_ts, expires_at) VALUES (?, ?, ?, ?, ?)",
             )
             .bind(kind.as_str())
             .bind(&target_json)
             .bind(issued_at)
+            .bind(legacy_ts)
             .bind(expires_at)
             .execute(&mut *tx)
             .await?
@@ -321,6 +332,7 @@ impl Store for SqliteStore {
             kind,
             target: target.clone(),
             issued_at,
+            legacy_ts,
             expires_at,
         })
     }

@@ -713,7 +713,7 @@ impl AppState {
 
     fn cache_command(&self, c: CommandRow, now: Millis) {
         let mut cache = self.commands.write().unwrap();
-        cache.last_issued_ms = cache.last_issued_ms.max(c.issued_at);
+        cache.last_issued_ms = cache.last_issued_ms.max(c.legacy_ts);
         if c.kind.is_legacy() {
             match &c.target {
                 Target::All => cache.latest_all_legacy = Some(c.clone()),
@@ -730,9 +730,10 @@ impl AppState {
         }
     }
 
-    /// Issues a command. Issue times are strictly increasing whole seconds
-    /// apart from the previous command's second, so legacy watchdogs (which
-    /// see whole-second `ts`) can tell any two commands apart.
+    /// Issues a command at the real time. The `ts` legacy watchdogs see is
+    /// a whole second after the previous command's, so they can tell any
+    /// two commands apart (kept apart from the issue time, which the v2 API
+    /// shows as it was).
     pub async fn issue_command(
         &self,
         kind: CommandKind,
@@ -740,15 +741,16 @@ impl AppState {
         ttl_secs: u64,
     ) -> StoreResult<CommandRow> {
         let _guard = self.issue_lock.lock().await;
-        let mut issued = now_ms();
+        let issued = now_ms();
+        let mut legacy = issued;
         let last = self.commands.read().unwrap().last_issued_ms;
-        if issued.div_euclid(1000) <= last.div_euclid(1000) {
-            issued = (last.div_euclid(1000) + 1) * 1000;
+        if legacy.div_euclid(1000) <= last.div_euclid(1000) {
+            legacy = (last.div_euclid(1000) + 1) * 1000;
         }
-        let expires = issued + (ttl_secs as Millis) * 1000;
+        let expires = legacy + (ttl_secs as Millis) * 1000;
         let row = self
             .store
-            .insert_command(kind, &target, issued, expires)
+            .insert_command(kind, &target, issued, legacy, expires)
             .await?;
         self.cache_command(row.clone(), now_ms());
         self.notify_change();
@@ -791,14 +793,14 @@ impl AppState {
                     let ask = match e.config_ask {
                         // An operator command issued after the ask goes first.
                         Some(a) if fresh(a) => {
-                            op.as_ref().is_none_or(|o| o.issued_at <= a).then_some(a)
+                            op.as_ref().is_none_or(|o| o.legacy_ts <= a).then_some(a)
                         }
                         // The ask went unanswered: a fresh operator command
                         // is served before asking again, so none is starved.
                         Some(_)
                             if op
                                 .as_ref()
-                                .is_some_and(|o| now - o.issued_at < LEGACY_FRESHNESS_MS) =>
+                                .is_some_and(|o| now - o.legacy_ts < LEGACY_FRESHNESS_MS) =>
                         {
                             None
                         }
@@ -817,7 +819,7 @@ impl AppState {
             }
         }
         op.map(|o| v1::Command {
-            ts: rfc3339_secs(o.issued_at),
+            ts: rfc3339_secs(o.legacy_ts),
             command: o.kind.as_str().into(),
         })
     }

@@ -152,7 +152,11 @@ pub struct CommandRow {
     pub id: i64,
     pub kind: CommandKind,
     pub target: Target,
+    /// When it was issued (shown by the v2 API).
     pub issued_at: Millis,
+    /// The whole-second time legacy v1 watchdogs see as `ts`: at or after
+    /// `issued_at`, strictly increasing by the second.
+    pub legacy_ts: Millis,
     pub expires_at: Millis,
 }
 
@@ -244,6 +248,7 @@ pub trait Store: Send + Sync + 'static {
         kind: CommandKind,
         target: &Target,
         issued_at: Millis,
+        legacy_ts: Millis,
         expires_at: Millis,
     ) -> StoreResult<CommandRow>;
     async fn command(&self, id: i64) -> StoreResult<Option<CommandRow>>;

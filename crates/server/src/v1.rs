@@ -365,7 +365,7 @@ async fn put_command(State(state): State<AppState>, req: Request) -> Response {
                 "legacy command issued to all hosts"
             );
             let cmd = v1::Command {
-                ts: palette_protocol::timefmt::rfc3339_secs(row.issued_at),
+                ts: palette_protocol::timefmt::rfc3339_secs(row.legacy_ts),
                 command: kind.as_str().into(),
             };
             body_with_type(StatusCode::OK, JSON, v1::encode(&cmd))

@@ -1212,3 +1212,62 @@ async fn publish_refuses_releases_no_host_could_use() {
     .await;
     assert_eq!(r.status(), 201, "force overrides");
 }
+
+/// Commands issued in a burst keep their real issue times on the v2 API
+/// (no invented seconds), while the legacy `ts` of each is a distinct
+/// whole second, and both survive a restart.
+#[tokio::test]
+async fn a_burst_of_commands_shows_real_issue_times_and_distinct_legacy_ts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    let started = std::time::SystemTime::now();
+    let mut legacy_ts = Vec::new();
+    for _ in 0..5 {
+        let r = http()
+            .put(s.u("/api/v1/command"))
+            .admin()
+            .form(&[("command", "start")])
+            .go()
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        legacy_ts.push(v["ts"].as_str().unwrap().to_string());
+    }
+    let mut distinct = legacy_ts.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 5, "legacy ts repeat: {legacy_ts:?}");
+    let elapsed_ms = started.elapsed().unwrap().as_millis() as i64;
+
+    let check = |list: &[CommandStatus]| {
+        let times: Vec<i64> = list
+            .iter()
+            .map(|c| palette_protocol::timefmt::parse_rfc3339(&c.command.issued_at).unwrap())
+            .collect();
+        let spread = times.iter().max().unwrap() - times.iter().min().unwrap();
+        assert!(
+            spread <= elapsed_ms,
+            "issue times spread {spread} ms over a burst of {elapsed_ms} ms: {times:?}"
+        );
+    };
+    let list: Vec<CommandStatus> = http().get(s.u("/api/v2/commands")).admin().json_of().await;
+    assert_eq!(list.len(), 5);
+    check(&list);
+    drop(s.stop().await);
+    let s = TestServer::start_with(tmp.path(), |_| {}).await;
+    let list: Vec<CommandStatus> = http().get(s.u("/api/v2/commands")).admin().json_of().await;
+    check(&list);
+    // Legacy ts keep increasing across the restart.
+    let r = http()
+        .put(s.u("/api/v1/command"))
+        .admin()
+        .form(&[("command", "stop")])
+        .go()
+        .await;
+    let v: serde_json::Value = r.json().await.unwrap();
+    let next = v["ts"].as_str().unwrap();
+    assert!(
+        next > legacy_ts[4].as_str(),
+        "{next} after {}",
+        legacy_ts[4]
+    );
+}
