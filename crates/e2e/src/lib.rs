@@ -700,6 +700,12 @@ intervals:
     /// Starts the watchdog with extra environment variables (which its
     /// manager runs inherit).
     pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
+        self.start_with(vars, &[]);
+    }
+
+    /// Starts the watchdog with extra environment variables and extra
+    /// arguments after `run`.
+    pub fn start_with(&mut self, vars: &[(&str, &str)], args: &[&str]) {
         assert!(self.watchdog.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -708,6 +714,7 @@ intervals:
             .unwrap();
         let mut cmd = Command::new(self.base.join("palette-watchdog"));
         cmd.args(["run", "--base", &self.base.display().to_string()])
+            .args(args)
             .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

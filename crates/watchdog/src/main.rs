@@ -18,6 +18,12 @@ struct Cli {
     /// The install folder (default: this executable's folder).
     #[arg(long, global = true)]
     base: Option<PathBuf>,
+    /// Log format of the log file: text, or json (one object a line). Also
+    /// PALETTE_LOG_FORMAT; the manager runs it starts use the same. The
+    /// filter is PALETTE_LOG (`info` by default, e.g.
+    /// `palette_watchdog=debug,info`).
+    #[arg(long, global = true, env = palette_protocol::env::LOG_FORMAT, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -80,6 +86,11 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(f) = &cli.log_format {
+        // Read by the log set-up and inherited by the manager's runs; set
+        // before any thread starts.
+        std::env::set_var(palette_protocol::env::LOG_FORMAT, f);
+    }
     let layout =
         Layout::from_arg_or_exe(cli.base).context("while working out the install folder")?;
     match cli.cmd {

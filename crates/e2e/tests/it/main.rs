@@ -1892,7 +1892,8 @@ async fn the_watchdog_can_log_json() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("server")).await;
     let mut host = Host::new("jsonlog", &server.url, "v2", "");
-    host.start_with_env(&[(palette_protocol::env::LOG_FORMAT, "json")]);
+    // The flag (PALETTE_LOG_FORMAT=json does the same).
+    host.start_with(&[], &["--log-format", "json"]);
     host.wait_agent_running(T).await.unwrap();
     wait_for("a few log lines", T, || async {
         host.log().lines().count() >= 2
