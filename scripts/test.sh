@@ -11,6 +11,10 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
+# The .deb packages: built from the binaries above, installed, verified,
+# run and purged (needs root and cargo-deb; .ci/run provides both).
+echo; echo "==> .deb packages (scripts/deb-test.sh)"
+./scripts/deb-test.sh 2>&1 | tee -a "$log" || status=$?
 # Windows: the Windows binaries and tests under Wine (.ci/run installs
 # Debian's Rust with its std source, the MinGW linker and Wine).
 if command -v wine >/dev/null && command -v wixl >/dev/null && [ -x /usr/bin/rustc ] && command -v x86_64-w64-mingw32-gcc >/dev/null; then

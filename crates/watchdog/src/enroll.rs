@@ -112,10 +112,25 @@ pub async fn enroll(layout: &Layout, o: EnrollOptions) -> anyhow::Result<String>
             manager.display()
         )
     };
+    // Installed from the package, the unit is there already.
+    let packaged = ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .iter()
+        .any(|d| {
+            std::path::Path::new(d)
+                .join("palette-watchdog.service")
+                .exists()
+        });
+    let next = if packaged {
+        "systemctl enable --now palette-watchdog".to_string()
+    } else {
+        format!(
+            "palette-watchdog --base {} install --start",
+            layout.base.display()
+        )
+    };
     Ok(format!(
-        "{token_note}\nwrote {} and {}{manager_note}\nnext: palette-watchdog --base {} install --start",
+        "{token_note}\nwrote {} and {}{manager_note}\nnext: {next}",
         layout.config_yml().display(),
         layout.settings_file().display(),
-        layout.base.display()
     ))
 }

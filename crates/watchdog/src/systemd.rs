@@ -48,3 +48,17 @@ pub fn remove(unit_dir: &Path) -> std::io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The packaged unit (packaging/watchdog, for /opt/palette) is this
+    /// code's unit, so `install` and the package never drift apart.
+    #[test]
+    fn the_packaged_unit_is_the_installed_one() {
+        let base = std::path::Path::new("/opt/palette");
+        assert_eq!(
+            super::unit_text(&base.join("palette-watchdog"), base),
+            include_str!("../../../packaging/watchdog/palette-watchdog.service")
+        );
+    }
+}
