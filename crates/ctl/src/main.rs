@@ -866,15 +866,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     &format!("/api/v2/hosts/{host}/configs/latest?source=reported"),
                 ))
                 .await?;
-            let bytes = res.bytes().await?;
-            match save_to {
-                Some(p) => {
-                    fs_err::write(&p, &bytes)?;
-                    eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
-                }
-                None => print!("{}", String::from_utf8_lossy(&bytes)),
-            }
-            Ok(())
+            print_or_save(res, save_to).await
         }
         Cmd::Config(ConfigCmd::Pull {
             host,
@@ -888,15 +880,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     &format!("/api/v2/hosts/{host}/configs/latest{q}"),
                 ))
                 .await?;
-            let bytes = res.bytes().await?;
-            match save_to {
-                Some(p) => {
-                    fs_err::write(&p, &bytes)?;
-                    eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
-                }
-                None => print!("{}", String::from_utf8_lossy(&bytes)),
-            }
-            Ok(())
+            print_or_save(res, save_to).await
         }
         Cmd::Config(ConfigCmd::Diff { host }) => {
             let api = &api;
@@ -1259,6 +1243,19 @@ fn print_command(st: &CommandStatus) {
 
 /// Prints acknowledgements as they arrive, until every `expected` host
 /// answered or `limit` passed; returns the command's last status.
+/// Prints a config the server answered, or saves it to `save_to`.
+async fn print_or_save(res: reqwest::Response, save_to: Option<PathBuf>) -> anyhow::Result<()> {
+    let bytes = res.bytes().await?;
+    match save_to {
+        Some(p) => {
+            fs_err::write(&p, &bytes)?;
+            eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
+        }
+        None => print!("{}", String::from_utf8_lossy(&bytes)),
+    }
+    Ok(())
+}
+
 /// Exit code 3 when a host failed the command or did not answer.
 fn hosts_result(st: &CommandStatus, expected: &[String]) -> anyhow::Result<()> {
     let failed = st

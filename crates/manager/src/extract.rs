@@ -157,22 +157,7 @@ impl Sink<'_> {
             .create_new(true)
             .open(&path)
             .map_err(werr)?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = data.read(&mut buf).map_err(ExtractError::Corrupt)?;
-            if n == 0 {
-                break;
-            }
-            self.written += n as u64;
-            size += n as u64;
-            if self.written > self.limits.max_bytes {
-                return Err(ExtractError::TooLarge {
-                    limit: self.limits.max_bytes,
-                });
-            }
-            out.write_all(&buf[..n]).map_err(werr)?;
-        }
+        let size = self.copy(&mut data, |chunk| out.write_all(chunk).map_err(werr))?;
         out.sync_all().map_err(werr)?;
         if let Some(m) = mode {
             crate::platform::set_mode(&path, m).map_err(werr)?;
@@ -184,16 +169,19 @@ impl Sink<'_> {
 }
 
 impl Sink<'_> {
-    /// An entry read, counted and checked like an unpacked one, written
-    /// nowhere (a top-level `VERSION` is kept).
-    fn read_through(&mut self, rel: &Path, mut data: impl Read) -> Result<(), ExtractError> {
+    /// Reads `data` to its end in chunks handed to `each`, counting every
+    /// byte against the limit; returns the entry's size.
+    fn copy(
+        &mut self,
+        data: &mut impl Read,
+        mut each: impl FnMut(&[u8]) -> Result<(), ExtractError>,
+    ) -> Result<u64, ExtractError> {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut head = Vec::new();
         let mut size = 0u64;
         loop {
             let n = data.read(&mut buf).map_err(ExtractError::Corrupt)?;
             if n == 0 {
-                break;
+                return Ok(size);
             }
             self.written += n as u64;
             size += n as u64;
@@ -202,10 +190,20 @@ impl Sink<'_> {
                     limit: self.limits.max_bytes,
                 });
             }
-            if head.len() < 64 {
-                head.extend_from_slice(&buf[..n.min(64 - head.len())]);
-            }
+            each(&buf[..n])?;
         }
+    }
+
+    /// An entry read, counted and checked like an unpacked one, written
+    /// nowhere (a top-level `VERSION` is kept).
+    fn read_through(&mut self, rel: &Path, mut data: impl Read) -> Result<(), ExtractError> {
+        let mut head = Vec::new();
+        let size = self.copy(&mut data, |chunk| {
+            if head.len() < 64 {
+                head.extend_from_slice(&chunk[..chunk.len().min(64 - head.len())]);
+            }
+            Ok(())
+        })?;
         if rel == Path::new("VERSION") {
             self.version = Some(String::from_utf8_lossy(&head).trim().to_string());
         }

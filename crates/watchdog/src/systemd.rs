@@ -55,9 +55,11 @@ mod tests {
     /// code's unit, so `install` and the package never drift apart.
     #[test]
     fn the_packaged_unit_is_the_installed_one() {
+        // Spelled out (a join would use `\` on Windows, where this runs too).
+        let exe = std::path::Path::new("/opt/palette/palette-watchdog");
         let base = std::path::Path::new("/opt/palette");
         assert_eq!(
-            super::unit_text(&base.join("palette-watchdog"), base),
+            super::unit_text(exe, base),
             include_str!("../../../packaging/watchdog/palette-watchdog.service")
         );
     }
