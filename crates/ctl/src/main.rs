@@ -1009,6 +1009,42 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     u.version, u.outcome, u.message
                 );
             }
+            // Recent history (a server before it answers 404: left out).
+            let res = api
+                .http
+                .execute(
+                    api.req(
+                        Method::GET,
+                        &format!("/api/v2/hosts/{host}/history?limit=10"),
+                    )
+                    .build()?,
+                )
+                .await
+                .with_context(|| api.unreachable())?;
+            if res.status().is_success() {
+                let hist: serde_json::Value = res.json().await?;
+                println!("recent commands:");
+                for c in hist["commands"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}  #{:<6} {:<14} {:<9} {}",
+                        c["at"].as_str().unwrap_or("-"),
+                        c["id"],
+                        c["kind"].as_str().unwrap_or("-"),
+                        c["outcome"].as_str().unwrap_or("-"),
+                        c["message"].as_str().unwrap_or("")
+                    );
+                }
+                println!("recent configs:");
+                for c in hist["configs"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}  revision {:<5} {:<8} {} bytes",
+                        c["created_at"].as_str().unwrap_or("-"),
+                        c["revision"],
+                        c["source"].as_str().unwrap_or("-"),
+                        c["size"]
+                    );
+                }
+            }
             Ok(())
         }
         Cmd::Hosts {

@@ -403,6 +403,44 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn host_acks(
+        &self,
+        hostname: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<(CommandKind, CommandAck)>> {
+        let rows = self.read(
+            sqlx::query(
+                "SELECT a.command_id, a.hostname, a.outcome, a.message, a.at, c.kind \
+                 FROM command_acks a JOIN commands c ON c.id = a.command_id \
+                 WHERE a.hostname = ? ORDER BY a.at DESC, a.command_id DESC LIMIT ?",
+            )
+            .bind(hostname)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await,
+        )?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                let outcome: String = r.try_get("outcome")?;
+                Ok((
+                    CommandKind::parse(&kind).unwrap_or(CommandKind::Unknown),
+                    CommandAck {
+                        id: r.try_get("command_id")?,
+                        hostname: r.try_get("hostname")?,
+                        outcome: if outcome == "succeeded" {
+                            Outcome::Succeeded
+                        } else {
+                            Outcome::Failed
+                        },
+                        message: r.try_get("message")?,
+                        at: rfc3339_millis(r.try_get("at")?),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     async fn acked_by_host(&self, hostname: &str, ids: &[i64]) -> StoreResult<Vec<i64>> {
         if ids.is_empty() {
             return Ok(Vec::new());

@@ -258,6 +258,13 @@ pub trait Store: Send + Sync + 'static {
     /// is ignored (returns false).
     async fn record_ack(&self, ack: &CommandAck, at: Millis) -> StoreResult<bool>;
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>>;
+    /// The host's newest `limit` acknowledgements, newest first, with the
+    /// kind of command each answered.
+    async fn host_acks(
+        &self,
+        hostname: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<(CommandKind, CommandAck)>>;
     /// Which of `ids` the host has acknowledged.
     async fn acked_by_host(&self, hostname: &str, ids: &[i64]) -> StoreResult<Vec<i64>>;
 

@@ -341,6 +341,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v2/artifacts/{sha256}", get(download_artifact))
         .route("/api/v2/hosts", get(list_hosts))
         .route("/api/v2/hosts/{host}", get(get_host).delete(retire_host))
+        .route("/api/v2/hosts/{host}/history", get(host_history))
         .route(
             "/api/v2/hosts/{host}/configs",
             get(config_history).post(push_config),
@@ -880,6 +881,57 @@ async fn get_host(
         .find(|h| h.hostname == host)
         .map(Json)
         .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no host {host}")))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<u32>,
+}
+
+/// One command a host answered, for its history.
+#[derive(Serialize)]
+struct HostCommand {
+    id: i64,
+    kind: palette_protocol::v2::CommandKind,
+    outcome: palette_protocol::v2::Outcome,
+    message: String,
+    at: String,
+}
+
+#[derive(Serialize)]
+struct HostHistory {
+    commands: Vec<HostCommand>,
+    configs: Vec<ConfigRevision>,
+}
+
+/// A host's recent history, newest first: the commands it answered (with
+/// their outcome) and its config revisions (`limit` each, default 20, at
+/// most 1000). The last update of each product is in its report.
+async fn host_history(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(host): Path<String>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> V2Result<Json<HostHistory>> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let host = host_param(&host)?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    let commands = state
+        .store
+        .host_acks(&host, limit)
+        .await?
+        .into_iter()
+        .map(|(kind, a)| HostCommand {
+            id: a.id,
+            kind,
+            outcome: a.outcome,
+            message: a.message,
+            at: a.at,
+        })
+        .collect();
+    let mut configs = state.store.config_history(&host).await?;
+    configs.truncate(limit as usize);
+    Ok(Json(HostHistory { commands, configs }))
 }
 
 async fn retire_host(

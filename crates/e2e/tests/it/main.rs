@@ -1959,6 +1959,13 @@ async fn palettectl_follows_publishes_and_config_pushes() {
         "{out}"
     );
     assert!(host.config_yml().contains("keep: pushed"));
+    // The host's page shows what it answered.
+    let (code, out, err) = ctl_code(&server, &["hosts", "follow-1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("recent commands:") && out.contains("GET-CONFIG") && out.contains("succeeded"),
+        "{out}"
+    );
     // ... and collect brings the host's file back.
     let (code, out, err) = ctl_code(&server, &["config", "collect", "follow-1"]).await;
     assert_eq!(code, 0, "{err}");

@@ -1271,3 +1271,73 @@ async fn a_burst_of_commands_shows_real_issue_times_and_distinct_legacy_ts() {
         legacy_ts[4]
     );
 }
+
+/// A host's history: the commands it answered (kind, outcome, message) and
+/// its config revisions, newest first; operators only.
+#[tokio::test]
+async fn a_hosts_history_lists_its_commands_and_configs() {
+    let s = TestServer::start().await;
+    let first = command(
+        &s,
+        CommandKind::Restart,
+        Target::Hosts(vec!["web-1".into()]),
+        None,
+    )
+    .await;
+    let second = command(&s, CommandKind::Stop, Target::All, None).await;
+    let mut req = checkin_req("web-1");
+    req.results = vec![
+        CommandAck {
+            id: first.command.id,
+            hostname: String::new(),
+            outcome: Outcome::Failed,
+            message: "the agent did not come back".into(),
+            at: String::new(),
+        },
+        CommandAck {
+            id: second.command.id,
+            hostname: String::new(),
+            outcome: Outcome::Succeeded,
+            message: "agent stopped".into(),
+            at: String::new(),
+        },
+    ];
+    checkin(&s, &req, 0).await;
+    let r = http()
+        .post(s.u("/api/v2/hosts/web-1/configs?apply=false"))
+        .admin()
+        .body("a: 1\n")
+        .go()
+        .await;
+    assert_eq!(r.status(), 201);
+
+    let h: serde_json::Value = http()
+        .get(s.u("/api/v2/hosts/web-1/history"))
+        .admin()
+        .json_of()
+        .await;
+    let cmds = h["commands"].as_array().unwrap();
+    assert_eq!(cmds.len(), 2, "{h}");
+    let restart = cmds.iter().find(|c| c["kind"] == "restart").unwrap();
+    assert_eq!(restart["outcome"], "failed");
+    assert_eq!(restart["message"], "the agent did not come back");
+    assert_eq!(h["configs"][0]["source"], "desired");
+    let one: serde_json::Value = http()
+        .get(s.u("/api/v2/hosts/web-1/history?limit=1"))
+        .admin()
+        .json_of()
+        .await;
+    assert_eq!(one["commands"].as_array().unwrap().len(), 1);
+    let r = http()
+        .get(s.u("/api/v2/hosts/web-1/history"))
+        .agent()
+        .go()
+        .await;
+    assert_eq!(r.status(), 403);
+    let r = http()
+        .get(s.u("/api/v2/hosts/bad%20name/history"))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(r.status(), 400);
+}
