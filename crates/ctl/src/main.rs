@@ -64,6 +64,12 @@ enum Cmd {
         /// within a day; offline: longer ago).
         #[arg(long, value_parser = ["online", "stale", "offline"])]
         state: Option<String>,
+        /// Only online hosts (the same as --state online).
+        #[arg(long, conflicts_with_all = ["state", "offline"])]
+        online: bool,
+        /// Only hosts not online (stale or offline).
+        #[arg(long, conflicts_with = "state")]
+        offline: bool,
         /// Only hosts running this agent version.
         #[arg(long)]
         version: Option<String>,
@@ -1050,6 +1056,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         Cmd::Hosts {
             host: None,
             state,
+            online,
+            offline,
             version,
             name,
             ..
@@ -1058,6 +1066,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let list: Vec<HostInfo> = list
                 .into_iter()
                 .filter(|h| state.as_deref().is_none_or(|s| host_state(h).0 == s))
+                .filter(|h| !online || host_state(h).0 == "online")
+                .filter(|h| !offline || host_state(h).0 != "online")
                 .filter(|h| {
                     version.as_deref().is_none_or(|v| {
                         h.report

@@ -24,6 +24,9 @@ pub const DEFAULT_COMMAND_TTL_SECS: u64 = 600;
 /// A host seen this recently counts as online (legacy hosts poll every two
 /// minutes, v2 hosts long-poll for at most two).
 pub const ONLINE_MS: Millis = 5 * 60 * 1000;
+/// A host silent longer than `ONLINE_MS` but not this long is stale (then
+/// offline), as palettectl shows it.
+pub const STALE_MS: Millis = 24 * 3600 * 1000;
 /// Hosts silent this long are left out of the legacy agent list.
 pub const AGENT_LIST_WINDOW_MS: Millis = 24 * 3600 * 1000;
 
@@ -483,20 +486,20 @@ impl AppState {
         e.report = Some(report.clone());
     }
 
-    /// Sets the inventory gauges (hosts online and offline, hosts by agent
+    /// Sets the inventory gauges (hosts online, stale and offline, hosts by agent
     /// version, live commands, releases) for a `/metrics` answer. Online:
     /// seen within `ONLINE_MS`.
     pub fn refresh_gauges(&self) {
         let now = now_ms();
-        let (mut online, mut offline) = (0u64, 0u64);
+        let (mut online, mut stale, mut offline) = (0u64, 0u64, 0u64);
         let mut by_version: HashMap<String, u64> = HashMap::new();
         {
             let hosts = self.hosts.lock().unwrap();
             for e in hosts.values().filter(|e| e.last_seen > 0) {
-                if now - e.last_seen <= ONLINE_MS {
-                    online += 1;
-                } else {
-                    offline += 1;
+                match now - e.last_seen {
+                    age if age <= ONLINE_MS => online += 1,
+                    age if age <= STALE_MS => stale += 1,
+                    _ => offline += 1,
                 }
                 let v = match &e.report {
                     Some(r) => r
@@ -513,6 +516,11 @@ impl AppState {
             "palette_hosts",
             vec![("state", "online".into())],
             online as f64,
+        );
+        m.set(
+            "palette_hosts",
+            vec![("state", "stale".into())],
+            stale as f64,
         );
         m.set(
             "palette_hosts",

@@ -1865,6 +1865,13 @@ async fn palettectl_exit_codes_json_and_early_return() {
     assert_eq!(v.len(), 2);
     let (_, out, _) = ctl_code(&server, &["hosts", "--state", "online"]).await;
     assert!(out.contains("fast1") && out.contains("online"), "{out}");
+    let (_, out, _) = ctl_code(&server, &["-o", "json", "hosts", "--online"]).await;
+    let v: Vec<palette_protocol::v2::HostInfo> = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.len(), 2, "both were seen within 5 minutes");
+    let (code, out, _) = ctl_code(&server, &["-o", "json", "hosts", "--offline"]).await;
+    assert_eq!(code, 0);
+    let v: Vec<palette_protocol::v2::HostInfo> = serde_json::from_str(&out).unwrap();
+    assert!(v.is_empty(), "{v:?}");
     let (code, out, err) = ctl_code(&server, &["hosts", "fast2", "--retire"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("retired fast2"), "{out}");

@@ -141,6 +141,13 @@ async fn health_readiness_and_metrics_that_move_with_traffic() {
         value(&after, "palette_hosts", Some(("state", "online"))),
         1.0
     );
+    for state in ["stale", "offline"] {
+        assert_eq!(
+            value(&after, "palette_hosts", Some(("state", state))),
+            0.0,
+            "{state}"
+        );
+    }
     assert_eq!(
         value(
             &after,
