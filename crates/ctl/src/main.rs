@@ -890,18 +890,23 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Config(ConfigCmd::Diff { host }) => {
             let api = &api;
+            // A source with no config yet is empty; any other failure is
+            // an error (not an empty file).
             let get = |src: &'static str| {
-                let rb = api.req(
-                    Method::GET,
-                    &format!("/api/v2/hosts/{host}/configs/latest?source={src}"),
-                );
+                let path = format!("/api/v2/hosts/{host}/configs/latest?source={src}");
                 async move {
-                    match api.send(rb).await {
-                        Ok(r) => Ok::<_, anyhow::Error>(
-                            String::from_utf8_lossy(&r.bytes().await?).into_owned(),
-                        ),
-                        Err(_) => Ok(String::new()),
-                    }
+                    let res = api
+                        .http
+                        .execute(api.req(Method::GET, &path).build()?)
+                        .await
+                        .with_context(|| api.unreachable())?;
+                    let res = match res.status() {
+                        StatusCode::NOT_FOUND => return Ok::<_, anyhow::Error>(String::new()),
+                        s if s.is_success() => res,
+                        // Asked again through `send` for its readable error.
+                        _ => api.send(api.req(Method::GET, &path)).await?,
+                    };
+                    Ok(String::from_utf8_lossy(&res.bytes().await?).into_owned())
                 }
             };
             let desired = get("desired").await?;
@@ -911,6 +916,13 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 .unified_diff()
                 .header("desired", "reported")
                 .to_string();
+            if out == Output::Json {
+                return print_json(&serde_json::json!({
+                    "host": host,
+                    "same": text.is_empty(),
+                    "diff": text,
+                }));
+            }
             if text.is_empty() {
                 println!("{host}: reported config matches the desired one");
             } else {

@@ -751,6 +751,18 @@ async fn palettectl_drives_the_fleet() {
     .unwrap();
     let (_, out, _) = ctl(&server, ADMIN, &["config", "history", "ctl-host"]);
     assert!(out.contains("desired") && out.contains("reported"), "{out}");
+    // For scripts: the same answer as JSON; a wrong token is an error, not
+    // an empty config.
+    let (ok, out, err) = ctl(
+        &server,
+        ADMIN,
+        &["-o", "json", "config", "diff", "ctl-host"],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["same"], true, "{v}");
+    let (ok, _, err) = ctl(&server, "not-a-token", &["config", "diff", "ctl-host"]);
+    assert!(!ok && err.contains("refused the token"), "{err}");
 }
 
 /// A crash after the manager switched versions but before the health check:
