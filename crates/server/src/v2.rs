@@ -237,7 +237,7 @@ impl Operator {
 /// refused before the handler runs): an operator, the fleet's enrollment
 /// key (a license key), or one host's own token.
 pub(crate) enum Caller {
-    Operator,
+    Operator(Operator),
     /// A license key; the hash the new-host budget is counted under.
     Enrollment(TokenHash),
     /// A host token: it acts for this host name only.
@@ -251,7 +251,10 @@ impl axum::extract::FromRequestParts<AppState> for Caller {
         not_blocked(state, parts)?;
         let cred = crate::auth::presented_token(&parts.headers).and_then(|t| state.credential(t));
         match cred.as_deref().map(|c| c.kind) {
-            Some(TokenKind::Operator) => Ok(Caller::Operator),
+            Some(TokenKind::Operator) => Ok(Caller::Operator(Operator {
+                label: cred.expect("matched").label.clone(),
+                source: source_of(parts),
+            })),
             Some(TokenKind::Host) => Ok(Caller::Host(cred.expect("matched").label.clone())),
             Some(TokenKind::Agent) => Ok(Caller::Enrollment(
                 credential_key(&parts.headers).expect("a token was presented"),
@@ -268,7 +271,7 @@ impl Caller {
     /// requires host tokens.
     fn act_for(&self, state: &AppState, host: &str) -> V2Result<()> {
         let refusal = match self {
-            Caller::Operator => return Ok(()),
+            Caller::Operator(_) => return Ok(()),
             Caller::Host(own) if own == host => return Ok(()),
             Caller::Host(own) => format!("this host token belongs to {own}; it may not act for {host}"),
             Caller::Enrollment(_) if state.is_enrolled(host) => format!(
@@ -1130,6 +1133,14 @@ async fn enroll(
         token_id,
         "host enrolled: it has its own host token now"
     );
+    if let Caller::Operator(op) = &caller {
+        op.audit(
+            &state,
+            "host.enroll",
+            format!("host {host} (token {token_id})"),
+        )
+        .await?;
+    }
     state.heartbeat(&host);
     Ok((
         StatusCode::CREATED,

@@ -296,6 +296,27 @@ async fn with_require_host_tokens_the_enrollment_key_only_enrolls() {
     assert_eq!(checkin_status(&s, &bearer(&t), "new-1").await, 200);
 }
 
+/// An operator may enroll a host for it (a pre-made token); that is in
+/// the audit log with the operator's label.
+#[tokio::test]
+async fn an_operator_enrollment_is_audited() {
+    let s = TestServer::start().await;
+    let r = http()
+        .post(s.u("/api/v2/enroll"))
+        .admin()
+        .json(&serde_json::json!({"hostname": "pre-1"}))
+        .go()
+        .await;
+    assert_eq!(r.status(), 201);
+    let audit: Vec<serde_json::Value> = http().get(s.u("/api/v2/audit")).admin().json_of().await;
+    assert!(
+        audit.iter().any(|e| e["action"] == "host.enroll"
+            && e["actor"] == "admin"
+            && e["detail"].as_str().unwrap().contains("pre-1")),
+        "{audit:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_tokens_last_use_is_recorded() {
     let s = TestServer::start().await;
