@@ -35,7 +35,7 @@ struct Cli {
     #[arg(long, env = env::CA_FILE, global = true)]
     ca_file: Option<PathBuf>,
     /// Output of read commands: a table for people, or JSON (the v2 API's
-    /// shapes, see docs/api-v2.md) for scripts.
+    /// shapes, see docs/api-v2.md) or YAML (the same shapes) for scripts.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
     #[command(subcommand)]
@@ -53,14 +53,20 @@ enum Cmd {
     /// Per-host Config.yml: push, pull, diff, history.
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// List hosts and their state; with a host name, that host in detail
-    /// (its update in progress, the last update's outcome and why).
+    /// List hosts and their state; with a host name (or `hosts show HOST`),
+    /// that host in detail (its update in progress, the last update's
+    /// outcome and why, its recent history); `hosts retire HOST` removes it.
+    #[command(args_conflicts_with_subcommands = true)]
     Hosts {
+        #[command(subcommand)]
+        action: Option<HostsAction>,
         host: Option<String>,
-        /// With HOST: remove it from the inventory (it may enroll again).
+        /// With HOST: remove it from the inventory (the same as `hosts retire
+        /// HOST`).
         #[arg(long, requires = "host")]
         retire: bool,
-        /// Only hosts in this state (online: seen within 5 minutes; stale:
+        /// Only hosts in this state, judged against each host's check-in
+        /// interval (online: at most one check-in missed; stale: heard from
         /// within a day; offline: longer ago).
         #[arg(long, value_parser = ["online", "stale", "offline"])]
         state: Option<String>,
@@ -89,6 +95,15 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum HostsAction {
+    /// One host in detail, with its recent history.
+    Show { host: String },
+    /// Remove a host from the inventory and from targeting, and revoke its
+    /// host token: it may enroll again.
+    Retire { host: String },
 }
 
 #[derive(Subcommand)]
@@ -179,15 +194,20 @@ fn palette_default_platform() -> String {
 enum Output {
     Table,
     Json,
+    /// The JSON shapes written as YAML.
+    Yaml,
 }
 
 /// Exit codes: 0 all good, 1 an error, 2 a usage error (clap), 3 some
 /// targeted host failed or did not answer in time.
 const EXIT_HOSTS: i32 = 3;
 
-/// Prints `v` as pretty JSON.
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+/// Prints `v` as pretty JSON or as YAML (the same shapes).
+fn print_structured<T: serde::Serialize>(out: Output, v: &T) -> anyhow::Result<()> {
+    match out {
+        Output::Yaml => print!("{}", serde_saphyr::to_string(v)?),
+        _ => println!("{}", serde_json::to_string_pretty(v)?),
+    }
     Ok(())
 }
 
@@ -495,7 +515,34 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         base: cli.server.trim_end_matches('/').to_string(),
         token: cli.token,
     };
-    match cli.cmd {
+    let cmd = match cli.cmd {
+        Cmd::Hosts {
+            action: Some(action),
+            state,
+            online,
+            offline,
+            version,
+            name,
+            ..
+        } => {
+            let (host, retire) = match action {
+                HostsAction::Show { host } => (host, false),
+                HostsAction::Retire { host } => (host, true),
+            };
+            Cmd::Hosts {
+                action: None,
+                host: Some(host),
+                retire,
+                state,
+                online,
+                offline,
+                version,
+                name,
+            }
+        }
+        cmd => cmd,
+    };
+    match cmd {
         Cmd::Release(ReleaseCmd::Publish {
             file,
             version,
@@ -523,7 +570,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 product,
                 force,
                 signing,
-                out == Output::Json,
+                out != Output::Table,
             )
             .await?;
             let hosts = if no_wait {
@@ -531,8 +578,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             } else {
                 watch_release(&api, &r, Duration::from_secs(wait), out == Output::Table).await?
             };
-            if out == Output::Json {
-                print_json(&serde_json::json!({ "release": r, "hosts": hosts }))?;
+            if out != Output::Table {
+                print_structured(out, &serde_json::json!({ "release": r, "hosts": hosts }))?;
             }
             let failed = hosts
                 .iter()
@@ -651,8 +698,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Release(ReleaseCmd::List) => {
             let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
-            if out == Output::Json {
-                return print_json(&list);
+            if out != Output::Table {
+                return print_structured(out, &list);
             }
             println!(
                 "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  SHA256",
@@ -751,8 +798,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             } else {
                 st
             };
-            if out == Output::Json {
-                print_json(&final_status)?;
+            if out != Output::Table {
+                print_structured(out, &final_status)?;
             }
             hosts_result(&final_status, &expected)
         }
@@ -760,8 +807,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let st: CommandStatus = api
                 .json(api.req(Method::GET, &format!("/api/v2/commands/{id}")))
                 .await?;
-            if out == Output::Json {
-                return print_json(&st);
+            if out != Output::Table {
+                return print_structured(out, &st);
             }
             print_command(&st);
             Ok(())
@@ -770,8 +817,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let list: Vec<serde_json::Value> = api
                 .json(api.req(Method::GET, &format!("/api/v2/audit?limit={limit}")))
                 .await?;
-            if out == Output::Json {
-                return print_json(&list);
+            if out != Output::Table {
+                return print_structured(out, &list);
             }
             println!(
                 "{:<24}  {:<16}  {:<15}  {:<20}  DETAIL",
@@ -793,8 +840,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         Cmd::Command(CommandCmd::List) => {
             let list: Vec<CommandStatus> =
                 api.json(api.req(Method::GET, "/api/v2/commands")).await?;
-            if out == Output::Json {
-                return print_json(&list);
+            if out != Output::Table {
+                return print_structured(out, &list);
             }
             for st in list {
                 print_command(&st);
@@ -916,12 +963,15 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 .unified_diff()
                 .header("desired", "reported")
                 .to_string();
-            if out == Output::Json {
-                return print_json(&serde_json::json!({
-                    "host": host,
-                    "same": text.is_empty(),
-                    "diff": text,
-                }));
+            if out != Output::Table {
+                return print_structured(
+                    out,
+                    &serde_json::json!({
+                        "host": host,
+                        "same": text.is_empty(),
+                        "diff": text,
+                    }),
+                );
             }
             if text.is_empty() {
                 println!("{host}: reported config matches the desired one");
@@ -934,8 +984,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let list: Vec<ConfigRevision> = api
                 .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}/configs")))
                 .await?;
-            if out == Output::Json {
-                return print_json(&list);
+            if out != Output::Table {
+                return print_structured(out, &list);
             }
             for r in list {
                 println!(
@@ -967,11 +1017,18 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let h: HostInfo = api
                 .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}")))
                 .await?;
-            if out == Output::Json {
-                return print_json(&h);
+            if out != Output::Table {
+                return print_structured(out, &h);
             }
             println!("host:          {}", h.hostname);
-            println!("last seen:     {}", h.last_seen);
+            let (st, age) = host_state(&h);
+            println!(
+                "state:         {st} (last seen {age} ago, at {})",
+                h.last_seen
+            );
+            if let Some(i) = h.checkin_interval_secs {
+                println!("checks in:     every {i} s");
+            }
             let Some(r) = &h.report else {
                 println!("(a legacy v1 host: no report)");
                 return Ok(());
@@ -1052,6 +1109,17 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                         c["message"].as_str().unwrap_or("")
                     );
                 }
+                println!("recent updates:");
+                for u in hist["updates"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}  {:<8} {:<10} {:<9} {}",
+                        u["at"].as_str().unwrap_or("-"),
+                        u["product"].as_str().unwrap_or("-"),
+                        u["version"].as_str().unwrap_or("-"),
+                        u["outcome"].as_str().unwrap_or("-"),
+                        u["message"].as_str().unwrap_or("")
+                    );
+                }
                 println!("recent configs:");
                 for c in hist["configs"].as_array().into_iter().flatten() {
                     println!(
@@ -1090,8 +1158,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 })
                 .filter(|h| name.as_deref().is_none_or(|p| glob(p, &h.hostname)))
                 .collect();
-            if out == Output::Json {
-                return print_json(&list);
+            if out != Output::Table {
+                return print_structured(out, &list);
             }
             println!(
                 "{:<32} {:<8} {:>5} {:<10} {:<10} {:<9} {:<9} LAST UPDATE",
@@ -1137,8 +1205,8 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         Cmd::Token(TokenCmd::List) => {
             let list: Vec<serde_json::Value> =
                 api.json(api.req(Method::GET, "/api/v2/tokens")).await?;
-            if out == Output::Json {
-                return print_json(&list);
+            if out != Output::Table {
+                return print_structured(out, &list);
             }
             println!(
                 "{:<16}  {:<24}  {:<24}  {:<24}  REVOKED",
@@ -1227,8 +1295,10 @@ fn palette_protocol_yaml_check(body: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// A host's state from its last contact (online: within 5 minutes, as the
-/// server counts it; stale: within a day; offline: longer) and that age.
+/// A host's state as the server judged it against the host's own check-in
+/// interval (online: at most one check-in missed; stale: heard from within
+/// a day; offline: longer ago), and the age of its last contact. A server
+/// before 0.2 sends no state: judged here against a 2-minute interval.
 fn host_state(h: &HostInfo) -> (&'static str, String) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1237,14 +1307,12 @@ fn host_state(h: &HostInfo) -> (&'static str, String) {
     let Ok(seen) = palette_protocol::timefmt::parse_rfc3339(&h.last_seen) else {
         return ("offline", "?".into());
     };
-    let age = ((now - seen).max(0) / 1000) as u64;
-    let state = if age <= 300 {
-        "online"
-    } else if age <= 86_400 {
-        "stale"
-    } else {
-        "offline"
-    };
+    let age_ms = (now - seen).max(0);
+    let state = h
+        .state
+        .unwrap_or_else(|| palette_protocol::v2::HostState::judge(age_ms, 120_000))
+        .as_str();
+    let age = (age_ms / 1000) as u64;
     let age = if age < 120 {
         format!("{age}s")
     } else if age < 7200 {

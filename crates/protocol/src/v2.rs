@@ -152,6 +152,20 @@ pub struct UpdateReport {
     pub message: String,
 }
 
+/// One update outcome a host reported, as the server's history of that
+/// host keeps it (`GET /api/v2/hosts/{host}/history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostUpdate {
+    /// `agent` (or the supervised product) or `watchdog`.
+    pub product: String,
+    pub release_id: i64,
+    pub version: Version,
+    pub outcome: Outcome,
+    pub message: String,
+    /// When the server first heard of it.
+    pub at: String,
+}
+
 /// The state a watchdog reports at each check-in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostReport {
@@ -358,8 +372,59 @@ pub struct ConfigRevision {
 pub struct HostInfo {
     pub hostname: String,
     pub last_seen: String,
+    /// Online, stale or offline, judged against the host's own check-in
+    /// interval (absent from servers before 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<HostState>,
+    /// How often the host contacts the server (a v2 host: the long-poll
+    /// wait it asks for; a legacy host: every two minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkin_interval_secs: Option<u64>,
     /// The last v2 report, absent for legacy (v1) hosts.
     pub report: Option<HostReport>,
+}
+
+/// Whether a host keeps in touch, from the age of its last contact and its
+/// check-in interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Seen within two of its intervals and a grace of 30 seconds: at
+    /// most one check-in missed.
+    Online,
+    /// Missed check-ins, but heard from within a day: a watchdog that
+    /// died, a network down, a machine off for the night.
+    Stale,
+    /// Silent for more than a day.
+    Offline,
+}
+
+impl HostState {
+    /// A day, in milliseconds: silent longer, a host is offline.
+    pub const OFFLINE_AFTER_MS: i64 = 24 * 3600 * 1000;
+    /// Grace on top of two intervals (network, a busy server, a host
+    /// answering commands between check-ins).
+    pub const GRACE_MS: i64 = 30 * 1000;
+
+    /// The state of a host last seen `age_ms` ago that checks in every
+    /// `interval_ms`.
+    pub fn judge(age_ms: i64, interval_ms: i64) -> HostState {
+        if age_ms <= 2 * interval_ms.max(0) + Self::GRACE_MS {
+            HostState::Online
+        } else if age_ms <= Self::OFFLINE_AFTER_MS {
+            HostState::Stale
+        } else {
+            HostState::Offline
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Online => "online",
+            HostState::Stale => "stale",
+            HostState::Offline => "offline",
+        }
+    }
 }
 
 /// Every JSON error body of the v2 API.
@@ -403,6 +468,32 @@ mod tests {
         assert_eq!(none.seen_watchdog_release, Some(None));
         let json = serde_json::to_string(&none).unwrap();
         assert!(json.contains(r#""seen_watchdog_release":null"#), "{json}");
+    }
+
+    #[test]
+    fn host_state_follows_the_hosts_own_interval() {
+        let min = 60 * 1000;
+        // A host that long-polls for a minute: one missed poll is fine...
+        assert_eq!(HostState::judge(2 * min, min), HostState::Online);
+        // ...two are not.
+        assert_eq!(HostState::judge(3 * min, min), HostState::Stale);
+        // A legacy host polls every two minutes: three minutes is nothing.
+        assert_eq!(HostState::judge(3 * min, 2 * min), HostState::Online);
+        // A host that asks every 5 s is stale after 45 s.
+        assert_eq!(HostState::judge(45_000, 5_000), HostState::Stale);
+        assert_eq!(HostState::judge(39_000, 5_000), HostState::Online);
+        assert_eq!(
+            HostState::judge(HostState::OFFLINE_AFTER_MS + 1, min),
+            HostState::Offline
+        );
+        assert_eq!(
+            serde_json::to_string(&HostState::Stale).unwrap(),
+            "\"stale\""
+        );
+        // A server before 0.2 sends neither field.
+        let old: HostInfo =
+            serde_json::from_str(r#"{"hostname":"h","last_seen":"x","report":null}"#).unwrap();
+        assert_eq!(old.state, None);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use palette_protocol::timefmt::{rfc3339_millis, Millis};
 use palette_protocol::v2::{
-    CommandAck, CommandKind, ConfigRevision, ConfigSource, Outcome, ReleaseKind, Target,
+    CommandAck, CommandKind, ConfigRevision, ConfigSource, HostUpdate, Outcome, ReleaseKind,
+    Target, UpdateReport,
 };
 use palette_protocol::Version;
 use rand::RngCore;
@@ -91,7 +92,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "command legacy ts",
         include_str!("../migrations/sqlite/0008_command_legacy_ts.sql"),
     ),
+    (
+        9,
+        "update history",
+        include_str!("../migrations/sqlite/0009_update_history.sql"),
+    ),
 ];
+
+/// Update outcomes kept per host and product (older ones are deleted).
+const UPDATE_HISTORY_KEPT: i64 = 200;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -437,6 +446,85 @@ impl Store for SqliteStore {
                         at: rfc3339_millis(r.try_get("at")?),
                     },
                 ))
+            })
+            .collect()
+    }
+
+    async fn record_update(
+        &self,
+        hostname: &str,
+        product: &str,
+        u: &UpdateReport,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let outcome = match u.outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        };
+        write_tx!(self, |tx| {
+            // The same outcome reported again (every check-in carries it,
+            // and a restarted server has forgotten it saw it): one row.
+            let done = sqlx::query(
+                "INSERT INTO update_history (hostname, product, release_id, version, outcome, message, at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (
+                   SELECT 1 FROM (SELECT release_id, outcome, message FROM update_history
+                                  WHERE hostname = ?1 AND product = ?2 ORDER BY id DESC LIMIT 1) l
+                   WHERE l.release_id = ?3 AND l.outcome = ?5 AND l.message = ?6)",
+            )
+            .bind(hostname)
+            .bind(product)
+            .bind(u.release_id)
+            .bind(u.version.to_string())
+            .bind(outcome)
+            .bind(&u.message)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                sqlx::query(
+                    "DELETE FROM update_history WHERE hostname = ?1 AND product = ?2 AND id <=
+                       (SELECT id FROM update_history WHERE hostname = ?1 AND product = ?2
+                        ORDER BY id DESC LIMIT 1 OFFSET ?3)",
+                )
+                .bind(hostname)
+                .bind(product)
+                .bind(UPDATE_HISTORY_KEPT)
+                .execute(&mut *tx)
+                .await?;
+            }
+            done.rows_affected() == 1
+        })
+    }
+
+    async fn update_history(&self, hostname: &str, limit: u32) -> StoreResult<Vec<HostUpdate>> {
+        let rows = self.read(
+            sqlx::query(
+                "SELECT product, release_id, version, outcome, message, at FROM update_history
+                 WHERE hostname = ? ORDER BY id DESC LIMIT ?",
+            )
+            .bind(hostname)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await,
+        )?;
+        rows.iter()
+            .map(|r| {
+                let outcome: String = r.try_get("outcome")?;
+                let version: String = r.try_get("version")?;
+                Ok(HostUpdate {
+                    product: r.try_get("product")?,
+                    release_id: r.try_get("release_id")?,
+                    version: version.parse().map_err(|_| {
+                        StoreError::Corrupt(format!("update_history version {version:?}"))
+                    })?,
+                    outcome: if outcome == "succeeded" {
+                        Outcome::Succeeded
+                    } else {
+                        Outcome::Failed
+                    },
+                    message: r.try_get("message")?,
+                    at: rfc3339_millis(r.try_get("at")?),
+                })
             })
             .collect()
     }

@@ -21,12 +21,14 @@ use crate::store::{CommandRow, NewRelease, Store, StoreResult};
 pub const LEGACY_FRESHNESS_MS: Millis = 7 * 60 * 1000;
 /// Default lifetime of a command.
 pub const DEFAULT_COMMAND_TTL_SECS: u64 = 600;
-/// A host seen this recently counts as online (legacy hosts poll every two
-/// minutes, v2 hosts long-poll for at most two).
+/// A host seen this recently counts as online for targeting `--all` (legacy
+/// hosts poll every two minutes, v2 hosts long-poll for at most two).
 pub const ONLINE_MS: Millis = 5 * 60 * 1000;
-/// A host silent longer than `ONLINE_MS` but not this long is stale (then
-/// offline), as palettectl shows it.
-pub const STALE_MS: Millis = 24 * 3600 * 1000;
+/// How often a legacy (v1) watchdog polls.
+pub const LEGACY_INTERVAL_MS: Millis = 2 * 60 * 1000;
+/// The interval assumed for a v2 host that does not long-poll (`wait=0`)
+/// or has not checked in since the server started.
+pub const DEFAULT_INTERVAL_MS: Millis = 2 * 60 * 1000;
 /// Hosts silent this long are left out of the legacy agent list.
 pub const AGENT_LIST_WINDOW_MS: Millis = 24 * 3600 * 1000;
 
@@ -89,6 +91,8 @@ impl Settings {
 #[derive(Debug, Default)]
 struct HostEntry {
     last_seen: Millis,
+    /// How often the host contacts the server (0: not known yet).
+    interval_ms: Millis,
     dirty: bool,
     has_config: bool,
     /// When the server last asked this (legacy) host for its config.
@@ -103,6 +107,21 @@ struct HostEntry {
     /// When the host last uploaded its config.
     last_upload: Option<Millis>,
     report: Option<HostReport>,
+}
+
+impl HostEntry {
+    /// The host's check-in interval (the default until it is known).
+    fn interval(&self) -> Millis {
+        if self.interval_ms > 0 {
+            self.interval_ms
+        } else {
+            DEFAULT_INTERVAL_MS
+        }
+    }
+
+    fn state(&self, now: Millis) -> v2::HostState {
+        v2::HostState::judge(now - self.last_seen, self.interval())
+    }
 }
 
 #[derive(Default)]
@@ -466,29 +485,74 @@ impl AppState {
         e.dirty = true;
     }
 
-    pub fn record_report(&self, report: &HostReport) {
+    /// A legacy poll: contact, and the legacy two-minute interval.
+    pub fn legacy_heartbeat(&self, host: &str) {
+        let now = now_ms();
+        let mut hosts = self.hosts.lock().unwrap();
+        let e = hosts.entry(host.to_string()).or_default();
+        e.last_seen = now;
+        e.interval_ms = LEGACY_INTERVAL_MS;
+        e.dirty = true;
+    }
+
+    /// The end of a long poll is contact too (the host held its connection
+    /// until now). A host retired meanwhile is not brought back.
+    pub fn poll_ended(&self, host: &str) {
+        if let Some(e) = self.hosts.lock().unwrap().get_mut(host) {
+            e.last_seen = now_ms();
+            e.dirty = true;
+        }
+    }
+
+    /// Records a v2 check-in's report; `wait_ms` is the long-poll wait the
+    /// host asked for (its check-in interval). Returns the report's update
+    /// outcome when it is new (not the one this server already knew).
+    pub fn record_report(
+        &self,
+        report: &HostReport,
+        wait_ms: Millis,
+    ) -> Vec<(String, v2::UpdateReport)> {
         let mut hosts = self.hosts.lock().unwrap();
         let e = hosts.entry(report.hostname.clone()).or_default();
         e.last_seen = now_ms();
+        e.interval_ms = if wait_ms > 0 {
+            wait_ms
+        } else {
+            DEFAULT_INTERVAL_MS
+        };
         e.dirty = true;
+        let differs = |b: Option<&v2::UpdateReport>, u: &v2::UpdateReport| {
+            b.is_none_or(|b| {
+                b.release_id != u.release_id || b.outcome != u.outcome || b.message != u.message
+            })
+        };
+        let mut new = Vec::new();
         let before = e.report.as_ref().and_then(|r| r.last_update.as_ref());
         if let Some(u) = &report.last_update {
-            let new = before.is_none_or(|b| {
-                b.release_id != u.release_id || b.outcome != u.outcome || b.message != u.message
-            });
-            if new {
+            if differs(before, u) {
                 self.metrics.update_outcome(match u.outcome {
                     v2::Outcome::Succeeded => "succeeded",
                     v2::Outcome::Failed => "failed",
                 });
+                new.push((report.product.clone(), u.clone()));
+            }
+        }
+        let before = e
+            .report
+            .as_ref()
+            .and_then(|r| r.last_watchdog_update.as_ref());
+        if let Some(u) = &report.last_watchdog_update {
+            if differs(before, u) {
+                new.push(("watchdog".to_string(), u.clone()));
             }
         }
         e.report = Some(report.clone());
+        new
     }
 
     /// Sets the inventory gauges (hosts online, stale and offline, hosts by agent
-    /// version, live commands, releases) for a `/metrics` answer. Online:
-    /// seen within `ONLINE_MS`.
+    /// version, live commands, releases) for a `/metrics` answer. The state
+    /// is judged against each host's own check-in interval.
     pub fn refresh_gauges(&self) {
         let now = now_ms();
         let (mut online, mut stale, mut offline) = (0u64, 0u64, 0u64);
@@ -496,10 +560,10 @@ impl AppState {
         {
             let hosts = self.hosts.lock().unwrap();
             for e in hosts.values().filter(|e| e.last_seen > 0) {
-                match now - e.last_seen {
-                    age if age <= ONLINE_MS => online += 1,
-                    age if age <= STALE_MS => stale += 1,
-                    _ => offline += 1,
+                match e.state(now) {
+                    v2::HostState::Online => online += 1,
+                    v2::HostState::Stale => stale += 1,
+                    v2::HostState::Offline => offline += 1,
                 }
                 let v = match &e.report {
                     Some(r) => r
@@ -570,14 +634,24 @@ impl AppState {
         let mut list: Vec<_> = hosts
             .iter()
             .filter(|(_, e)| e.last_seen > 0 && window_ms.is_none_or(|w| now - e.last_seen <= w))
-            .map(|(h, e)| (e.last_seen, h.clone(), e.report.clone()))
+            .map(|(h, e)| {
+                (
+                    e.last_seen,
+                    h.clone(),
+                    e.report.clone(),
+                    e.state(now),
+                    e.interval(),
+                )
+            })
             .collect();
         drop(hosts);
         list.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         list.into_iter()
-            .map(|(seen, hostname, report)| v2::HostInfo {
+            .map(|(seen, hostname, report, state, interval)| v2::HostInfo {
                 hostname,
                 last_seen: rfc3339_millis(seen),
+                state: Some(state),
+                checkin_interval_secs: Some((interval / 1000) as u64),
                 report,
             })
             .collect()

@@ -4,7 +4,9 @@
 
 use async_trait::async_trait;
 use palette_protocol::timefmt::Millis;
-use palette_protocol::v2::{CommandAck, CommandKind, ConfigRevision, ConfigSource, Target};
+use palette_protocol::v2::{
+    CommandAck, CommandKind, ConfigRevision, ConfigSource, HostUpdate, Target, UpdateReport,
+};
 use thiserror::Error;
 
 /// Why a store operation failed. Nothing was written when any of these is
@@ -258,6 +260,18 @@ pub trait Store: Send + Sync + 'static {
     /// is ignored (returns false).
     async fn record_ack(&self, ack: &CommandAck, at: Millis) -> StoreResult<bool>;
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>>;
+    /// Records an update outcome `hostname` reported for `product`, unless
+    /// it is the newest one already recorded; true when recorded.
+    async fn record_update(
+        &self,
+        hostname: &str,
+        product: &str,
+        u: &UpdateReport,
+        at: Millis,
+    ) -> StoreResult<bool>;
+    /// The host's newest `limit` update outcomes (all products), newest
+    /// first.
+    async fn update_history(&self, hostname: &str, limit: u32) -> StoreResult<Vec<HostUpdate>>;
     /// The host's newest `limit` acknowledgements, newest first, with the
     /// kind of command each answered.
     async fn host_acks(

@@ -526,7 +526,7 @@ pub async fn heartbeat_layer(
                                 return res;
                             }
                         }
-                        state.heartbeat(&h);
+                        state.legacy_heartbeat(&h);
                     }
                 }
                 Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid hostname: {e}\n")),

@@ -426,12 +426,19 @@ async fn checkin(
         }
     }
     state.store.save_report(&host, &report_json, now).await?;
-    state.record_report(&ci.host);
-
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.settings.max_wait_secs));
+    for (product, u) in state.record_report(
+        &ci.host,
+        wait.as_millis() as palette_protocol::timefmt::Millis,
+    ) {
+        if state.store.record_update(&host, &product, &u, now).await? {
+            tracing::info!(host, product, version = %u.version, outcome = ?u.outcome, message = u.message, "update outcome recorded");
+        }
+    }
+
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = state.subscribe();
-    let _in_flight = LongPoll::new(&state);
+    let _in_flight = LongPoll::new(&state, &host);
     loop {
         changes.borrow_and_update();
         let answer = answer_for(&state, &host, &ci).await?;
@@ -455,19 +462,21 @@ async fn checkin(
     }
 }
 
-/// Counts a check-in as a long poll in flight while it lives.
-struct LongPoll(AppState);
+/// Counts a check-in as a long poll in flight while it lives; its end is
+/// contact with the host too.
+struct LongPoll<'a>(&'a AppState, &'a str);
 
-impl LongPoll {
-    fn new(state: &AppState) -> Self {
+impl<'a> LongPoll<'a> {
+    fn new(state: &'a AppState, host: &'a str) -> Self {
         state.metrics.long_polls.increment(1.0);
-        LongPoll(state.clone())
+        LongPoll(state, host)
     }
 }
 
-impl Drop for LongPoll {
+impl Drop for LongPoll<'_> {
     fn drop(&mut self) {
         self.0.metrics.long_polls.decrement(1.0);
+        self.0.poll_ended(self.1);
     }
 }
 
@@ -904,12 +913,13 @@ struct HostCommand {
 #[derive(Serialize)]
 struct HostHistory {
     commands: Vec<HostCommand>,
+    updates: Vec<palette_protocol::v2::HostUpdate>,
     configs: Vec<ConfigRevision>,
 }
 
 /// A host's recent history, newest first: the commands it answered (with
-/// their outcome) and its config revisions (`limit` each, default 20, at
-/// most 1000). The last update of each product is in its report.
+/// their outcome), the update outcomes it reported (agent and watchdog) and
+/// its config revisions (`limit` each, default 20, at most 1000).
 async fn host_history(
     State(state): State<AppState>,
     _op: Operator,
@@ -932,9 +942,14 @@ async fn host_history(
             at: a.at,
         })
         .collect();
+    let updates = state.store.update_history(&host, limit).await?;
     let mut configs = state.store.config_history(&host).await?;
     configs.truncate(limit as usize);
-    Ok(Json(HostHistory { commands, configs }))
+    Ok(Json(HostHistory {
+        commands,
+        updates,
+        configs,
+    }))
 }
 
 async fn retire_host(

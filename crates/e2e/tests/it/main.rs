@@ -1884,7 +1884,23 @@ async fn palettectl_exit_codes_json_and_early_return() {
     assert_eq!(code, 0);
     let v: Vec<palette_protocol::v2::HostInfo> = serde_json::from_str(&out).unwrap();
     assert!(v.is_empty(), "{v:?}");
-    let (code, out, err) = ctl_code(&server, &["hosts", "fast2", "--retire"]).await;
+    // YAML: the same shapes.
+    let (code, out, err) = ctl_code(&server, &["-o", "yaml", "hosts", "--name", "fast1"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: Vec<palette_protocol::v2::HostInfo> = serde_saphyr::from_str(&out).unwrap();
+    assert_eq!(v.len(), 1, "{out}");
+    assert_eq!(v[0].hostname, "fast1");
+    assert_eq!(v[0].state, Some(palette_protocol::v2::HostState::Online));
+    // `hosts show HOST` = `hosts HOST`: the state, the interval, the history.
+    let (code, out, err) = ctl_code(&server, &["hosts", "show", "fast1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state:         online"), "{out}");
+    assert!(out.contains("checks in:     every"), "{out}");
+    assert!(
+        out.contains("recent commands:") && out.contains("restart"),
+        "{out}"
+    );
+    let (code, out, err) = ctl_code(&server, &["hosts", "retire", "fast2"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("retired fast2"), "{out}");
     let (_, out, _) = ctl_code(&server, &["-o", "json", "hosts"]).await;

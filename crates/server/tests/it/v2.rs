@@ -1341,3 +1341,94 @@ async fn a_hosts_history_lists_its_commands_and_configs() {
         .await;
     assert_eq!(r.status(), 400);
 }
+
+/// Every update outcome a host reports is kept (not only the last one per
+/// product), once each however often the host repeats it, across a server
+/// restart.
+#[tokio::test]
+async fn update_outcomes_are_kept_as_the_hosts_history_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = TestServer::start_with(&data, |_| {}).await;
+    let upd = |id: i64, v: &str, outcome: Outcome, msg: &str| UpdateReport {
+        release_id: id,
+        version: v.parse().unwrap(),
+        outcome,
+        message: msg.into(),
+    };
+    let mut req = checkin_req("web-1");
+    req.host.last_update = Some(upd(1, "2.0.0", Outcome::Failed, "health check failed"));
+    checkin(&s, &req, 0).await;
+    checkin(&s, &req, 0).await;
+    req.host.last_update = Some(upd(2, "2.1.0", Outcome::Succeeded, "installed"));
+    req.host.last_watchdog_update = Some(upd(3, "9.0.0", Outcome::Succeeded, "self-updated"));
+    checkin(&s, &req, 0).await;
+    s.stop().await;
+    // A restarted server hears the same report again: nothing doubled.
+    let s = TestServer::start_with(&data, |_| {}).await;
+    checkin(&s, &req, 0).await;
+    let h: serde_json::Value = http()
+        .get(s.u("/api/v2/hosts/web-1/history"))
+        .admin()
+        .json_of()
+        .await;
+    let updates: Vec<HostUpdate> = serde_json::from_value(h["updates"].clone()).unwrap();
+    let seen: Vec<(&str, String, Outcome)> = updates
+        .iter()
+        .map(|u| (u.product.as_str(), u.version.to_string(), u.outcome))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("watchdog", "9.0.0".to_string(), Outcome::Succeeded),
+            ("agent", "2.1.0".to_string(), Outcome::Succeeded),
+            ("agent", "2.0.0".to_string(), Outcome::Failed),
+        ],
+        "{h}"
+    );
+    assert_eq!(updates[2].message, "health check failed");
+    // A retry of the failed release that fails again is a new entry.
+    req.host.last_update = Some(upd(1, "2.0.0", Outcome::Failed, "health check failed"));
+    checkin(&s, &req, 0).await;
+    let h: serde_json::Value = http()
+        .get(s.u("/api/v2/hosts/web-1/history?limit=2"))
+        .admin()
+        .json_of()
+        .await;
+    assert_eq!(h["updates"].as_array().unwrap().len(), 2);
+    assert_eq!(h["updates"][0]["version"], "2.0.0");
+    s.stop().await;
+}
+
+/// A host's state is judged against its own check-in interval: the
+/// long-poll wait it asks for.
+#[tokio::test]
+async fn a_hosts_state_and_interval_come_from_its_own_checkins() {
+    let s = TestServer::start().await;
+    // A command waiting for each host answers their long polls at once.
+    command(
+        &s,
+        CommandKind::Restart,
+        Target::Hosts(vec!["slow".into(), "fast".into()]),
+        None,
+    )
+    .await;
+    checkin(&s, &checkin_req("slow"), 90).await;
+    checkin(&s, &checkin_req("fast"), 5).await;
+    let hosts: Vec<HostInfo> = http().get(s.u("/api/v2/hosts")).admin().json_of().await;
+    let get = |n: &str| hosts.iter().find(|h| h.hostname == n).unwrap().clone();
+    assert_eq!(get("slow").checkin_interval_secs, Some(90));
+    assert_eq!(get("fast").checkin_interval_secs, Some(5));
+    assert_eq!(get("fast").state, Some(HostState::Online));
+    // A legacy host polls every two minutes.
+    let r = http()
+        .get(s.u("/api/v1/command?hostname=old"))
+        .agent()
+        .go()
+        .await;
+    assert_eq!(r.status(), 200);
+    let one: HostInfo = http().get(s.u("/api/v2/hosts/old")).admin().json_of().await;
+    assert_eq!(one.checkin_interval_secs, Some(120));
+    assert_eq!(one.state, Some(HostState::Online));
+    s.stop().await;
+}
