@@ -167,6 +167,31 @@ enum ReleaseCmd {
         #[arg(long, default_value = "agent")]
         product: String,
     },
+    /// Take a bad release back: it is withdrawn, and the hosts running it
+    /// are offered the newest older release (of the same product and
+    /// platform) and come down to it. Hosts that verify signatures need the
+    /// older release's manifest re-signed to authorise that: give
+    /// --sign-key. Follows those hosts like `publish` does.
+    Rollback {
+        version: String,
+        #[arg(long, default_value_t = palette_default_platform())]
+        platform: String,
+        #[arg(long, default_value = "agent")]
+        product: String,
+        /// Re-sign the older release's manifest with this secret key so
+        /// hosts with `trust.keys` accept the downgrade.
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+        /// Days the re-signed manifest stays valid.
+        #[arg(long, default_value_t = 90, requires = "sign_key", value_parser = clap::value_parser!(u32).range(0..=3650))]
+        expires_days: u32,
+        /// Return at once, without following the hosts.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to follow the hosts coming down, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
     /// Let hosts try a release again that failed on them (a passing
     /// reason: the manager killed, a full disk since freed): their
     /// "failed" marks are cleared and they install what they are offered.
@@ -576,10 +601,102 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let hosts = if no_wait {
                 Vec::new()
             } else {
-                watch_release(&api, &r, Duration::from_secs(wait), out == Output::Table).await?
+                watch_release(
+                    &api,
+                    &r,
+                    None,
+                    Duration::from_secs(wait),
+                    out == Output::Table,
+                )
+                .await?
             };
             if out != Output::Table {
                 print_structured(out, &serde_json::json!({ "release": r, "hosts": hosts }))?;
+            }
+            let failed = hosts
+                .iter()
+                .filter(|h| h.outcome == Some(palette_protocol::v2::Outcome::Failed))
+                .count();
+            let missing = hosts.iter().filter(|h| h.outcome.is_none()).count();
+            if failed > 0 || missing > 0 {
+                return Err(HostsFailed { failed, missing }.into());
+            }
+            Ok(())
+        }
+        Cmd::Release(ReleaseCmd::Rollback {
+            version,
+            platform,
+            product,
+            sign_key,
+            expires_days,
+            no_wait,
+            wait,
+        }) => {
+            let version: palette_protocol::Version =
+                version.parse().context("while reading the version")?;
+            let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
+            let Some(bad) = list
+                .iter()
+                .filter(|r| r.version == version && r.platform == platform && r.product == product)
+                .max_by_key(|r| r.id)
+            else {
+                bail!("no {product} release {version} for {platform}");
+            };
+            let path = format!("/api/v2/releases/{}/rollback", bad.id);
+            let mut rb = api.req(Method::POST, &path);
+            if let Some(key) = sign_key {
+                // What it would come down to, to sign exactly that.
+                let plan: serde_json::Value = api
+                    .json(api.req(Method::POST, &format!("{path}?dry_run=true")))
+                    .await?;
+                let target: Release = serde_json::from_value(plan["target"].clone())
+                    .context("while reading the server's rollback plan")?;
+                let now = time::OffsetDateTime::now_utc();
+                let fmt = &time::format_description::well_known::Rfc3339;
+                let manifest = palette_protocol::manifest::Manifest {
+                    product: target.product.clone(),
+                    version: target.version,
+                    platform: target.platform.clone(),
+                    kind: target.kind,
+                    size: target.size,
+                    sha256: target.sha256.clone(),
+                    created: now.format(fmt)?,
+                    expires: (now + time::Duration::days(i64::from(expires_days))).format(fmt)?,
+                    allow_downgrade_from: Some(version),
+                };
+                let signature = signing::sign(&key, &manifest)?;
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                rb = rb
+                    .header("x-palette-manifest", b64.encode(manifest.to_text()))
+                    .header("x-palette-signature", b64.encode(signature));
+            }
+            let done: serde_json::Value = api.json(rb).await?;
+            let target: Release = serde_json::from_value(done["target"].clone())
+                .context("while reading the server's answer")?;
+            if out == Output::Table {
+                println!(
+                    "rolled back {product} {version} for {platform} (release {}): withdrawn; hosts running it come down to {} (release {})",
+                    bad.id, target.version, target.id
+                );
+            }
+            let hosts = if no_wait {
+                Vec::new()
+            } else {
+                watch_release(
+                    &api,
+                    &target,
+                    Some(version),
+                    Duration::from_secs(wait),
+                    out == Output::Table,
+                )
+                .await?
+            };
+            if out != Output::Table {
+                print_structured(
+                    out,
+                    &serde_json::json!({ "rolled_back": done["rolled_back"], "target": target, "hosts": hosts }),
+                )?;
             }
             let failed = hosts
                 .iter()
@@ -715,10 +832,11 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     r.kind.as_str(),
                     r.size,
                     &r.sha256[..16],
-                    r.withdrawn_at
-                        .as_deref()
-                        .map(|t| format!("  withdrawn {t}"))
-                        .unwrap_or_default()
+                    match (&r.rolled_back_at, &r.withdrawn_at) {
+                        (Some(t), _) => format!("  rolled back {t}"),
+                        (None, Some(t)) => format!("  withdrawn {t}"),
+                        (None, None) => String::new(),
+                    }
                 );
             }
             Ok(())
@@ -1646,12 +1764,14 @@ struct HostOutcome {
 }
 
 /// After a publish: follows the online hosts the release is for (its
-/// product and platform, running an older version or none), printing each
-/// one's progress as it changes, until every one has installed it or
-/// failed (with the reason), or `limit` passes.
+/// product and platform, running an older version or none; after a
+/// rollback, those running `rolled_back`), printing each one's progress as
+/// it changes, until every one has installed it or failed (with the
+/// reason), or `limit` passes.
 async fn watch_release(
     api: &Api,
     r: &Release,
+    rolled_back: Option<palette_protocol::Version>,
     limit: Duration,
     print: bool,
 ) -> anyhow::Result<Vec<HostOutcome>> {
@@ -1674,15 +1794,20 @@ async fn watch_release(
             let now = now_ms();
             let t: Vec<String> = hosts
                 .iter()
-                .filter(|h| {
-                    palette_protocol::timefmt::parse_rfc3339(&h.last_seen)
-                        .is_ok_and(|t| now - t <= 5 * 60 * 1000)
+                .filter(|h| match h.state {
+                    Some(s) => s == palette_protocol::v2::HostState::Online,
+                    None => palette_protocol::timefmt::parse_rfc3339(&h.last_seen)
+                        .is_ok_and(|t| now - t <= 5 * 60 * 1000),
                 })
                 .filter_map(|h| {
                     let rep = h.report.as_ref()?;
+                    let wanted = match rolled_back {
+                        Some(b) => installed(rep) == Some(b),
+                        None => installed(rep).is_none_or(|v| v < r.version),
+                    };
                     let fits = rep.platform == r.platform
                         && (watchdog || rep.product == r.product)
-                        && installed(rep).is_none_or(|v| v < r.version);
+                        && wanted;
                     fits.then(|| h.hostname.clone())
                 })
                 .collect();

@@ -335,6 +335,15 @@ pub struct Release {
     /// Set when an operator withdrew it: no host is offered it any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withdrawn_at: Option<String>,
+    /// Set when an operator rolled it back (it is withdrawn too): its hosts
+    /// are offered the newest older release as a downgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<String>,
+    /// In an offer: installed versions rolled back by an operator, from
+    /// which a host should come down to this (older) release. A host that
+    /// verifies signatures also needs the signed manifest to authorise it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback_from: Vec<Version>,
 }
 
 /// Where a config revision came from.

@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "update history",
         include_str!("../migrations/sqlite/0009_update_history.sql"),
     ),
+    (
+        10,
+        "release rollback",
+        include_str!("../migrations/sqlite/0010_release_rollback.sql"),
+    ),
 ];
 
 /// Update outcomes kept per host and product (older ones are deleted).
@@ -618,6 +623,7 @@ impl Store for SqliteStore {
                         manifest: r.try_get("manifest")?,
                         created_at: r.try_get("created_at")?,
                         withdrawn_at: r.try_get("withdrawn_at")?,
+                        rolled_back_at: r.try_get("rolled_back_at")?,
                     },
                 ))
             })
@@ -634,6 +640,33 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             done.rows_affected() == 1
+        })
+    }
+
+    async fn roll_back_release(
+        &self,
+        id: i64,
+        target: i64,
+        signed: Option<(&str, &str)>,
+        at: Millis,
+    ) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query(
+                "UPDATE releases SET withdrawn_at = coalesce(withdrawn_at, ?1),
+                 rolled_back_at = coalesce(rolled_back_at, ?1) WHERE id = ?2",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if let Some((manifest, signature)) = signed {
+                sqlx::query("UPDATE releases SET manifest = ?, signature = ? WHERE id = ?")
+                    .bind(manifest)
+                    .bind(signature)
+                    .bind(target)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         })
     }
 

@@ -203,6 +203,70 @@ fn release_from(id: i64, r: NewRelease) -> Release {
         manifest: r.manifest,
         created_at: rfc3339_millis(r.created_at),
         withdrawn_at: r.withdrawn_at.map(rfc3339_millis),
+        rolled_back_at: r.rolled_back_at.map(rfc3339_millis),
+        rollback_from: Vec::new(),
+    }
+}
+
+/// Why a rollback was refused: nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("no release {0}")]
+    NoSuchRelease(i64),
+    #[error("a watchdog is not rolled back this way: a watchdog that fails its proof of life reverts by itself; publish a newer watchdog")]
+    Watchdog,
+    #[error("no older {product} release for {platform} is left to come down to from {version} (publish the version to return to first)")]
+    NothingOlder {
+        product: String,
+        version: Version,
+        platform: String,
+    },
+    #[error("{newer} is offered and newer than {version}: hosts on {version} are offered {newer}, not a rollback (withdraw or roll back {newer} first)")]
+    NotNewest { version: Version, newer: Version },
+    #[error("the re-signed manifest does not fit: {0}")]
+    Manifest(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// A manifest re-signed for a rollback must describe `target` exactly and
+/// authorise coming down from `bad`.
+fn check_rollback_manifest(
+    text: &str,
+    bad: &Release,
+    target: &Release,
+) -> Result<(), RollbackError> {
+    let m = palette_protocol::manifest::Manifest::parse(text)
+        .map_err(|e| RollbackError::Manifest(e.to_string()))?;
+    let problem = if m.product != target.product
+        || m.platform != target.platform
+        || m.version != target.version
+        || m.kind != target.kind
+    {
+        Some(format!(
+            "it is for {} {} {} ({:?}), the rollback goes to {} {} {} ({:?})",
+            m.product,
+            m.version,
+            m.platform,
+            m.kind,
+            target.product,
+            target.version,
+            target.platform,
+            target.kind
+        ))
+    } else if m.sha256 != target.sha256 || m.size != target.size {
+        Some("its sha256 or size is not the target release's".to_string())
+    } else if m.allow_downgrade_from.is_none_or(|from| from > bad.version) {
+        Some(format!(
+            "its allow_downgrade_from must be at most {} (the version rolled back)",
+            bad.version
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(RollbackError::Manifest(p)),
+        None => Ok(()),
     }
 }
 
@@ -1100,16 +1164,118 @@ impl AppState {
     }
 
     /// The release a host of `platform` running `product` should have: the
-    /// newest one published for it and not withdrawn.
+    /// newest one published for it and not withdrawn, carrying the newer
+    /// versions an operator rolled back (their hosts come down to it).
     pub fn release_for(&self, product: &str, platform: &str) -> Option<Release> {
-        self.releases
-            .read()
-            .unwrap()
+        let cache = self.releases.read().unwrap();
+        let same = |r: &&Release| r.product == product && r.platform == platform;
+        let mut offer = cache
             .all
             .iter()
-            .filter(|r| r.product == product && r.platform == platform && r.withdrawn_at.is_none())
+            .filter(same)
+            .filter(|r| r.withdrawn_at.is_none())
+            .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
+            .cloned()?;
+        offer.rollback_from = cache
+            .all
+            .iter()
+            .filter(same)
+            .filter(|r| r.rolled_back_at.is_some() && r.version > offer.version)
+            .map(|r| r.version)
+            .collect();
+        offer.rollback_from.sort();
+        offer.rollback_from.dedup();
+        Some(offer)
+    }
+
+    /// Rolls release `id` back: withdrawn, and the hosts running it are
+    /// offered the newest older release of the same product and platform
+    /// (`target`) as a downgrade. `signed` replaces the target's manifest
+    /// and signature (re-signed to authorise the downgrade; checked by the
+    /// caller). Returns the rolled-back release and the target.
+    pub async fn roll_back(
+        &self,
+        id: i64,
+        signed: Option<(String, String)>,
+    ) -> Result<(Release, Release), RollbackError> {
+        let (bad, target) = self.rollback_plan(id)?;
+        if let Some((m, _)) = &signed {
+            check_rollback_manifest(m, &bad, &target)?;
+        }
+        self.store
+            .roll_back_release(
+                id,
+                target.id,
+                signed.as_ref().map(|(m, s)| (m.as_str(), s.as_str())),
+                now_ms(),
+            )
+            .await?;
+        let mut cache = self.releases.write().unwrap();
+        let now = rfc3339_millis(now_ms());
+        for r in cache.all.iter_mut() {
+            if r.id == id {
+                r.withdrawn_at.get_or_insert(now.clone());
+                r.rolled_back_at.get_or_insert(now.clone());
+            } else if r.id == target.id {
+                if let Some((m, s)) = &signed {
+                    r.manifest = Some(m.clone());
+                    r.signature = Some(s.clone());
+                }
+            }
+        }
+        let out = (
+            cache.all.iter().find(|r| r.id == id).cloned(),
+            cache.all.iter().find(|r| r.id == target.id).cloned(),
+        );
+        Self::render_v1_latest(&mut cache);
+        drop(cache);
+        self.notify_change();
+        match out {
+            (Some(b), Some(t)) => Ok((b, t)),
+            _ => Err(RollbackError::NoSuchRelease(id)),
+        }
+    }
+
+    /// The release `id` and the one its hosts would come down to.
+    pub fn rollback_plan(&self, id: i64) -> Result<(Release, Release), RollbackError> {
+        let cache = self.releases.read().unwrap();
+        let bad = cache
+            .all
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or(RollbackError::NoSuchRelease(id))?;
+        if bad.product == "watchdog" {
+            return Err(RollbackError::Watchdog);
+        }
+        if let Some(newer) = cache.all.iter().find(|r| {
+            r.product == bad.product
+                && r.platform == bad.platform
+                && r.withdrawn_at.is_none()
+                && r.version > bad.version
+        }) {
+            return Err(RollbackError::NotNewest {
+                version: bad.version,
+                newer: newer.version,
+            });
+        }
+        let target = cache
+            .all
+            .iter()
+            .filter(|r| {
+                r.product == bad.product
+                    && r.platform == bad.platform
+                    && r.withdrawn_at.is_none()
+                    && r.version < bad.version
+            })
             .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
             .cloned()
+            .ok_or_else(|| RollbackError::NothingOlder {
+                product: bad.product.clone(),
+                version: bad.version,
+                platform: bad.platform.clone(),
+            })?;
+        Ok((bad, target))
     }
 
     // ---- change notification (long poll) ------------------------------

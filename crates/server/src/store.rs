@@ -228,6 +228,8 @@ pub struct NewRelease {
     pub created_at: Millis,
     /// When it was withdrawn (never at publish).
     pub withdrawn_at: Option<Millis>,
+    /// When it was rolled back (withdrawn, and its hosts brought down).
+    pub rolled_back_at: Option<Millis>,
 }
 
 #[async_trait]
@@ -286,6 +288,16 @@ pub trait Store: Send + Sync + 'static {
     async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>>;
     /// Marks a release withdrawn; false when there is no such release.
     async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool>;
+    /// Rolls release `id` back (withdrawn and marked rolled back) and, when
+    /// given, replaces release `target`'s manifest and signature (re-signed
+    /// to authorise the downgrade), in one transaction.
+    async fn roll_back_release(
+        &self,
+        id: i64,
+        target: i64,
+        signed: Option<(&str, &str)>,
+        at: Millis,
+    ) -> StoreResult<()>;
     /// Whether any release (of any product) has this artifact.
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool>;
 

@@ -90,6 +90,20 @@ impl From<TooManyNewHosts> for V2Error {
     }
 }
 
+impl From<crate::state::RollbackError> for V2Error {
+    fn from(e: crate::state::RollbackError) -> Self {
+        use crate::state::RollbackError as E;
+        match e {
+            E::Store(e) => e.into(),
+            E::NoSuchRelease(_) => V2Error::new(StatusCode::NOT_FOUND, e.to_string()),
+            E::Manifest(_) => V2Error::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            E::Watchdog | E::NothingOlder { .. } | E::NotNewest { .. } => {
+                V2Error::new(StatusCode::CONFLICT, e.to_string())
+            }
+        }
+    }
+}
+
 impl From<PublishError> for V2Error {
     fn from(e: PublishError) -> Self {
         match e {
@@ -341,6 +355,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v2/commands/{id}", get(get_command))
         .route("/api/v2/releases", post(publish_release).get(list_releases))
         .route("/api/v2/releases/{id}/withdraw", post(withdraw_release))
+        .route("/api/v2/releases/{id}/rollback", post(rollback_release))
         .route("/api/v2/artifacts/{sha256}", get(download_artifact))
         .route("/api/v2/hosts", get(list_hosts))
         .route("/api/v2/hosts/{host}", get(get_host).delete(retire_host))
@@ -747,6 +762,7 @@ async fn publish_release(
                 manifest,
                 created_at: now_ms(),
                 withdrawn_at: None,
+                rolled_back_at: None,
             },
         )
         .await?;
@@ -847,6 +863,74 @@ async fn withdraw_release(
     )
     .await?;
     Ok(Json(r))
+}
+
+/// The answer to a rollback: the release rolled back and the one its hosts
+/// come down to.
+#[derive(Serialize)]
+struct RolledBack {
+    rolled_back: Release,
+    target: Release,
+}
+
+/// `POST /api/v2/releases/{id}/rollback`: withdraws release `id` and offers
+/// the hosts running it the newest older release as a downgrade. With
+/// `X-Palette-Manifest` / `X-Palette-Signature`, the target's manifest is
+/// replaced by one re-signed to authorise that downgrade (needed by hosts
+/// that verify signatures). `?dry_run=true` only answers what would happen.
+async fn rollback_release(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    q: Result<Query<DryRunQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> V2Result<Json<RolledBack>> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad(format!("release id {id:?} is not a number")))?;
+    if q.dry_run {
+        let (rolled_back, target) = state.rollback_plan(id)?;
+        return Ok(Json(RolledBack {
+            rolled_back,
+            target,
+        }));
+    }
+    let signed = match signed_manifest(&headers)? {
+        (Some(m), Some(s)) => Some((m, s)),
+        _ => None,
+    };
+    let resigned = signed.is_some();
+    let (bad_r, target) = state.roll_back(id, signed).await?;
+    tracing::warn!(id, product = bad_r.product, version = %bad_r.version, platform = bad_r.platform, to = %target.version, resigned, "release rolled back: withdrawn, its hosts are offered the older release");
+    op.audit(
+        &state,
+        "release.rollback",
+        format!(
+            "release {id} {} {} {} rolled back to {} (release {}){}",
+            bad_r.product,
+            bad_r.version,
+            bad_r.platform,
+            target.version,
+            target.id,
+            if resigned {
+                ", target manifest re-signed"
+            } else {
+                ""
+            }
+        ),
+    )
+    .await?;
+    Ok(Json(RolledBack {
+        rolled_back: bad_r,
+        target,
+    }))
+}
+
+#[derive(Deserialize)]
+struct DryRunQuery {
+    #[serde(default)]
+    dry_run: bool,
 }
 
 async fn list_releases(

@@ -54,17 +54,21 @@ pub struct Candidate {
     /// The signed manifest and its signature, as the server passed them on.
     pub manifest: Option<String>,
     pub signature: Option<String>,
+    /// Installed versions an operator rolled back to this release.
+    pub rollback_from: Vec<Version>,
 }
 
 /// Whether `cand` should be installed: newer than what runs (an older one
 /// only when its signed manifest claims to authorise that downgrade, which
-/// `fetch` then verifies) and not already failed.
+/// `fetch` then verifies, or, on a host that verifies no signatures, when an
+/// operator rolled the installed version back) and not already failed.
 pub fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
     let newer = match cand.product {
-        Product::Agent => ctx
-            .layout
-            .current_version()
-            .is_none_or(|cur| cand.version > cur || signed_downgrade(ctx, cand, cur)),
+        Product::Agent => ctx.layout.current_version().is_none_or(|cur| {
+            cand.version > cur
+                || signed_downgrade(ctx, cand, cur)
+                || operator_rollback(ctx, cand, cur)
+        }),
         Product::Watchdog => crate::selfupdate::wanted(ctx, cand),
     };
     let waiting = ctx
@@ -81,6 +85,13 @@ pub(crate) fn signed_downgrade(ctx: &Ctx, cand: &Candidate, installed: Version) 
     cand.version < installed
         && ctx.trust.is_some()
         && palette_host::trust::claims_downgrade(cand.manifest.as_deref(), installed)
+}
+
+/// An older release an operator rolled `installed` back to, on a host that
+/// verifies no signatures (the server is trusted with everything there; a
+/// host with `trust.keys` needs the signed manifest to say so).
+pub(crate) fn operator_rollback(ctx: &Ctx, cand: &Candidate, installed: Version) -> bool {
+    cand.version < installed && ctx.trust.is_none() && cand.rollback_from.contains(&installed)
 }
 
 /// With `trust.keys` set: the release's signed manifest must verify and

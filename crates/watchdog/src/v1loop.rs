@@ -179,6 +179,7 @@ async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, crate::c
         // Legacy releases are never signed.
         manifest: None,
         signature: None,
+        rollback_from: Vec::new(),
     };
     if ctx.durable.get().failed_releases.contains(&id) {
         if said.skipped_bad != Some(id) {

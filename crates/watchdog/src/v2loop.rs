@@ -258,6 +258,7 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                 },
                 manifest: r.manifest.clone(),
                 signature: r.signature.clone(),
+                rollback_from: r.rollback_from.clone(),
             };
             let epoch = ctx.retry_offers.load(std::sync::atomic::Ordering::Relaxed);
             if epoch != retry_epoch {

@@ -2128,3 +2128,70 @@ async fn release_retry_lets_a_host_install_a_release_that_failed_once() {
     assert_eq!(code, 0);
     assert!(out.contains("no host reports a failed update"), "{out}");
 }
+
+/// `palettectl release rollback`: the bad release is withdrawn and the host
+/// running it comes down to the newest older one, with the real watchdog
+/// and manager; a host enrolled later is offered the older one too.
+#[tokio::test]
+async fn a_rolled_back_release_brings_its_hosts_down_to_the_older_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new("rollme", &server.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let runs = |v: &'static str| {
+        let api = &api;
+        move || async move {
+            api.host("rollme").await.is_some_and(|h| {
+                h.report
+                    .is_some_and(|r| r.agent_version.map(|x| x.to_string()).as_deref() == Some(v))
+            })
+        }
+    };
+    let a = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&a, "2.0.0", "archive").await;
+    wait_for(
+        "the host runs 2.0.0",
+        Duration::from_secs(60),
+        runs("2.0.0"),
+    )
+    .await
+    .unwrap();
+    let b = release_archive(tmp.path(), "3.0.0", false);
+    api.publish(&b, "3.0.0", "archive").await;
+    wait_for(
+        "the host runs 3.0.0",
+        Duration::from_secs(60),
+        runs("3.0.0"),
+    )
+    .await
+    .unwrap();
+
+    // Nothing older than 2.0.0: refused, nothing changed.
+    let (code, _, err) = ctl_code(&server, &["release", "rollback", "2.0.0", "--no-wait"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("3.0.0 is offered and newer"), "{err}");
+
+    let (code, out, err) =
+        ctl_code(&server, &["release", "rollback", "3.0.0", "--wait", "120"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("come down to 2.0.0"), "{out}");
+    assert!(out.contains("rollme") && out.contains("Succeeded"), "{out}");
+    let status = host.wait_agent_running(T).await.unwrap();
+    assert_eq!(status.version, "2.0.0", "the agent itself says 2.0.0");
+    let (_, out, _) = ctl_code(&server, &["release", "list"]).await;
+    assert!(out.contains("rolled back"), "{out}");
+    // It stays there: the check-ins go on without another install.
+    let (code, out, _) = ctl_code(&server, &["-o", "json", "hosts", "rollme"]).await;
+    assert_eq!(code, 0);
+    let h: palette_protocol::v2::HostInfo = serde_json::from_str(&out).unwrap();
+    let u = h.report.unwrap().last_update.unwrap();
+    assert_eq!(u.version.to_string(), "2.0.0");
+    assert_eq!(u.outcome, Outcome::Succeeded);
+    // The history shows both ways.
+    let (_, out, _) = ctl_code(&server, &["hosts", "show", "rollme"]).await;
+    assert!(out.contains("recent updates:"), "{out}");
+    let ups = out.split("recent updates:").nth(1).unwrap();
+    assert!(ups.contains("3.0.0") && ups.contains("2.0.0"), "{out}");
+}

@@ -537,3 +537,64 @@ async fn palette_watchdog_enroll_bootstraps_a_host_folder() {
         "the watchdog enrolled again instead of using the token enroll wrote"
     );
 }
+
+/// A rollback on a host that verifies signatures: the server's word alone
+/// does not bring it down (a compromised server could roll a fleet back to
+/// a vulnerable release); the older release's manifest re-signed by
+/// `release rollback --sign-key` does.
+#[tokio::test]
+async fn a_signed_host_comes_down_only_with_a_re_signed_rollback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let (key, public) = keypair(&server, tmp.path(), "publisher");
+    let mut host = Host::new(
+        "signed-rollback",
+        &server.url,
+        "v2",
+        &format!("trust:\n  keys:\n    - {public}\n"),
+    );
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let a = release_archive(tmp.path(), "2.0.0", false);
+    publish_signed(&server, &a, "2.0.0", &key, &[]);
+    outcome_of(&server, &host, "2.0.0", Outcome::Succeeded).await;
+    let b = release_archive(tmp.path(), "3.0.0", false);
+    publish_signed(&server, &b, "3.0.0", &key, &[]);
+    outcome_of(&server, &host, "3.0.0", Outcome::Succeeded).await;
+
+    // Unsigned rollback: the host is offered 2.0.0 but stays on 3.0.0.
+    let out = Command::new(bin("palettectl"))
+        .args(["--server", &server.url, "--token", ADMIN])
+        .args(["release", "rollback", "3.0.0", "--wait", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(host.wait_agent_running(T).await.unwrap().version, "3.0.0");
+
+    // Re-signed: it comes down.
+    let out = ctl(
+        &server,
+        &[
+            "release",
+            "rollback",
+            "3.0.0",
+            "--sign-key",
+            &key.display().to_string(),
+            "--wait",
+            "120",
+        ],
+    );
+    assert!(
+        out.contains("signed-rollback") && out.contains("Succeeded"),
+        "{out}"
+    );
+    assert_eq!(host.wait_agent_running(T).await.unwrap().version, "2.0.0");
+    let r: Vec<palette_protocol::v2::Release> =
+        serde_json::from_str(&ctl(&server, &["-o", "json", "release", "list"])).unwrap();
+    let two = r.iter().find(|r| r.version.to_string() == "2.0.0").unwrap();
+    let m = Manifest::parse(two.manifest.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        m.allow_downgrade_from.map(|v| v.to_string()).as_deref(),
+        Some("3.0.0")
+    );
+}

@@ -1432,3 +1432,92 @@ async fn a_hosts_state_and_interval_come_from_its_own_checkins() {
     assert_eq!(one.state, Some(HostState::Online));
     s.stop().await;
 }
+
+/// A rollback: the release is withdrawn and marked, the offer of the newest
+/// older release names the rolled-back version (and only it: a plain
+/// withdrawal brings nobody down), across a restart; every refusal changes
+/// nothing.
+#[tokio::test]
+async fn a_rollback_offers_the_older_release_to_the_hosts_on_the_bad_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = TestServer::start_with(&data, |_| {}).await;
+    let v1 = publish(&s, "1.0.0", "linux-x86_64", "archive", b"one").await;
+    let v2 = publish(&s, "2.0.0", "linux-x86_64", "archive", b"two").await;
+    let rollback = |id: &serde_json::Value, q: &str| {
+        http()
+            .post(s.u(&format!("/api/v2/releases/{id}/rollback{q}")))
+            .admin()
+    };
+    // Only an operator.
+    let r = http()
+        .post(s.u(&format!("/api/v2/releases/{}/rollback", v2["id"])))
+        .agent()
+        .go()
+        .await;
+    assert_eq!(r.status(), 403);
+    // Nothing older than 1.0.0; 1.0.0 is not the newest; no such release.
+    assert_eq!(rollback(&v1["id"], "").go().await.status(), 409);
+    assert_eq!(
+        rollback(&serde_json::json!(999), "").go().await.status(),
+        404
+    );
+    // A manifest that does not describe the target: 422, nothing changed.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let wrong = serde_json::json!({
+        "product": "agent", "version": "1.0.0", "platform": "linux-x86_64",
+        "kind": "archive", "size": 3, "sha256": "0".repeat(64),
+        "created": "2026-11-28T00:00:00Z", "expires": "2030-01-01T00:00:00Z",
+        "allow_downgrade_from": "2.0.0"
+    })
+    .to_string();
+    let r = rollback(&v2["id"], "")
+        .header("x-palette-manifest", b64.encode(&wrong))
+        .header("x-palette-signature", b64.encode("sig"))
+        .go()
+        .await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("sha256"));
+    let host = checkin(&s, &checkin_req("web-1"), 0).await;
+    assert_eq!(host.release.as_ref().unwrap().version.to_string(), "2.0.0");
+
+    // A dry run says what would happen and does nothing.
+    let plan: serde_json::Value = rollback(&v2["id"], "?dry_run=true").json_of().await;
+    assert_eq!(plan["target"]["version"], "1.0.0");
+    let offer = checkin(&s, &checkin_req("web-1"), 0).await.release.unwrap();
+    assert_eq!(offer.version.to_string(), "2.0.0");
+
+    let done: serde_json::Value = rollback(&v2["id"], "").json_of().await;
+    assert_eq!(done["rolled_back"]["version"], "2.0.0");
+    assert!(done["rolled_back"]["withdrawn_at"].is_string());
+    assert!(done["rolled_back"]["rolled_back_at"].is_string());
+    assert_eq!(done["target"]["version"], "1.0.0");
+    let offer = checkin(&s, &checkin_req("web-1"), 0).await.release.unwrap();
+    assert_eq!(offer.version.to_string(), "1.0.0");
+    assert_eq!(offer.rollback_from, vec!["2.0.0".parse().unwrap()]);
+
+    // A 3.0.0 withdrawn plainly: hosts on it are not brought down.
+    let v3 = publish(&s, "3.0.0", "linux-x86_64", "archive", b"three").await;
+    let r = http()
+        .post(s.u(&format!("/api/v2/releases/{}/withdraw", v3["id"])))
+        .admin()
+        .go()
+        .await;
+    assert_eq!(r.status(), 200);
+    let offer = checkin(&s, &checkin_req("web-1"), 0).await.release.unwrap();
+    assert_eq!(offer.rollback_from, vec!["2.0.0".parse().unwrap()]);
+
+    // Durable, and audited.
+    s.stop().await;
+    let s = TestServer::start_with(&data, |_| {}).await;
+    let offer = checkin(&s, &checkin_req("web-1"), 0).await.release.unwrap();
+    assert_eq!(offer.version.to_string(), "1.0.0");
+    assert_eq!(offer.rollback_from, vec!["2.0.0".parse().unwrap()]);
+    let audit: Vec<serde_json::Value> = http().get(s.u("/api/v2/audit")).admin().json_of().await;
+    assert!(
+        audit.iter().any(|a| a["action"] == "release.rollback"),
+        "{audit:?}"
+    );
+    s.stop().await;
+}
