@@ -15,6 +15,7 @@ use palette_protocol::v2::{
 };
 use reqwest::{header, Method, StatusCode};
 
+mod rollout;
 mod signing;
 
 #[derive(Parser)]
@@ -82,7 +83,19 @@ enum Cmd {
         /// Only host names matching this pattern (`*` matches any run).
         #[arg(long)]
         name: Option<String>,
+        /// Only hosts whose labels match (`role=web,site!=us`).
+        #[arg(long)]
+        selector: Option<String>,
     },
+    /// Staged rollouts: create, list, show, pause, resume, abort.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCmd),
+    /// Pins: hold hosts on one version.
+    #[command(subcommand)]
+    Pin(rollout::PinCmd),
+    /// Maintenance windows: when hosts may start an update.
+    #[command(subcommand)]
+    Window(rollout::WindowCmd),
     /// Credentials.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -104,6 +117,14 @@ enum HostsAction {
     /// Remove a host from the inventory and from targeting, and revoke its
     /// host token: it may enroll again.
     Retire { host: String },
+    /// Assign labels to a host (`role=web site=eu`; over its own), or
+    /// remove assigned ones (--remove role).
+    Label {
+        host: String,
+        labels: Vec<String>,
+        #[arg(long)]
+        remove: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +170,9 @@ enum ReleaseCmd {
         /// (older) release: a signed downgrade.
         #[arg(long, requires = "sign_key")]
         allow_downgrade_from: Option<String>,
+        /// Offer it to no host until a rollout starts (`rollout create`).
+        #[arg(long)]
+        hold: bool,
         /// Return once published, without following the hosts.
         #[arg(long)]
         no_wait: bool,
@@ -268,11 +292,15 @@ enum CommandCmd {
     Send {
         #[arg(value_enum)]
         kind: Word,
-        /// Target hosts (repeat); or --all.
-        #[arg(long = "host", required_unless_present = "all")]
+        /// Target hosts (repeat); or --all, or --selector.
+        #[arg(long = "host", required_unless_present_any = ["all", "selector"])]
         hosts: Vec<String>,
-        #[arg(long, conflicts_with = "hosts")]
+        #[arg(long, conflicts_with_all = ["hosts", "selector"])]
         all: bool,
+        /// The hosts whose labels match (`role=web,site!=us`), as they are
+        /// now.
+        #[arg(long, conflicts_with = "hosts")]
+        selector: Option<String>,
         /// Seconds until the command expires.
         #[arg(long, default_value_t = 600)]
         ttl: u64,
@@ -542,17 +570,31 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
     };
     let cmd = match cli.cmd {
         Cmd::Hosts {
+            action:
+                Some(HostsAction::Label {
+                    host,
+                    labels,
+                    remove,
+                }),
+            ..
+        } => return rollout::label(&api, &host, &labels, &remove).await,
+        Cmd::Rollout(c) => return rollout::rollout(&api, out, c).await,
+        Cmd::Pin(c) => return rollout::pin(&api, out, c).await,
+        Cmd::Window(c) => return rollout::window(&api, out, c).await,
+        Cmd::Hosts {
             action: Some(action),
             state,
             online,
             offline,
             version,
             name,
+            selector,
             ..
         } => {
             let (host, retire) = match action {
                 HostsAction::Show { host } => (host, false),
                 HostsAction::Retire { host } => (host, true),
+                HostsAction::Label { .. } => unreachable!("handled above"),
             };
             Cmd::Hosts {
                 action: None,
@@ -563,6 +605,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 offline,
                 version,
                 name,
+                selector,
             }
         }
         cmd => cmd,
@@ -578,6 +621,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             sign_key,
             expires_days,
             allow_downgrade_from,
+            hold,
             no_wait,
             wait,
         }) => {
@@ -594,11 +638,15 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 kind,
                 product,
                 force,
+                hold,
                 signing,
                 out != Output::Table,
             )
             .await?;
-            let hosts = if no_wait {
+            if r.held && out == Output::Table {
+                println!("held: no host is offered it until a rollout starts (palettectl rollout create {} ...)", r.version);
+            }
+            let hosts = if no_wait || r.held {
                 Vec::new()
             } else {
                 watch_release(
@@ -843,11 +891,22 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Command(CommandCmd::Send {
             kind,
-            hosts,
+            mut hosts,
             all,
+            selector,
             ttl,
             watch,
         }) => {
+            if let Some(sel) = &selector {
+                hosts = select_hosts(&api, sel).await?;
+                if hosts.is_empty() {
+                    return Err(HostsFailed {
+                        failed: 0,
+                        missing: 0,
+                    })
+                    .context(format!("no host matches the selector {sel:?}"));
+                }
+            }
             let kind = match kind {
                 Word::Start => CommandKind::Start,
                 Word::Stop => CommandKind::Stop,
@@ -931,6 +990,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             print_command(&st);
             Ok(())
         }
+        Cmd::Rollout(_) | Cmd::Pin(_) | Cmd::Window(_) => unreachable!("handled above"),
         Cmd::Audit { limit } => {
             let list: Vec<serde_json::Value> = api
                 .json(api.req(Method::GET, &format!("/api/v2/audit?limit={limit}")))
@@ -1258,9 +1318,15 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             offline,
             version,
             name,
+            selector,
             ..
         } => {
-            let list: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+            let list: Vec<HostInfo> = api
+                .json(
+                    api.req(Method::GET, "/api/v2/hosts")
+                        .query(&[("selector", selector.unwrap_or_default())]),
+                )
+                .await?;
             let list: Vec<HostInfo> = list
                 .into_iter()
                 .filter(|h| state.as_deref().is_none_or(|s| host_state(h).0 == s))
@@ -1441,6 +1507,17 @@ fn host_state(h: &HostInfo) -> (&'static str, String) {
         format!("{}d", age / 86_400)
     };
     (state, age)
+}
+
+/// The names of the hosts whose labels match `selector`.
+async fn select_hosts(api: &Api, selector: &str) -> anyhow::Result<Vec<String>> {
+    let list: Vec<HostInfo> = api
+        .json(
+            api.req(Method::GET, "/api/v2/hosts")
+                .query(&[("selector", selector)]),
+        )
+        .await?;
+    Ok(list.into_iter().map(|h| h.hostname).collect())
 }
 
 /// `*`-only glob, anchored at both ends.
@@ -1639,6 +1716,7 @@ async fn publish(
     kind: Kind,
     product: String,
     force: bool,
+    hold: bool,
     signing: Option<Signing>,
     json: bool,
 ) -> anyhow::Result<Release> {
@@ -1715,7 +1793,7 @@ async fn publish(
         Kind::Installer => "installer",
     };
     let path = format!(
-        "/api/v2/releases?product={product}&version={version}&platform={platform}&kind={kind}&force={force}"
+        "/api/v2/releases?product={product}&version={version}&platform={platform}&kind={kind}&force={force}&hold={hold}"
     );
     let mut rb = api
         .req(Method::POST, &path)

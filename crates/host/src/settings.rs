@@ -221,6 +221,10 @@ pub struct Settings {
     pub intervals: Intervals,
     pub self_update: SelfUpdate,
     pub trust: Trust,
+    /// This host's labels (`role: web`, `site: eu`), reported at every
+    /// check-in: operators select hosts by them for commands, rollouts,
+    /// pins and maintenance windows.
+    pub labels: palette_protocol::selector::Labels,
 }
 
 impl Default for Settings {
@@ -234,6 +238,7 @@ impl Default for Settings {
             intervals: Intervals::default(),
             self_update: SelfUpdate::default(),
             trust: Trust::default(),
+            labels: Default::default(),
         }
     }
 }
@@ -277,6 +282,8 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
+        palette_protocol::selector::check_labels(&self.labels)
+            .map_err(|e| format!("labels: {e}"))?;
         match self.agent.backend {
             Backend::Process if self.agent.command.is_empty() => {
                 return Err(

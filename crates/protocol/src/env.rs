@@ -41,6 +41,12 @@ pub const NEW_HOSTS_BURST: &str = "PALETTE_NEW_HOSTS_BURST";
 pub const REQUIRE_HOST_TOKENS: &str = "PALETTE_REQUIRE_HOST_TOKENS";
 /// ...and per minute after that (default 1200).
 pub const NEW_HOSTS_PER_MINUTE: &str = "PALETTE_NEW_HOSTS_PER_MINUTE";
+/// palette-server: what a release published without a rollout does
+/// (`immediate` or `manual`).
+pub const DEFAULT_ROLLOUT: &str = "PALETTE_DEFAULT_ROLLOUT";
+/// palette-server, tests only: a file holding the RFC 3339 instant that
+/// maintenance windows are judged at (an injected clock).
+pub const TEST_CLOCK_FILE: &str = "PALETTE_TEST_CLOCK_FILE";
 
 /// palettectl: the server's base URL (`--server`).
 pub const SERVER: &str = "PALETTE_SERVER";

@@ -10,6 +10,7 @@
 pub mod env;
 pub mod hostname;
 pub mod manifest;
+pub mod selector;
 pub mod timefmt;
 pub mod v1;
 pub mod v2;

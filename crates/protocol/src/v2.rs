@@ -192,6 +192,10 @@ pub struct HostReport {
     /// save its state: a full or failing disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_trouble: Option<String>,
+    /// The host's own labels (the watchdog's `labels:` setting), for
+    /// selectors; operators may assign more on the server.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::selector::Labels,
 }
 
 /// Where an update in progress stands.
@@ -344,6 +348,10 @@ pub struct Release {
     /// verifies signatures also needs the signed manifest to authorise it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollback_from: Vec<Version>,
+    /// Held: offered to no host until a rollout starts (`hold=true` at
+    /// publish, or every release under `--default-rollout manual`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// Where a config revision came from.
@@ -389,6 +397,10 @@ pub struct HostInfo {
     /// wait it asks for; a legacy host: every two minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkin_interval_secs: Option<u64>,
+    /// Its labels: its own (in its report) overlaid with those operators
+    /// assigned.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::selector::Labels,
     /// The last v2 report, absent for legacy (v1) hosts.
     pub report: Option<HostReport>,
 }

@@ -17,12 +17,15 @@ pub mod metrics;
 mod ops;
 mod platform;
 pub mod ratelimit;
+pub mod rollout;
+pub mod rollouts;
 pub mod sqlite;
 pub mod state;
 pub mod store;
 mod tokens;
 pub mod v1;
 pub mod v2;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +106,10 @@ pub struct ServerOptions {
     pub new_hosts_per_minute: u32,
     /// Failed authentications allowed per source address.
     pub auth_limit: ratelimit::AuthLimit,
+    /// What a release published without a rollout does.
+    pub default_rollout: rollouts::DefaultRollout,
+    /// Tests: the file holding the instant maintenance windows are judged at.
+    pub clock_file: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -120,6 +127,8 @@ impl ServerOptions {
             require_host_tokens: false,
             new_hosts_per_minute: Settings::new(PathBuf::new()).new_hosts_per_minute,
             auth_limit: ratelimit::AuthLimit::default(),
+            default_rollout: Default::default(),
+            clock_file: None,
         }
     }
 }
@@ -138,6 +147,8 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.require_host_tokens = opts.require_host_tokens;
     settings.new_hosts_per_minute = opts.new_hosts_per_minute;
     settings.auth_limit = opts.auth_limit;
+    settings.default_rollout = opts.default_rollout;
+    settings.clock_file = opts.clock_file.clone();
     AppState::load(
         Arc::new(store),
         settings,
@@ -257,6 +268,7 @@ pub async fn serve_on(
     );
     let tracker = conn::Tracker::new(max_connections);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let driver = tokio::spawn(state.clone().rollout_driver(stop_rx.clone()));
     let flusher = tokio::spawn(state.clone().heartbeat_flusher(stop_rx));
     let app = app(state);
     let handle = axum_server::Handle::new();
@@ -306,6 +318,7 @@ pub async fn serve_on(
         }
     };
     let _ = stop_tx.send(true);
+    let _ = driver.await;
     let _ = flusher.await;
     result.with_context(|| format!("while serving on {}", opts.listen))
 }

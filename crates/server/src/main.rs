@@ -65,6 +65,12 @@ struct Cli {
     /// before 0.2); an enrolled host never may.
     #[arg(long, env = env::REQUIRE_HOST_TOKENS)]
     require_host_tokens: bool,
+    /// What a release published without a rollout does: `immediate`, every
+    /// host is offered it at once (what legacy fleets expect); `manual`, it
+    /// is held until an operator starts a rollout (`palettectl rollout
+    /// create`). A single release can be held with `publish --hold`.
+    #[arg(long, env = env::DEFAULT_ROLLOUT, value_enum, default_value = "immediate")]
+    default_rollout: palette_server::rollouts::DefaultRollout,
 }
 
 /// Without a subcommand the server runs.
@@ -170,6 +176,8 @@ async fn main() -> anyhow::Result<()> {
     };
     opts.new_hosts_burst = cli.new_hosts_burst;
     opts.require_host_tokens = cli.require_host_tokens;
+    opts.default_rollout = cli.default_rollout;
+    opts.clock_file = std::env::var_os(env::TEST_CLOCK_FILE).map(std::path::PathBuf::from);
     opts.new_hosts_per_minute = cli.new_hosts_per_minute;
     palette_server::serve(opts, async {
         shutdown_signal().await;

@@ -29,8 +29,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
 use crate::store::{
-    AuditEntry, CommandRow, HostRow, NewRelease, OutageLog, Store, StoreError, StoreResult,
-    TokenKind, TokenRow,
+    AuditEntry, CommandRow, HostRow, MemberRecord, NewRelease, OutageLog, RolloutRecord, Store,
+    StoreError, StoreResult, TokenKind, TokenRow,
 };
 
 /// Runs `body` (which uses the transaction `tx`) in a write transaction on
@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "release rollback",
         include_str!("../migrations/sqlite/0010_release_rollback.sql"),
+    ),
+    (
+        11,
+        "rollouts",
+        include_str!("../migrations/sqlite/0011_rollouts.sql"),
     ),
 ];
 
@@ -560,8 +565,8 @@ impl Store for SqliteStore {
         let res = async {
             let mut tx = conn.begin().await?;
             let id = sqlx::query(
-                "INSERT INTO releases (product, version, platform, kind, sha256, md5, size, signature, manifest, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO releases (product, version, platform, kind, sha256, md5, size, signature, manifest, created_at, held)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&r.product)
             .bind(r.version.to_string())
@@ -573,6 +578,7 @@ impl Store for SqliteStore {
             .bind(&r.signature)
             .bind(&r.manifest)
             .bind(r.created_at)
+            .bind(r.held as i64)
             .execute(&mut *tx)
             .await?
             .last_insert_rowid();
@@ -624,6 +630,7 @@ impl Store for SqliteStore {
                         created_at: r.try_get("created_at")?,
                         withdrawn_at: r.try_get("withdrawn_at")?,
                         rolled_back_at: r.try_get("rolled_back_at")?,
+                        held: r.try_get::<i64, _>("held")? != 0,
                     },
                 ))
             })
@@ -668,6 +675,251 @@ impl Store for SqliteStore {
                     .await?;
             }
         })
+    }
+
+    async fn set_release_held(&self, id: i64, held: bool) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("UPDATE releases SET held = ? WHERE id = ?")
+                .bind(held as i64)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        })
+    }
+
+    async fn insert_rollout(&self, r: &RolloutRecord) -> StoreResult<i64> {
+        write_tx!(self, |tx| {
+            sqlx::query(
+                "INSERT INTO rollouts (release_id, selector, waves, soak_ms, halt_after, max_concurrent,
+                   phase, wave, wave_started_at, reason, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.release_id)
+            .bind(&r.selector)
+            .bind(&r.waves)
+            .bind(r.soak_ms)
+            .bind(&r.halt_after)
+            .bind(r.max_concurrent as i64)
+            .bind(&r.phase)
+            .bind(r.wave)
+            .bind(r.wave_started_at)
+            .bind(&r.reason)
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid()
+        })
+    }
+
+    async fn update_rollout(&self, r: &RolloutRecord) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query(
+                "UPDATE rollouts SET phase = ?, wave = ?, wave_started_at = ?, reason = ? WHERE id = ?",
+            )
+            .bind(&r.phase)
+            .bind(r.wave)
+            .bind(r.wave_started_at)
+            .bind(&r.reason)
+            .bind(r.id)
+            .execute(&mut *tx)
+            .await?;
+        })
+    }
+
+    async fn save_members(&self, rollout: i64, members: &[MemberRecord]) -> StoreResult<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        write_tx!(self, |tx| {
+            for m in members {
+                sqlx::query(
+                    "INSERT OR REPLACE INTO rollout_members
+                       (rollout_id, hostname, position, wave, admitted_at, outcome, finished_at, message)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(rollout)
+                .bind(&m.hostname)
+                .bind(m.position)
+                .bind(m.wave)
+                .bind(m.admitted_at)
+                .bind(&m.outcome)
+                .bind(m.finished_at)
+                .bind(&m.message)
+                .execute(&mut *tx)
+                .await?;
+            }
+        })
+    }
+
+    async fn load_rollouts(&self) -> StoreResult<Vec<(RolloutRecord, Vec<MemberRecord>)>> {
+        let rows = self.read(
+            sqlx::query("SELECT * FROM rollouts ORDER BY id")
+                .fetch_all(&self.pool)
+                .await,
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            let id: i64 = r.try_get("id")?;
+            let members = self.read(
+                sqlx::query("SELECT * FROM rollout_members WHERE rollout_id = ? ORDER BY position")
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await,
+            )?;
+            let members = members
+                .iter()
+                .map(|m| {
+                    Ok(MemberRecord {
+                        hostname: m.try_get("hostname")?,
+                        position: m.try_get("position")?,
+                        wave: m.try_get("wave")?,
+                        admitted_at: m.try_get("admitted_at")?,
+                        outcome: m.try_get("outcome")?,
+                        finished_at: m.try_get("finished_at")?,
+                        message: m.try_get("message")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            out.push((
+                RolloutRecord {
+                    id,
+                    release_id: r.try_get("release_id")?,
+                    selector: r.try_get("selector")?,
+                    waves: r.try_get("waves")?,
+                    soak_ms: r.try_get("soak_ms")?,
+                    halt_after: r.try_get("halt_after")?,
+                    max_concurrent: r.try_get::<i64, _>("max_concurrent")?.max(0) as u32,
+                    phase: r.try_get("phase")?,
+                    wave: r.try_get("wave")?,
+                    wave_started_at: r.try_get("wave_started_at")?,
+                    reason: r.try_get("reason")?,
+                    created_at: r.try_get("created_at")?,
+                },
+                members,
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn set_host_labels(&self, hostname: &str, labels_json: &str) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("INSERT OR REPLACE INTO host_labels (hostname, labels) VALUES (?, ?)")
+                .bind(hostname)
+                .bind(labels_json)
+                .execute(&mut *tx)
+                .await?;
+        })
+    }
+
+    async fn load_host_labels(
+        &self,
+    ) -> StoreResult<Vec<(String, palette_protocol::selector::Labels)>> {
+        let rows = self.read(
+            sqlx::query("SELECT hostname, labels FROM host_labels")
+                .fetch_all(&self.pool)
+                .await,
+        )?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("labels")?;
+                let labels = serde_json::from_str(&text)
+                    .map_err(|_| StoreError::Corrupt(format!("host labels {text:?}")))?;
+                Ok((r.try_get("hostname")?, labels))
+            })
+            .collect()
+    }
+
+    async fn insert_pin(&self, p: &crate::rollouts::Pin, at: Millis) -> StoreResult<i64> {
+        write_tx!(self, |tx| {
+            sqlx::query(
+                "INSERT INTO pins (selector, product, version, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&p.selector)
+            .bind(&p.product)
+            .bind(p.version.to_string())
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid()
+        })
+    }
+
+    async fn delete_pin(&self, id: i64) -> StoreResult<bool> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM pins WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1
+        })
+    }
+
+    async fn load_pins(&self) -> StoreResult<Vec<crate::rollouts::Pin>> {
+        let rows = self.read(
+            sqlx::query("SELECT * FROM pins ORDER BY id")
+                .fetch_all(&self.pool)
+                .await,
+        )?;
+        rows.iter()
+            .map(|r| {
+                let version: String = r.try_get("version")?;
+                Ok(crate::rollouts::Pin {
+                    id: r.try_get("id")?,
+                    selector: r.try_get("selector")?,
+                    product: r.try_get("product")?,
+                    version: version
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("pin version {version:?}")))?,
+                    created_at: rfc3339_millis(r.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_window(&self, w: &crate::rollouts::WindowInfo, at: Millis) -> StoreResult<i64> {
+        write_tx!(self, |tx| {
+            sqlx::query(
+                "INSERT INTO maintenance_windows (selector, schedule, tz, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&w.selector)
+            .bind(&w.schedule)
+            .bind(&w.tz)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid()
+        })
+    }
+
+    async fn delete_window(&self, id: i64) -> StoreResult<bool> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM maintenance_windows WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1
+        })
+    }
+
+    async fn load_windows(&self) -> StoreResult<Vec<crate::rollouts::WindowInfo>> {
+        let rows = self.read(
+            sqlx::query("SELECT * FROM maintenance_windows ORDER BY id")
+                .fetch_all(&self.pool)
+                .await,
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::rollouts::WindowInfo {
+                    id: r.try_get("id")?,
+                    selector: r.try_get("selector")?,
+                    schedule: r.try_get("schedule")?,
+                    tz: r.try_get("tz")?,
+                    created_at: rfc3339_millis(r.try_get("created_at")?),
+                })
+            })
+            .collect()
     }
 
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {

@@ -67,6 +67,10 @@ pub struct Settings {
     /// (off: a host that has not enrolled may still use it, as watchdogs
     /// before 0.2 did; an enrolled host never).
     pub require_host_tokens: bool,
+    /// What a release published without a rollout does.
+    pub default_rollout: crate::rollouts::DefaultRollout,
+    /// A file holding the instant maintenance windows are judged at (tests).
+    pub clock_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -84,6 +88,8 @@ impl Settings {
             new_hosts_per_minute: 1200,
             limits: crate::conn::Limits::default(),
             require_host_tokens: false,
+            default_rollout: Default::default(),
+            clock_file: None,
         }
     }
 }
@@ -164,6 +170,10 @@ pub struct Inner {
     admin_token: Option<TokenHash>,
     new_hosts: Mutex<HashMap<TokenHash, Bucket>>,
     changes: watch::Sender<u64>,
+    /// Bumped at every v2 report (wakes the rollout driver).
+    reports: watch::Sender<u64>,
+    /// Rollouts, pins, windows, assigned labels.
+    pub rollouts: crate::rollouts::Rollouts,
 }
 
 /// A token bucket: how many new host names a credential may still add.
@@ -205,6 +215,7 @@ fn release_from(id: i64, r: NewRelease) -> Release {
         withdrawn_at: r.withdrawn_at.map(rfc3339_millis),
         rolled_back_at: r.rolled_back_at.map(rfc3339_millis),
         rollback_from: Vec::new(),
+        held: r.held,
     }
 }
 
@@ -322,6 +333,8 @@ impl AppState {
             );
         }
         let auth_limit = settings.auth_limit;
+        let settings_clock_file = settings.clock_file.clone();
+        let settings_default_rollout = settings.default_rollout;
         let state = AppState(Arc::new(Inner {
             store,
             settings,
@@ -337,6 +350,12 @@ impl AppState {
             admin_token: admin_token.map(token_hash),
             new_hosts: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
+            reports: watch::channel(0).0,
+            rollouts: crate::rollouts::Rollouts {
+                clock_file: settings_clock_file,
+                default: settings_default_rollout,
+                ..Default::default()
+            },
         }));
         state.reload_tokens().await?;
         let mut recent = state.store.recent_commands(10_000).await?;
@@ -347,6 +366,7 @@ impl AppState {
         for (id, r) in state.store.releases().await? {
             state.cache_release(release_from(id, r));
         }
+        state.load_rollouts().await?;
         Ok(state)
     }
 
@@ -611,7 +631,101 @@ impl AppState {
             }
         }
         e.report = Some(report.clone());
+        drop(hosts);
+        self.reports.send_modify(|v| *v += 1);
         new
+    }
+
+    pub fn subscribe_reports(&self) -> watch::Receiver<u64> {
+        self.reports.subscribe()
+    }
+
+    /// The v2 hosts a rollout of `release` reaches: its product and
+    /// platform, picked by `selector` (with their labels).
+    pub fn rollout_candidates(
+        &self,
+        release: &Release,
+        selector: &palette_protocol::selector::Selector,
+    ) -> Vec<(String, palette_protocol::selector::Labels)> {
+        let reports: Vec<(String, palette_protocol::selector::Labels)> = {
+            let hosts = self.hosts.lock().unwrap();
+            hosts
+                .iter()
+                .filter_map(|(name, e)| {
+                    let r = e.report.as_ref()?;
+                    (r.product == release.product && r.platform == release.platform)
+                        .then(|| (name.clone(), r.labels.clone()))
+                })
+                .collect()
+        };
+        reports
+            .into_iter()
+            .map(|(name, own)| {
+                let labels = self.rollouts.labels_of(&name, Some(&own));
+                (name, labels)
+            })
+            .filter(|(name, labels)| selector.matches(name, labels))
+            .collect()
+    }
+
+    /// What the rollout step needs to know about every v2 host.
+    pub fn host_views(
+        &self,
+        release: &Release,
+        window_now: Millis,
+    ) -> HashMap<String, crate::rollout::HostView> {
+        let now = now_ms();
+        let snapshot: Vec<(String, v2::HostState, HostReport)> = {
+            let hosts = self.hosts.lock().unwrap();
+            hosts
+                .iter()
+                .filter_map(|(n, e)| Some((n.clone(), e.state(now), e.report.clone()?)))
+                .collect()
+        };
+        let cache = self.rollouts.cache.read().unwrap();
+        snapshot
+            .into_iter()
+            .map(|(name, state, r)| {
+                let mut labels = r.labels.clone();
+                if let Some(a) = cache.assigned.get(&name) {
+                    labels.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                let view = crate::rollout::HostView {
+                    state,
+                    installed: r.agent_version,
+                    result: r
+                        .last_update
+                        .as_ref()
+                        .filter(|u| u.release_id == release.id)
+                        .map(|u| (u.outcome, u.message.clone())),
+                    in_window: crate::rollouts::Rollouts::in_window(
+                        &cache, &name, &labels, window_now,
+                    ),
+                };
+                (name, view)
+            })
+            .collect()
+    }
+
+    /// A host's own labels (from its last report).
+    pub fn host_own_labels(&self, host: &str) -> palette_protocol::selector::Labels {
+        self.hosts
+            .lock()
+            .unwrap()
+            .get(host)
+            .and_then(|e| e.report.as_ref().map(|r| r.labels.clone()))
+            .unwrap_or_default()
+    }
+
+    /// A host's labels, its own and assigned (empty for an unknown host).
+    pub fn host_labels(&self, host: &str) -> palette_protocol::selector::Labels {
+        let own = self
+            .hosts
+            .lock()
+            .unwrap()
+            .get(host)
+            .and_then(|e| e.report.as_ref().map(|r| r.labels.clone()));
+        self.rollouts.labels_of(host, own.as_ref())
     }
 
     /// Sets the inventory gauges (hosts online, stale and offline, hosts by agent
@@ -712,6 +826,9 @@ impl AppState {
         list.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         list.into_iter()
             .map(|(seen, hostname, report, state, interval)| v2::HostInfo {
+                labels: self
+                    .rollouts
+                    .labels_of(&hostname, report.as_ref().map(|r| &r.labels)),
                 hostname,
                 last_seen: rfc3339_millis(seen),
                 state: Some(state),
@@ -1012,7 +1129,10 @@ impl AppState {
             .all
             .iter()
             .filter(|r| {
-                r.product == "agent" && r.kind == ReleaseKind::Msi && r.withdrawn_at.is_none()
+                r.product == "agent"
+                    && r.kind == ReleaseKind::Msi
+                    && r.withdrawn_at.is_none()
+                    && !r.held
             })
             .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
             .cloned();
@@ -1173,7 +1293,7 @@ impl AppState {
             .all
             .iter()
             .filter(same)
-            .filter(|r| r.withdrawn_at.is_none())
+            .filter(|r| r.withdrawn_at.is_none() && !r.held)
             .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
             .cloned()?;
         offer.rollback_from = cache
@@ -1186,6 +1306,52 @@ impl AppState {
         offer.rollback_from.sort();
         offer.rollback_from.dedup();
         Some(offer)
+    }
+
+    /// The release `report`'s host should be offered: the newest one of its
+    /// product and platform that its rollouts, pins and maintenance windows
+    /// allow (see `Rollouts::offer`), with the rolled-back versions it
+    /// brings hosts down from.
+    pub fn release_for_host(&self, report: &HostReport) -> Option<Release> {
+        let labels = self
+            .rollouts
+            .labels_of(&report.hostname, Some(&report.labels));
+        let cache = self.releases.read().unwrap();
+        let same = |r: &&Release| r.product == report.product && r.platform == report.platform;
+        let mut candidates: Vec<&Release> = cache
+            .all
+            .iter()
+            .filter(same)
+            .filter(|r| r.withdrawn_at.is_none())
+            .collect();
+        candidates.sort_by(|a, b| b.version.cmp(&a.version).then(b.id.cmp(&a.id)));
+        let mut offer = self
+            .rollouts
+            .offer(&report.hostname, &labels, &candidates)?;
+        offer.rollback_from = cache
+            .all
+            .iter()
+            .filter(same)
+            .filter(|r| r.rolled_back_at.is_some() && r.version > offer.version)
+            .map(|r| r.version)
+            .collect();
+        offer.rollback_from.sort();
+        offer.rollback_from.dedup();
+        Some(offer)
+    }
+
+    /// A held release whose rollout finished is offered to every host from
+    /// now on (legacy v1 hosts included), durably.
+    pub async fn release_unhold(&self, id: i64) -> StoreResult<()> {
+        self.store.set_release_held(id, false).await?;
+        let mut cache = self.releases.write().unwrap();
+        if let Some(r) = cache.all.iter_mut().find(|r| r.id == id) {
+            r.held = false;
+        }
+        Self::render_v1_latest(&mut cache);
+        drop(cache);
+        self.notify_change();
+        Ok(())
     }
 
     /// Rolls release `id` back: withdrawn, and the hosts running it are

@@ -230,6 +230,37 @@ pub struct NewRelease {
     pub withdrawn_at: Option<Millis>,
     /// When it was rolled back (withdrawn, and its hosts brought down).
     pub rolled_back_at: Option<Millis>,
+    /// Offered to no host until a rollout starts.
+    pub held: bool,
+}
+
+/// A rollout as stored (see `crate::rollouts::Rollout`).
+#[derive(Debug, Clone)]
+pub struct RolloutRecord {
+    pub id: i64,
+    pub release_id: i64,
+    pub selector: String,
+    pub waves: String,
+    pub soak_ms: Millis,
+    pub halt_after: String,
+    pub max_concurrent: u32,
+    pub phase: String,
+    pub wave: i64,
+    pub wave_started_at: Millis,
+    pub reason: Option<String>,
+    pub created_at: Millis,
+}
+
+/// One host of a rollout as stored.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    pub hostname: String,
+    pub position: i64,
+    pub wave: i64,
+    pub admitted_at: Option<Millis>,
+    pub outcome: Option<String>,
+    pub finished_at: Option<Millis>,
+    pub message: String,
 }
 
 #[async_trait]
@@ -286,6 +317,26 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64>;
     async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>>;
+    /// Holds a release back from every host, or releases it.
+    async fn set_release_held(&self, id: i64, held: bool) -> StoreResult<()>;
+    /// Records a rollout (its `id` is ignored); returns its id.
+    async fn insert_rollout(&self, r: &RolloutRecord) -> StoreResult<i64>;
+    /// Updates a rollout's phase, wave and reason.
+    async fn update_rollout(&self, r: &RolloutRecord) -> StoreResult<()>;
+    /// Inserts or replaces these members of a rollout.
+    async fn save_members(&self, rollout: i64, members: &[MemberRecord]) -> StoreResult<()>;
+    async fn load_rollouts(&self) -> StoreResult<Vec<(RolloutRecord, Vec<MemberRecord>)>>;
+    /// Replaces the labels an operator assigned to a host (JSON object).
+    async fn set_host_labels(&self, hostname: &str, labels_json: &str) -> StoreResult<()>;
+    async fn load_host_labels(
+        &self,
+    ) -> StoreResult<Vec<(String, palette_protocol::selector::Labels)>>;
+    async fn insert_pin(&self, p: &crate::rollouts::Pin, at: Millis) -> StoreResult<i64>;
+    async fn delete_pin(&self, id: i64) -> StoreResult<bool>;
+    async fn load_pins(&self) -> StoreResult<Vec<crate::rollouts::Pin>>;
+    async fn insert_window(&self, w: &crate::rollouts::WindowInfo, at: Millis) -> StoreResult<i64>;
+    async fn delete_window(&self, id: i64) -> StoreResult<bool>;
+    async fn load_windows(&self) -> StoreResult<Vec<crate::rollouts::WindowInfo>>;
     /// Marks a release withdrawn; false when there is no such release.
     async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool>;
     /// Rolls release `id` back (withdrawn and marked rolled back) and, when

@@ -23,11 +23,13 @@ use serde::{Deserialize, Serialize};
 use crate::artifacts::IngestError;
 use crate::auth::{credential_key, role, Role, TokenHash};
 use crate::body::BodyError;
+use crate::rollouts::{NewRollout, Pin, RolloutError, RolloutStatus, WindowInfo};
 use crate::state::{
     command_wire, now_ms, AppState, PublishError, TooManyNewHosts, DEFAULT_COMMAND_TTL_SECS,
 };
 use crate::store::TokenKind;
 use crate::store::{NewRelease, StoreError};
+use palette_protocol::selector::{Labels, Selector};
 
 /// A v2 error: a status and a one-line reason as `{"error": "..."}`.
 pub struct V2Error {
@@ -356,6 +358,17 @@ pub fn router() -> Router<AppState> {
         .route("/api/v2/releases", post(publish_release).get(list_releases))
         .route("/api/v2/releases/{id}/withdraw", post(withdraw_release))
         .route("/api/v2/releases/{id}/rollback", post(rollback_release))
+        .route("/api/v2/rollouts", get(list_rollouts).post(create_rollout))
+        .route("/api/v2/rollouts/{id}", get(get_rollout))
+        .route("/api/v2/rollouts/{id}/{action}", post(rollout_action))
+        .route("/api/v2/pins", get(list_pins).post(create_pin))
+        .route("/api/v2/pins/{id}", axum::routing::delete(delete_pin))
+        .route("/api/v2/windows", get(list_windows).post(create_window))
+        .route("/api/v2/windows/{id}", axum::routing::delete(delete_window))
+        .route(
+            "/api/v2/hosts/{host}/labels",
+            get(get_host_labels).put(put_host_labels),
+        )
         .route("/api/v2/artifacts/{sha256}", get(download_artifact))
         .route("/api/v2/hosts", get(list_hosts))
         .route("/api/v2/hosts/{host}", get(get_host).delete(retire_host))
@@ -501,7 +514,7 @@ async fn answer_for(
     ci: &CheckinRequest,
 ) -> V2Result<CheckinResponse> {
     let commands = state.pending_for(host).await?;
-    let release = state.release_for(&ci.host.product, &ci.host.platform);
+    let release = state.release_for_host(&ci.host);
     let watchdog_release = state.release_for("watchdog", &ci.host.platform);
     let config_revision = state
         .store
@@ -623,6 +636,9 @@ struct PublishQuery {
     sha256: Option<String>,
     /// Publish even a version lower than the newest offered one.
     force: Option<bool>,
+    /// Offer it to no host until a rollout starts.
+    #[serde(default)]
+    hold: bool,
 }
 
 fn plain_name(what: &str, s: &str) -> V2Result<()> {
@@ -763,6 +779,7 @@ async fn publish_release(
                 created_at: now_ms(),
                 withdrawn_at: None,
                 rolled_back_at: None,
+                held: q.hold || state.rollouts.default == crate::rollouts::DefaultRollout::Manual,
             },
         )
         .await?;
@@ -958,11 +975,367 @@ async fn download_artifact(
     crate::v1::serve_artifact(&state, &sha256, req).await
 }
 
+#[derive(Deserialize)]
+struct SelectorQuery {
+    #[serde(default)]
+    selector: String,
+}
+
+/// Every host, newest contact first; `?selector=role=web,site!=us` keeps
+/// the hosts whose labels (their own and assigned) match.
 async fn list_hosts(
     State(state): State<AppState>,
     _op: Operator,
+    q: Result<Query<SelectorQuery>, QueryRejection>,
 ) -> V2Result<Json<Vec<palette_protocol::v2::HostInfo>>> {
-    Ok(Json(state.hosts(None)))
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let sel = Selector::parse(&q.selector).map_err(|e| bad(e.to_string()))?;
+    let mut hosts = state.hosts(None);
+    if !sel.is_all() {
+        hosts.retain(|h| sel.matches(&h.hostname, &h.labels));
+    }
+    Ok(Json(hosts))
+}
+
+/// A host's labels: its own (from its watchdog), those operators
+/// assigned, and the two together (assigned ones win).
+#[derive(Serialize, Deserialize)]
+struct HostLabels {
+    #[serde(default)]
+    own: Labels,
+    #[serde(default)]
+    assigned: Labels,
+    #[serde(default)]
+    labels: Labels,
+}
+
+fn host_labels_of(state: &AppState, host: &str) -> HostLabels {
+    let labels = state.host_labels(host);
+    let assigned = state
+        .rollouts
+        .cache
+        .read()
+        .unwrap()
+        .assigned
+        .get(host)
+        .cloned()
+        .unwrap_or_default();
+    let own = state.host_own_labels(host);
+    HostLabels {
+        own,
+        assigned,
+        labels,
+    }
+}
+
+async fn get_host_labels(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(host): Path<String>,
+) -> V2Result<Json<HostLabels>> {
+    let host = host_param(&host)?;
+    Ok(Json(host_labels_of(&state, &host)))
+}
+
+/// `PUT /hosts/{host}/labels {"assigned": {...}}`: replaces the labels an
+/// operator assigned to the host.
+async fn put_host_labels(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(host): Path<String>,
+    req: Request,
+) -> V2Result<Json<HostLabels>> {
+    let host = host_param(&host)?;
+    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
+    let new: HostLabels = parse_json(&body)?;
+    palette_protocol::selector::check_labels(&new.assigned).map_err(|e| bad(e.to_string()))?;
+    let json = serde_json::to_string(&new.assigned).expect("labels serialise");
+    state.store.set_host_labels(&host, &json).await?;
+    state
+        .rollouts
+        .cache
+        .write()
+        .unwrap()
+        .assigned
+        .insert(host.clone(), new.assigned);
+    op.audit(
+        &state,
+        "host.labels",
+        format!("host {host} assigned {json}"),
+    )
+    .await?;
+    Ok(Json(host_labels_of(&state, &host)))
+}
+
+fn rollout_error(e: RolloutError) -> V2Error {
+    match e {
+        RolloutError::Store(e) => e.into(),
+        RolloutError::NoRelease(_) | RolloutError::NotFound(_) => {
+            V2Error::new(StatusCode::NOT_FOUND, e.to_string())
+        }
+        RolloutError::Invalid(_) => bad(e.to_string()),
+        RolloutError::Withdrawn(_)
+        | RolloutError::Watchdog
+        | RolloutError::Active(..)
+        | RolloutError::Phase { .. } => V2Error::new(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn create_rollout(
+    State(state): State<AppState>,
+    op: Operator,
+    req: Request,
+) -> V2Result<(StatusCode, Json<RolloutStatus>)> {
+    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
+    let new: NewRollout = parse_json(&body)?;
+    let r = state.create_rollout(new).await.map_err(rollout_error)?;
+    op.audit(
+        &state,
+        "rollout.create",
+        format!(
+            "rollout {} of release {} ({} {}) to '{}', waves {}, soak {} s, halt after {}",
+            r.id,
+            r.release_id,
+            r.product,
+            r.version,
+            r.selector,
+            r.waves.join(","),
+            r.soak_secs,
+            r.halt_after
+        ),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+async fn list_rollouts(
+    State(state): State<AppState>,
+    _op: Operator,
+) -> V2Result<Json<Vec<RolloutStatus>>> {
+    Ok(Json(state.rollout_list()))
+}
+
+fn id_param(id: &str) -> V2Result<i64> {
+    id.parse()
+        .map_err(|_| bad(format!("id {id:?} is not a number")))
+}
+
+async fn get_rollout(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> V2Result<Json<RolloutStatus>> {
+    let id = id_param(&id)?;
+    state
+        .rollout(id)
+        .map(Json)
+        .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no rollout {id}")))
+}
+
+async fn rollout_action(
+    State(state): State<AppState>,
+    op: Operator,
+    Path((id, action)): Path<(String, String)>,
+) -> V2Result<Json<RolloutStatus>> {
+    let id = id_param(&id)?;
+    let action: &'static str = match action.as_str() {
+        "pause" => "pause",
+        "resume" => "resume",
+        "abort" => "abort",
+        other => {
+            return Err(V2Error::new(
+                StatusCode::NOT_FOUND,
+                format!("no rollout action {other:?} (pause, resume, abort)"),
+            ))
+        }
+    };
+    let r = state
+        .rollout_action(id, action)
+        .await
+        .map_err(rollout_error)?;
+    op.audit(
+        &state,
+        &format!("rollout.{action}"),
+        format!("rollout {id}"),
+    )
+    .await?;
+    Ok(Json(r))
+}
+
+#[derive(Deserialize)]
+struct NewPin {
+    selector: String,
+    #[serde(default = "agent_product")]
+    product: String,
+    version: String,
+}
+
+fn agent_product() -> String {
+    "agent".into()
+}
+
+async fn create_pin(
+    State(state): State<AppState>,
+    op: Operator,
+    req: Request,
+) -> V2Result<(StatusCode, Json<Pin>)> {
+    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
+    let new: NewPin = parse_json(&body)?;
+    let sel = Selector::parse(&new.selector).map_err(|e| bad(e.to_string()))?;
+    if sel.is_all() {
+        return Err(bad(
+            "a pin needs a selector (pinning every host is `release withdraw` of the newer ones)",
+        ));
+    }
+    plain_name("product", &new.product)?;
+    let version: Version = new.version.parse().map_err(|_| {
+        bad(format!(
+            "version {:?} is not MAJOR.MINOR.PATCH",
+            new.version
+        ))
+    })?;
+    let now = now_ms();
+    let mut pin = Pin {
+        id: 0,
+        selector: sel.to_string(),
+        product: new.product,
+        version,
+        created_at: rfc3339_millis(now),
+    };
+    pin.id = state.store.insert_pin(&pin, now).await?;
+    state
+        .rollouts
+        .cache
+        .write()
+        .unwrap()
+        .pins
+        .push((pin.clone(), sel));
+    state.notify_change();
+    op.audit(
+        &state,
+        "pin.create",
+        format!(
+            "pin {}: '{}' on {} {}",
+            pin.id, pin.selector, pin.product, pin.version
+        ),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(pin)))
+}
+
+async fn list_pins(State(state): State<AppState>, _op: Operator) -> V2Result<Json<Vec<Pin>>> {
+    let cache = state.rollouts.cache.read().unwrap();
+    Ok(Json(cache.pins.iter().map(|(p, _)| p.clone()).collect()))
+}
+
+async fn delete_pin(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> V2Result<StatusCode> {
+    let id = id_param(&id)?;
+    if !state.store.delete_pin(id).await? {
+        return Err(V2Error::new(StatusCode::NOT_FOUND, format!("no pin {id}")));
+    }
+    state
+        .rollouts
+        .cache
+        .write()
+        .unwrap()
+        .pins
+        .retain(|(p, _)| p.id != id);
+    state.notify_change();
+    op.audit(&state, "pin.delete", format!("pin {id}")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct NewWindow {
+    selector: String,
+    schedule: String,
+    #[serde(default = "utc")]
+    tz: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+async fn create_window(
+    State(state): State<AppState>,
+    op: Operator,
+    req: Request,
+) -> V2Result<(StatusCode, Json<WindowInfo>)> {
+    let body = read_body(&state, req, state.settings.max_json_bytes).await?;
+    let new: NewWindow = parse_json(&body)?;
+    let sel = Selector::parse(&new.selector).map_err(|e| bad(e.to_string()))?;
+    if new.schedule.len() > 200 || new.tz.len() > 64 {
+        return Err(bad("schedule or time zone too long"));
+    }
+    let window =
+        crate::window::Window::parse(&new.schedule, &new.tz).map_err(|e| bad(e.to_string()))?;
+    let now = now_ms();
+    let mut info = WindowInfo {
+        id: 0,
+        selector: sel.to_string(),
+        schedule: new.schedule.trim().to_string(),
+        tz: new.tz,
+        created_at: rfc3339_millis(now),
+    };
+    info.id = state.store.insert_window(&info, now).await?;
+    state
+        .rollouts
+        .cache
+        .write()
+        .unwrap()
+        .windows
+        .push((info.clone(), sel, window));
+    state.notify_change();
+    op.audit(
+        &state,
+        "window.create",
+        format!(
+            "window {}: '{}' {} {}",
+            info.id, info.selector, info.schedule, info.tz
+        ),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn list_windows(
+    State(state): State<AppState>,
+    _op: Operator,
+) -> V2Result<Json<Vec<WindowInfo>>> {
+    let cache = state.rollouts.cache.read().unwrap();
+    Ok(Json(
+        cache.windows.iter().map(|(w, _, _)| w.clone()).collect(),
+    ))
+}
+
+async fn delete_window(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> V2Result<StatusCode> {
+    let id = id_param(&id)?;
+    if !state.store.delete_window(id).await? {
+        return Err(V2Error::new(
+            StatusCode::NOT_FOUND,
+            format!("no window {id}"),
+        ));
+    }
+    state
+        .rollouts
+        .cache
+        .write()
+        .unwrap()
+        .windows
+        .retain(|(w, _, _)| w.id != id);
+    state.notify_change();
+    op.audit(&state, "window.delete", format!("window {id}"))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_host(

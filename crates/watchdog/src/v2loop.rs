@@ -42,6 +42,7 @@ pub async fn host_report(ctx: &Ctx) -> HostReport {
                 "no agent installed: no release has been installed on this host yet".into()
             })
         }),
+        labels: ctx.settings.labels.clone(),
     }
 }
 

@@ -25,6 +25,7 @@ fn checkin_req(host: &str) -> CheckinRequest {
             last_watchdog_update: None,
             local_trouble: None,
             update_progress: None,
+            labels: Default::default(),
         },
         store_id: None,
         results: vec![],

@@ -21,6 +21,7 @@ fn report(host: &str, last_update: Option<UpdateReport>) -> HostReport {
         last_watchdog_update: None,
         local_trouble: None,
         update_progress: None,
+        labels: Default::default(),
     }
 }
 

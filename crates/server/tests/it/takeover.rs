@@ -151,6 +151,7 @@ fn report(host: &str, padding: usize) -> CheckinRequest {
             last_watchdog_update: None,
             local_trouble: None,
             update_progress: None,
+            labels: Default::default(),
         },
         store_id: None,
         results: vec![],

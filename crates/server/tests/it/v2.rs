@@ -22,6 +22,7 @@ fn report(host: &str) -> HostReport {
         last_watchdog_update: None,
         local_trouble: None,
         update_progress: None,
+        labels: Default::default(),
     }
 }
 

@@ -1,0 +1,481 @@
+//! `palettectl rollout …`, `pin …`, `window …` and `hosts label`: staged
+//! rollouts and what shapes them, over the v2 API.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::{palette_default_platform, print_structured, Api, HostsFailed, Output};
+
+#[derive(Subcommand)]
+pub enum RolloutCmd {
+    /// Start a staged rollout of a published release: the hosts matching
+    /// --selector, in waves (cumulative: `1,25%,100%` = one canary, then up
+    /// to a quarter of the hosts, then all), each wave soaking before the
+    /// next starts; it halts by itself when a wave fails past --halt-after.
+    /// Follows its progress until it ends (--no-wait returns at once).
+    Create {
+        version: String,
+        #[arg(long, default_value_t = palette_default_platform())]
+        platform: String,
+        #[arg(long, default_value = "agent")]
+        product: String,
+        /// Which hosts (`role=web,site!=us`; empty: every host).
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// Wave sizes, cumulative host counts or percentages.
+        #[arg(long, default_value = "100%")]
+        waves: String,
+        /// How long every host of a wave must be healthy before the next
+        /// wave starts (`90s`, `10m`, `1h`, or seconds).
+        #[arg(long, default_value = "0")]
+        soak: String,
+        /// Halt when this many hosts of a wave failed (`1`, or `10%`).
+        #[arg(long, default_value = "1")]
+        halt_after: String,
+        /// Most hosts updating at once (0: no cap).
+        #[arg(long, default_value_t = 0)]
+        max_concurrent: u32,
+        /// Return once started.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to follow it, in seconds (exit code 3 when it halted
+        /// or had not finished by then).
+        #[arg(long, default_value_t = 3600)]
+        wait: u64,
+    },
+    /// Every rollout, newest first.
+    List,
+    /// One rollout: its waves and hosts (an id, or a version: its newest
+    /// rollout).
+    Show { rollout: String },
+    /// No more hosts are admitted; hosts already updating go on.
+    Pause { rollout: String },
+    /// Go on after a pause or a halt.
+    Resume { rollout: String },
+    /// Stop offering the release; hosts that took it keep it (`release
+    /// rollback` brings them down).
+    Abort { rollout: String },
+}
+
+#[derive(Subcommand)]
+pub enum PinCmd {
+    /// Offer the hosts matching --selector this version and nothing else.
+    Add {
+        version: String,
+        #[arg(long)]
+        selector: String,
+        #[arg(long, default_value = "agent")]
+        product: String,
+    },
+    List,
+    Remove {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WindowCmd {
+    /// A weekly maintenance window for the hosts matching --selector: no
+    /// such host starts an update outside it.
+    Add {
+        #[arg(long)]
+        selector: String,
+        /// `Sat,Sun 01:00-05:00`, `Mon-Fri 22:00-02:00`, `daily 02:00-04:00`.
+        #[arg(long)]
+        schedule: String,
+        /// An IANA time zone (`Europe/Paris`, `UTC`).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+    List,
+    Remove {
+        id: i64,
+    },
+}
+
+/// `90s`, `10m`, `2h`, `1d` or plain seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration (90s, 10m, 1h)"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("{s:?} is not a duration (90s, 10m, 1h)"),
+    };
+    Ok(n * mul)
+}
+
+/// A rollout's id from an id or a version (its newest rollout).
+async fn resolve(api: &Api, which: &str) -> anyhow::Result<i64> {
+    if let Ok(id) = which.parse::<i64>() {
+        return Ok(id);
+    }
+    let list: Vec<Value> = api.json(api.req(Method::GET, "/api/v2/rollouts")).await?;
+    list.iter()
+        .find(|r| r["version"] == which)
+        .and_then(|r| r["id"].as_i64())
+        .with_context(|| format!("no rollout of version {which} (see `palettectl rollout list`)"))
+}
+
+fn summary(r: &Value) -> String {
+    let waves: Vec<String> = r["wave_progress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            format!(
+                "{}/{}{}",
+                w["succeeded"],
+                w["hosts"],
+                if w["failed"].as_u64().unwrap_or(0) > 0 {
+                    format!(" ({} failed)", w["failed"])
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    format!(
+        "rollout {} of {} to '{}': {} in wave {} of {} — waves {}{}",
+        r["id"],
+        r["version"].as_str().unwrap_or("?"),
+        r["selector"].as_str().unwrap_or(""),
+        r["phase"].as_str().unwrap_or("?"),
+        r["wave"],
+        r["waves"].as_array().map(|w| w.len()).unwrap_or(0),
+        waves.join(" → "),
+        r["reason"]
+            .as_str()
+            .map(|s| format!("\n  why: {s}"))
+            .unwrap_or_default()
+    )
+}
+
+fn print_detail(r: &Value) {
+    println!("{}", summary(r));
+    println!(
+        "  waves {}, soak {} s, halt after {}, at most {} at once",
+        r["waves"]
+            .as_array()
+            .map(|w| w
+                .iter()
+                .map(|x| x.as_str().unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default(),
+        r["soak_secs"],
+        r["halt_after"].as_str().unwrap_or("?"),
+        match r["max_concurrent"].as_u64() {
+            Some(0) | None => "any".to_string(),
+            Some(n) => n.to_string(),
+        }
+    );
+    for h in r["hosts"].as_array().into_iter().flatten() {
+        println!(
+            "  wave {:<3} {:<32} {:<10} {}",
+            h["wave"],
+            h["hostname"].as_str().unwrap_or("?"),
+            h["outcome"]
+                .as_str()
+                .unwrap_or(if h["admitted_at"].is_string() {
+                    "updating"
+                } else {
+                    "waiting"
+                }),
+            h["message"].as_str().unwrap_or("")
+        );
+    }
+}
+
+pub async fn rollout(api: &Api, out: Output, cmd: RolloutCmd) -> anyhow::Result<()> {
+    match cmd {
+        RolloutCmd::Create {
+            version,
+            platform,
+            product,
+            selector,
+            waves,
+            soak,
+            halt_after,
+            max_concurrent,
+            no_wait,
+            wait,
+        } => {
+            let v: palette_protocol::Version =
+                version.parse().context("while reading the version")?;
+            let soak_secs = parse_duration(&soak)?;
+            let list: Vec<palette_protocol::v2::Release> =
+                api.json(api.req(Method::GET, "/api/v2/releases")).await?;
+            let Some(rel) = list
+                .iter()
+                .filter(|r| r.version == v && r.platform == platform && r.product == product)
+                .max_by_key(|r| r.id)
+            else {
+                bail!("no {product} release {version} for {platform} (publish it first, with --hold to offer it to nobody before the rollout)");
+            };
+            let body = serde_json::json!({
+                "release_id": rel.id,
+                "selector": selector,
+                "waves": waves.split(',').map(str::trim).collect::<Vec<_>>(),
+                "soak_secs": soak_secs,
+                "halt_after": halt_after,
+                "max_concurrent": max_concurrent,
+            });
+            let r: Value = api
+                .json(api.req(Method::POST, "/api/v2/rollouts").json(&body))
+                .await?;
+            let id = r["id"].as_i64().context("the server's answer has no id")?;
+            if no_wait {
+                if out != Output::Table {
+                    return print_structured(out, &r);
+                }
+                println!("{}", summary(&r));
+                return Ok(());
+            }
+            follow(api, out, id, Duration::from_secs(wait)).await
+        }
+        RolloutCmd::List => {
+            let list: Vec<Value> = api.json(api.req(Method::GET, "/api/v2/rollouts")).await?;
+            if out != Output::Table {
+                return print_structured(out, &list);
+            }
+            for r in &list {
+                println!("{}", summary(r));
+            }
+            Ok(())
+        }
+        RolloutCmd::Show { rollout } => {
+            let id = resolve(api, &rollout).await?;
+            let r: Value = api
+                .json(api.req(Method::GET, &format!("/api/v2/rollouts/{id}")))
+                .await?;
+            if out != Output::Table {
+                return print_structured(out, &r);
+            }
+            print_detail(&r);
+            Ok(())
+        }
+        RolloutCmd::Pause { rollout } => action(api, out, &rollout, "pause").await,
+        RolloutCmd::Resume { rollout } => action(api, out, &rollout, "resume").await,
+        RolloutCmd::Abort { rollout } => action(api, out, &rollout, "abort").await,
+    }
+}
+
+async fn action(api: &Api, out: Output, which: &str, what: &str) -> anyhow::Result<()> {
+    let id = resolve(api, which).await?;
+    let r: Value = api
+        .json(api.req(Method::POST, &format!("/api/v2/rollouts/{id}/{what}")))
+        .await?;
+    if out != Output::Table {
+        return print_structured(out, &r);
+    }
+    println!("{}", summary(&r));
+    Ok(())
+}
+
+/// Prints the rollout's progress as it changes until it ends or `limit`
+/// passes; exit code 3 unless it finished.
+async fn follow(api: &Api, out: Output, id: i64, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = String::new();
+    loop {
+        let r: Value = api
+            .json(api.req(Method::GET, &format!("/api/v2/rollouts/{id}")))
+            .await?;
+        let line = summary(&r);
+        if out == Output::Table && line != last {
+            println!("{line}");
+            last = line;
+        }
+        let phase = r["phase"].as_str().unwrap_or("");
+        let ended = matches!(phase, "done" | "halted" | "aborted");
+        if ended || tokio::time::Instant::now() >= deadline {
+            if out != Output::Table {
+                print_structured(out, &r)?;
+            }
+            if phase == "done" {
+                return Ok(());
+            }
+            let failed = r["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| h["outcome"] == "failed")
+                .count();
+            let missing = r["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| h["outcome"].is_null())
+                .count();
+            if out == Output::Table && !ended {
+                eprintln!(
+                    "still {phase} after {} s; `palettectl rollout show {id}` follows it later",
+                    limit.as_secs()
+                );
+            }
+            return Err(HostsFailed { failed, missing }.into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn pin(api: &Api, out: Output, cmd: PinCmd) -> anyhow::Result<()> {
+    match cmd {
+        PinCmd::Add {
+            version,
+            selector,
+            product,
+        } => {
+            let r: Value = api
+                .json(
+                    api.req(Method::POST, "/api/v2/pins")
+                        .json(&serde_json::json!({
+                            "selector": selector, "product": product, "version": version,
+                        })),
+                )
+                .await?;
+            if out != Output::Table {
+                return print_structured(out, &r);
+            }
+            println!(
+                "pin {}: hosts matching '{}' are offered {} {} and nothing else",
+                r["id"], selector, product, version
+            );
+            Ok(())
+        }
+        PinCmd::List => {
+            let list: Vec<Value> = api.json(api.req(Method::GET, "/api/v2/pins")).await?;
+            if out != Output::Table {
+                return print_structured(out, &list);
+            }
+            for p in &list {
+                println!(
+                    "{:>4}  {:<10} {:<12} {}",
+                    p["id"],
+                    p["product"].as_str().unwrap_or("?"),
+                    p["version"].as_str().unwrap_or("?"),
+                    p["selector"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        PinCmd::Remove { id } => {
+            api.send(api.req(Method::DELETE, &format!("/api/v2/pins/{id}")))
+                .await?;
+            println!("pin {id} removed");
+            Ok(())
+        }
+    }
+}
+
+pub async fn window(api: &Api, out: Output, cmd: WindowCmd) -> anyhow::Result<()> {
+    match cmd {
+        WindowCmd::Add {
+            selector,
+            schedule,
+            tz,
+        } => {
+            let r: Value = api
+                .json(
+                    api.req(Method::POST, "/api/v2/windows")
+                        .json(&serde_json::json!({
+                            "selector": selector, "schedule": schedule, "tz": tz,
+                        })),
+                )
+                .await?;
+            if out != Output::Table {
+                return print_structured(out, &r);
+            }
+            println!(
+                "window {}: hosts matching '{}' start updates only {} ({})",
+                r["id"], selector, schedule, tz
+            );
+            Ok(())
+        }
+        WindowCmd::List => {
+            let list: Vec<Value> = api.json(api.req(Method::GET, "/api/v2/windows")).await?;
+            if out != Output::Table {
+                return print_structured(out, &list);
+            }
+            for w in &list {
+                println!(
+                    "{:>4}  {:<24} {:<16} {}",
+                    w["id"],
+                    w["schedule"].as_str().unwrap_or("?"),
+                    w["tz"].as_str().unwrap_or("?"),
+                    w["selector"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        WindowCmd::Remove { id } => {
+            api.send(api.req(Method::DELETE, &format!("/api/v2/windows/{id}")))
+                .await?;
+            println!("window {id} removed");
+            Ok(())
+        }
+    }
+}
+
+/// `hosts label HOST k=v … [--remove k …]`: the labels an operator assigns
+/// (over the host's own).
+pub async fn label(api: &Api, host: &str, set: &[String], remove: &[String]) -> anyhow::Result<()> {
+    let current: Value = api
+        .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}/labels")))
+        .await?;
+    let mut assigned: serde_json::Map<String, Value> =
+        current["assigned"].as_object().cloned().unwrap_or_default();
+    for kv in set {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("{kv:?} is not key=value");
+        };
+        assigned.insert(k.trim().to_string(), Value::String(v.trim().to_string()));
+    }
+    for k in remove {
+        assigned.remove(k.trim());
+    }
+    let r: Value = api
+        .json(
+            api.req(Method::PUT, &format!("/api/v2/hosts/{host}/labels"))
+                .json(&serde_json::json!({ "assigned": assigned })),
+        )
+        .await?;
+    println!(
+        "{host}: {}",
+        r["labels"]
+            .as_object()
+            .map(|m| m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(","))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration("90s").unwrap(), 90);
+        assert_eq!(super::parse_duration("10m").unwrap(), 600);
+        assert_eq!(super::parse_duration("2h").unwrap(), 7200);
+        assert_eq!(super::parse_duration("15").unwrap(), 15);
+        assert!(super::parse_duration("ten").is_err());
+        assert!(super::parse_duration("5y").is_err());
+    }
+}
