@@ -184,13 +184,23 @@ impl Server {
     }
 
     pub async fn start_on(data: &Path, port: u16) -> Server {
-        Self::start_with(data, port, None, None).await
+        Self::start_with(data, port, None, None, &[], &[]).await
+    }
+
+    /// With extra arguments and environment variables.
+    pub async fn start_args(
+        data: &Path,
+        port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
+        Self::start_with(data, port, None, None, args, envs).await
     }
 
     /// An HTTPS server with `cert` and `key` (PEM files), reachable as
     /// `https://localhost:<port>` by clients that trust `ca_pem`.
     pub async fn start_tls(data: &Path, cert: &Path, key: &Path, ca_pem: &str) -> Server {
-        Self::start_with(data, free_port(), Some((cert, key, ca_pem)), None).await
+        Self::start_with(data, free_port(), Some((cert, key, ca_pem)), None, &[], &[]).await
     }
 
     /// As `start_tls`, requiring client certificates issued by the CA in
@@ -207,6 +217,8 @@ impl Server {
             free_port(),
             Some((cert, key, ca_pem)),
             Some((client_ca, identity_pem)),
+            &[],
+            &[],
         )
         .await
     }
@@ -216,6 +228,8 @@ impl Server {
         port: u16,
         tls: Option<(&Path, &Path, &str)>,
         mtls: Option<(&Path, &str)>,
+        args: &[&str],
+        envs: &[(&str, &str)],
     ) -> Server {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -247,6 +261,8 @@ impl Server {
         }
         let client = client.build().unwrap();
         let child = cmd
+            .args(args)
+            .envs(envs.iter().copied())
             .env("PALETTE_ADMIN_TOKEN", ADMIN)
             .env("PALETTE_AGENT_TOKENS", AGENT_KEY)
             .stdout(log.try_clone().unwrap())

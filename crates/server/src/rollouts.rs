@@ -103,6 +103,16 @@ impl Rollouts {
         l
     }
 
+    /// Whether a pin holds the host on another version of `release`'s
+    /// product (it is left out of the release's rollouts).
+    pub fn pinned_elsewhere(cache: &Cache, host: &str, labels: &Labels, release: &Release) -> bool {
+        cache
+            .pins
+            .iter()
+            .find(|(p, s)| p.product == release.product && s.matches(host, labels))
+            .is_some_and(|(p, _)| p.version != release.version)
+    }
+
     /// Whether a host may start an update now: no window names it, or one
     /// that does is open.
     pub fn in_window(cache: &Cache, host: &str, labels: &Labels, at: Millis) -> bool {
@@ -451,6 +461,15 @@ impl AppState {
         // picks, ordered for the waves.
         let candidates = self.rollout_candidates(&release, &selector);
         let ordered = crate::rollout::order_hosts(id, &candidates);
+        // Hosts that can take it now go first, so the canaries are hosts
+        // that prove something soon (online, inside their window).
+        let views = self.host_views(&release, self.rollouts.window_now());
+        let (ready, later): (Vec<String>, Vec<String>) = ordered.into_iter().partition(|h| {
+            views
+                .get(h)
+                .is_some_and(|v| v.state == palette_protocol::v2::HostState::Online && v.in_window)
+        });
+        let ordered: Vec<String> = ready.into_iter().chain(later).collect();
         let members = Plan::assign(&waves, ordered);
         let records: Vec<MemberRecord> = members
             .iter()

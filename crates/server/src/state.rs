@@ -665,6 +665,10 @@ impl AppState {
                 (name, labels)
             })
             .filter(|(name, labels)| selector.matches(name, labels))
+            .filter(|(name, labels)| {
+                let cache = self.rollouts.cache.read().unwrap();
+                !crate::rollouts::Rollouts::pinned_elsewhere(&cache, name, labels, release)
+            })
             .collect()
     }
 
@@ -685,10 +689,13 @@ impl AppState {
         let cache = self.rollouts.cache.read().unwrap();
         snapshot
             .into_iter()
-            .map(|(name, state, r)| {
+            .filter_map(|(name, state, r)| {
                 let mut labels = r.labels.clone();
                 if let Some(a) = cache.assigned.get(&name) {
                     labels.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                if crate::rollouts::Rollouts::pinned_elsewhere(&cache, &name, &labels, release) {
+                    return None;
                 }
                 let view = crate::rollout::HostView {
                     state,
@@ -702,7 +709,7 @@ impl AppState {
                         &cache, &name, &labels, window_now,
                     ),
                 };
-                (name, view)
+                Some((name, view))
             })
             .collect()
     }

@@ -8,6 +8,7 @@ mod durability;
 mod hostile;
 mod hosts_tokens;
 mod ops;
+mod rollouts;
 mod support;
 mod takeover;
 mod tls;
