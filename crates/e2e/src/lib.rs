@@ -374,6 +374,17 @@ impl Api {
         found.unwrap()
     }
 
+    /// Every command the server lists (newest first).
+    pub async fn commands(&self) -> Vec<serde_json::Value> {
+        self.req(reqwest::Method::GET, "/api/v2/commands")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn host(&self, host: &str) -> Option<HostInfo> {
         let res = self
             .req(reqwest::Method::GET, &format!("/api/v2/hosts/{host}"))

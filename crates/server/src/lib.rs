@@ -23,6 +23,7 @@ pub mod sqlite;
 pub mod state;
 pub mod store;
 mod tokens;
+pub mod ui;
 pub mod v1;
 pub mod v2;
 pub mod window;
@@ -68,6 +69,7 @@ pub fn app(state: AppState) -> Router {
         )))
         .merge(v2::router().layer(DefaultBodyLimit::disable()))
         .merge(ops::router())
+        .merge(ui::router())
         .fallback(|| async { v1::text(StatusCode::NOT_FOUND, "404 page not found\n") })
         .layer(DefaultBodyLimit::max(config_limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -149,6 +151,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.auth_limit = opts.auth_limit;
     settings.default_rollout = opts.default_rollout;
     settings.clock_file = opts.clock_file.clone();
+    settings.tls = opts.tls.is_some();
     AppState::load(
         Arc::new(store),
         settings,

@@ -30,6 +30,7 @@ async fn index() -> Response {
         "and the legacy Insight Server <code>/api/v1/…</code></li>",
         "<li><a href=\"/healthz\">/healthz</a> — alive; <a href=\"/readyz\">/readyz</a> — the store takes writes</li>",
         "<li><code>/metrics</code> — Prometheus text (operator token)</li>",
+        "<li><a href=\"/ui/\">/ui/</a> — the dashboard (log in with an operator token)</li>",
         "<li>Operate the fleet with <code>palettectl</code>.</li>",
         "</ul></body></html>\n"
     );

@@ -730,6 +730,7 @@ impl AppState {
                 return;
             }
             self.step_rollouts().await;
+            self.ui.sample(&self);
         }
     }
 }

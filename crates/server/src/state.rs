@@ -71,6 +71,8 @@ pub struct Settings {
     pub default_rollout: crate::rollouts::DefaultRollout,
     /// A file holding the instant maintenance windows are judged at (tests).
     pub clock_file: Option<PathBuf>,
+    /// Whether the server speaks TLS (dashboard cookies are `Secure`).
+    pub tls: bool,
 }
 
 impl Settings {
@@ -90,6 +92,7 @@ impl Settings {
             require_host_tokens: false,
             default_rollout: Default::default(),
             clock_file: None,
+            tls: false,
         }
     }
 }
@@ -174,6 +177,8 @@ pub struct Inner {
     reports: watch::Sender<u64>,
     /// Rollouts, pins, windows, assigned labels.
     pub rollouts: crate::rollouts::Rollouts,
+    /// Dashboard sessions and the version mix over time.
+    pub ui: crate::ui::Ui,
 }
 
 /// A token bucket: how many new host names a credential may still add.
@@ -335,6 +340,7 @@ impl AppState {
         let auth_limit = settings.auth_limit;
         let settings_clock_file = settings.clock_file.clone();
         let settings_default_rollout = settings.default_rollout;
+        let settings_tls = settings.tls;
         let state = AppState(Arc::new(Inner {
             store,
             settings,
@@ -356,6 +362,7 @@ impl AppState {
                 default: settings_default_rollout,
                 ..Default::default()
             },
+            ui: crate::ui::Ui::with_tls(settings_tls),
         }));
         state.reload_tokens().await?;
         let mut recent = state.store.recent_commands(10_000).await?;

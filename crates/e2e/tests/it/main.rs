@@ -11,6 +11,7 @@ use palette_protocol::v2::{AgentState, CommandKind, DesiredState, Outcome};
 
 const T: Duration = Duration::from_secs(30);
 
+mod dashboard;
 mod rollouts;
 mod selfupdate;
 mod trust;
