@@ -265,17 +265,36 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()> {
+    async fn upsert_heartbeats(
+        &self,
+        beats: &[(String, Millis, Option<String>)],
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
-            for (host, at) in beats {
-                sqlx::query(
-                "INSERT INTO hosts (hostname, first_seen, last_seen) VALUES (?1, ?2, ?2)
-                 ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
-            )
-            .bind(host)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+            for (host, at, report) in beats {
+                match report {
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO hosts (hostname, first_seen, last_seen) VALUES (?1, ?2, ?2)
+                             ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                        )
+                        .bind(host)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Some(report) => {
+                        sqlx::query(
+                            "INSERT INTO hosts (hostname, first_seen, last_seen, report, report_at) VALUES (?1, ?3, ?3, ?2, ?3)
+                             ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),
+                                 report = excluded.report, report_at = excluded.report_at",
+                        )
+                        .bind(host)
+                        .bind(report)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
             }
         })
     }
@@ -305,21 +324,6 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             done.rows_affected() > 0
-        })
-    }
-
-    async fn save_report(&self, hostname: &str, report_json: &str, at: Millis) -> StoreResult<()> {
-        write_tx!(self, |tx| {
-            sqlx::query(
-            "INSERT INTO hosts (hostname, first_seen, last_seen, report, report_at) VALUES (?1, ?3, ?3, ?2, ?3)
-             ON CONFLICT (hostname) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen),
-                 report = excluded.report, report_at = excluded.report_at",
-        )
-        .bind(hostname)
-        .bind(report_json)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
         })
     }
 
@@ -397,6 +401,30 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn record_acks(&self, acks: &[(CommandAck, Millis)]) -> StoreResult<Vec<bool>> {
+        write_tx!(self, |tx| {
+            let mut out = Vec::with_capacity(acks.len());
+            for (ack, at) in acks {
+                let done = sqlx::query(
+                    "INSERT INTO command_acks (command_id, hostname, outcome, message, at) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(ack.id)
+                .bind(&ack.hostname)
+                .bind(match ack.outcome {
+                    Outcome::Succeeded => "succeeded",
+                    Outcome::Failed => "failed",
+                })
+                .bind(&ack.message)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                out.push(done.rows_affected() == 1);
+            }
+            out
+        })
+    }
+
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>> {
         let rows = self.read(
             sqlx::query("SELECT * FROM command_acks WHERE command_id = ? ORDER BY at")
@@ -460,49 +488,51 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn record_update(
+    async fn record_updates(
         &self,
-        hostname: &str,
-        product: &str,
-        u: &UpdateReport,
-        at: Millis,
-    ) -> StoreResult<bool> {
-        let outcome = match u.outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-        };
+        updates: &[(String, String, UpdateReport, Millis)],
+    ) -> StoreResult<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
         write_tx!(self, |tx| {
-            // The same outcome reported again (every check-in carries it,
-            // and a restarted server has forgotten it saw it): one row.
-            let done = sqlx::query(
-                "INSERT INTO update_history (hostname, product, release_id, version, outcome, message, at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (
-                   SELECT 1 FROM (SELECT release_id, outcome, message FROM update_history
-                                  WHERE hostname = ?1 AND product = ?2 ORDER BY id DESC LIMIT 1) l
-                   WHERE l.release_id = ?3 AND l.outcome = ?5 AND l.message = ?6)",
-            )
-            .bind(hostname)
-            .bind(product)
-            .bind(u.release_id)
-            .bind(u.version.to_string())
-            .bind(outcome)
-            .bind(&u.message)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                sqlx::query(
-                    "DELETE FROM update_history WHERE hostname = ?1 AND product = ?2 AND id <=
-                       (SELECT id FROM update_history WHERE hostname = ?1 AND product = ?2
-                        ORDER BY id DESC LIMIT 1 OFFSET ?3)",
+            for (hostname, product, u, at) in updates {
+                let outcome = match u.outcome {
+                    Outcome::Succeeded => "succeeded",
+                    Outcome::Failed => "failed",
+                };
+                // The same outcome reported again (every check-in carries
+                // it, and a restarted server has forgotten it saw it): one
+                // row.
+                let done = sqlx::query(
+                    "INSERT INTO update_history (hostname, product, release_id, version, outcome, message, at)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (
+                       SELECT 1 FROM (SELECT release_id, outcome, message FROM update_history
+                                      WHERE hostname = ?1 AND product = ?2 ORDER BY id DESC LIMIT 1) l
+                       WHERE l.release_id = ?3 AND l.outcome = ?5 AND l.message = ?6)",
                 )
                 .bind(hostname)
                 .bind(product)
-                .bind(UPDATE_HISTORY_KEPT)
+                .bind(u.release_id)
+                .bind(u.version.to_string())
+                .bind(outcome)
+                .bind(&u.message)
+                .bind(at)
                 .execute(&mut *tx)
                 .await?;
+                if done.rows_affected() == 1 {
+                    sqlx::query(
+                        "DELETE FROM update_history WHERE hostname = ?1 AND product = ?2 AND id <=
+                           (SELECT id FROM update_history WHERE hostname = ?1 AND product = ?2
+                            ORDER BY id DESC LIMIT 1 OFFSET ?3)",
+                    )
+                    .bind(hostname)
+                    .bind(product)
+                    .bind(UPDATE_HISTORY_KEPT)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
-            done.rows_affected() == 1
         })
     }
 

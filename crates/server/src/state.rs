@@ -102,6 +102,12 @@ struct HostEntry {
     last_seen: Millis,
     /// How often the host contacts the server (0: not known yet).
     interval_ms: Millis,
+    /// The report changed since it was last written to the store.
+    report_dirty: bool,
+    /// New update outcomes for the host's history, written with the next
+    /// batch (the host reports its last ones at every check-in, so none is
+    /// lost to a crash: the store keeps each once).
+    pending_updates: Vec<(String, v2::UpdateReport, Millis)>,
     dirty: bool,
     has_config: bool,
     /// When the server last asked this (legacy) host for its config.
@@ -179,6 +185,47 @@ pub struct Inner {
     pub rollouts: crate::rollouts::Rollouts,
     /// Dashboard sessions and the version mix over time.
     pub ui: crate::ui::Ui,
+    /// Acknowledgements on their way to the next group commit.
+    acks: tokio::sync::mpsc::Sender<AckJob>,
+}
+
+/// One acknowledgement waiting for its commit, and who waits for it.
+struct AckJob {
+    ack: v2::CommandAck,
+    at: Millis,
+    done: tokio::sync::oneshot::Sender<StoreResult<bool>>,
+}
+
+/// Writes acknowledgements in group commits: every acknowledgement that
+/// arrived while the previous commit ran goes into the next one, so a
+/// command answered by ten thousand hosts costs a few commits (each
+/// durable before its check-ins are answered), not ten thousand.
+async fn ack_writer(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<AckJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < 5000 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<(v2::CommandAck, Millis)> =
+            jobs.iter().map(|j| (j.ack.clone(), j.at)).collect();
+        match store.record_acks(&items).await {
+            Ok(news) => {
+                for (j, new) in jobs.into_iter().zip(news) {
+                    let _ = j.done.send(Ok(new));
+                }
+            }
+            // Each on its own, so each waiter gets its own answer.
+            Err(_) => {
+                for j in jobs {
+                    let r = store.record_ack(&j.ack, j.at).await;
+                    let _ = j.done.send(r);
+                }
+            }
+        }
+    }
 }
 
 /// A token bucket: how many new host names a credential may still add.
@@ -338,6 +385,8 @@ impl AppState {
             );
         }
         let auth_limit = settings.auth_limit;
+        let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(16_384);
+        tokio::spawn(ack_writer(store.clone(), ack_rx));
         let settings_clock_file = settings.clock_file.clone();
         let settings_default_rollout = settings.default_rollout;
         let settings_tls = settings.tls;
@@ -363,6 +412,7 @@ impl AppState {
                 ..Default::default()
             },
             ui: crate::ui::Ui::with_tls(settings_tls),
+            acks: ack_tx,
         }));
         state.reload_tokens().await?;
         let mut recent = state.store.recent_commands(10_000).await?;
@@ -637,10 +687,34 @@ impl AppState {
                 new.push(("watchdog".to_string(), u.clone()));
             }
         }
-        e.report = Some(report.clone());
+        if e.report.as_ref() != Some(report) {
+            e.report = Some(report.clone());
+            e.report_dirty = true;
+        }
+        let at = e.last_seen;
+        e.pending_updates
+            .extend(new.iter().map(|(p, u)| (p.clone(), u.clone(), at)));
         drop(hosts);
         self.reports.send_modify(|v| *v += 1);
         new
+    }
+
+    /// Records a command's acknowledgement durably (in the next group
+    /// commit); whether it was new.
+    pub async fn record_ack(&self, ack: &v2::CommandAck, at: Millis) -> StoreResult<bool> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let job = AckJob {
+            ack: ack.clone(),
+            at,
+            done,
+        };
+        if self.acks.send(job).await.is_err() {
+            return self.store.record_ack(ack, at).await;
+        }
+        match wait.await {
+            Ok(r) => r,
+            Err(_) => self.store.record_ack(ack, at).await,
+        }
     }
 
     pub fn subscribe_reports(&self) -> watch::Receiver<u64> {
@@ -867,14 +941,45 @@ impl AppState {
 
     /// Writes changed last-contact times to the store.
     pub async fn flush_heartbeats(&self) -> StoreResult<usize> {
-        let beats: Vec<(String, Millis)> = {
+        let updates: Vec<(String, String, v2::UpdateReport, Millis)> = {
             let mut hosts = self.hosts.lock().unwrap();
             hosts
                 .iter_mut()
-                .filter(|(_, e)| e.dirty)
+                .filter(|(_, e)| !e.pending_updates.is_empty())
+                .flat_map(|(h, e)| {
+                    std::mem::take(&mut e.pending_updates)
+                        .into_iter()
+                        .map(move |(p, u, at)| (h.clone(), p, u, at))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for chunk in updates.chunks(5000) {
+            if let Err(e) = self.store.record_updates(chunk).await {
+                let mut hosts = self.hosts.lock().unwrap();
+                for (h, p, u, at) in chunk {
+                    if let Some(e) = hosts.get_mut(h) {
+                        e.pending_updates.push((p.clone(), u.clone(), *at));
+                    }
+                }
+                return Err(e);
+            }
+        }
+        let beats: Vec<(String, Millis, Option<String>)> = {
+            let mut hosts = self.hosts.lock().unwrap();
+            hosts
+                .iter_mut()
+                .filter(|(_, e)| e.dirty || e.report_dirty)
                 .map(|(h, e)| {
                     e.dirty = false;
-                    (h.clone(), e.last_seen)
+                    let report = if std::mem::take(&mut e.report_dirty) {
+                        e.report
+                            .as_ref()
+                            .map(|r| serde_json::to_string(r).expect("a report serialises"))
+                    } else {
+                        None
+                    };
+                    (h.clone(), e.last_seen, report)
                 })
                 .collect()
         };
@@ -885,9 +990,10 @@ impl AppState {
             if let Err(e) = self.store.upsert_heartbeats(chunk).await {
                 // Mark them dirty again so the next flush retries.
                 let mut hosts = self.hosts.lock().unwrap();
-                for (h, _) in &beats {
+                for (h, _, report) in &beats {
                     if let Some(e) = hosts.get_mut(h) {
                         e.dirty = true;
+                        e.report_dirty |= report.is_some();
                     }
                 }
                 return Err(e);

@@ -270,13 +270,16 @@ pub trait Store: Send + Sync + 'static {
     /// A small write, committed: the store can take writes now.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Records last-contact times for many hosts in one transaction.
-    async fn upsert_heartbeats(&self, beats: &[(String, Millis)]) -> StoreResult<()>;
+    /// Records last-contact times (and, where given, the host's latest
+    /// report as JSON) for many hosts in one transaction.
+    async fn upsert_heartbeats(
+        &self,
+        beats: &[(String, Millis, Option<String>)],
+    ) -> StoreResult<()>;
     async fn load_hosts(&self) -> StoreResult<Vec<HostRow>>;
     /// Removes a host from the inventory (it may enroll again); false when
     /// it was not there.
     async fn retire_host(&self, hostname: &str) -> StoreResult<bool>;
-    async fn save_report(&self, hostname: &str, report_json: &str, at: Millis) -> StoreResult<()>;
 
     async fn insert_command(
         &self,
@@ -292,16 +295,17 @@ pub trait Store: Send + Sync + 'static {
     /// Records an acknowledgement; a second one for the same (command, host)
     /// is ignored (returns false).
     async fn record_ack(&self, ack: &CommandAck, at: Millis) -> StoreResult<bool>;
+    /// Records many acknowledgements in one transaction (one commit for
+    /// many check-ins); for each, whether it was new.
+    async fn record_acks(&self, acks: &[(CommandAck, Millis)]) -> StoreResult<Vec<bool>>;
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>>;
-    /// Records an update outcome `hostname` reported for `product`, unless
-    /// it is the newest one already recorded; true when recorded.
-    async fn record_update(
+    /// Records update outcomes hosts reported (host, product, outcome,
+    /// when), in one transaction; each unless it is the newest one already
+    /// recorded for its host and product.
+    async fn record_updates(
         &self,
-        hostname: &str,
-        product: &str,
-        u: &UpdateReport,
-        at: Millis,
-    ) -> StoreResult<bool>;
+        updates: &[(String, String, UpdateReport, Millis)],
+    ) -> StoreResult<()>;
     /// The host's newest `limit` update outcomes (all products), newest
     /// first.
     async fn update_history(&self, hostname: &str, limit: u32) -> StoreResult<Vec<HostUpdate>>;

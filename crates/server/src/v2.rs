@@ -445,7 +445,7 @@ async fn checkin(
             );
             continue;
         };
-        if state.store.record_ack(&ack, now).await? {
+        if state.record_ack(&ack, now).await? {
             state
                 .metrics
                 .ack_latency
@@ -453,15 +453,12 @@ async fn checkin(
             tracing::info!(host, id = ack.id, outcome = ?ack.outcome, message = ack.message, "command acknowledged");
         }
     }
-    state.store.save_report(&host, &report_json, now).await?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.settings.max_wait_secs));
     for (product, u) in state.record_report(
         &ci.host,
         wait.as_millis() as palette_protocol::timefmt::Millis,
     ) {
-        if state.store.record_update(&host, &product, &u, now).await? {
-            tracing::info!(host, product, version = %u.version, outcome = ?u.outcome, message = u.message, "update outcome recorded");
-        }
+        tracing::info!(host, product, version = %u.version, outcome = ?u.outcome, message = u.message, "update outcome reported");
     }
 
     let deadline = tokio::time::Instant::now() + wait;

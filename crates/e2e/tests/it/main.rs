@@ -2191,9 +2191,13 @@ async fn a_rolled_back_release_brings_its_hosts_down_to_the_older_one() {
     let u = h.report.unwrap().last_update.unwrap();
     assert_eq!(u.version.to_string(), "2.0.0");
     assert_eq!(u.outcome, Outcome::Succeeded);
-    // The history shows both ways.
-    let (_, out, _) = ctl_code(&server, &["hosts", "show", "rollme"]).await;
-    assert!(out.contains("recent updates:"), "{out}");
-    let ups = out.split("recent updates:").nth(1).unwrap();
-    assert!(ups.contains("3.0.0") && ups.contains("2.0.0"), "{out}");
+    // The history shows both ways (written in batches every second).
+    wait_for("the history shows both updates", T, || async {
+        let (_, out, _) = ctl_code(&server, &["hosts", "show", "rollme"]).await;
+        out.split("recent updates:")
+            .nth(1)
+            .is_some_and(|ups| ups.contains("3.0.0") && ups.contains("2.0.0"))
+    })
+    .await
+    .unwrap();
 }

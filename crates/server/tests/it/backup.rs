@@ -43,9 +43,27 @@ async fn a_backup_taken_while_serving_restores_the_same_fleet() {
         .go()
         .await;
     assert_eq!(r.status(), 201);
-    // A check-in's report is written at once (last-seen times of bare
-    // polls are flushed every second, so a backup may miss the last one).
+    // (A check-in, as a host named store-id-probe.)
     let before = s.store_id().await;
+    // Last-seen times and reports are written in batches every second: a
+    // backup holds what was written, so wait for the check-in's to be.
+    let db = palette_server::sqlite::SqliteStore::open(&data.join("palette.db"))
+        .await
+        .unwrap();
+    wait_until(
+        "the check-in is written",
+        std::time::Duration::from_secs(10),
+        || async {
+            use palette_server::store::Store;
+            db.load_hosts()
+                .await
+                .unwrap()
+                .iter()
+                .any(|h| h.hostname == "store-id-probe" && h.report.is_some())
+        },
+    )
+    .await;
+    drop(db);
     let hosts_before: Vec<serde_json::Value> =
         http().get(s.u("/api/v2/hosts")).admin().json_of().await;
 

@@ -159,7 +159,25 @@ async fn a_full_disk_loses_nothing_acknowledged() {
         }))
         .go()
         .await;
-    statuses.push(("check-in report", res.status()));
+    // A bare check-in needs no disk (its report is written with the
+    // batched last-seen times, and the host sends it again every time)...
+    assert_eq!(res.status(), 200, "a check-in keeps working on a full disk");
+    // ...but one carrying an acknowledgement does: it must not be lost.
+    let first_command = *acked.commands.keys().next().unwrap();
+    let res = http()
+        .post(s.u("/api/v2/checkin"))
+        .agent()
+        .json(&serde_json::json!({
+            "host": {"hostname": "v2host", "platform": "linux-x86_64",
+                     "watchdog_version": "1.0.0", "agent_version": null,
+                     "agent_state": "running", "desired_state": "running",
+                     "config_revision": null},
+            "results": [{"id": first_command, "hostname": "v2host", "outcome": "succeeded",
+                         "message": "done", "at": ""}]
+        }))
+        .go()
+        .await;
+    statuses.push(("check-in acknowledgement", res.status()));
     // Legacy hosts keep polling: their heartbeats are batched in memory and
     // the flushes fail for a while.
     for i in 0..10 {

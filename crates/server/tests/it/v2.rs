@@ -1368,11 +1368,18 @@ async fn update_outcomes_are_kept_as_the_hosts_history_across_restarts() {
     // A restarted server hears the same report again: nothing doubled.
     let s = TestServer::start_with(&data, |_| {}).await;
     checkin(&s, &req, 0).await;
-    let h: serde_json::Value = http()
-        .get(s.u("/api/v2/hosts/web-1/history"))
-        .admin()
-        .json_of()
-        .await;
+    // Written with the batch of the next second.
+    let history = || async {
+        let h: serde_json::Value = http()
+            .get(s.u("/api/v2/hosts/web-1/history"))
+            .admin()
+            .json_of()
+            .await;
+        h
+    };
+    // Written at the first server's shutdown; the restarted one has the
+    // same report in its store, so nothing new is pending.
+    let h = history().await;
     let updates: Vec<HostUpdate> = serde_json::from_value(h["updates"].clone()).unwrap();
     let seen: Vec<(&str, String, Outcome)> = updates
         .iter()
@@ -1391,13 +1398,22 @@ async fn update_outcomes_are_kept_as_the_hosts_history_across_restarts() {
     // A retry of the failed release that fails again is a new entry.
     req.host.last_update = Some(upd(1, "2.0.0", Outcome::Failed, "health check failed"));
     checkin(&s, &req, 0).await;
+    wait_until(
+        "the retry's outcome is written",
+        Duration::from_secs(10),
+        || async { history().await["updates"][0]["version"] == "2.0.0" },
+    )
+    .await;
     let h: serde_json::Value = http()
         .get(s.u("/api/v2/hosts/web-1/history?limit=2"))
         .admin()
         .json_of()
         .await;
     assert_eq!(h["updates"].as_array().unwrap().len(), 2);
-    assert_eq!(h["updates"][0]["version"], "2.0.0");
+    assert_eq!(
+        h["updates"][1]["product"], "watchdog",
+        "nothing doubled: {h}"
+    );
     s.stop().await;
 }
 
