@@ -10,7 +10,18 @@ cargo build --workspace --locked "${FEATURES[@]}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
+PALETTE_TEST_POSTGRES= cargo test --workspace --locked "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
+# The server's suite once more on PostgreSQL (one test body, two backends):
+# PALETTE_POSTGRES_URL names a server the tests may create databases on
+# (scripts/pg-test-cluster.sh starts one; .ci/run does).
+if [ -n "${PALETTE_POSTGRES_URL:-}" ]; then
+  echo; echo "==> the server's tests on PostgreSQL"
+  PALETTE_TEST_POSTGRES="$PALETTE_POSTGRES_URL" cargo test -p palette-server --locked "${FEATURES[@]}" --test it 2>&1 | tee -a "$log" || status=$?
+elif [ "${PALETTE_REQUIRE_POSTGRES:-}" = 1 ]; then
+  echo "PALETTE_REQUIRE_POSTGRES=1 but no PALETTE_POSTGRES_URL (scripts/pg-test-cluster.sh)"; status=1
+else
+  echo; echo "the server's tests on PostgreSQL skipped: set PALETTE_POSTGRES_URL (scripts/pg-test-cluster.sh starts a server)"
+fi
 # The .deb packages: built from the binaries above, installed, verified,
 # run and purged (needs root and cargo-deb; .ci/run provides both).
 echo; echo "==> .deb packages (scripts/deb-test.sh)"

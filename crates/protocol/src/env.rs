@@ -14,6 +14,9 @@ pub const ADMIN_TOKEN: &str = "PALETTE_ADMIN_TOKEN";
 pub const AGENT_TOKENS: &str = "PALETTE_AGENT_TOKENS";
 /// palette-server: folder for the database and artifacts (`--data-dir`).
 pub const DATA_DIR: &str = "PALETTE_DATA_DIR";
+/// palette-server: the database (`postgres://…`; unset: SQLite in the data
+/// folder).
+pub const DATABASE: &str = "PALETTE_DATABASE";
 /// palette-server: address to listen on (`--listen`).
 pub const LISTEN: &str = "PALETTE_LISTEN";
 /// palette-server: PEM certificate chain (`--tls-cert`).

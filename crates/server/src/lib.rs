@@ -16,6 +16,7 @@ pub mod conn;
 pub mod metrics;
 mod ops;
 mod platform;
+pub mod postgres;
 pub mod ratelimit;
 pub mod rollout;
 pub mod rollouts;
@@ -112,6 +113,8 @@ pub struct ServerOptions {
     pub default_rollout: rollouts::DefaultRollout,
     /// Tests: the file holding the instant maintenance windows are judged at.
     pub clock_file: Option<PathBuf>,
+    /// `postgres://…`; `None`: SQLite in the data folder.
+    pub database: Option<String>,
 }
 
 impl ServerOptions {
@@ -131,6 +134,39 @@ impl ServerOptions {
             auth_limit: ratelimit::AuthLimit::default(),
             default_rollout: Default::default(),
             clock_file: None,
+            database: None,
+        }
+    }
+}
+
+/// Opens the store `database` names (`postgres://…`), or SQLite in
+/// `data_dir`.
+pub async fn open_store(
+    data_dir: &std::path::Path,
+    database: Option<&str>,
+) -> anyhow::Result<Arc<dyn store::Store>> {
+    match database {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            // The password stays out of the log and the error.
+            let shown = url
+                .split_once('@')
+                .map(|(_, host)| host)
+                .unwrap_or("(the database)");
+            let s = postgres::PgStore::open(url)
+                .await
+                .with_context(|| format!("while opening the PostgreSQL database at {shown}"))?;
+            tracing::info!(database = shown, "store: PostgreSQL");
+            Ok(Arc::new(s))
+        }
+        Some(_) => anyhow::bail!(
+            "--database must be a postgres:// URL (leave it out for SQLite in the data folder)"
+        ),
+        None => {
+            let db = data_dir.join("palette.db");
+            let s = sqlite::SqliteStore::open(&db)
+                .await
+                .with_context(|| format!("while opening the database {}", db.display()))?;
+            Ok(Arc::new(s))
         }
     }
 }
@@ -138,10 +174,7 @@ impl ServerOptions {
 /// Opens the store and builds the state.
 pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     fs_err::create_dir_all(&opts.data_dir)?;
-    let db = opts.data_dir.join("palette.db");
-    let store = sqlite::SqliteStore::open(&db)
-        .await
-        .with_context(|| format!("while opening the database {}", db.display()))?;
+    let store = open_store(&opts.data_dir, opts.database.as_deref()).await?;
     let mut settings = Settings::new(opts.data_dir.clone());
     settings.max_artifact_bytes = opts.max_artifact_bytes;
     settings.limits = opts.limits.clone();
@@ -153,7 +186,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.clock_file = opts.clock_file.clone();
     settings.tls = opts.tls.is_some();
     AppState::load(
-        Arc::new(store),
+        store,
         settings,
         opts.admin_token.as_deref(),
         &opts.agent_tokens,

@@ -71,6 +71,11 @@ struct Cli {
     /// create`). A single release can be held with `publish --hold`.
     #[arg(long, env = env::DEFAULT_ROLLOUT, value_enum, default_value = "immediate")]
     default_rollout: palette_server::rollouts::DefaultRollout,
+    /// The database: `postgres://user:password@host:port/db` for several
+    /// replicas on one PostgreSQL; without it, SQLite in --data-dir (which
+    /// keeps the artifacts either way).
+    #[arg(long, env = env::DATABASE, global = true, hide_env_values = true)]
+    database: Option<String>,
 }
 
 /// Without a subcommand the server runs.
@@ -109,6 +114,12 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .with_env_filter(filter)
             .init();
+    }
+    if cli.cmd.is_some() && cli.database.is_some() {
+        anyhow::bail!(
+            "backup and restore cover the embedded SQLite store; with PostgreSQL use pg_dump / pg_restore, and copy the artifacts folder ({})",
+            cli.data_dir.join("artifacts").display()
+        );
     }
     match &cli.cmd {
         Some(Sub::Backup { to }) => {
@@ -177,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
     opts.new_hosts_burst = cli.new_hosts_burst;
     opts.require_host_tokens = cli.require_host_tokens;
     opts.default_rollout = cli.default_rollout;
+    opts.database = cli.database.clone();
     opts.clock_file = std::env::var_os(env::TEST_CLOCK_FILE).map(std::path::PathBuf::from);
     opts.new_hosts_per_minute = cli.new_hosts_per_minute;
     palette_server::serve(opts, async {

@@ -17,6 +17,47 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// With `PALETTE_TEST_POSTGRES` (a server URL; `scripts/pg-test-cluster.sh`
+/// starts one), every test server runs on PostgreSQL: a database of its
+/// own per data folder (so a restarted server finds its data again), made
+/// on first use. Without it, SQLite as always: one test body, two
+/// backends.
+pub async fn postgres_for(data: &Path) -> Option<String> {
+    let base = std::env::var("PALETTE_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    use sha2::Digest;
+    let name = format!(
+        "palette_{}",
+        &hex::encode(sha2::Sha256::digest(data.to_string_lossy().as_bytes()))[..20]
+    );
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PALETTE_TEST_POSTGRES answers");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    if !exists {
+        // The name is hex: safe to inline.
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    admin.close().await;
+    let (head, _) = base.rsplit_once('/').expect("a URL with a database");
+    Some(format!("{head}/{name}"))
+}
+
+/// Whether the tests run on PostgreSQL (tests of SQLite's own file, such as
+/// a full disk under it or `backup`, say so and pass).
+pub fn on_postgres() -> bool {
+    std::env::var("PALETTE_TEST_POSTGRES").is_ok_and(|u| !u.is_empty())
+}
+
 impl TestServer {
     pub async fn start() -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
@@ -30,6 +71,7 @@ impl TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut opts = ServerOptions::new(data.to_path_buf(), addr);
+        opts.database = postgres_for(data).await;
         opts.admin_token = Some(ADMIN.into());
         opts.agent_tokens = vec![AGENT.into()];
         tweak(&mut opts);
