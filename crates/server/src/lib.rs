@@ -305,6 +305,7 @@ pub async fn serve_on(
     let tracker = conn::Tracker::new(max_connections);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let driver = tokio::spawn(state.clone().rollout_driver(stop_rx.clone()));
+    let sync = tokio::spawn(state.clone().replica_sync(stop_rx.clone()));
     let flusher = tokio::spawn(state.clone().heartbeat_flusher(stop_rx));
     let app = app(state);
     let handle = axum_server::Handle::new();
@@ -355,6 +356,7 @@ pub async fn serve_on(
     };
     let _ = stop_tx.send(true);
     let _ = driver.await;
+    let _ = sync.await;
     let _ = flusher.await;
     result.with_context(|| format!("while serving on {}", opts.listen))
 }

@@ -64,7 +64,15 @@ pub struct PgStore {
     id: String,
     writes: OutageLog,
     reads: OutageLog,
+    url: String,
+    /// The connection holding the leader's advisory lock, while held.
+    leader: tokio::sync::Mutex<Option<sqlx::postgres::PgConnection>>,
 }
+
+/// The channel replicas announce changes on.
+const CHANNEL: &str = "palette_changes";
+/// The advisory lock whose holder steps rollouts.
+const LEADER_LOCK: i64 = 0x0070_616c_6574_7465;
 
 /// A random UUID (version 4) as text.
 fn new_uuid() -> String {
@@ -126,6 +134,8 @@ impl PgStore {
             id,
             writes: OutageLog::default(),
             reads: OutageLog::default(),
+            url: url.to_string(),
+            leader: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -194,6 +204,80 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl Store for PgStore {
     fn store_id(&self) -> &str {
         &self.id
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn announce(&self, origin: &str) -> StoreResult<()> {
+        self.read(
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(origin)
+                .execute(&self.pool)
+                .await
+                .map(|_| ()),
+        )
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let listened = async {
+                    let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+                    l.listen(CHANNEL).await?;
+                    loop {
+                        let n = l.recv().await?;
+                        if tx.send(n.payload().to_string()).await.is_err() {
+                            return Ok::<_, sqlx::Error>(());
+                        }
+                    }
+                }
+                .await;
+                if tx.is_closed() {
+                    return;
+                }
+                if let Err(e) = listened {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "listening for other replicas failed; the periodic reconciliation covers the gap");
+                }
+                // A missed notification is covered by the reconciliation;
+                // say so to the replica at once.
+                let _ = tx.send(String::new()).await;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
+        Some(rx)
+    }
+
+    async fn try_lead(&self) -> bool {
+        let mut held = self.leader.lock().await;
+        if let Some(c) = held.as_mut() {
+            if sqlx::query("SELECT 1").execute(&mut *c).await.is_ok() {
+                return true;
+            }
+            // The connection died, and the lock with it.
+            *held = None;
+        }
+        let Ok(mut c) =
+            <sqlx::postgres::PgConnection as sqlx::Connection>::connect(&self.url).await
+        else {
+            return false;
+        };
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(false);
+        if got {
+            tracing::info!("this replica leads the once-only work (rollouts) now");
+            *held = Some(c);
+        }
+        got
     }
 
     async fn ping(&self) -> StoreResult<()> {

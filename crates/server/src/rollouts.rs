@@ -682,6 +682,13 @@ impl AppState {
 
     /// Loads rollouts, pins, windows and assigned labels at start.
     pub async fn load_rollouts(&self) -> StoreResult<()> {
+        self.load_rollouts_keeping(false).await
+    }
+
+    /// As `load_rollouts`; with `keep`, the rollouts in memory stay (this
+    /// replica leads them: its memory is ahead of the store) and only pins,
+    /// windows and labels are read again.
+    pub async fn load_rollouts_keeping(&self, keep: bool) -> StoreResult<()> {
         let releases = self.releases();
         let mut cache = Cache::default();
         for (r, members) in self.store.load_rollouts().await? {
@@ -712,7 +719,23 @@ impl AppState {
             }
         }
         cache.assigned = self.store.load_host_labels().await?.into_iter().collect();
-        *self.rollouts.cache.write().unwrap() = cache;
+        let mut now = self.rollouts.cache.write().unwrap();
+        if keep {
+            // Leading: hosts' progress in memory is ahead of the store (it
+            // is written right after each step), but an operator's pause,
+            // resume or abort on another replica, and rollouts started
+            // there, are only in the store.
+            let mine = std::mem::take(&mut now.rollouts);
+            for stored in cache.rollouts.iter_mut() {
+                if let Some(m) = mine.iter().find(|m| m.id == stored.id) {
+                    let (phase, reason) = (stored.plan.phase, stored.plan.reason.clone());
+                    *stored = m.clone();
+                    stored.plan.phase = phase;
+                    stored.plan.reason = reason;
+                }
+            }
+        }
+        *now = cache;
         Ok(())
     }
 
@@ -729,7 +752,10 @@ impl AppState {
             if *shutdown.borrow() {
                 return;
             }
-            self.step_rollouts().await;
+            // One replica steps rollouts at a time (the others read them).
+            if self.store.try_lead().await {
+                self.step_rollouts().await;
+            }
             self.ui.sample(&self);
         }
     }

@@ -187,6 +187,8 @@ pub struct Inner {
     pub ui: crate::ui::Ui,
     /// Acknowledgements on their way to the next group commit.
     acks: tokio::sync::mpsc::Sender<AckJob>,
+    /// This process, among replicas sharing a store.
+    pub replica_id: String,
 }
 
 /// One acknowledgement waiting for its commit, and who waits for it.
@@ -413,6 +415,11 @@ impl AppState {
             },
             ui: crate::ui::Ui::with_tls(settings_tls),
             acks: ack_tx,
+            replica_id: {
+                let mut b = [0u8; 8];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+                hex::encode(b)
+            },
         }));
         state.reload_tokens().await?;
         let mut recent = state.store.recent_commands(10_000).await?;
@@ -1566,8 +1573,99 @@ impl AppState {
 
     // ---- change notification (long poll) ------------------------------
 
+    /// Something long polls may be waiting for changed: wakes them here,
+    /// and tells the other replicas sharing the store.
     pub fn notify_change(&self) {
         self.changes.send_modify(|v| *v += 1);
+        if self.store.shared() {
+            let (store, me) = (self.store.clone(), self.replica_id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.announce(&me).await {
+                    tracing::warn!(error = %crate::error_chain(&e), "a change was not announced to the other replicas; their reconciliation picks it up");
+                }
+            });
+        }
+    }
+
+    /// Reads again what other replicas may have changed in the shared
+    /// store — commands, releases, credentials, rollouts (unless this
+    /// replica leads them), pins, windows, labels, and hosts' last contact —
+    /// and wakes the long polls here.
+    pub async fn reload_shared(&self) -> StoreResult<()> {
+        let now = now_ms();
+        {
+            let _issuing = self.issue_lock.lock().await;
+            let mut recent = self.store.recent_commands(10_000).await?;
+            recent.reverse();
+            let last = self.commands.read().unwrap().last_issued_ms;
+            *self.commands.write().unwrap() = CommandCache {
+                last_issued_ms: last,
+                ..Default::default()
+            };
+            for c in recent {
+                self.cache_command(c, now);
+            }
+        }
+        {
+            let _publishing = self.publish_lock.lock().await;
+            let rows = self.store.releases().await?;
+            let mut cache = ReleaseCache::default();
+            for (id, r) in rows {
+                cache.all.push(release_from(id, r));
+            }
+            Self::render_v1_latest(&mut cache);
+            *self.releases.write().unwrap() = cache;
+        }
+        self.reload_tokens().await?;
+        let leading = self.store.try_lead().await;
+        self.load_rollouts_keeping(leading).await?;
+        let rows = self.store.load_hosts().await?;
+        {
+            let mut hosts = self.hosts.lock().unwrap();
+            for row in rows {
+                let e = hosts.entry(row.hostname.clone()).or_default();
+                if row.last_seen > e.last_seen {
+                    e.last_seen = row.last_seen;
+                    if let Some(r) = row
+                        .report
+                        .as_deref()
+                        .and_then(|r| serde_json::from_str(r).ok())
+                    {
+                        e.report = Some(r);
+                    }
+                }
+            }
+        }
+        self.changes.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// With a store other replicas share: reads what they changed when they
+    /// announce it, and every few seconds in any case (an announcement may
+    /// be missed), until shutdown.
+    pub async fn replica_sync(self, mut shutdown: watch::Receiver<bool>) {
+        let Some(mut news) = self.store.subscribe() else {
+            return;
+        };
+        tracing::info!(replica = self.replica_id, "sharing the store with other replicas: their changes are read as they announce them, and every 5 s");
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                n = news.recv() => {
+                    match n {
+                        None => return,
+                        Some(origin) if origin == self.replica_id => continue,
+                        Some(_) => {}
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            // Many announcements at once: one reload.
+            while news.try_recv().is_ok() {}
+            if let Err(e) = self.reload_shared().await {
+                tracing::warn!(error = %crate::error_chain(&e), "reading the other replicas' changes failed; retried");
+            }
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

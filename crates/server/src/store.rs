@@ -267,6 +267,24 @@ pub struct MemberRecord {
 pub trait Store: Send + Sync + 'static {
     /// The store's identity, made once when it was created.
     fn store_id(&self) -> &str;
+    /// Whether several servers (replicas) may share this store.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Tells the other replicas that something changed (`origin`: the
+    /// telling replica, which ignores its own news).
+    async fn announce(&self, _origin: &str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// The other replicas' announcements (`None`: no other replicas).
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        None
+    }
+    /// Whether this replica leads the once-only work (stepping rollouts)
+    /// now; a store only one server uses always does.
+    async fn try_lead(&self) -> bool {
+        true
+    }
     /// A small write, committed: the store can take writes now.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -8,6 +8,7 @@ mod durability;
 mod hostile;
 mod hosts_tokens;
 mod ops;
+mod replicas;
 mod rollouts;
 mod support;
 mod takeover;
