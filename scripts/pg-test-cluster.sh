@@ -8,9 +8,9 @@ set -euo pipefail
 PORT="${1:-55432}"
 VER="$(ls /usr/lib/postgresql | sort -n | tail -1)"
 if ! pg_lsclusters -h | awk '{print $2}' | grep -qx palettetest; then
-  pg_createcluster "$VER" palettetest -p "$PORT" -- --auth-local=trust --auth-host=trust >/dev/null
+  pg_createcluster "$VER" palettetest -p "$PORT" -- --auth-local=trust --auth-host=trust >&2
 fi
-pg_ctlcluster "$VER" palettetest start 2>/dev/null || pg_ctlcluster "$VER" palettetest restart
+pg_ctlcluster "$VER" palettetest start >&2 2>/dev/null || pg_ctlcluster "$VER" palettetest restart >&2
 for _ in $(seq 1 50); do
   pg_isready -h 127.0.0.1 -p "$PORT" -q && break
   sleep 0.2

@@ -1591,7 +1591,7 @@ impl AppState {
     /// store — commands, releases, credentials, rollouts (unless this
     /// replica leads them), pins, windows, labels, and hosts' last contact —
     /// and wakes the long polls here.
-    pub async fn reload_shared(&self) -> StoreResult<()> {
+    pub async fn reload_shared(&self, with_hosts: bool) -> StoreResult<()> {
         let now = now_ms();
         {
             let _issuing = self.issue_lock.lock().await;
@@ -1619,7 +1619,11 @@ impl AppState {
         self.reload_tokens().await?;
         let leading = self.store.try_lead().await;
         self.load_rollouts_keeping(leading).await?;
-        let rows = self.store.load_hosts().await?;
+        let rows = if with_hosts {
+            self.store.load_hosts().await?
+        } else {
+            Vec::new()
+        };
         {
             let mut hosts = self.hosts.lock().unwrap();
             for row in rows {
@@ -1641,13 +1645,15 @@ impl AppState {
     }
 
     /// With a store other replicas share: reads what they changed when they
-    /// announce it, and every few seconds in any case (an announcement may
-    /// be missed), until shutdown.
+    /// announce it, and every 5 seconds in any case (an announcement may be
+    /// missed); the hosts' last contact (never announced: it changes at
+    /// every check-in) every 30 seconds. Until shutdown.
     pub async fn replica_sync(self, mut shutdown: watch::Receiver<bool>) {
         let Some(mut news) = self.store.subscribe() else {
             return;
         };
         tracing::info!(replica = self.replica_id, "sharing the store with other replicas: their changes are read as they announce them, and every 5 s");
+        let mut hosts_read = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -1662,7 +1668,11 @@ impl AppState {
             }
             // Many announcements at once: one reload.
             while news.try_recv().is_ok() {}
-            if let Err(e) = self.reload_shared().await {
+            let with_hosts = hosts_read.elapsed() >= Duration::from_secs(30);
+            if with_hosts {
+                hosts_read = std::time::Instant::now();
+            }
+            if let Err(e) = self.reload_shared(with_hosts).await {
                 tracing::warn!(error = %crate::error_chain(&e), "reading the other replicas' changes failed; retried");
             }
         }
