@@ -1646,8 +1646,9 @@ impl AppState {
 
     /// With a store other replicas share: reads what they changed when they
     /// announce it, and every 5 seconds in any case (an announcement may be
-    /// missed); the hosts' last contact (never announced: it changes at
-    /// every check-in) every 30 seconds. Until shutdown.
+    /// missed); the hosts' last contact and reports (never announced: they
+    /// change at every check-in) every 30 seconds, every 5 on the replica
+    /// that steps rollouts. Until shutdown.
     pub async fn replica_sync(self, mut shutdown: watch::Receiver<bool>) {
         let Some(mut news) = self.store.subscribe() else {
             return;
@@ -1668,7 +1669,10 @@ impl AppState {
             }
             // Many announcements at once: one reload.
             while news.try_recv().is_ok() {}
-            let with_hosts = hosts_read.elapsed() >= Duration::from_secs(30);
+            // The leader steps rollouts from the hosts' reports: it reads
+            // those of the other replicas' hosts more often.
+            let every = if self.store.try_lead().await { 5 } else { 30 };
+            let with_hosts = hosts_read.elapsed() >= Duration::from_secs(every);
             if with_hosts {
                 hosts_read = std::time::Instant::now();
             }

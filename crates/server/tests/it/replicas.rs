@@ -13,39 +13,11 @@ use palette_protocol::v2::*;
 use crate::support::*;
 
 fn checkin_req(host: &str) -> CheckinRequest {
-    CheckinRequest {
-        host: HostReport {
-            hostname: host.into(),
-            product: "agent".into(),
-            platform: "linux-x86_64".into(),
-            watchdog_version: "0.1.0".into(),
-            agent_version: Some("1.0.0".parse().unwrap()),
-            agent_state: AgentState::Running,
-            desired_state: DesiredState::Running,
-            config_revision: None,
-            last_update: None,
-            last_watchdog_update: None,
-            local_trouble: None,
-            update_progress: None,
-            labels: Default::default(),
-        },
-        store_id: None,
-        results: vec![],
-        seen_release: None,
-        seen_config: None,
-        seen_watchdog_release: None,
-    }
+    checkin_of(host)
 }
 
 async fn checkin(url: &str, req: &CheckinRequest, wait: u64) -> CheckinResponse {
-    let res = http()
-        .post(format!("{url}/api/v2/checkin?wait={wait}"))
-        .agent()
-        .json(req)
-        .go()
-        .await;
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
+    checkin_at(url, req, wait).await
 }
 
 #[tokio::test]
@@ -164,4 +136,123 @@ async fn two_replicas_share_commands_acks_releases_and_survive_one_killed() {
         .await;
     assert_eq!(res.status(), 201);
     b.stop().await;
+}
+
+/// Two replicas, both running their rollout drivers, hosts checking in at
+/// either: exactly one replica leads (steps) the rollout; every wave is
+/// admitted once, in order, and the rollout ends with every host updated.
+#[tokio::test]
+async fn two_replicas_step_a_rollout_once() {
+    if !on_postgres() {
+        eprintln!("SKIPPED: replicas need PostgreSQL (PALETTE_TEST_POSTGRES)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shared");
+    let url = postgres_for(&data).await.unwrap();
+    let a = BinServer::start(&data, &["--database", &url], None).await;
+    let b = BinServer::start(&data, &["--database", &url], None).await;
+    let urls = [a.url.clone(), b.url.clone()];
+    let hosts: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        checkin(&urls[i % 2], &checkin_req(h), 0).await;
+    }
+    let res = http()
+        .post(a.u("/api/v2/releases?version=2.0.0&platform=linux-x86_64&kind=archive&force=true&hold=true"))
+        .admin()
+        .body(b"two".to_vec())
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    let rel: Release = res.json().await.unwrap();
+    let res = http()
+        .post(b.u("/api/v2/rollouts"))
+        .admin()
+        .json(
+            &serde_json::json!({"release_id": rel.id, "waves": ["1", "3", "100%"], "soak_secs": 0}),
+        )
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    // The hosts: each checks in at "its" replica, installs what it is
+    // offered, reports it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = vec![false; hosts.len()];
+    while done.iter().any(|d| !d) {
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not finish: {done:?}"
+        );
+        for (i, h) in hosts.iter().enumerate() {
+            let mut req = checkin_req(h);
+            if done[i] {
+                req.host.agent_version = Some(rel.version);
+                req.host.last_update = Some(UpdateReport {
+                    release_id: rel.id,
+                    version: rel.version,
+                    outcome: Outcome::Succeeded,
+                    message: "installed".into(),
+                });
+                req.seen_release = Some(rel.id);
+            }
+            let r = checkin(&urls[i % 2], &req, 0).await;
+            if r.release.as_ref().map(|o| o.id) == Some(rel.id) {
+                done[i] = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let v: serde_json::Value = http()
+            .get(a.u("/api/v2/rollouts/1"))
+            .admin()
+            .json_of()
+            .await;
+        if v["phase"] == "done" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "not done: {v}");
+        // The last reports, again.
+        for (i, h) in hosts.iter().enumerate() {
+            let mut req = checkin_req(h);
+            req.host.agent_version = Some(rel.version);
+            req.seen_release = Some(rel.id);
+            checkin(&urls[i % 2], &req, 0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let members = status["hosts"].as_array().unwrap();
+    assert_eq!(members.len(), 6, "every host once: {status}");
+    let in_wave = |w: i64| members.iter().filter(|m| m["wave"] == w).count();
+    assert_eq!((in_wave(1), in_wave(2), in_wave(3)), (1, 2, 3), "{status}");
+    // Each wave admitted only after the one before finished.
+    let at = |m: &serde_json::Value, k: &str| {
+        palette_protocol::timefmt::parse_rfc3339(m[k].as_str().unwrap()).unwrap()
+    };
+    for w in 2..=3 {
+        let prev_end = members
+            .iter()
+            .filter(|m| m["wave"] == w - 1)
+            .map(|m| at(m, "finished_at"))
+            .max()
+            .unwrap();
+        let start = members
+            .iter()
+            .filter(|m| m["wave"] == w)
+            .map(|m| at(m, "admitted_at"))
+            .min()
+            .unwrap();
+        assert!(
+            start >= prev_end,
+            "wave {w} admitted before wave {} ended: {status}",
+            w - 1
+        );
+    }
+    // One leader in the shared log (both replicas write to it).
+    let leads = a
+        .log()
+        .matches("this replica leads the once-only work")
+        .count();
+    assert_eq!(leads, 1, "{}", a.log());
 }

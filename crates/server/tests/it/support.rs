@@ -300,3 +300,46 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A v2 check-in of `host` running agent 1.0.0 on linux-x86_64.
+pub fn checkin_of(host: &str) -> palette_protocol::v2::CheckinRequest {
+    use palette_protocol::v2::*;
+    CheckinRequest {
+        host: HostReport {
+            hostname: host.into(),
+            product: "agent".into(),
+            platform: "linux-x86_64".into(),
+            watchdog_version: "0.1.0".into(),
+            agent_version: Some("1.0.0".parse().unwrap()),
+            agent_state: AgentState::Running,
+            desired_state: DesiredState::Running,
+            config_revision: None,
+            last_update: None,
+            last_watchdog_update: None,
+            local_trouble: None,
+            update_progress: None,
+            labels: Default::default(),
+        },
+        store_id: None,
+        results: vec![],
+        seen_release: None,
+        seen_config: None,
+        seen_watchdog_release: None,
+    }
+}
+
+/// Checks in at the server `url` with the agent credential.
+pub async fn checkin_at(
+    url: &str,
+    req: &palette_protocol::v2::CheckinRequest,
+    wait: u64,
+) -> palette_protocol::v2::CheckinResponse {
+    let res = http()
+        .post(format!("{url}/api/v2/checkin?wait={wait}"))
+        .agent()
+        .json(req)
+        .go()
+        .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
