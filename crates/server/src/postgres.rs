@@ -429,27 +429,40 @@ impl Store for PgStore {
     }
 
     async fn record_acks(&self, acks: &[(CommandAck, Millis)]) -> StoreResult<Vec<bool>> {
-        write_tx!(self, |tx| {
-            let mut out = Vec::with_capacity(acks.len());
-            for (ack, at) in acks {
-                let done = sqlx::query(
-                    "INSERT INTO command_acks (command_id, hostname, outcome, message, at) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(ack.id)
-                .bind(&ack.hostname)
-                .bind(match ack.outcome {
-                    Outcome::Succeeded => "succeeded",
-                    Outcome::Failed => "failed",
-                })
-                .bind(&ack.message)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                out.push(done.rows_affected() == 1);
-            }
-            out
-        })
+        // One statement for the whole group (one round trip, not one per
+        // acknowledgement); the rows it inserted say which were new.
+        let ids: Vec<i64> = acks.iter().map(|(a, _)| a.id).collect();
+        let hosts: Vec<String> = acks.iter().map(|(a, _)| a.hostname.clone()).collect();
+        let outcomes: Vec<&str> = acks
+            .iter()
+            .map(|(a, _)| match a.outcome {
+                Outcome::Succeeded => "succeeded",
+                Outcome::Failed => "failed",
+            })
+            .collect();
+        let messages: Vec<String> = acks.iter().map(|(a, _)| a.message.clone()).collect();
+        let ats: Vec<i64> = acks.iter().map(|(_, at)| *at).collect();
+        let inserted: Vec<(i64, String)> = write_tx!(self, |tx| {
+            sqlx::query_as(
+                "INSERT INTO command_acks (command_id, hostname, outcome, message, at)
+                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                 ON CONFLICT DO NOTHING
+                 RETURNING command_id, hostname",
+            )
+            .bind(&ids)
+            .bind(&hosts)
+            .bind(&outcomes)
+            .bind(&messages)
+            .bind(&ats)
+            .fetch_all(&mut *tx)
+            .await?
+        })?;
+        let mut new: std::collections::HashSet<(i64, String)> = inserted.into_iter().collect();
+        // The first of two equal acknowledgements in one group is the new one.
+        Ok(acks
+            .iter()
+            .map(|(a, _)| new.remove(&(a.id, a.hostname.clone())))
+            .collect())
     }
 
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>> {
