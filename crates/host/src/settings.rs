@@ -23,7 +23,32 @@ pub enum SettingsError {
         source: Box<serde_saphyr::Error>,
     },
     #[error("{path}: {problem}")]
-    Invalid { path: PathBuf, problem: String },
+    Invalid { path: PathBuf, problem: Problem },
+}
+
+/// What is wrong with settings that parse.
+#[derive(Debug, Error)]
+pub enum Problem {
+    #[error("labels: {0}")]
+    Labels(#[from] palette_protocol::selector::SelectorError),
+    #[error("agent.command must name the agent program for the process backend")]
+    NoCommand,
+    #[error("agent.start, agent.stop and agent.status are required for the command backend")]
+    NoCommandScripts,
+    #[error("agent.service_name is required for the windows_service backend")]
+    NoServiceName,
+    #[error("agent.health_url {0:?} must be an http:// or https:// URL")]
+    HealthUrl(String),
+    #[error("server.client_cert and server.client_key go together")]
+    HalfClientCert,
+    #[error("server.checkin_wait_secs must be at most 300")]
+    CheckinWait,
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("hostname: {0}")]
+    Hostname(#[from] palette_protocol::HostnameError),
+    #[error(transparent)]
+    TrustKey(#[from] crate::trust::BadKey),
 }
 
 /// How the agent is run.
@@ -281,24 +306,16 @@ impl Settings {
         Ok(s)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        palette_protocol::selector::check_labels(&self.labels)
-            .map_err(|e| format!("labels: {e}"))?;
+    fn validate(&self) -> Result<(), Problem> {
+        palette_protocol::selector::check_labels(&self.labels)?;
         match self.agent.backend {
-            Backend::Process if self.agent.command.is_empty() => {
-                return Err(
-                    "agent.command must name the agent program for the process backend".into(),
-                )
-            }
+            Backend::Process if self.agent.command.is_empty() => return Err(Problem::NoCommand),
             Backend::Command
                 if self.agent.start.is_empty()
                     || self.agent.stop.is_empty()
                     || self.agent.status.is_empty() =>
             {
-                return Err(
-                    "agent.start, agent.stop and agent.status are required for the command backend"
-                        .into(),
-                )
+                return Err(Problem::NoCommandScripts)
             }
             Backend::WindowsService
                 if self
@@ -307,22 +324,20 @@ impl Settings {
                     .as_deref()
                     .is_none_or(|n| n.trim().is_empty()) =>
             {
-                return Err("agent.service_name is required for the windows_service backend".into())
+                return Err(Problem::NoServiceName)
             }
             _ => {}
         }
         if let Some(u) = &self.agent.health_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(format!(
-                    "agent.health_url {u:?} must be an http:// or https:// URL"
-                ));
+                return Err(Problem::HealthUrl(u.clone()));
             }
         }
         if self.server.client_cert.is_some() != self.server.client_key.is_some() {
-            return Err("server.client_cert and server.client_key go together".into());
+            return Err(Problem::HalfClientCert);
         }
         if self.server.checkin_wait_secs > 300 {
-            return Err("server.checkin_wait_secs must be at most 300".into());
+            return Err(Problem::CheckinWait);
         }
         for (name, v) in [
             ("intervals.keepalive_secs", self.intervals.keepalive_secs),
@@ -336,13 +351,13 @@ impl Settings {
             ("self_update.prove_secs", self.self_update.prove_secs),
         ] {
             if v == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(Problem::Zero(name));
             }
         }
         if let Some(h) = &self.hostname {
-            palette_protocol::validate_hostname(h).map_err(|e| format!("hostname: {e}"))?;
+            palette_protocol::validate_hostname(h)?;
         }
-        crate::trust::TrustedKeys::parse(&self.trust.keys).map_err(|e| e.to_string())?;
+        crate::trust::TrustedKeys::parse(&self.trust.keys)?;
         Ok(())
     }
 }

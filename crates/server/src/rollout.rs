@@ -56,19 +56,24 @@ impl std::fmt::Display for Size {
     }
 }
 
+/// Why a wave list is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WavesError {
+    #[error("{0:?} is not a wave size (a host count like 1, or a percentage like 25%)")]
+    Size(String),
+    #[error("between 1 and 20 waves, not {0}")]
+    Count(usize),
+}
+
 /// Parses a wave list such as `1,25%,100%` (each at least as large as the
 /// one before; the last reaches every host whatever it says).
-pub fn parse_waves(s: &str) -> Result<Vec<Size>, String> {
+pub fn parse_waves(s: &str) -> Result<Vec<Size>, WavesError> {
     let waves: Vec<Size> = s
         .split(',')
-        .map(|w| {
-            Size::parse(w).ok_or_else(|| {
-                format!("{w:?} is not a wave size (a host count like 1, or a percentage like 25%)")
-            })
-        })
+        .map(|w| Size::parse(w).ok_or_else(|| WavesError::Size(w.to_string())))
         .collect::<Result<_, _>>()?;
     if waves.is_empty() || waves.len() > 20 {
-        return Err("between 1 and 20 waves".into());
+        return Err(WavesError::Count(waves.len()));
     }
     Ok(waves)
 }

@@ -421,7 +421,7 @@ impl AppState {
         } else {
             new.waves.join(",")
         };
-        let waves = parse_waves(&waves_text).map_err(RolloutError::Invalid)?;
+        let waves = parse_waves(&waves_text).map_err(|e| RolloutError::Invalid(e.to_string()))?;
         let halt_after = match new.halt_after.as_deref() {
             None => Threshold::Hosts(1),
             Some(t) => Threshold::parse(t).ok_or_else(|| {
