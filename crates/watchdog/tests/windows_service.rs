@@ -126,13 +126,25 @@ fn the_watchdog_runs_as_a_windows_service() {
 
     // The legacy-style commands start and stop it too; `restart` (what a
     // self-update's manager runs) goes through a stop and a start.
+    let before = read(&log).matches("starting base=").count();
     let (ok, text) = watchdog(&base, &["start"]);
     assert!(ok, "start: {text}");
     assert!(service_state_is(SERVICE, "RUNNING"));
+    // The service reports RUNNING a moment before its log line lands.
+    wait_for(
+        "the started watchdog logged its start",
+        Duration::from_secs(30),
+        || read(&log).matches("starting base=").count() > before,
+    );
     let starts = read(&log).matches("starting base=").count();
     let (ok, text) = watchdog(&base, &["restart"]);
     assert!(ok, "restart: {text}");
     assert!(service_state_is(SERVICE, "RUNNING"));
+    wait_for(
+        "the restarted watchdog logged its start",
+        Duration::from_secs(30),
+        || read(&log).matches("starting base=").count() > starts,
+    );
     assert_eq!(
         read(&log).matches("starting base=").count(),
         starts + 1,
