@@ -661,15 +661,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             if out != Output::Table {
                 print_structured(out, &serde_json::json!({ "release": r, "hosts": hosts }))?;
             }
-            let failed = hosts
-                .iter()
-                .filter(|h| h.outcome == Some(palette_protocol::v2::Outcome::Failed))
-                .count();
-            let missing = hosts.iter().filter(|h| h.outcome.is_none()).count();
-            if failed > 0 || missing > 0 {
-                return Err(HostsFailed { failed, missing }.into());
-            }
-            Ok(())
+            hosts_outcome(&hosts)
         }
         Cmd::Release(ReleaseCmd::Rollback {
             version,
@@ -746,15 +738,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     &serde_json::json!({ "rolled_back": done["rolled_back"], "target": target, "hosts": hosts }),
                 )?;
             }
-            let failed = hosts
-                .iter()
-                .filter(|h| h.outcome == Some(palette_protocol::v2::Outcome::Failed))
-                .count();
-            let missing = hosts.iter().filter(|h| h.outcome.is_none()).count();
-            if failed > 0 || missing > 0 {
-                return Err(HostsFailed { failed, missing }.into());
-            }
-            Ok(())
+            hosts_outcome(&hosts)
         }
         Cmd::Keys(KeysCmd::Generate { out, no_password }) => {
             let (pub_path, line) = signing::generate(&out, no_password)?;
@@ -1831,6 +1815,20 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Exit code 3 (`HostsFailed`) when any followed host failed or had not
+/// finished.
+fn hosts_outcome(hosts: &[HostOutcome]) -> anyhow::Result<()> {
+    let failed = hosts
+        .iter()
+        .filter(|h| h.outcome == Some(palette_protocol::v2::Outcome::Failed))
+        .count();
+    let missing = hosts.iter().filter(|h| h.outcome.is_none()).count();
+    if failed > 0 || missing > 0 {
+        return Err(HostsFailed { failed, missing }.into());
+    }
+    Ok(())
 }
 
 /// One host's answer to a release: `None` while it had not finished.

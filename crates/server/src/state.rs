@@ -252,6 +252,20 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The rolled-back versions of `offer`'s product and platform newer than
+/// it: a host running one of them comes down to `offer`.
+fn rolled_back_above(all: &[Release], offer: &Release) -> Vec<Version> {
+    let mut v: Vec<Version> = all
+        .iter()
+        .filter(|r| r.product == offer.product && r.platform == offer.platform)
+        .filter(|r| r.rolled_back_at.is_some() && r.version > offer.version)
+        .map(|r| r.version)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 fn release_from(id: i64, r: NewRelease) -> Release {
     Release {
         id,
@@ -1423,15 +1437,7 @@ impl AppState {
             .filter(|r| r.withdrawn_at.is_none() && !r.held)
             .max_by(|a, b| a.version.cmp(&b.version).then(a.id.cmp(&b.id)))
             .cloned()?;
-        offer.rollback_from = cache
-            .all
-            .iter()
-            .filter(same)
-            .filter(|r| r.rolled_back_at.is_some() && r.version > offer.version)
-            .map(|r| r.version)
-            .collect();
-        offer.rollback_from.sort();
-        offer.rollback_from.dedup();
+        offer.rollback_from = rolled_back_above(&cache.all, &offer);
         Some(offer)
     }
 
@@ -1455,15 +1461,7 @@ impl AppState {
         let mut offer = self
             .rollouts
             .offer(&report.hostname, &labels, &candidates)?;
-        offer.rollback_from = cache
-            .all
-            .iter()
-            .filter(same)
-            .filter(|r| r.rolled_back_at.is_some() && r.version > offer.version)
-            .map(|r| r.version)
-            .collect();
-        offer.rollback_from.sort();
-        offer.rollback_from.dedup();
+        offer.rollback_from = rolled_back_above(&cache.all, &offer);
         Some(offer)
     }
 
