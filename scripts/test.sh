@@ -10,6 +10,17 @@ cargo build --workspace --locked "${FEATURES[@]}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
+# Object storage: PALETTE_S3_URL names an S3-compatible server the tests
+# may make buckets on (scripts/s3-test-server.sh starts one; .ci/run does);
+# without it those tests say they skipped.
+export PALETTE_TEST_S3="${PALETTE_S3_URL:-}"
+if [ -z "$PALETTE_TEST_S3" ]; then
+  if [ "${PALETTE_REQUIRE_S3:-}" = 1 ]; then
+    echo "PALETTE_REQUIRE_S3=1 but no PALETTE_S3_URL (scripts/s3-test-server.sh)"; status=1
+  else
+    echo "the object storage tests are skipped: set PALETTE_S3_URL (scripts/s3-test-server.sh starts a server)"
+  fi
+fi
 PALETTE_TEST_POSTGRES= cargo test --workspace --locked "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
 # The server's suite once more on PostgreSQL (one test body, two backends):
 # PALETTE_POSTGRES_URL names a server the tests may create databases on

@@ -17,6 +17,9 @@ pub const DATA_DIR: &str = "PALETTE_DATA_DIR";
 /// palette-server: the database (`postgres://…`; unset: SQLite in the data
 /// folder).
 pub const DATABASE: &str = "PALETTE_DATABASE";
+/// palette-server: where release artifacts live, `s3://bucket/prefix` (default:
+/// the data folder).
+pub const ARTIFACTS: &str = "PALETTE_ARTIFACTS";
 /// palette-server: address to listen on (`--listen`).
 pub const LISTEN: &str = "PALETTE_LISTEN";
 /// palette-server: PEM certificate chain (`--tls-cert`).

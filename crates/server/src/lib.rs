@@ -115,6 +115,8 @@ pub struct ServerOptions {
     pub clock_file: Option<PathBuf>,
     /// `postgres://…`; `None`: SQLite in the data folder.
     pub database: Option<String>,
+    /// `s3://bucket/prefix`; `None`: artifacts in the data folder.
+    pub artifacts: Option<String>,
 }
 
 impl ServerOptions {
@@ -135,6 +137,7 @@ impl ServerOptions {
             default_rollout: Default::default(),
             clock_file: None,
             database: None,
+            artifacts: None,
         }
     }
 }
@@ -185,6 +188,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.default_rollout = opts.default_rollout;
     settings.clock_file = opts.clock_file.clone();
     settings.tls = opts.tls.is_some();
+    settings.artifacts = opts.artifacts.clone();
     AppState::load(
         store,
         settings,

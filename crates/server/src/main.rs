@@ -76,6 +76,13 @@ struct Cli {
     /// keeps the artifacts either way).
     #[arg(long, env = env::DATABASE, global = true, hide_env_values = true)]
     database: Option<String>,
+    /// Where release artifacts live: `s3://bucket/prefix` on S3 or any
+    /// S3-compatible storage (settings from the usual AWS_* variables:
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP), which several replicas share;
+    /// --data-dir then keeps a read-through cache. Default: --data-dir.
+    #[arg(long, env = env::ARTIFACTS, global = true)]
+    artifacts: Option<String>,
 }
 
 /// Without a subcommand the server runs.
@@ -119,6 +126,12 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!(
             "backup and restore cover the embedded SQLite store; with PostgreSQL use pg_dump / pg_restore, and copy the artifacts folder ({})",
             cli.data_dir.join("artifacts").display()
+        );
+    }
+    if let (Some(Sub::Backup { .. }), Some(bucket)) = (&cli.cmd, &cli.artifacts) {
+        tracing::warn!(
+            artifacts = bucket,
+            "artifacts live in object storage: this backup holds the database and the artifacts cached in --data-dir; back the bucket up by the storage's own means (versioning, replication)"
         );
     }
     match &cli.cmd {
@@ -189,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
     opts.require_host_tokens = cli.require_host_tokens;
     opts.default_rollout = cli.default_rollout;
     opts.database = cli.database.clone();
+    opts.artifacts = cli.artifacts.clone();
     opts.clock_file = std::env::var_os(env::TEST_CLOCK_FILE).map(std::path::PathBuf::from);
     opts.new_hosts_per_minute = cli.new_hosts_per_minute;
     palette_server::serve(opts, async {

@@ -73,6 +73,9 @@ pub struct Settings {
     pub clock_file: Option<PathBuf>,
     /// Whether the server speaks TLS (dashboard cookies are `Secure`).
     pub tls: bool,
+    /// `s3://bucket/prefix`: artifacts in object storage, the data folder a
+    /// cache of them.
+    pub artifacts: Option<String>,
 }
 
 impl Settings {
@@ -93,6 +96,7 @@ impl Settings {
             default_rollout: Default::default(),
             clock_file: None,
             tls: false,
+            artifacts: None,
         }
     }
 }
@@ -372,7 +376,11 @@ impl AppState {
         admin_token: Option<&str>,
         agent_tokens: &[String],
     ) -> anyhow::Result<Self> {
-        let artifacts = ArtifactStore::open(settings.data_dir.join("artifacts"))?;
+        let remote = match &settings.artifacts {
+            Some(url) => Some(crate::artifacts::Remote::s3(url)?),
+            None => None,
+        };
+        let artifacts = ArtifactStore::open(settings.data_dir.join("artifacts"), remote)?;
         let now = now_ms();
         for t in agent_tokens {
             store
@@ -1299,7 +1307,7 @@ impl AppState {
         mut r: NewRelease,
     ) -> Result<Release, PublishError> {
         let _guard = self.publish_lock.lock().await;
-        let ingested = self.artifacts.place(staged)?;
+        let ingested = self.artifacts.place(staged).await?;
         r.sha256 = ingested.sha256;
         r.md5 = ingested.md5;
         r.size = ingested.size;
@@ -1348,6 +1356,22 @@ impl AppState {
                 files = removed,
                 "deleted artifact files that no release names (a publish cut short)"
             );
+        }
+        // The bucket is shared: one replica collects it.
+        if self.artifacts.is_remote() && self.store.try_lead().await {
+            match self.artifacts.collect_remote(|sha| self.has_artifact(sha)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    objects = n,
+                    storage = self.artifacts.storage(),
+                    "deleted artifacts in object storage that no release names (publishes cut short over an hour ago)"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %crate::error_chain(&e),
+                    storage = self.artifacts.storage(),
+                    "could not collect orphan artifacts in object storage; tried again at the next start"
+                ),
+            }
         }
     }
 

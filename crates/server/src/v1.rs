@@ -168,8 +168,13 @@ async fn agent_version(
 }
 
 pub async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Response {
-    let Some(path) = state.artifacts.path_for(sha256) else {
-        return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    let path = match state
+        .artifacts
+        .local_file(sha256, state.settings.max_artifact_bytes)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return artifact_unavailable(e),
     };
     let svc = ServeFile::new_with_mime(path, &"application/octet-stream".parse().unwrap());
     match svc.oneshot(req).await {
@@ -186,6 +191,26 @@ pub async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Res
             res.map(Body::new)
         }
         Err(e) => match e {},
+    }
+}
+
+/// A download whose artifact cannot be had: 503 (retry) while storage is
+/// unreachable, 502 when what it holds is missing or wrong; logged either
+/// way, since a release names it.
+fn artifact_unavailable(e: crate::artifacts::FetchError) -> Response {
+    let chain = crate::error_chain(&e);
+    if e.is_transient() {
+        tracing::warn!(error = %chain, "artifact download failed; the client retries");
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the artifact storage is unavailable; retry later\n",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        r
+    } else {
+        tracing::error!(error = %chain, "a release's artifact cannot be served");
+        text(StatusCode::BAD_GATEWAY, format!("{e}\n"))
     }
 }
 

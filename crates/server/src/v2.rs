@@ -129,6 +129,13 @@ fn ingest_error(e: IngestError) -> V2Error {
                 "the server's disk is full: the artifact was not stored; retry later",
             )
         }
+        IngestError::Remote { .. } => {
+            tracing::error!(error = %crate::error_chain(&e), "artifact not stored: object storage failed");
+            V2Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}: nothing was published; retry later"),
+            )
+        }
         IngestError::Io { .. } => {
             tracing::error!(error = %crate::error_chain(&e), "artifact write failed");
             V2Error::new(

@@ -7,6 +7,7 @@ mod durability;
 #[cfg(unix)]
 mod hostile;
 mod hosts_tokens;
+mod objects;
 mod ops;
 mod replicas;
 mod rollouts;

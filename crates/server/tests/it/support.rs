@@ -211,6 +211,16 @@ impl BinServer {
     /// Starts the binary on a free port with `args`, under a file limit of
     /// `nofile` (soft and hard) when given, and waits until it answers.
     pub async fn start(data: &Path, args: &[&str], nofile: Option<u64>) -> BinServer {
+        Self::start_env(data, args, &[], nofile).await
+    }
+
+    /// As `start`, with environment variables.
+    pub async fn start_env(
+        data: &Path,
+        args: &[&str],
+        envs: &[(&str, String)],
+        nofile: Option<u64>,
+    ) -> BinServer {
         std::fs::create_dir_all(data).unwrap();
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -237,6 +247,7 @@ impl BinServer {
             .env("PALETTE_ADMIN_TOKEN", ADMIN)
             .env("PALETTE_AGENT_TOKENS", AGENT)
             .env("PALETTE_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let child = cmd.spawn().expect("palette-server starts");
@@ -342,4 +353,104 @@ pub async fn checkin_at(
         .await;
     assert_eq!(res.status(), 200);
     res.json().await.unwrap()
+}
+
+/// A bucket of its own on the S3-compatible test server that
+/// `PALETTE_TEST_S3` names (`scripts/s3-test-server.sh` starts one).
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+/// A fresh bucket, or `None` without `PALETTE_TEST_S3`.
+pub async fn s3_bucket() -> Option<S3> {
+    let endpoint = std::env::var("PALETTE_TEST_S3")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let bucket = format!("palette-{}", hex::encode(rand_bytes()));
+    let res = http()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("PALETTE_TEST_S3 answers");
+    assert!(
+        res.status().is_success(),
+        "bucket not made: {}",
+        res.status()
+    );
+    Some(S3 { endpoint, bucket })
+}
+
+fn rand_bytes() -> [u8; 8] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish().to_le_bytes()
+}
+
+impl S3 {
+    /// `--artifacts` for this bucket under `prefix`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// What a server needs in its environment to reach it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    fn object(&self, key: &str) -> String {
+        format!("{}/{}/{key}", self.endpoint, self.bucket)
+    }
+
+    /// moto answers anonymous object requests with 403 but checks no
+    /// signature: any SigV4 header stands for the test's own credentials.
+    fn signed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        req.header(
+            AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+        )
+    }
+
+    /// An object's bytes, straight from the storage.
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let res = self
+            .signed(http().get(self.object(key)))
+            .send()
+            .await
+            .unwrap();
+        res.status()
+            .is_success()
+            .then_some(res.bytes().await.unwrap().to_vec())
+    }
+
+    pub async fn put(&self, key: &str, body: &[u8]) {
+        let res = self
+            .signed(http().put(self.object(key)))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+    }
+
+    pub async fn delete(&self, key: &str) {
+        let res = self
+            .signed(http().delete(self.object(key)))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+    }
 }
