@@ -256,3 +256,80 @@ async fn two_replicas_step_a_rollout_once() {
         .count();
     assert_eq!(leads, 1, "{}", a.log());
 }
+
+/// PostgreSQL over TLS: with `sslmode=require` every connection of the
+/// server is encrypted (PostgreSQL's own view, `pg_stat_ssl`); with
+/// `sslmode=verify-full` and a CA that did not issue the database's
+/// certificate the server refuses to start and says why.
+#[tokio::test]
+async fn postgres_connections_are_encrypted_and_verified_when_asked() {
+    if !on_postgres() {
+        eprintln!("SKIPPED: needs PostgreSQL (PALETTE_TEST_POSTGRES)");
+        return;
+    }
+    let base = std::env::var("PALETTE_TEST_POSTGRES").unwrap();
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    if ssl != "on" {
+        eprintln!("SKIPPED: the test PostgreSQL has no TLS (ssl = {ssl})");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("tls");
+    let url = postgres_for(&data).await.unwrap();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let s = BinServer::start(
+        &data,
+        &["--database", &format!("{url}?sslmode=require")],
+        None,
+    )
+    .await;
+    checkin_at(&s.url, &checkin_of("over-tls"), 0).await;
+    let count = |encrypted: bool| {
+        let (admin, db) = (admin.clone(), db.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = $1 AND s.ssl = $2",
+            )
+            .bind(db)
+            .bind(encrypted)
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+        }
+    };
+    assert!(count(true).await > 0, "no encrypted connection");
+    assert_eq!(count(false).await, 0, "a plain-text connection");
+    s.kill9();
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_path = tmp.path().join("other-ca.pem");
+    std::fs::write(&ca_path, other_ca.pem()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palette-server"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("refused"))
+        .args(["--listen", "127.0.0.1:0", "--database"])
+        .arg(format!(
+            "{url}?sslmode=verify-full&sslrootcert={}",
+            ca_path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "started against an unverified database"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("while opening the PostgreSQL database") && err.contains("certificate"),
+        "{err}"
+    );
+    admin.close().await;
+}
