@@ -7,6 +7,7 @@
 # 0), the dashboard's render times with every host known, and each
 # server's RSS and CPU.
 # Usage: bench/fleet.sh [hosts, default 10000] [long-poll wait s, default 30] [replicas, default 1]
+#   SIM_ARGS: more palette-fleet-sim options, e.g. "--scenarios idle,command".
 #   replicas 1: one server on SQLite; 2 or more: that many replicas on one
 #   PostgreSQL database (scripts/pg-test-cluster.sh starts a cluster), the
 #   hosts spread over them.
@@ -52,7 +53,8 @@ done
 STORE=SQLite; [ "$REPLICAS" -gt 1 ] && STORE="PostgreSQL, $REPLICAS replicas"
 echo "== palette-server ($STORE), $HOSTS simulated hosts, long polls of ${WAIT}s, $(nproc) cores"
 target/release/palette-fleet-sim --servers "$(IFS=,; echo "${URLS[*]}")" --hosts "$HOSTS" --wait "$WAIT" \
-  --agent-token bench-license-key --admin-token bench-admin --server-pids "$(IFS=,; echo "${PIDS[*]}")" --idle-secs 30
+  --agent-token bench-license-key --admin-token bench-admin --server-pids "$(IFS=,; echo "${PIDS[*]}")" --idle-secs 30 \
+  ${SIM_ARGS:-}
 for p in "${PIDS[@]}"; do
   echo "== server $p peak RSS: $(grep VmHWM /proc/$p/status | awk '{print $2/1024 " MiB"}')"
 done
