@@ -207,6 +207,11 @@ pub async fn restore(from: &Path, data_dir: &Path) -> Result<Summary, BackupErro
         sqlx::query("DELETE FROM store_meta WHERE key = 'store_id'")
             .execute(&mut conn)
             .await?;
+        // Dashboard sessions of the backed-up server end (a backup of an
+        // older schema has no such table).
+        let _ = sqlx::query("DELETE FROM ui_sessions")
+            .execute(&mut conn)
+            .await;
         conn.close().await?;
     }
     // Artifacts first, the database last: a server never starts on a

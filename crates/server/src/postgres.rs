@@ -29,7 +29,7 @@ use sqlx::{Connection, Postgres, Row};
 
 use crate::store::{
     AuditEntry, CommandRow, HostRow, MemberRecord, NewRelease, OutageLog, RolloutRecord, Store,
-    StoreError, StoreResult, TokenKind, TokenRow,
+    StoreError, StoreResult, TokenKind, TokenRow, UiSessionRow,
 };
 
 /// Runs `body` (which uses the transaction `tx`) in a write transaction on
@@ -50,11 +50,18 @@ macro_rules! write_tx {
     }};
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "schema (as SQLite v11)",
-    include_str!("../migrations/postgres/0001_schema.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "schema (as SQLite v11)",
+        include_str!("../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "ui sessions (as SQLite v12)",
+        include_str!("../migrations/postgres/0002_ui_sessions.sql"),
+    ),
+];
 
 /// Update outcomes kept per host and product (older ones are deleted).
 const UPDATE_HISTORY_KEPT: i64 = 200;
@@ -998,6 +1005,51 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_ui_session(&self, s: &UiSessionRow, now: Millis) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM ui_sessions WHERE expires_at <= $1")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO ui_sessions (id_hash, token_hash, csrf, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&s.id_hash)
+            .bind(&s.token_hash)
+            .bind(&s.csrf)
+            .bind(s.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        })
+    }
+
+    async fn ui_session(&self, id_hash: &str) -> StoreResult<Option<UiSessionRow>> {
+        let row = self.read(
+            sqlx::query("SELECT * FROM ui_sessions WHERE id_hash = $1")
+                .bind(id_hash)
+                .fetch_optional(&self.pool)
+                .await,
+        )?;
+        row.map(|r| {
+            Ok(UiSessionRow {
+                id_hash: r.try_get("id_hash")?,
+                token_hash: r.try_get("token_hash")?,
+                csrf: r.try_get("csrf")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_ui_session(&self, id_hash: &str) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM ui_sessions WHERE id_hash = $1")
+                .bind(id_hash)
+                .execute(&mut *tx)
+                .await?;
+        })
     }
 
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {

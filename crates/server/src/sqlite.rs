@@ -30,7 +30,7 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
 use crate::store::{
     AuditEntry, CommandRow, HostRow, MemberRecord, NewRelease, OutageLog, RolloutRecord, Store,
-    StoreError, StoreResult, TokenKind, TokenRow,
+    StoreError, StoreResult, TokenKind, TokenRow, UiSessionRow,
 };
 
 /// Runs `body` (which uses the transaction `tx`) in a write transaction on
@@ -106,6 +106,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "rollouts",
         include_str!("../migrations/sqlite/0011_rollouts.sql"),
+    ),
+    (
+        12,
+        "ui sessions",
+        include_str!("../migrations/sqlite/0012_ui_sessions.sql"),
     ),
 ];
 
@@ -950,6 +955,51 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_ui_session(&self, s: &UiSessionRow, now: Millis) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM ui_sessions WHERE expires_at <= ?")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO ui_sessions (id_hash, token_hash, csrf, expires_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&s.id_hash)
+            .bind(&s.token_hash)
+            .bind(&s.csrf)
+            .bind(s.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        })
+    }
+
+    async fn ui_session(&self, id_hash: &str) -> StoreResult<Option<UiSessionRow>> {
+        let row = self.read(
+            sqlx::query("SELECT * FROM ui_sessions WHERE id_hash = ?")
+                .bind(id_hash)
+                .fetch_optional(&self.pool)
+                .await,
+        )?;
+        row.map(|r| {
+            Ok(UiSessionRow {
+                id_hash: r.try_get("id_hash")?,
+                token_hash: r.try_get("token_hash")?,
+                csrf: r.try_get("csrf")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_ui_session(&self, id_hash: &str) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM ui_sessions WHERE id_hash = ?")
+                .bind(id_hash)
+                .execute(&mut *tx)
+                .await?;
+        })
     }
 
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {

@@ -473,6 +473,16 @@ impl AppState {
         Some(c)
     }
 
+    /// The live credential whose token hashes to `hash`.
+    pub fn credential_by_hash(
+        &self,
+        hash: &crate::auth::TokenHash,
+    ) -> Option<Arc<crate::tokens::Credential>> {
+        let c = self.tokens.find_by_hash(hash)?;
+        c.used(now_ms());
+        Some(c)
+    }
+
     /// Whether `host` has enrolled (has a live host token).
     pub fn is_enrolled(&self, host: &str) -> bool {
         self.tokens.is_enrolled(host)

@@ -183,6 +183,16 @@ pub enum TokenKind {
     Host,
 }
 
+/// A dashboard session as stored: the SHA-256 (hex) of its cookie and of
+/// the operator token it stands for; neither secret is kept.
+#[derive(Debug, Clone)]
+pub struct UiSessionRow {
+    pub id_hash: String,
+    pub token_hash: String,
+    pub csrf: String,
+    pub expires_at: Millis,
+}
+
 /// A stored token (its hash only; the secret is never kept).
 #[derive(Debug, Clone)]
 pub struct TokenRow {
@@ -371,6 +381,10 @@ pub trait Store: Send + Sync + 'static {
         signed: Option<(&str, &str)>,
         at: Millis,
     ) -> StoreResult<()>;
+    /// Stores a dashboard session, deleting those expired by `now`.
+    async fn insert_ui_session(&self, s: &UiSessionRow, now: Millis) -> StoreResult<()>;
+    async fn ui_session(&self, id_hash: &str) -> StoreResult<Option<UiSessionRow>>;
+    async fn delete_ui_session(&self, id_hash: &str) -> StoreResult<()>;
     /// Whether any release (of any product) has this artifact.
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool>;
 

@@ -119,6 +119,11 @@ impl Tokens {
             .cloned()
     }
 
+    /// The live credential whose token hashes to `hash`.
+    pub fn find_by_hash(&self, hash: &TokenHash) -> Option<Arc<Credential>> {
+        self.maps.read().unwrap().by_hash.get(hash).cloned()
+    }
+
     /// Whether `host` has a live host token (only that token may act for
     /// it then).
     pub fn is_enrolled(&self, host: &str) -> bool {

@@ -2,9 +2,11 @@
 //! embedded JavaScript that refreshes the live part of a page every few
 //! seconds, and CSS for wide and narrow screens; no build step, everything
 //! in the binary. Behind a login: an operator token becomes a session
-//! (in memory, 12 hours, `HttpOnly`, `SameSite=Strict`, `Secure` under TLS)
-//! and every form carries the session's CSRF token. A session lives only
-//! as long as its token: a revoked token ends it at the next request.
+//! (12 hours, `HttpOnly`, `SameSite=Strict`, `Secure` under TLS) and every
+//! form carries the session's CSRF token. Sessions live in the store, as
+//! hashes only (the cookie's and the token's), so every replica knows them
+//! and a logout on one ends the session on all. A session lives only as
+//! long as its token: a revoked token ends it at the next request.
 //! Owns: presenting the fleet and the operator's few writes (commands,
 //! rollouts and their buttons, withdrawal), through the same state methods
 //! as the v2 API, audited the same way. Must not: hold fleet state of its
@@ -12,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Form, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -31,24 +33,14 @@ use crate::store::TokenKind;
 
 const COOKIE: &str = "palette_session";
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-const MAX_SESSIONS: usize = 10_000;
 /// Version-mix samples kept (one a minute: a day).
 const MAX_SAMPLES: usize = 1440;
 const CSS: &str = include_str!("ui/app.css");
 const JS: &str = include_str!("ui/app.js");
 
-struct Session {
-    /// The operator token, kept in memory only: checked at every request,
-    /// so revoking it ends the session.
-    token: String,
-    csrf: String,
-    expires: Instant,
-}
-
-/// Sessions and the fleet's version mix over time.
+/// The fleet's version mix over time.
 #[derive(Default)]
 pub struct Ui {
-    sessions: Mutex<HashMap<String, Session>>,
     samples: Mutex<VecDeque<(Millis, BTreeMap<String, u64>)>>,
     /// Whether cookies get `Secure` (the server speaks TLS).
     pub secure: bool,
@@ -115,6 +107,8 @@ pub(crate) struct UiSession {
 pub(crate) enum NoSession {
     Login,
     Refused,
+    /// The store could not be asked (its public reason).
+    Store(String),
 }
 
 impl IntoResponse for NoSession {
@@ -125,6 +119,7 @@ impl IntoResponse for NoSession {
                 StatusCode::FORBIDDEN,
                 "no session: log in first (nothing was changed)",
             ),
+            NoSession::Store(why) => page_error(StatusCode::SERVICE_UNAVAILABLE, &why),
         }
     }
 }
@@ -152,31 +147,41 @@ impl FromRequestParts<AppState> for UiSession {
         let Some(sid) = cookie_value(&parts.headers) else {
             return Err(reject);
         };
-        let mut sessions = state.ui.sessions.lock().unwrap();
-        let Some(s) = sessions.get(&sid) else {
-            return Err(reject);
+        let id_hash = session_hash(&sid);
+        let row = match state.store.ui_session(&id_hash).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(reject),
+            Err(e) => return Err(NoSession::Store(e.public_reason())),
         };
-        if s.expires < Instant::now() {
-            sessions.remove(&sid);
-            return Err(reject);
-        }
-        let (token, csrf) = (s.token.clone(), s.csrf.clone());
-        drop(sessions);
-        match state.credential(&token) {
-            Some(c) if c.kind == TokenKind::Operator => Ok(UiSession {
+        let live = row.expires_at > now_ms();
+        let cred = hex::decode(&row.token_hash)
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .and_then(|h| state.credential_by_hash(&h));
+        match cred {
+            Some(c) if live && c.kind == TokenKind::Operator => Ok(UiSession {
                 label: c.label.clone(),
-                csrf,
+                csrf: row.csrf,
                 source: parts
                     .extensions
                     .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                     .map(|c| c.0.ip().to_string()),
             }),
             _ => {
-                state.ui.sessions.lock().unwrap().remove(&sid);
+                // Expired, or its token revoked: gone for every replica.
+                if let Err(e) = state.store.delete_ui_session(&id_hash).await {
+                    tracing::warn!(error = %crate::error_chain(&e), "could not delete an ended dashboard session; it is deleted at a later login");
+                }
                 Err(reject)
             }
         }
     }
+}
+
+/// What the store keeps of a session cookie: its SHA-256 (a read of the
+/// database gives nobody a usable cookie).
+fn session_hash(sid: &str) -> String {
+    hex::encode(crate::auth::token_hash(sid))
 }
 
 impl UiSession {
@@ -432,26 +437,17 @@ async fn login(
         );
     }
     let sid = random_hex();
-    {
-        let mut sessions = state.ui.sessions.lock().unwrap();
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                sessions.remove(&k);
-            }
-        }
-        sessions.insert(
-            sid.clone(),
-            Session {
-                token: f.token.trim().to_string(),
-                csrf: random_hex(),
-                expires: now + SESSION_TTL,
-            },
+    let row = crate::store::UiSessionRow {
+        id_hash: session_hash(&sid),
+        token_hash: hex::encode(crate::auth::token_hash(f.token.trim())),
+        csrf: random_hex(),
+        expires_at: now_ms() + SESSION_TTL.as_millis() as Millis,
+    };
+    if let Err(e) = state.store.insert_ui_session(&row, now_ms()).await {
+        tracing::error!(error = %crate::error_chain(&e), "dashboard login failed: the session could not be stored");
+        return html_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            login_form(Some(&e.public_reason())),
         );
     }
     let label = state
@@ -484,7 +480,9 @@ async fn logout(
         return r.into_response();
     }
     if let Some(sid) = cookie_value(&headers) {
-        state.ui.sessions.lock().unwrap().remove(&sid);
+        if let Err(e) = state.store.delete_ui_session(&session_hash(&sid)).await {
+            return UiError::Store(e.public_reason()).into_response();
+        }
     }
     (
         StatusCode::SEE_OTHER,

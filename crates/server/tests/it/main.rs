@@ -14,5 +14,6 @@ mod rollouts;
 mod support;
 mod takeover;
 mod tls;
+mod ui_sessions;
 mod v1;
 mod v2;
