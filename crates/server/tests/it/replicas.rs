@@ -4,7 +4,7 @@
 //! periodic reconciliation would, acknowledgements made through one show on
 //! the other, a release published on one is offered and served by the
 //! other, and after one is killed (SIGKILL) the other serves everything
-//! acknowledged. Runs on PostgreSQL only (PALETTE_TEST_POSTGRES).
+//! acknowledged: commands and their results, configs, releases. Runs on PostgreSQL only (PALETTE_TEST_POSTGRES).
 
 use std::time::{Duration, Instant};
 
@@ -115,8 +115,34 @@ async fn two_replicas_share_commands_acks_releases_and_survive_one_killed() {
         .unwrap();
     assert_eq!(&bytes[..], b"release two");
 
+    // A config pushed through A and one the host reports through B.
+    let res = http()
+        .post(a.u("/api/v2/hosts/r1/configs?apply=false"))
+        .admin()
+        .body("LicenseKey: pushed-on-a\n")
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = http()
+        .post(b.u("/api/v2/hosts/r1/configs/reported"))
+        .agent()
+        .body("LicenseKey: reported-on-b\n")
+        .go()
+        .await;
+    assert!(res.status().is_success(), "{}", res.status());
+
     // Replica A dies without a word; B has everything acknowledged.
     a.kill9();
+    let configs: Vec<ConfigRevision> = http()
+        .get(b.u("/api/v2/hosts/r1/configs"))
+        .admin()
+        .json_of()
+        .await;
+    assert_eq!(
+        configs.iter().map(|c| c.source).collect::<Vec<_>>(),
+        [ConfigSource::Reported, ConfigSource::Desired],
+        "both configs survived A"
+    );
     let cmds: Vec<CommandStatus> = http().get(b.u("/api/v2/commands")).admin().json_of().await;
     let c = cmds
         .iter()
