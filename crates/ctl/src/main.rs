@@ -1454,11 +1454,23 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A light local check before pushing: the file must be UTF-8 text.
-fn palette_protocol_yaml_check(body: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(body).map_err(|_| "not UTF-8".to_string())?;
+/// Why a file cannot be a `Config.yml` (found before pushing it).
+#[derive(Debug, thiserror::Error)]
+enum ConfigFileError {
+    #[error("not UTF-8 text (byte {at} is not)")]
+    NotUtf8 { at: usize },
+    #[error("empty")]
+    Empty,
+}
+
+/// A light local check before pushing: the file must be UTF-8 text (the
+/// server and the watchdog check the YAML itself).
+fn palette_protocol_yaml_check(body: &[u8]) -> Result<(), ConfigFileError> {
+    let text = std::str::from_utf8(body).map_err(|e| ConfigFileError::NotUtf8 {
+        at: e.valid_up_to(),
+    })?;
     if text.trim().is_empty() {
-        return Err("empty".into());
+        return Err(ConfigFileError::Empty);
     }
     Ok(())
 }

@@ -822,6 +822,19 @@ const KNOWN_ARCH: &[&str] = &[
     "s390x",
 ];
 
+/// What is wrong with a release a host could never use.
+#[derive(Debug, thiserror::Error)]
+enum ReleaseProblem {
+    #[error("platform {0:?} is none a host reports (they look like linux-x86_64, windows-x86_64, linux-aarch64)")]
+    UnknownPlatform(String),
+    #[error("the archive could not be checked: {0}")]
+    Uncheckable(String),
+    #[error("the archive cannot be installed: {0}")]
+    Uninstallable(String),
+    #[error("the archive's VERSION file says {said:?}, not {version}")]
+    OtherVersion { said: String, version: Version },
+}
+
 /// What is wrong with a release a host could never use: a platform no host
 /// reports, an archive that does not unpack (with every check a host
 /// makes: paths, links, limits), or one whose `VERSION` says another
@@ -831,14 +844,12 @@ async fn check_release(
     platform: &str,
     kind: ReleaseKind,
     version: &Version,
-) -> Result<(), String> {
+) -> Result<(), ReleaseProblem> {
     let known = platform
         .split_once('-')
         .is_some_and(|(os, arch)| KNOWN_OS.contains(&os) && KNOWN_ARCH.contains(&arch));
     if !known {
-        return Err(format!(
-            "platform {platform:?} is none a host reports (they look like linux-x86_64, windows-x86_64, linux-aarch64)"
-        ));
+        return Err(ReleaseProblem::UnknownPlatform(platform.to_string()));
     }
     if kind != ReleaseKind::Archive {
         return Ok(());
@@ -852,13 +863,16 @@ async fn check_release(
         )
     })
     .await
-    .map_err(|e| format!("the archive could not be checked: {e}"))?;
+    .map_err(|e| ReleaseProblem::Uncheckable(e.to_string()))?;
     match inspected {
-        Err(e) => Err(format!("the archive cannot be installed: {e}")),
+        Err(e) => Err(ReleaseProblem::Uninstallable(e.to_string())),
         Ok(i) => match i.version {
-            Some(v) if v.parse::<Version>().ok().as_ref() != Some(version) => Err(format!(
-                "the archive's VERSION file says {v:?}, not {version}"
-            )),
+            Some(v) if v.parse::<Version>().ok().as_ref() != Some(version) => {
+                Err(ReleaseProblem::OtherVersion {
+                    said: v,
+                    version: *version,
+                })
+            }
             _ => Ok(()),
         },
     }

@@ -133,7 +133,47 @@ pub enum HealthError {
     #[error("it was not running {0} s after the start")]
     NotRunning(u64),
     #[error("its health probe failed: {0}")]
-    Probe(String),
+    Probe(ProbeError),
+}
+
+/// Why one try of the agent's health probe failed (one line).
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("health command word {word:?}: {error}")]
+    Expand { word: String, error: ResolveError },
+    #[error("health command {program:?} took longer than {secs} s")]
+    TimedOut { program: String, secs: u64 },
+    #[error("health command {program:?} could not run: {error}")]
+    Spawn {
+        program: String,
+        error: std::io::Error,
+    },
+    #[error("health command {program:?} exited with {status}: {last_line}")]
+    Failed {
+        program: String,
+        status: String,
+        last_line: String,
+    },
+    #[error("health URL {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("health URL {url} answered {status}")]
+    Status { url: String, status: u16 },
+}
+
+/// Why a new watchdog's self-check failed: the manager it came with does
+/// not answer as one.
+#[derive(Debug, Error)]
+pub enum SelfCheckError {
+    #[error("{exe} --version did not answer within {secs} s")]
+    TimedOut { exe: String, secs: u64 },
+    #[error("{exe} cannot be run: {error}")]
+    Spawn { exe: String, error: std::io::Error },
+    #[error("{exe} --version failed ({status}): {stderr}")]
+    Failed {
+        exe: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 /// An error with its causes on one line, for logs and operators.

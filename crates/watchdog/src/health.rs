@@ -9,10 +9,12 @@ use palette_service::Event;
 use tokio::sync::broadcast;
 
 use crate::actions::Ctx;
-use crate::error::HealthError;
+use crate::error::{HealthError, ProbeError};
 
 /// How often a failing probe is tried again within the window.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Longest a health command may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Watches the agent for the health window. `events` must be subscribed
 /// before the agent was (re)started, so an instant crash is seen.
@@ -25,7 +27,7 @@ pub async fn watch(
     let has_probe =
         !ctx.settings.agent.health_command.is_empty() || ctx.settings.agent.health_url.is_some();
     let mut probe_ok = !has_probe;
-    let mut last_probe_error = String::new();
+    let mut last_probe_error = None;
     // Only the exit of the process started for this check counts (a
     // restart first reports the old process's exit).
     let mut started: Option<u32> = None;
@@ -37,7 +39,7 @@ pub async fn watch(
         if !probe_ok {
             match probe(ctx).await {
                 Ok(()) => probe_ok = true,
-                Err(e) => last_probe_error = e,
+                Err(e) => last_probe_error = Some(e),
             }
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -68,49 +70,63 @@ pub async fn watch(
     if !running {
         return Err(HealthError::NotRunning(window.as_secs()));
     }
-    if !probe_ok {
-        return Err(HealthError::Probe(last_probe_error));
+    if let (false, Some(e)) = (probe_ok, last_probe_error) {
+        return Err(HealthError::Probe(e));
     }
     Ok(())
 }
 
-/// One try of the configured probe(s); the error is one line.
-async fn probe(ctx: &Ctx) -> Result<(), String> {
+/// One try of the configured probe(s).
+async fn probe(ctx: &Ctx) -> Result<(), ProbeError> {
     let a = &ctx.settings.agent;
     if !a.health_command.is_empty() {
         let words: Vec<String> = a
             .health_command
             .iter()
-            .map(|w| crate::run::expand(w, &ctx.layout).map_err(|e| e.to_string()))
+            .map(|w| {
+                crate::run::expand(w, &ctx.layout).map_err(|error| ProbeError::Expand {
+                    word: w.clone(),
+                    error,
+                })
+            })
             .collect::<Result<_, _>>()?;
+        let program = words[0].clone();
         let mut cmd = tokio::process::Command::new(&words[0]);
         cmd.args(&words[1..]).kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output())
             .await
-            .map_err(|_| format!("health command {:?} took longer than 10 s", words[0]))?
-            .map_err(|e| format!("health command {:?} could not run: {e}", words[0]))?;
+            .map_err(|_| ProbeError::TimedOut {
+                program: program.clone(),
+                secs: PROBE_TIMEOUT.as_secs(),
+            })?
+            .map_err(|error| ProbeError::Spawn {
+                program: program.clone(),
+                error,
+            })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(format!(
-                "health command {:?} exited with {}: {}",
-                words[0],
-                out.status,
-                stderr.trim().lines().last().unwrap_or("")
-            ));
+            return Err(ProbeError::Failed {
+                program,
+                status: out.status.to_string(),
+                last_line: stderr.trim().lines().last().unwrap_or("").to_string(),
+            });
         }
     }
     if let Some(url) = &a.health_url {
+        let unreachable = |e: reqwest::Error| ProbeError::Unreachable {
+            url: url.clone(),
+            reason: crate::error::chain(&e),
+        };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| e.to_string())?;
-        let res = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("health URL {url}: {}", crate::error::chain(&e)))?;
+            .map_err(unreachable)?;
+        let res = client.get(url).send().await.map_err(unreachable)?;
         if !res.status().is_success() {
-            return Err(format!("health URL {url} answered {}", res.status()));
+            return Err(ProbeError::Status {
+                url: url.clone(),
+                status: res.status().as_u16(),
+            });
         }
     }
     Ok(())

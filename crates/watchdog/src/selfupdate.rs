@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::Ctx;
 use crate::client::Client;
+use crate::error::SelfCheckError;
 use crate::update::{self, Candidate, Fetched, Product};
 
 /// This watchdog's version (its binary's stamp).
@@ -273,28 +274,29 @@ fn settle(ctx: &Ctx, j: SelfJournal) -> Settled {
 }
 
 /// The new watchdog's self-check: the manager it came with runs.
-async fn self_check(ctx: &Ctx) -> Result<(), String> {
+async fn self_check(ctx: &Ctx) -> Result<(), SelfCheckError> {
+    const WITHIN: Duration = Duration::from_secs(20);
     let exe = ctx.layout.manager();
+    let shown = exe.display().to_string();
     let run = tokio::process::Command::new(&exe)
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    match tokio::time::timeout(Duration::from_secs(20), run).await {
-        Err(_) => Err(format!(
-            "{} --version did not answer within 20 s",
-            exe.display()
-        )),
-        Ok(Err(e)) => Err(format!("{} cannot be run: {e}", exe.display())),
+    match tokio::time::timeout(WITHIN, run).await {
+        Err(_) => Err(SelfCheckError::TimedOut {
+            exe: shown,
+            secs: WITHIN.as_secs(),
+        }),
+        Ok(Err(error)) => Err(SelfCheckError::Spawn { exe: shown, error }),
         Ok(Ok(out)) if out.status.success() && out.stdout.starts_with(b"palette-manager ") => {
             Ok(())
         }
-        Ok(Ok(out)) => Err(format!(
-            "{} --version failed ({}): {}",
-            exe.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
+        Ok(Ok(out)) => Err(SelfCheckError::Failed {
+            exe: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
     }
 }
 
@@ -311,7 +313,8 @@ pub(crate) async fn prove(
         pid: std::process::id(),
         problem,
     };
-    if let Err(problem) = self_check(&ctx).await {
+    if let Err(e) = self_check(&ctx).await {
+        let problem = e.to_string();
         tracing::error!(
             problem,
             "the self-check failed: the old watchdog is put back"
