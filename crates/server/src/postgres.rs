@@ -58,7 +58,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         2,
-        "ui sessions (as SQLite v12)",
+        "ui sessions and version samples (as SQLite v12)",
         include_str!("../migrations/postgres/0002_ui_sessions.sql"),
     ),
 ];
@@ -1050,6 +1050,39 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         })
+    }
+
+    async fn insert_version_sample(
+        &self,
+        at: Millis,
+        mix_json: &str,
+        keep_since: Millis,
+    ) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM version_samples WHERE at < $1")
+                .bind(keep_since)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO version_samples (at, mix) VALUES ($1, $2) ON CONFLICT (at) DO NOTHING",
+            )
+            .bind(at)
+            .bind(mix_json)
+            .execute(&mut *tx)
+            .await?;
+        })
+    }
+
+    async fn version_samples(&self, since: Millis) -> StoreResult<Vec<(Millis, String)>> {
+        let rows = self.read(
+            sqlx::query("SELECT at, mix FROM version_samples WHERE at >= $1 ORDER BY at")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await,
+        )?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at")?, r.try_get("mix")?)))
+            .collect()
     }
 
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {

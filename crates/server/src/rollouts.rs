@@ -755,8 +755,8 @@ impl AppState {
             // One replica steps rollouts at a time (the others read them).
             if self.store.try_lead().await {
                 self.step_rollouts().await;
+                self.ui.sample(&self).await;
             }
-            self.ui.sample(&self);
         }
     }
 }

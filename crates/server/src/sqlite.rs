@@ -109,7 +109,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         12,
-        "ui sessions",
+        "ui sessions and version samples",
         include_str!("../migrations/sqlite/0012_ui_sessions.sql"),
     ),
 ];
@@ -1000,6 +1000,39 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         })
+    }
+
+    async fn insert_version_sample(
+        &self,
+        at: Millis,
+        mix_json: &str,
+        keep_since: Millis,
+    ) -> StoreResult<()> {
+        write_tx!(self, |tx| {
+            sqlx::query("DELETE FROM version_samples WHERE at < ?")
+                .bind(keep_since)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO version_samples (at, mix) VALUES (?, ?) ON CONFLICT (at) DO NOTHING",
+            )
+            .bind(at)
+            .bind(mix_json)
+            .execute(&mut *tx)
+            .await?;
+        })
+    }
+
+    async fn version_samples(&self, since: Millis) -> StoreResult<Vec<(Millis, String)>> {
+        let rows = self.read(
+            sqlx::query("SELECT at, mix FROM version_samples WHERE at >= ? ORDER BY at")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await,
+        )?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at")?, r.try_get("mix")?)))
+            .collect()
     }
 
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool> {

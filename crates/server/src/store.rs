@@ -385,6 +385,15 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_ui_session(&self, s: &UiSessionRow, now: Millis) -> StoreResult<()>;
     async fn ui_session(&self, id_hash: &str) -> StoreResult<Option<UiSessionRow>>;
     async fn delete_ui_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// Stores a version-mix sample (JSON), deleting those before `keep_since`.
+    async fn insert_version_sample(
+        &self,
+        at: Millis,
+        mix_json: &str,
+        keep_since: Millis,
+    ) -> StoreResult<()>;
+    /// The version-mix samples since `since`, oldest first.
+    async fn version_samples(&self, since: Millis) -> StoreResult<Vec<(Millis, String)>>;
     /// Whether any release (of any product) has this artifact.
     async fn artifact_in_use(&self, sha256: &str) -> StoreResult<bool>;
 

@@ -12,7 +12,7 @@
 //! as the v2 API, audited the same way. Must not: hold fleet state of its
 //! own.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,13 +35,15 @@ const COOKIE: &str = "palette_session";
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Version-mix samples kept (one a minute: a day).
 const MAX_SAMPLES: usize = 1440;
+const SAMPLE_EVERY_MS: Millis = 60_000;
 const CSS: &str = include_str!("ui/app.css");
 const JS: &str = include_str!("ui/app.js");
 
-/// The fleet's version mix over time.
+/// The dashboard's own state: when this replica last sampled the version
+/// mix (the samples themselves are in the store).
 #[derive(Default)]
 pub struct Ui {
-    samples: Mutex<VecDeque<(Millis, BTreeMap<String, u64>)>>,
+    last_sample: Mutex<Millis>,
     /// Whether cookies get `Secure` (the server speaks TLS).
     pub secure: bool,
 }
@@ -54,22 +56,42 @@ impl Ui {
         }
     }
 
-    /// Notes the fleet's version mix, at most once a minute.
-    pub fn sample(&self, state: &AppState) {
+    /// Notes the fleet's version mix in the store, at most once a minute;
+    /// a day of samples is kept. Called by the replica that leads.
+    pub async fn sample(&self, state: &AppState) {
         let now = now_ms();
         {
-            let s = self.samples.lock().unwrap();
-            if s.back().is_some_and(|(t, _)| now - t < 60_000) {
+            let mut last = self.last_sample.lock().unwrap();
+            if now - *last < SAMPLE_EVERY_MS {
                 return;
             }
+            *last = now;
         }
         let mix = version_mix(&state.hosts(None));
-        let mut s = self.samples.lock().unwrap();
-        s.push_back((now, mix));
-        while s.len() > MAX_SAMPLES {
-            s.pop_front();
+        let json = serde_json::to_string(&mix).expect("a map of counts serialises");
+        let keep_since = now - MAX_SAMPLES as Millis * SAMPLE_EVERY_MS;
+        if let Err(e) = state
+            .store
+            .insert_version_sample(now, &json, keep_since)
+            .await
+        {
+            tracing::warn!(error = %crate::error_chain(&e), "the version mix was not sampled; tried again in a minute");
         }
     }
+}
+
+/// The samples of the last day, oldest first (an unreadable one skipped).
+async fn samples(state: &AppState) -> Result<Vec<(Millis, BTreeMap<String, u64>)>, UiError> {
+    let since = now_ms() - MAX_SAMPLES as Millis * SAMPLE_EVERY_MS;
+    let rows = state
+        .store
+        .version_samples(since)
+        .await
+        .map_err(|e| UiError::Store(e.public_reason()))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(at, json)| Some((at, serde_json::from_str(&json).ok()?)))
+        .collect())
 }
 
 fn random_hex() -> String {
@@ -517,7 +539,6 @@ fn state_of(h: &HostInfo) -> &'static str {
 }
 
 async fn fleet(State(state): State<AppState>, s: UiSession, headers: HeaderMap) -> Response {
-    state.ui.sample(&state);
     let hosts = state.hosts(None);
     let mut by_state = [0u64; 3];
     for h in &hosts {
@@ -530,8 +551,10 @@ async fn fleet(State(state): State<AppState>, s: UiSession, headers: HeaderMap) 
     let mix = version_mix(&hosts);
     let max = mix.values().copied().max().unwrap_or(1).max(1);
     let rollouts = state.rollout_list();
-    let samples: Vec<(Millis, BTreeMap<String, u64>)> =
-        state.ui.samples.lock().unwrap().iter().cloned().collect();
+    let samples = match samples(&state).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let live = html! {
         section.cards {
             div.card { div.big #count-hosts { (hosts.len()) } div { "hosts" } }

@@ -1,4 +1,4 @@
--- Dashboard sessions (as SQLite v12): in the store, so every replica knows
+-- Dashboard sessions and version history (as SQLite v12): in the store, so every replica knows
 -- them. Only hashes: the session cookie's and the operator token's.
 CREATE TABLE ui_sessions (
     id_hash TEXT PRIMARY KEY,
@@ -7,3 +7,9 @@ CREATE TABLE ui_sessions (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_at);
+
+-- The fleet's version mix over time (as SQLite v12).
+CREATE TABLE version_samples (
+    at BIGINT PRIMARY KEY,
+    mix TEXT NOT NULL
+);

@@ -134,3 +134,42 @@ async fn a_dashboard_session_is_good_on_every_replica_until_a_logout_on_one() {
     );
     b.stop().await;
 }
+
+/// The fleet page's version history is in the store: a restarted server
+/// shows the samples taken before the restart.
+#[tokio::test]
+async fn the_version_history_outlasts_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = TestServer::start_with(&data, |_| {}).await;
+    checkin_at(&s.url, &checkin_of("sampled"), 0).await;
+    let sid = login(&s.url, ADMIN).await;
+    let page = |url: String, sid: String| async move {
+        client()
+            .get(format!("{url}/ui/"))
+            .header(reqwest::header::COOKIE, format!("palette_session={sid}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let first = loop {
+        let text = page(s.url.clone(), sid.clone()).await;
+        if let Some((_, rest)) = text.split_once(" — from ") {
+            break rest.split_once(' ').unwrap().0.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no version sample");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    s.stop().await;
+    let s = TestServer::start_with(&data, |_| {}).await;
+    let text = page(s.url.clone(), sid.clone()).await;
+    assert!(
+        text.contains(&format!(" — from {first} ")),
+        "the sample of {first} is gone after the restart"
+    );
+    s.stop().await;
+}
