@@ -14,9 +14,10 @@ use crate::support::*;
 
 /// The real binary with its artifacts in `s3` under `prefix`, on the test
 /// database (PostgreSQL when the suite runs on it).
-async fn server_on(data: &std::path::Path, s3: &S3, prefix: &str) -> BinServer {
+async fn server_on(data: &std::path::Path, s3: &S3, prefix: &str, more: &[&str]) -> BinServer {
     let url = s3.url(prefix);
     let mut args = vec!["--artifacts".to_string(), url];
+    args.extend(more.iter().map(|a| a.to_string()));
     if let Some(db) = postgres_for(data).await {
         args.extend(["--database".to_string(), db]);
     }
@@ -59,8 +60,9 @@ async fn artifacts_in_object_storage_are_fetched_once_verified_and_cached() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
-    let s = server_on(&data, &s3, "fleet/artifacts").await;
-    let body = vec![7u8; 3 * 1024 * 1024 + 17];
+    let s = server_on(&data, &s3, "fleet/artifacts", &[]).await;
+    // Over 8 MiB: stored in parts (multipart upload).
+    let body: Vec<u8> = (0..9 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
     let res = publish_on(&s.url, "2.0.0", &body).await;
     assert_eq!(res.status(), 201);
     let rel: Release = res.json().await.unwrap();
@@ -121,10 +123,25 @@ async fn artifacts_in_object_storage_are_fetched_once_verified_and_cached() {
     let stray = "ab".to_string() + &"0".repeat(62);
     s3.put(&key("fleet/artifacts", &stray), b"in flight").await;
     s.kill9();
-    let s = server_on(&data, &s3, "fleet/artifacts").await;
+    let s = server_on(&data, &s3, "fleet/artifacts", &[]).await;
     assert!(s3.get(&key("fleet/artifacts", &stray)).await.is_some());
     assert!(s3.get(&k).await.is_some());
     assert_eq!(download(&s, &rel.sha256).await.status(), 200);
+
+    // An object larger than this server accepts is not fetched.
+    s.kill9();
+    std::fs::remove_file(cached(&data, &rel.sha256)).unwrap();
+    let s = server_on(
+        &data,
+        &s3,
+        "fleet/artifacts",
+        &["--max-artifact-bytes", "1048576"],
+    )
+    .await;
+    let res = download(&s, &rel.sha256).await;
+    assert_eq!(res.status(), 502);
+    assert!(res.text().await.unwrap().contains("larger than the limit"));
+    assert!(!cached(&data, &rel.sha256).exists());
 }
 
 #[tokio::test]
@@ -141,7 +158,7 @@ async fn unreachable_object_storage_refuses_the_publish_and_keeps_nothing() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
-    let s = server_on(&data, &s3, "").await;
+    let s = server_on(&data, &s3, "", &[]).await;
     let res = publish_on(&s.url, "2.0.0", b"release two").await;
     assert_eq!(res.status(), 503);
     let text = res.text().await.unwrap();
