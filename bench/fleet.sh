@@ -39,7 +39,7 @@ cleanup() {
   kill "${PIDS[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   [ "$REPLICAS" -gt 1 ] && psql "$PG" -q -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1
-  rm -rf "$DATA"
+  if [ -n "${KEEP_DATA:-}" ]; then echo "data kept in $DATA"; else rm -rf "$DATA"; fi
 }
 trap cleanup EXIT
 for i in $(seq 1 "$REPLICAS"); do

@@ -63,6 +63,43 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// Inserts or replaces a rollout's members in one statement, in host-name
+/// order (two writers of the same rows then lock them in the same order
+/// and cannot deadlock).
+async fn put_members(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rollout: i64,
+    members: &[MemberRecord],
+) -> Result<(), sqlx::Error> {
+    let mut sorted: Vec<&MemberRecord> = members.iter().collect();
+    sorted.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    sorted.dedup_by(|a, b| a.hostname == b.hostname);
+    let col = |f: fn(&MemberRecord) -> Option<i64>| sorted.iter().map(|m| f(m)).collect::<Vec<_>>();
+    let hosts: Vec<&str> = sorted.iter().map(|m| m.hostname.as_str()).collect();
+    let outcomes: Vec<Option<&str>> = sorted.iter().map(|m| m.outcome.as_deref()).collect();
+    let messages: Vec<&str> = sorted.iter().map(|m| m.message.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO rollout_members
+           (rollout_id, hostname, position, wave, admitted_at, outcome, finished_at, message)
+         SELECT $1, * FROM UNNEST($2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                  $6::text[], $7::bigint[], $8::text[])
+         ON CONFLICT (rollout_id, hostname) DO UPDATE SET position = excluded.position,
+           wave = excluded.wave, admitted_at = excluded.admitted_at, outcome = excluded.outcome,
+           finished_at = excluded.finished_at, message = excluded.message",
+    )
+    .bind(rollout)
+    .bind(&hosts)
+    .bind(col(|m| Some(m.position)))
+    .bind(col(|m| Some(m.wave)))
+    .bind(col(|m| m.admitted_at))
+    .bind(&outcomes)
+    .bind(col(|m| m.finished_at))
+    .bind(&messages)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Update outcomes kept per host and product (older ones are deleted).
 const UPDATE_HISTORY_KEPT: i64 = 200;
 
@@ -764,9 +801,13 @@ impl Store for PgStore {
         })
     }
 
-    async fn insert_rollout(&self, r: &RolloutRecord) -> StoreResult<i64> {
+    async fn insert_rollout(
+        &self,
+        r: &RolloutRecord,
+        members: &[MemberRecord],
+    ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
-            sqlx::query(
+            let id = sqlx::query(
                 "INSERT INTO rollouts (release_id, selector, waves, soak_ms, halt_after, max_concurrent,
                    phase, wave, wave_started_at, reason, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
@@ -784,7 +825,9 @@ impl Store for PgStore {
             .bind(r.created_at)
             .fetch_one(&mut *tx)
             .await?
-            .try_get::<i64, _>(0)?
+            .try_get::<i64, _>(0)?;
+            put_members(&mut tx, id, members).await?;
+            id
         })
     }
 
@@ -808,26 +851,7 @@ impl Store for PgStore {
             return Ok(());
         }
         write_tx!(self, |tx| {
-            for m in members {
-                sqlx::query(
-                    "INSERT INTO rollout_members
-                       (rollout_id, hostname, position, wave, admitted_at, outcome, finished_at, message)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (rollout_id, hostname) DO UPDATE SET position = excluded.position,
-                       wave = excluded.wave, admitted_at = excluded.admitted_at, outcome = excluded.outcome,
-                       finished_at = excluded.finished_at, message = excluded.message",
-                )
-                .bind(rollout)
-                .bind(&m.hostname)
-                .bind(m.position)
-                .bind(m.wave)
-                .bind(m.admitted_at)
-                .bind(&m.outcome)
-                .bind(m.finished_at)
-                .bind(&m.message)
-                .execute(&mut *tx)
-                .await?;
-            }
+            put_members(&mut tx, rollout, members).await?;
         })
     }
 

@@ -94,10 +94,11 @@ pub fn wave_ends(waves: &[Size], n: usize) -> Vec<usize> {
 }
 
 /// Orders hosts for a rollout: hosts are grouped by their label set, each
-/// group ordered by a hash of the rollout id and the host name (stable,
-/// but not alphabetical), and the groups interleaved — so the first hosts
-/// (the canaries) come from as many different groups as there are.
-pub fn order_hosts(rollout_id: i64, hosts: &[(String, Labels)]) -> Vec<String> {
+/// group ordered by a hash of `seed` (the rollout's creation time) and the
+/// host name (stable, but not alphabetical), and the groups interleaved —
+/// so the first hosts (the canaries) come from as many different groups as
+/// there are.
+pub fn order_hosts(seed: i64, hosts: &[(String, Labels)]) -> Vec<String> {
     let mut groups: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     for (name, labels) in hosts {
         let key = labels
@@ -108,7 +109,7 @@ pub fn order_hosts(rollout_id: i64, hosts: &[(String, Labels)]) -> Vec<String> {
         groups
             .entry(key)
             .or_default()
-            .push((fnv(rollout_id, name), name.clone()));
+            .push((fnv(seed, name), name.clone()));
     }
     let mut lists: Vec<Vec<String>> = groups
         .into_values()

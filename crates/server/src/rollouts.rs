@@ -39,6 +39,11 @@ pub struct Rollout {
     pub selector: Selector,
     pub plan: Plan,
     pub created_at: Millis,
+    /// Members changed in memory and not yet stored (a failed write is
+    /// tried again at the next step, never forgotten).
+    pub(crate) unsaved: std::collections::BTreeSet<String>,
+    /// The rollout's own record (phase, wave) is not yet stored.
+    pub(crate) unsaved_record: bool,
 }
 
 /// A pin: the hosts matching `selector` are offered `version` of `product`
@@ -311,6 +316,8 @@ impl Rollout {
             id: r.id,
             selector: Selector::parse(&r.selector).ok()?,
             created_at: r.created_at,
+            unsaved: Default::default(),
+            unsaved_record: false,
             plan: Plan {
                 version: release.version,
                 soak_ms: r.soak_ms,
@@ -456,11 +463,11 @@ impl AppState {
             reason: None,
             created_at: now,
         };
-        let id = self.store.insert_rollout(&record).await?;
         // The hosts: every v2 host of the product and platform the selector
-        // picks, ordered for the waves.
+        // picks, ordered for the waves (seeded by the creation time: each
+        // rollout picks other canaries).
         let candidates = self.rollout_candidates(&release, &selector);
-        let ordered = crate::rollout::order_hosts(id, &candidates);
+        let ordered = crate::rollout::order_hosts(now, &candidates);
         // Hosts that can take it now go first, so the canaries are hosts
         // that prove something soon (online, inside their window).
         let views = self.host_views(&release, self.rollouts.window_now());
@@ -476,11 +483,15 @@ impl AppState {
             .enumerate()
             .map(|(i, m)| member_record(i, m))
             .collect();
-        self.store.save_members(id, &records).await?;
+        // With its members, in one transaction: the replica that leads
+        // never sees it half made.
+        let id = self.store.insert_rollout(&record, &records).await?;
         let rollout = Rollout {
             id,
             selector,
             created_at: now,
+            unsaved: Default::default(),
+            unsaved_record: false,
             plan: Plan {
                 version: release.version,
                 waves,
@@ -498,7 +509,8 @@ impl AppState {
         let status = rollout.status();
         self.rollouts.cache.write().unwrap().rollouts.push(rollout);
         tracing::info!(id, version = %status.version, selector = status.selector, hosts = status.hosts.len(), waves = ?status.waves, "rollout started");
-        self.step_rollouts().await;
+        self.notify_change();
+        self.step_if_leading().await;
         Ok(self.rollout(id).unwrap_or(status))
     }
 
@@ -561,8 +573,16 @@ impl AppState {
         self.store.update_rollout(&record).await?;
         tracing::warn!(id, action, phase = record.phase, "rollout {action}");
         self.notify_change();
-        self.step_rollouts().await;
+        self.step_if_leading().await;
         self.rollout(id).ok_or(RolloutError::NotFound(id))
+    }
+
+    /// Steps the rollouts at once when this replica leads them (another
+    /// replica's leader steps them when it reads the change).
+    async fn step_if_leading(&self) {
+        if self.store.try_lead().await {
+            self.step_rollouts().await;
+        }
     }
 
     /// Steps every active rollout once and stores what changed.
@@ -609,7 +629,7 @@ impl AppState {
             }
             let before = o.plan.phase;
             let ch: Changes = o.plan.step(now, |h| views.get(h).cloned());
-            if !ch.any() && joined.is_empty() {
+            if !ch.any() && joined.is_empty() && o.unsaved.is_empty() && !o.unsaved_record {
                 continue;
             }
             admitted_any |= !ch.admitted.is_empty() || ch.moved;
@@ -643,18 +663,22 @@ impl AppState {
                     _ => {}
                 }
             }
-            let changed: std::collections::HashSet<&String> = ch
+            // What changed now, and what an earlier step could not store.
+            let changed = ch
                 .admitted
                 .iter()
                 .chain(ch.finished.iter().map(|(h, _)| h))
                 .chain(joined.iter())
-                .collect();
+                .cloned()
+                .collect::<Vec<_>>();
+            o.unsaved.extend(changed);
+            o.unsaved_record = true;
             let members: Vec<MemberRecord> = o
                 .plan
                 .members
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| changed.contains(&m.hostname))
+                .filter(|(_, m)| o.unsaved.contains(&m.hostname))
                 .map(|(i, m)| member_record(i, m))
                 .collect();
             to_store.push((o.record(), members));
@@ -665,8 +689,20 @@ impl AppState {
                 self.store.save_members(r.id, &members).await
             }
             .await;
-            if let Err(e) = res {
-                tracing::warn!(rollout = r.id, error = %crate::error_chain(&e), "rollout progress not stored; retried at the next step");
+            match res {
+                Ok(()) => {
+                    let mut cache = self.rollouts.cache.write().unwrap();
+                    if let Some(o) = cache.rollouts.iter_mut().find(|o| o.id == r.id) {
+                        // Changed again since: stored at the next step.
+                        o.unsaved_record = false;
+                        for m in &members {
+                            o.unsaved.remove(&m.hostname);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(rollout = r.id, error = %crate::error_chain(&e), "rollout progress not stored; retried at the next step");
+                }
             }
         }
         for id in finished_releases {

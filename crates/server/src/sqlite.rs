@@ -114,6 +114,32 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// Inserts or replaces a rollout's members.
+async fn put_members(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    rollout: i64,
+    members: &[MemberRecord],
+) -> Result<(), sqlx::Error> {
+    for m in members {
+        sqlx::query(
+            "INSERT OR REPLACE INTO rollout_members
+               (rollout_id, hostname, position, wave, admitted_at, outcome, finished_at, message)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(rollout)
+        .bind(&m.hostname)
+        .bind(m.position)
+        .bind(m.wave)
+        .bind(m.admitted_at)
+        .bind(&m.outcome)
+        .bind(m.finished_at)
+        .bind(&m.message)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Update outcomes kept per host and product (older ones are deleted).
 const UPDATE_HISTORY_KEPT: i64 = 200;
 
@@ -722,9 +748,13 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn insert_rollout(&self, r: &RolloutRecord) -> StoreResult<i64> {
+    async fn insert_rollout(
+        &self,
+        r: &RolloutRecord,
+        members: &[MemberRecord],
+    ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
-            sqlx::query(
+            let id = sqlx::query(
                 "INSERT INTO rollouts (release_id, selector, waves, soak_ms, halt_after, max_concurrent,
                    phase, wave, wave_started_at, reason, created_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -742,7 +772,9 @@ impl Store for SqliteStore {
             .bind(r.created_at)
             .execute(&mut *tx)
             .await?
-            .last_insert_rowid()
+            .last_insert_rowid();
+            put_members(&mut tx, id, members).await?;
+            id
         })
     }
 
@@ -766,23 +798,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         write_tx!(self, |tx| {
-            for m in members {
-                sqlx::query(
-                    "INSERT OR REPLACE INTO rollout_members
-                       (rollout_id, hostname, position, wave, admitted_at, outcome, finished_at, message)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(rollout)
-                .bind(&m.hostname)
-                .bind(m.position)
-                .bind(m.wave)
-                .bind(m.admitted_at)
-                .bind(&m.outcome)
-                .bind(m.finished_at)
-                .bind(&m.message)
-                .execute(&mut *tx)
-                .await?;
-            }
+            put_members(&mut tx, rollout, members).await?;
         })
     }
 

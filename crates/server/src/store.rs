@@ -351,8 +351,10 @@ pub trait Store: Send + Sync + 'static {
     async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>>;
     /// Holds a release back from every host, or releases it.
     async fn set_release_held(&self, id: i64, held: bool) -> StoreResult<()>;
-    /// Records a rollout (its `id` is ignored); returns its id.
-    async fn insert_rollout(&self, r: &RolloutRecord) -> StoreResult<i64>;
+    /// Records a rollout (its `id` is ignored) and its members in one
+    /// transaction (no replica ever sees it without them); returns its id.
+    async fn insert_rollout(&self, r: &RolloutRecord, members: &[MemberRecord])
+        -> StoreResult<i64>;
     /// Updates a rollout's phase, wave and reason.
     async fn update_rollout(&self, r: &RolloutRecord) -> StoreResult<()>;
     /// Inserts or replaces these members of a rollout.
