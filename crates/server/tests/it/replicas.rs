@@ -281,6 +281,13 @@ async fn two_replicas_step_a_rollout_once() {
         .matches("this replica leads the once-only work")
         .count();
     assert_eq!(leads, 1, "{}", a.log());
+    // Every host admitted once, by one replica (no wave advanced twice).
+    assert_eq!(
+        a.log().matches("host admitted to the rollout").count(),
+        6,
+        "{}",
+        a.log()
+    );
 }
 
 /// PostgreSQL over TLS: with `sslmode=require` every connection of the
