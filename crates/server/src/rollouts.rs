@@ -410,11 +410,17 @@ pub enum RolloutError {
 impl AppState {
     /// Starts a rollout of a release to the hosts matching its selector.
     pub async fn create_rollout(&self, new: NewRollout) -> Result<RolloutStatus, RolloutError> {
-        let release = self
-            .releases()
-            .into_iter()
-            .find(|r| r.id == new.release_id)
-            .ok_or(RolloutError::NoRelease(new.release_id))?;
+        let find = || self.releases().into_iter().find(|r| r.id == new.release_id);
+        let found = match find() {
+            Some(r) => Some(r),
+            // Published a moment ago through another replica: not read yet.
+            None if self.store.shared() => {
+                self.reload_releases().await?;
+                find()
+            }
+            None => None,
+        };
+        let release = found.ok_or(RolloutError::NoRelease(new.release_id))?;
         if release.withdrawn_at.is_some() {
             return Err(RolloutError::Withdrawn(release.id));
         }
@@ -536,6 +542,11 @@ impl AppState {
         id: i64,
         action: &'static str,
     ) -> Result<RolloutStatus, RolloutError> {
+        // Started a moment ago through another replica: not read yet.
+        if self.rollout(id).is_none() && self.store.shared() {
+            let leading = self.store.try_lead().await;
+            self.load_rollouts_keeping(leading).await?;
+        }
         let record = {
             let mut cache = self.rollouts.cache.write().unwrap();
             let o = cache

@@ -1247,6 +1247,29 @@ impl AppState {
     }
 
     /// Live commands for `host` that it has not acknowledged yet.
+    /// A command by id: from the live ones in memory, else the store.
+    pub async fn command_row(&self, id: i64) -> StoreResult<Option<CommandRow>> {
+        let cached = {
+            let cache = self.commands.read().unwrap();
+            cache.live.iter().find(|c| c.id == id).cloned()
+        };
+        match cached {
+            Some(c) => Ok(Some(c)),
+            None => self.store.command(id).await,
+        }
+    }
+
+    /// Whether any config (desired or reported) is stored for `host`, as
+    /// this replica knows (other replicas' stores are read at their
+    /// announcement).
+    pub fn host_has_config(&self, host: &str) -> bool {
+        self.hosts
+            .lock()
+            .unwrap()
+            .get(host)
+            .is_some_and(|e| e.has_config)
+    }
+
     pub async fn pending_for(&self, host: &str) -> StoreResult<Vec<v2::Command>> {
         let now = now_ms();
         let live: Vec<CommandRow> = {
@@ -1621,8 +1644,8 @@ impl AppState {
 
     /// Reads again what other replicas may have changed in the shared
     /// store — commands, releases, credentials, rollouts (unless this
-    /// replica leads them), pins, windows, labels, and hosts' last contact —
-    /// and wakes the long polls here.
+    /// replica leads them), pins, windows, labels, which hosts have
+    /// configs, and hosts' last contact — and wakes the long polls here.
     pub async fn reload_shared(&self, with_hosts: bool) -> StoreResult<()> {
         let now = now_ms();
         {
@@ -1638,19 +1661,21 @@ impl AppState {
                 self.cache_command(c, now);
             }
         }
-        {
-            let _publishing = self.publish_lock.lock().await;
-            let rows = self.store.releases().await?;
-            let mut cache = ReleaseCache::default();
-            for (id, r) in rows {
-                cache.all.push(release_from(id, r));
-            }
-            Self::render_v1_latest(&mut cache);
-            *self.releases.write().unwrap() = cache;
-        }
+        self.reload_releases().await?;
         self.reload_tokens().await?;
         let leading = self.store.try_lead().await;
         self.load_rollouts_keeping(leading).await?;
+        // Configs stored through other replicas (a check-in answer reads a
+        // host's desired config only when one is known to exist).
+        let with_config = self.store.hosts_with_config().await?;
+        {
+            let mut hosts = self.hosts.lock().unwrap();
+            for h in with_config {
+                if let Some(e) = hosts.get_mut(&h) {
+                    e.has_config = true;
+                }
+            }
+        }
         let rows = if with_hosts {
             self.store.load_hosts().await?
         } else {
@@ -1673,6 +1698,19 @@ impl AppState {
             }
         }
         self.changes.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Reads the releases again (another replica may have published one).
+    pub async fn reload_releases(&self) -> StoreResult<()> {
+        let _publishing = self.publish_lock.lock().await;
+        let rows = self.store.releases().await?;
+        let mut cache = ReleaseCache::default();
+        for (id, r) in rows {
+            cache.all.push(release_from(id, r));
+        }
+        Self::render_v1_latest(&mut cache);
+        *self.releases.write().unwrap() = cache;
         Ok(())
     }
 

@@ -444,7 +444,7 @@ async fn checkin(
     }
     for mut ack in ci.results.drain(..) {
         ack.hostname = host.clone();
-        let Some(cmd) = state.store.command(ack.id).await? else {
+        let Some(cmd) = state.command_row(ack.id).await? else {
             tracing::warn!(
                 host,
                 id = ack.id,
@@ -520,11 +520,16 @@ async fn answer_for(
     let commands = state.pending_for(host).await?;
     let release = state.release_for_host(&ci.host);
     let watchdog_release = state.release_for("watchdog", &ci.host.platform);
-    let config_revision = state
-        .store
-        .latest_config(host, Some(ConfigSource::Desired))
-        .await?
-        .map(|(rev, _)| rev.revision);
+    // Most hosts have no config at all: no database read for them.
+    let config_revision = if state.host_has_config(host) {
+        state
+            .store
+            .latest_config(host, Some(ConfigSource::Desired))
+            .await?
+            .map(|(rev, _)| rev.revision)
+    } else {
+        None
+    };
     Ok(CheckinResponse {
         store_id: Some(state.store_id().to_string()),
         commands,

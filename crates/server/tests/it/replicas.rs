@@ -123,6 +123,17 @@ async fn two_replicas_share_commands_acks_releases_and_survive_one_killed() {
         .go()
         .await;
     assert_eq!(res.status(), 201);
+    let pushed: serde_json::Value = res.json().await.unwrap();
+    let revision = pushed["revision"]["revision"].as_i64().unwrap();
+    // B tells its host of the new desired config.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checkin(&b.url, &req, 0).await.config_revision != Some(revision) {
+        assert!(
+            Instant::now() < deadline,
+            "B never offered the config pushed on A"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let res = http()
         .post(b.u("/api/v2/hosts/r1/configs/reported"))
         .agent()
