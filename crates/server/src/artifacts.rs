@@ -413,18 +413,22 @@ impl ArtifactStore {
             r.upload(&staged.ingested.sha256, staged.path(), staged.ingested.size)
                 .await?;
         }
+        self.persist(staged)
+            .map_err(|(path, source)| IngestError::Io { path, source })
+    }
+
+    /// Renames a complete temporary into place, durably (file and folder
+    /// synced); on failure, the path and the error.
+    fn persist(&self, staged: Staged) -> Result<Ingested, (PathBuf, std::io::Error)> {
         let dest = self
             .path_for(&staged.ingested.sha256)
             .expect("hex digest is a valid name");
         let dir = dest.parent().expect("artifact path has a folder");
-        fs_err::create_dir_all(dir).map_err(|e| IngestError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-        staged.tmp.persist(&dest).map_err(|e| IngestError::Io {
-            path: dest.clone(),
-            source: e.error,
-        })?;
+        fs_err::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;
+        staged
+            .tmp
+            .persist(&dest)
+            .map_err(|e| (dest.clone(), e.error))?;
         if let Ok(d) = fs_err::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -457,7 +461,7 @@ impl ArtifactStore {
             return Ok(path); // fetched while this one waited
         }
         let t = std::time::Instant::now();
-        let size = self.fetch(remote, sha256, &path, limit).await?;
+        let size = self.fetch(remote, sha256, limit).await?;
         tracing::info!(
             sha256,
             bytes = size,
@@ -468,13 +472,7 @@ impl ArtifactStore {
         Ok(path)
     }
 
-    async fn fetch(
-        &self,
-        remote: &Remote,
-        sha256: &str,
-        dest: &Path,
-        limit: u64,
-    ) -> Result<u64, FetchError> {
+    async fn fetch(&self, remote: &Remote, sha256: &str, limit: u64) -> Result<u64, FetchError> {
         let storage = || remote.shown.clone();
         let failed = |source| match source {
             object_store::Error::NotFound { .. } => FetchError::Missing {
@@ -499,56 +497,34 @@ impl ArtifactStore {
                 limit,
             });
         }
-        let tmp_dir = self.root.join("tmp");
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FetchError::Io { path, source }
-        };
-        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io(&tmp_dir))?;
-        let tmp_path = tmp.path().to_path_buf();
-        let (std_file, tmp_guard) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(std_file);
-        let mut sha = Sha256::new();
-        let mut size = 0u64;
-        let mut body = got.into_stream();
-        loop {
-            let next = tokio::time::timeout(FETCH_STALL, body.next())
-                .await
-                .map_err(|_| FetchError::Stalled {
-                    sha256: sha256.to_string(),
-                    storage: storage(),
-                    secs: FETCH_STALL.as_secs(),
-                })?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(failed)?;
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(FetchError::TooLarge {
+        let staged = self
+            .spool(got.into_stream(), limit, FETCH_STALL)
+            .await
+            .map_err(|e| match e {
+                Spool::TooLarge => FetchError::TooLarge {
                     sha256: sha256.to_string(),
                     storage: storage(),
                     limit,
-                });
-            }
-            sha.update(&chunk);
-            file.write_all(&chunk).await.map_err(io(&tmp_path))?;
-        }
-        let actual = hex::encode(sha.finalize());
-        if actual != sha256 {
+                },
+                Spool::Stalled => FetchError::Stalled {
+                    sha256: sha256.to_string(),
+                    storage: storage(),
+                    secs: FETCH_STALL.as_secs(),
+                },
+                Spool::Body(e) => failed(e),
+                Spool::Io { path, source } => FetchError::Io { path, source },
+            })?;
+        if staged.ingested.sha256 != sha256 {
             return Err(FetchError::Corrupt {
                 sha256: sha256.to_string(),
                 storage: storage(),
-                actual,
+                actual: staged.ingested.sha256.clone(),
             });
         }
-        file.sync_all().await.map_err(io(&tmp_path))?;
-        drop(file);
-        let dir = dest.parent().expect("artifact path has a folder");
-        fs_err::create_dir_all(dir).map_err(io(dir))?;
-        tmp_guard.persist(dest).map_err(|e| FetchError::Io {
-            path: dest.to_path_buf(),
-            source: e.error,
-        })?;
-        Ok(size)
+        let ingested = self
+            .persist(staged)
+            .map_err(|(path, source)| FetchError::Io { path, source })?;
+        Ok(ingested.size)
     }
 
     /// The file for `sha256`, which must be 64 lower-case hex digits.
@@ -564,7 +540,7 @@ impl ArtifactStore {
     /// never pausing longer than `stall`.
     pub async fn ingest<S>(
         &self,
-        mut body: S,
+        body: S,
         limit: u64,
         expected_sha256: Option<&str>,
         stall: Duration,
@@ -572,10 +548,44 @@ impl ArtifactStore {
     where
         S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
     {
+        let staged = self.spool(body, limit, stall).await.map_err(|e| match e {
+            Spool::TooLarge => IngestError::TooLarge { limit },
+            Spool::Stalled => IngestError::Stalled {
+                secs: stall.as_secs(),
+            },
+            Spool::Body(e) => IngestError::Body(e),
+            Spool::Io { path, source } => IngestError::Io { path, source },
+        })?;
+        if staged.ingested.size == 0 {
+            return Err(IngestError::Empty);
+        }
+        if let Some(expected) = expected_sha256 {
+            if !expected.eq_ignore_ascii_case(&staged.ingested.sha256) {
+                return Err(IngestError::ShaMismatch {
+                    expected: expected.to_string(),
+                    actual: staged.ingested.sha256.clone(),
+                });
+            }
+        }
+        Ok(staged)
+    }
+
+    /// Streams `body` into a temporary file under `tmp/`, hashing it (both
+    /// digests), within `limit` bytes and never pausing longer than
+    /// `stall`; synced when complete. Uploads and cache fills alike.
+    async fn spool<S, E>(
+        &self,
+        mut body: S,
+        limit: u64,
+        stall: Duration,
+    ) -> Result<Staged, Spool<E>>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
         let tmp_dir = self.root.join("tmp");
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| IngestError::Io { path, source }
+            move |source| Spool::Io { path, source }
         };
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io(&tmp_dir))?;
         let tmp_path = tmp.path().to_path_buf();
@@ -587,40 +597,37 @@ impl ArtifactStore {
         loop {
             let next = tokio::time::timeout(stall, body.next())
                 .await
-                .map_err(|_| IngestError::Stalled {
-                    secs: stall.as_secs(),
-                })?;
+                .map_err(|_| Spool::Stalled)?;
             let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(IngestError::Body)?;
+            let chunk = chunk.map_err(Spool::Body)?;
             size += chunk.len() as u64;
             if size > limit {
-                return Err(IngestError::TooLarge { limit });
+                return Err(Spool::TooLarge);
             }
             sha.update(&chunk);
             md5.update(&chunk);
             file.write_all(&chunk).await.map_err(io(&tmp_path))?;
         }
-        if size == 0 {
-            return Err(IngestError::Empty);
-        }
         file.sync_all().await.map_err(io(&tmp_path))?;
         drop(file);
-        let sha256 = hex::encode(sha.finalize());
-        if let Some(expected) = expected_sha256 {
-            if !expected.eq_ignore_ascii_case(&sha256) {
-                return Err(IngestError::ShaMismatch {
-                    expected: expected.to_string(),
-                    actual: sha256,
-                });
-            }
-        }
         Ok(Staged {
             tmp: tmp_guard,
             ingested: Ingested {
-                sha256,
+                sha256: hex::encode(sha.finalize()),
                 md5: hex::encode(md5.finalize()),
                 size,
             },
         })
     }
+}
+
+/// Why streaming into a temporary file stopped.
+enum Spool<E> {
+    TooLarge,
+    Stalled,
+    Body(E),
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

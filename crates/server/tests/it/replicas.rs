@@ -22,15 +22,10 @@ async fn checkin(url: &str, req: &CheckinRequest, wait: u64) -> CheckinResponse 
 
 #[tokio::test]
 async fn two_replicas_share_commands_acks_releases_and_survive_one_killed() {
-    if !on_postgres() {
-        eprintln!("SKIPPED: replicas need PostgreSQL (PALETTE_TEST_POSTGRES)");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("shared");
-    let url = postgres_for(&data).await.unwrap();
-    let a = BinServer::start(&data, &["--database", &url], None).await;
-    let b = TestServer::start_with(&data, |_| {}).await;
+    let Some((a, b)) = replica_pair(&tmp.path().join("shared")).await else {
+        return;
+    };
     assert_eq!(
         b.store_id().await,
         {

@@ -454,3 +454,17 @@ impl S3 {
         assert!(res.status().is_success(), "{}", res.status());
     }
 }
+
+/// Two replicas on one PostgreSQL database: the real binary and an
+/// in-process server, both on `data`; `None` (the test says it skipped)
+/// without PostgreSQL.
+pub async fn replica_pair(data: &Path) -> Option<(BinServer, TestServer)> {
+    if !on_postgres() {
+        eprintln!("SKIPPED: replicas need PostgreSQL (PALETTE_TEST_POSTGRES)");
+        return None;
+    }
+    let url = postgres_for(data).await.unwrap();
+    let a = BinServer::start(data, &["--database", &url], None).await;
+    let b = TestServer::start_with(data, |_| {}).await;
+    Some((a, b))
+}

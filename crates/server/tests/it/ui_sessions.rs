@@ -114,15 +114,10 @@ async fn a_dashboard_session_outlasts_a_restart_and_ends_with_logout_or_revocati
 
 #[tokio::test]
 async fn a_dashboard_session_is_good_on_every_replica_until_a_logout_on_one() {
-    if !on_postgres() {
-        eprintln!("SKIPPED: replicas need PostgreSQL (PALETTE_TEST_POSTGRES)");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("shared");
-    let url = postgres_for(&data).await.unwrap();
-    let a = BinServer::start(&data, &["--database", &url], None).await;
-    let b = TestServer::start_with(&data, |_| {}).await;
+    let Some((a, b)) = replica_pair(&tmp.path().join("shared")).await else {
+        return;
+    };
     let sid = login(&a.url, ADMIN).await;
     let csrf = fleet_page(&b.url, &sid)
         .await
