@@ -19,6 +19,9 @@ pub enum Step {
     Extracted,
     /// `current` names the new version; it has not proven healthy yet.
     Switched,
+    /// The new version failed: a rollback to `previous` has begun (and is
+    /// finished by whoever finds this step: the rollback, or `recover`).
+    RollingBack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

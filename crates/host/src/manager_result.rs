@@ -17,6 +17,13 @@ pub enum RecoveryKind {
     Discarded,
     /// `current` names a new version that must pass its health check.
     NeedsHealthCheck,
+    /// A rollback a crash interrupted was finished: `current` names the
+    /// previous version again, the failed one is removed.
+    RolledBack,
+    /// The journal did not match the disk (`current` names neither its new
+    /// nor its previous version): set aside, nothing deleted; what is on
+    /// disk decides.
+    Stale,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,14 @@ pub const POINTS: &[&str] = &[
     "commit:cleared",
 ];
 
+/// The crash points of a rollback (a new version that failed its health
+/// check), in order.
+pub const ROLLBACK_POINTS: &[&str] = &[
+    "rollback:started",
+    "rollback:current-restored",
+    "rollback:removed",
+];
+
 /// The crash points of a watchdog self-update that succeeds, in order.
 pub const SELF_POINTS: &[&str] = &[
     "self:staged",
@@ -32,11 +40,15 @@ pub const SELF_POINTS: &[&str] = &[
 
 #[cfg(feature = "fault-injection")]
 static WATCHDOG_LOCK: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+#[cfg(feature = "fault-injection")]
+static STATE_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 /// Where the watchdog's lock is (for `PALETTE_KILL_WATCHDOG_AT`).
 pub fn set_layout(layout: &palette_host::Layout) {
     #[cfg(feature = "fault-injection")]
     let _ = WATCHDOG_LOCK.set(layout.watchdog_lock());
+    #[cfg(feature = "fault-injection")]
+    let _ = STATE_DIR.set(layout.state());
     let _ = layout;
 }
 
@@ -45,6 +57,17 @@ pub fn point(name: &str) {
     #[cfg(feature = "fault-injection")]
     {
         if std::env::var(palette_protocol::env::CRASH_AT).is_ok_and(|v| v == name) {
+            if std::env::var_os(palette_protocol::env::CRASH_ONCE).is_some() {
+                let marker = STATE_DIR
+                    .get()
+                    .map(|d| d.join(format!("fault-crashed-{}", name.replace(':', "-"))));
+                if let Some(m) = marker {
+                    if m.exists() {
+                        return;
+                    }
+                    let _ = fs_err::write(&m, name);
+                }
+            }
             eprintln!("fault injection: dying at {name}");
             std::process::abort();
         }

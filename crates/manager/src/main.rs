@@ -274,9 +274,14 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
                 ops::Recovery::NeedsHealthCheck { version, .. } => {
                     (RecoveryKind::NeedsHealthCheck, Some(*version))
                 }
+                ops::Recovery::RolledBack { version, .. } => {
+                    (RecoveryKind::RolledBack, Some(*version))
+                }
+                ops::Recovery::Stale { version, .. } => (RecoveryKind::Stale, Some(*version)),
             };
             result.recovery = Some(kind);
             result.version = version;
+            result.current = layout.current_version();
             println!("{r:?}");
         }
         Op::Start | Op::Stop | Op::Restart => {

@@ -40,6 +40,11 @@ pub enum OpError {
     NoJournal,
     #[error("the update journal says step {0:?}, which this operation cannot follow")]
     WrongStep(Step),
+    #[error("the update journal names {journal} but versions/current names {}; not committed, nothing pruned", .current.map(|v| v.to_string()).unwrap_or_else(|| "nothing".into()))]
+    Mismatch {
+        journal: Version,
+        current: Option<Version>,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpError {
@@ -98,7 +103,7 @@ pub fn install_archive(
         .map_err(io("creating the install folders"))?;
     if let Some(j) = Journal::load_or_set_aside(layout).map_err(io("reading the update journal"))? {
         tracing::warn!(version = %j.version, step = ?j.step, "an earlier update was interrupted; recovering it first");
-        if j.step == Step::Switched {
+        if matches!(j.step, Step::Switched | Step::RollingBack) {
             rollback(layout)?;
         } else {
             recover(layout)?;
@@ -188,7 +193,9 @@ pub fn install_archive(
 }
 
 /// Keeps the new version: clears the journal and prunes versions older
-/// than the previous one.
+/// than the previous one. Refused when `versions/current` does not name the
+/// journal's new version (a stale journal is never committed, and nothing
+/// is pruned on it).
 pub fn commit(layout: &Layout) -> Result<Version, OpError> {
     let j = Journal::load(layout)
         .map_err(io("reading the update journal"))?
@@ -196,11 +203,18 @@ pub fn commit(layout: &Layout) -> Result<Version, OpError> {
     if j.step != Step::Switched {
         return Err(OpError::WrongStep(j.step));
     }
+    let current = layout.current_version();
+    if current != Some(j.version) || !layout.version_dir(&j.version).is_dir() {
+        return Err(OpError::Mismatch {
+            journal: j.version,
+            current,
+        });
+    }
     crate::fault::point("commit:before-clear");
     Journal::clear(layout).map_err(io("clearing the update journal"))?;
     crate::fault::point("commit:cleared");
     match j.previous {
-        Some(_) => prune(layout, &[Some(j.version), j.previous]),
+        Some(_) => prune(layout, &[Some(j.version), j.previous, current]),
         // No previous version recorded: a first install, or a pointer that
         // could not be read. Nothing is deleted on such uncertain ground.
         None => tracing::info!("no previous version recorded; no installed version is pruned"),
@@ -216,14 +230,36 @@ pub fn rollback(layout: &Layout) -> Result<Option<Version>, OpError> {
 }
 
 /// `rollback`; an MSI install is undone with msiexec, with these
-/// properties (`agent.msi_properties`).
+/// properties (`agent.msi_properties`). Journaled (`RollingBack`) before
+/// anything changes and safe to run again from any point: a rollback a
+/// crash interrupted is finished by the next `rollback` or `recover`.
 pub fn rollback_with(
     layout: &Layout,
     msi_properties: &[String],
 ) -> Result<Option<Version>, OpError> {
-    let j = Journal::load(layout)
+    let mut j = Journal::load(layout)
         .map_err(io("reading the update journal"))?
         .ok_or(OpError::NoJournal)?;
+    if matches!(j.step, Step::Verified | Step::Extracted) {
+        // Nothing was switched: undoing the update is discarding it.
+        recover(layout)?;
+        return Ok(j.previous);
+    }
+    if j.step != Step::RollingBack {
+        j.step = Step::RollingBack;
+        j.save(layout).map_err(io("writing the update journal"))?;
+    }
+    crate::fault::point("rollback:started");
+    finish_rollback(layout, &j, msi_properties)
+}
+
+/// The rollback's work, from a journal at `RollingBack`; every step may be
+/// done again.
+fn finish_rollback(
+    layout: &Layout,
+    j: &Journal,
+    msi_properties: &[String],
+) -> Result<Option<Version>, OpError> {
     if j.msi {
         crate::msi::reinstall_previous(layout, &j.version, j.previous.as_ref(), msi_properties)
             .map_err(OpError::Msi)?;
@@ -244,9 +280,11 @@ pub fn rollback_with(
             let _ = fs_err::remove_file(layout.current_pointer());
         }
     }
+    crate::fault::point("rollback:current-restored");
     if Some(j.version) != j.previous {
         let _ = fs_err::remove_dir_all(layout.version_dir(&j.version));
     }
+    crate::fault::point("rollback:removed");
     Journal::clear(layout).map_err(io("clearing the update journal"))?;
     tracing::warn!(failed = %j.version, restored = ?j.previous.map(|v| v.to_string()), "update rolled back");
     Ok(j.previous)
@@ -266,9 +304,24 @@ pub enum Recovery {
         version: Version,
         previous: Option<Version>,
     },
+    /// A rollback of `version` a crash interrupted was finished: `current`
+    /// names `previous` again.
+    RolledBack {
+        version: Version,
+        previous: Option<Version>,
+    },
+    /// The journal (for `version`) did not match the disk (`current` names
+    /// `current`): it was set aside and nothing was changed or deleted.
+    Stale {
+        version: Version,
+        current: Option<Version>,
+    },
 }
 
-/// Finishes what a crash interrupted.
+/// Finishes what a crash interrupted. The journal is checked against the
+/// disk: a switched journal whose version `current` does not name is
+/// either a rollback under way (`current` names the previous version: the
+/// rollback is finished) or stale (set aside, nothing touched).
 pub fn recover(layout: &Layout) -> Result<Recovery, OpError> {
     let Some(j) = Journal::load_or_set_aside(layout).map_err(io("reading the update journal"))?
     else {
@@ -307,10 +360,52 @@ pub fn recover(layout: &Layout) -> Result<Recovery, OpError> {
             tracing::warn!(version = %j.version, step = ?j.step, "interrupted update discarded; the old version stays");
             Ok(Recovery::Discarded { version: j.version })
         }
-        Step::Switched => Ok(Recovery::NeedsHealthCheck {
-            version: j.version,
-            previous: j.previous,
-        }),
+        Step::RollingBack => {
+            tracing::warn!(version = %j.version, "a rollback was interrupted; finishing it");
+            let previous = finish_rollback(layout, &j, &[])?;
+            Ok(Recovery::RolledBack {
+                version: j.version,
+                previous,
+            })
+        }
+        Step::Switched => {
+            let pointer = layout.current_pointer_state();
+            match pointer {
+                palette_host::Pointer::Names(v) if v == j.version => {
+                    Ok(Recovery::NeedsHealthCheck {
+                        version: j.version,
+                        previous: j.previous,
+                    })
+                }
+                // Only a rollback points `current` back while the journal
+                // is open: one was under way before it could journal.
+                palette_host::Pointer::Names(v)
+                    if Some(v) == j.previous && Some(v) != Some(j.version) =>
+                {
+                    tracing::warn!(version = %j.version, previous = %v, "versions/current names the previous version: a rollback was interrupted; finishing it");
+                    let mut j = j;
+                    j.step = Step::RollingBack;
+                    j.save(layout).map_err(io("writing the update journal"))?;
+                    let previous = finish_rollback(layout, &j, &[])?;
+                    Ok(Recovery::RolledBack {
+                        version: j.version,
+                        previous,
+                    })
+                }
+                other => {
+                    let current = layout.current_version();
+                    let aside = layout.journal().with_extension("json.stale");
+                    fs_err::rename(layout.journal(), &aside)
+                        .map_err(io("setting the stale update journal aside"))?;
+                    palette_host::fsx::sync_dir(&layout.state());
+                    tracing::error!(journal = %j.version, previous = ?j.previous.map(|v| v.to_string()), pointer = ?other, aside = %aside.display(), "the update journal does not match the disk (versions/current names neither its new nor its previous version): set aside; nothing is changed or deleted");
+                    Ok(Recovery::Stale {
+                        version: j.version,
+                        current,
+                    })
+                }
+            }
+        }
     }
 }
 

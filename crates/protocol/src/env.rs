@@ -69,3 +69,7 @@ pub const CRASH_AT: &str = "PALETTE_CRASH_AT";
 /// (the one holding `state/watchdog.lock`) and carries on — the watchdog's
 /// half of the fault-injection suite. Same conditions as `CRASH_AT`.
 pub const KILL_WATCHDOG_AT: &str = "PALETTE_KILL_WATCHDOG_AT";
+/// Tests only: with `CRASH_AT`, the manager dies at that point once per
+/// install folder (it leaves `state/fault-crashed-<point>` behind), like a
+/// single `kill -9` there: the runs that follow pass the point.
+pub const CRASH_ONCE: &str = "PALETTE_CRASH_ONCE";

@@ -617,8 +617,20 @@ async fn commit(ctx: &Ctx) -> Result<(), ManagerError> {
 }
 
 /// Starts the switched-to version, checks it, and commits or rolls back.
+/// Success is reported only for the version `versions/current` names.
 async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
-    match health_check(ctx).await {
+    let checked = match health_check(ctx).await {
+        Ok(()) if ctx.layout.current_version() != Some(version) => Err(format!(
+            "versions/current names {} instead",
+            ctx.layout
+                .current_version()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "nothing".into())
+        )),
+        Ok(()) => Ok(()),
+        Err(why) => Err(chain(&why)),
+    };
+    match checked {
         // Recorded before the commit: a watchdog killed while the manager
         // commits leaves the outcome the manager then makes true.
         Ok(()) => {
@@ -645,10 +657,9 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
         }
         Err(why) => {
             let _ = ctx.supervisor.pause().await;
-            let rolled = run_manager(ctx, &["rollback".into()]).await;
+            let rolled = roll_back(ctx).await;
             let _ = ctx.supervisor.resume().await;
             let back = ctx.layout.current_version();
-            let why = chain(&why);
             let msg = match (rolled, back) {
                 (Ok(_), Some(back)) => format!(
                     "version {version} failed its health check ({why}); rolled back to {back}"
@@ -662,6 +673,34 @@ async fn finish(ctx: &Ctx, release_id: i64, version: Version) -> UpdateReport {
                 ),
             };
             report(ctx, release_id, version, Outcome::Failed, msg)
+        }
+    }
+}
+
+/// How often a rollback whose manager died is run again at once.
+const ROLLBACK_TRIES: usize = 3;
+
+/// Rolls back, at once again when the manager dies mid-way (killed,
+/// crashed): the rollback is journaled and safe to repeat, and the broken
+/// version must not stay current while this watchdog runs. A closed
+/// journal after a death means the rollback got to its end.
+async fn roll_back(ctx: &Ctx) -> Result<(), ManagerError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match run_manager(ctx, &["rollback".into()]).await {
+            Ok(_) => return Ok(()),
+            Err(e @ ManagerError::NoResult { .. }) => {
+                if !ctx.layout.journal().exists() {
+                    tracing::warn!(error = %chain(&e), "the manager died at the end of the rollback; its journal is closed, the rollback is done");
+                    return Ok(());
+                }
+                if tries >= ROLLBACK_TRIES {
+                    return Err(e);
+                }
+                tracing::error!(error = %chain(&e), "the manager died during the rollback; running it again now");
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -713,6 +752,11 @@ pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
             tracing::info!("the earlier manager finished");
         }
     }
+    // Read before `recover`, which may close it.
+    let journal_id = palette_host::journal::Journal::load(&ctx.layout)
+        .ok()
+        .flatten()
+        .map(|j| j.release_id);
     let result = match run_manager(ctx, &["recover".into()]).await {
         Ok(r) => r,
         Err(e) => {
@@ -727,13 +771,25 @@ pub async fn recover(ctx: &Ctx) -> Option<UpdateReport> {
         }
         (Some(RecoveryKind::NeedsHealthCheck), Some(version)) => {
             tracing::warn!(%version, "an update was interrupted after its switch; checking the new version's health");
-            let id = palette_host::journal::Journal::load(&ctx.layout)
-                .ok()
-                .flatten()
-                .map(|j| j.release_id)
-                .unwrap_or(0);
             let _ = ctx.supervisor.pause().await;
-            Some(finish(ctx, id, version).await)
+            Some(finish(ctx, journal_id.unwrap_or(0), version).await)
+        }
+        (Some(RecoveryKind::RolledBack), Some(version)) => {
+            let back = result
+                .current
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "no version".into());
+            Some(report(
+                ctx,
+                journal_id.unwrap_or(0),
+                version,
+                Outcome::Failed,
+                format!("version {version} was being rolled back when it was interrupted; the rollback was finished: {back} runs"),
+            ))
+        }
+        (Some(RecoveryKind::Stale), Some(version)) => {
+            tracing::error!(%version, current = ?result.current.map(|v| v.to_string()), "the update journal named a version versions/current does not: set aside, nothing reported as installed; what is on disk runs");
+            None
         }
         _ => None,
     }

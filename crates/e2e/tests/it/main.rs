@@ -13,6 +13,7 @@ const T: Duration = Duration::from_secs(30);
 
 mod dashboard;
 mod replicas;
+mod rollback;
 mod rollouts;
 mod selfupdate;
 mod trust;
