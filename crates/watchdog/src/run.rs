@@ -48,8 +48,14 @@ pub async fn service_for(
         Backend::Process => {
             let words = settings.agent.command.clone();
             let l = layout.clone();
+            let s = settings.clone();
             let svc = ProcessService::new(ProcessSpec {
+                // Before each start: a `current` whose folder or program
+                // went away under a running watchdog falls back to the
+                // newest installed version that has its program (which
+                // the next report then names).
                 resolve: Arc::new(move || {
+                    repair_current(&l, &s);
                     let mut expanded = words
                         .iter()
                         .map(|w| expand(w, &l))

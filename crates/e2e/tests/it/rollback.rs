@@ -181,3 +181,37 @@ async fn a_stale_journal_is_set_aside_and_deletes_nothing() {
         host.stop();
     }
 }
+
+/// Issue 22, item 4: `versions/<running>` removed under a running watchdog,
+/// then the agent exits: it falls back to the newest installed version
+/// that has its program (skipping one without), and reports it.
+#[tokio::test]
+async fn a_removed_running_version_falls_back_to_the_newest_usable_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new("removed", &server.url, "v2", "");
+    install_copy(&host.base, "2.0.0", false);
+    // A newer folder without its program: not a candidate.
+    std::fs::create_dir_all(host.base.join("versions/1.5.0")).unwrap();
+    std::fs::write(host.base.join("versions/current"), "2.0.0\n").unwrap();
+    host.start();
+    let first = host.wait_agent_running(T).await.unwrap();
+    assert_eq!(first.version, "2.0.0");
+    std::fs::remove_dir_all(host.base.join("versions/2.0.0")).unwrap();
+    super::kill9(first.pid);
+    wait_for("the agent runs 1.0.0", T, || async {
+        host.running_agent().is_some_and(|a| a.version == "1.0.0")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    wait_for("the server is told 1.0.0 runs", T, || async {
+        api.host("removed")
+            .await
+            .and_then(|h| h.report)
+            .is_some_and(|r| r.agent_version.map(|v| v.to_string()).as_deref() == Some("1.0.0"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert!(host.log().contains("versions/current was unusable"));
+}
