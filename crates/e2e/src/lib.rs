@@ -1028,3 +1028,166 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// One request a `FakeHttp` received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The path with its query.
+    pub path: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a `FakeHttp` answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(body: impl Into<String>) -> Answer {
+        Answer {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into().into_bytes(),
+        }
+    }
+
+    pub fn status(status: u16) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+}
+
+type Handler = std::sync::Arc<dyn Fn(&Recorded) -> Answer + Send + Sync>;
+
+/// A stand-in HTTP/1.1 server on loopback (a hostile or broken server, or
+/// a stranger a release URL points at): it records every request and
+/// answers what `handler` says, one request per connection.
+pub struct FakeHttp {
+    pub url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl FakeHttp {
+    pub async fn start(handler: impl Fn(&Recorded) -> Answer + Send + Sync + 'static) -> FakeHttp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let handler: Handler = std::sync::Arc::new(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (reqs, s) = (requests.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut sock = tokio::select! {
+                    c = listener.accept() => match c { Ok((c, _)) => c, Err(_) => continue },
+                    _ = s.cancelled() => return,
+                };
+                let (reqs, handler) = (reqs.clone(), handler.clone());
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 16384];
+                    let (head_end, len) = loop {
+                        let n = match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        data.extend_from_slice(&buf[..n]);
+                        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&data[..i]).to_lowercase();
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (i + 4, len);
+                        }
+                    };
+                    while data.len() < head_end + len {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&data[..head_end - 4]).into_owned();
+                    let mut lines = head.lines();
+                    let mut first = lines.next().unwrap_or("").split(' ');
+                    let rec = Recorded {
+                        method: first.next().unwrap_or("").into(),
+                        path: first.next().unwrap_or("").into(),
+                        headers: lines
+                            .filter_map(|l| l.split_once(':'))
+                            .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
+                            .collect(),
+                        body: data[head_end..].to_vec(),
+                        at: Instant::now(),
+                    };
+                    let answer = handler(&rec);
+                    reqs.lock().unwrap().push(rec);
+                    let mut out = format!(
+                        "HTTP/1.1 {} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        answer.status,
+                        answer.body.len()
+                    );
+                    for (n, v) in &answer.headers {
+                        out.push_str(&format!("{n}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = sock.write_all(out.as_bytes()).await;
+                    let _ = sock.write_all(&answer.body).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        FakeHttp {
+            url,
+            requests,
+            stop,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeHttp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A v2 release offer (JSON) for a check-in answer.
+pub fn release_offer(
+    id: i64,
+    product: &str,
+    version: &str,
+    url: &str,
+    sha256: &str,
+    size: u64,
+) -> String {
+    let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    format!(
+        r#"{{"id":{id},"product":"{product}","version":"{version}","platform":"{platform}","kind":"archive","sha256":"{sha256}","md5":"","size":{size},"signature":null,"url":"{url}","created_at":"2026-01-01T00:00:00Z"}}"#
+    )
+}

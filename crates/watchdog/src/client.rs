@@ -178,6 +178,9 @@ pub struct Client {
     host_token: Option<std::sync::Arc<str>>,
 }
 
+/// The most redirects a download follows.
+const MAX_REDIRECTS: usize = 5;
+
 /// How long an idle kept-alive connection may be reused (below the 20 s a
 /// palette-server keeps one).
 pub const POOL_IDLE: Duration = Duration::from_secs(10);
@@ -193,6 +196,9 @@ impl Client {
             // and a request written into a connection the server just
             // closed fails with a broken pipe.
             .pool_idle_timeout(POOL_IDLE)
+            // Redirects are never followed with a credential: the client
+            // follows none itself, and `download` follows them bare.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("palette-watchdog/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &server.ca_file {
             let pem = fs_err::read(ca).map_err(|source| ClientError::CaFile {
@@ -259,20 +265,34 @@ impl Client {
     }
 
     /// The credential for `url`: the host token on the v2 API when this
-    /// host has one, else the license key (the only one v1 knows).
-    fn auth(&self, url: &str) -> String {
-        match &self.host_token {
+    /// host has one, else the license key (the only one v1 knows) — and
+    /// only for the origin (scheme, host, port) this host checks in with.
+    /// A release URL naming another origin gets no credential at all.
+    fn auth(&self, url: &str) -> Option<String> {
+        if !self.same_origin(url) {
+            return None;
+        }
+        Some(match &self.host_token {
             Some(t) if url.contains("/api/v2/") => format!("Bearer {t}"),
             _ => format!("Token {}", self.config.license_key),
+        })
+    }
+
+    /// Whether `url` has the scheme, host and port of `Webservice.Endpoint`.
+    pub fn same_origin(&self, url: &str) -> bool {
+        match (url::Url::parse(url), url::Url::parse(&self.config.endpoint)) {
+            (Ok(a), Ok(b)) => a.origin().is_tuple() && a.origin() == b.origin(),
+            _ => false,
         }
     }
 
     /// A request with this client's token and the per-request timeout.
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, url)
-            .header(header::AUTHORIZATION, self.auth(url))
-            .timeout(self.timeout)
+        let rb = self.http.request(method, url).timeout(self.timeout);
+        match self.auth(url) {
+            Some(a) => rb.header(header::AUTHORIZATION, a),
+            None => rb,
+        }
     }
 
     /// Enrolls this host with the fleet's enrollment key (the license key):
@@ -310,6 +330,11 @@ impl Client {
             url: url.into(),
             source,
         })?;
+        Self::check(res, url).await
+    }
+
+    /// A success answer, or its status and the start of its body.
+    async fn check(res: reqwest::Response, url: &str) -> Result<reqwest::Response, ClientError> {
         if res.status().is_success() {
             Ok(res)
         } else {
@@ -461,6 +486,45 @@ impl Client {
 
     // ---- downloads ------------------------------------------------------
 
+    /// `GET url` (from byte `from` on), following up to
+    /// `MAX_REDIRECTS` redirects. The credential goes only with the first
+    /// request, and only to the check-in origin: a redirect is followed
+    /// bare, wherever it points.
+    async fn get_following(&self, url: &str, from: u64) -> Result<reqwest::Response, ClientError> {
+        let mut at = url.to_string();
+        let mut hops = 0;
+        loop {
+            let mut rb = self.http.get(&at);
+            if hops == 0 {
+                if let Some(a) = self.auth(&at) {
+                    rb = rb.header(header::AUTHORIZATION, a);
+                }
+            }
+            if from > 0 {
+                rb = rb.header(header::RANGE, format!("bytes={from}-"));
+            }
+            let res = rb.send().await.map_err(|source| ClientError::Http {
+                url: at.clone(),
+                source,
+            })?;
+            let next = res
+                .status()
+                .is_redirection()
+                .then(|| res.headers().get(header::LOCATION))
+                .flatten()
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url::Url::parse(&at).ok()?.join(l).ok());
+            match next {
+                Some(next) if hops < MAX_REDIRECTS => {
+                    tracing::info!(from = at, to = %next, "the download is redirected; following it without credentials");
+                    at = next.to_string();
+                    hops += 1;
+                }
+                _ => return Self::check(res, &at).await,
+            }
+        }
+    }
+
     /// Streams `path_or_url` into `dest` (never the whole file in memory),
     /// hashing on the way; the file is renamed into place only when it
     /// matches `expect`. It is written to `dest.part` first: a transfer cut
@@ -511,27 +575,19 @@ impl Client {
                 md5 = Md5::new();
             }
         }
-        let mut rb = self
-            .http
-            .get(&url)
-            .header(header::AUTHORIZATION, self.auth(&url));
-        if have > 0 {
-            rb = rb.header(header::RANGE, format!("bytes={have}-"));
+        if !self.same_origin(&url) {
+            tracing::warn!(url, endpoint = self.config.endpoint, "the release is served from another origin than the server's: downloaded without credentials (its sha256 decides)");
         }
-        let res = match self.send(rb, &url).await {
+        let res = match self.get_following(&url, have).await {
             Err(ClientError::Status { status, .. })
                 if status == StatusCode::RANGE_NOT_SATISFIABLE && have > 0 =>
             {
                 let _ = tokio::fs::remove_file(&part).await;
                 tracing::warn!("the server cannot resume the download; starting over");
-                let rb = self
-                    .http
-                    .get(&url)
-                    .header(header::AUTHORIZATION, self.auth(&url));
                 have = 0;
                 sha = Sha256::new();
                 md5 = Md5::new();
-                self.send(rb, &url).await?
+                self.get_following(&url, 0).await?
             }
             other => other?,
         };
@@ -647,5 +703,47 @@ impl Client {
                 source,
             })?;
         Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(endpoint: &str) -> Client {
+        let config = AgentConfig {
+            license_key: "fleet-key".into(),
+            endpoint: endpoint.into(),
+            proxy: None,
+        };
+        Client::new(config, &ServerSettings::default())
+            .unwrap()
+            .with_host_token(Some("host-token".into()))
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_check_in_origin() {
+        let c = client("https://palette.example:8443");
+        let v2 = "https://palette.example:8443/api/v2/releases/1/download";
+        assert_eq!(c.auth(v2).as_deref(), Some("Bearer host-token"));
+        assert_eq!(
+            c.auth("https://palette.example:8443/api/v1/license")
+                .as_deref(),
+            Some("Token fleet-key")
+        );
+        for other in [
+            "http://palette.example:8443/api/v2/releases/1/download", // scheme
+            "https://palette.example/api/v2/releases/1/download",     // port
+            "https://evil.example:8443/api/v2/releases/1/download",   // host
+            "https://palette.example.evil:8443/api/v2/x",
+            "not a url",
+        ] {
+            assert_eq!(c.auth(other), None, "{other}");
+        }
+        // The default port is the scheme's.
+        let c = client("https://palette.example/");
+        assert!(c
+            .auth("https://palette.example:443/api/v2/checkin")
+            .is_some());
     }
 }

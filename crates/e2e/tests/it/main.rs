@@ -12,6 +12,7 @@ use palette_protocol::v2::{AgentState, CommandKind, DesiredState, Outcome};
 const T: Duration = Duration::from_secs(30);
 
 mod dashboard;
+mod hostile;
 mod replicas;
 mod rollback;
 mod rollouts;
