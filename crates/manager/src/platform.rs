@@ -1,9 +1,14 @@
 //! Platform details of unpacking: file modes.
 
+/// The permission bits an unpacked file may keep: no setuid/setgid/sticky,
+/// and no write for group or others — the agent runs as root, so a file
+/// any local user could write would let them replace it.
+pub const KEPT_MODE_BITS: u32 = 0o755;
+
 #[cfg(unix)]
 pub fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777))
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode & KEPT_MODE_BITS))
 }
 
 #[cfg(not(unix))]

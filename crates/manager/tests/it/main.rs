@@ -171,6 +171,61 @@ fn good_archives_unpack_with_modes() {
     assert!(dir.path().join("zout/a/b.txt").exists());
 }
 
+/// Issue 22, item 6: world- or group-writable (and setuid) modes in a
+/// tar or a zip are not kept: the installed files are at most 0755.
+#[cfg(unix)]
+#[test]
+fn writable_by_others_modes_are_cleared_on_extraction() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("wide.tar.gz");
+    {
+        let f = std::fs::File::create(&t).unwrap();
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (name, mode) in [("agent", 0o777), ("data", 0o666), ("suid", 0o4777)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(mode);
+            h.set_cksum();
+            b.append_data(&mut h, name, &b"x"[..]).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let z = dir.path().join("wide.zip");
+    {
+        let f = std::fs::File::create(&z).unwrap();
+        let mut w = zip::ZipWriter::new(f);
+        for (name, mode) in [("agent", 0o4777), ("data", 0o666)] {
+            w.start_file(
+                name,
+                zip::write::SimpleFileOptions::default().unix_permissions(mode),
+            )
+            .unwrap();
+            w.write_all(b"x").unwrap();
+        }
+        w.finish().unwrap();
+    }
+    for (archive, want) in [
+        (
+            &t,
+            &[("agent", 0o755), ("data", 0o644), ("suid", 0o755)][..],
+        ),
+        (&z, &[("agent", 0o755), ("data", 0o644)][..]),
+    ] {
+        let out = dir.path().join(format!("out-{}", want.len()));
+        extract(archive, &out, Limits::default()).unwrap();
+        for (name, mode) in want {
+            let got = std::fs::metadata(out.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
+            assert_eq!(got, *mode, "{}: {name} is {got:o}", archive.display());
+        }
+    }
+}
+
 fn layout_with(dir: &Path) -> Layout {
     let l = Layout::new(dir);
     l.ensure_dirs().unwrap();
