@@ -28,8 +28,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row};
 
 use crate::store::{
-    AuditEntry, CommandRow, HostRow, MemberRecord, NewRelease, OutageLog, RolloutRecord, Store,
-    StoreError, StoreResult, TokenKind, TokenRow, UiSessionRow,
+    Audit, AuditEntry, CommandRow, HostRow, MemberRecord, NewRelease, OutageLog, RolloutRecord,
+    Store, StoreError, StoreResult, TokenKind, TokenRow, UiSessionRow,
 };
 
 /// Runs `body` (which uses the transaction `tx`) in a write transaction on
@@ -66,6 +66,33 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Inserts or replaces a rollout's members in one statement, in host-name
 /// order (two writers of the same rows then lock them in the same order
 /// and cannot deadlock).
+/// Stores an operator write's audit entry in the write's own transaction
+/// (`{id}` in its detail standing for `id`): both are stored or neither.
+async fn put_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    audit: Audit<'_>,
+    id: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let Some(e) = audit else {
+        return Ok(());
+    };
+    let e = match id {
+        Some(id) => e.with_id(id),
+        None => e.clone(),
+    };
+    sqlx::query(
+        "INSERT INTO audit (at, actor, source, action, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(&e.source)
+    .bind(&e.action)
+    .bind(&e.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn put_members(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rollout: i64,
@@ -388,13 +415,17 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn retire_host(&self, hostname: &str) -> StoreResult<bool> {
+    async fn retire_host(&self, hostname: &str, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
             let done = sqlx::query("DELETE FROM hosts WHERE hostname = $1")
                 .bind(hostname)
                 .execute(&mut *tx)
                 .await?;
-            done.rows_affected() > 0
+            let done = done.rows_affected() > 0;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -405,6 +436,7 @@ impl Store for PgStore {
         issued_at: Millis,
         legacy_ts: Millis,
         expires_at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<CommandRow> {
         let target_json = serde_json::to_string(target).expect("target serialises");
         let id = write_tx!(self, |tx| {
@@ -419,6 +451,7 @@ impl Store for PgStore {
             .fetch_one(&mut *tx)
             .await?
             .try_get::<i64, _>(0)?;
+            put_audit(&mut tx, audit, Some(id)).await?;
             id
         })?;
         Ok(CommandRow {
@@ -674,7 +707,7 @@ impl Store for PgStore {
         )
     }
 
-    async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64> {
+    async fn insert_release(&self, r: &NewRelease, audit: Audit<'_>) -> StoreResult<i64> {
         let mut conn = self.conn().await?;
         let res = async {
             let mut tx = conn.begin().await?;
@@ -696,6 +729,7 @@ impl Store for PgStore {
             .fetch_one(&mut *tx)
             .await?
             .try_get::<i64, _>(0)?;
+            put_audit(&mut tx, audit, Some(id)).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(id)
         }
@@ -751,7 +785,7 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool> {
+    async fn withdraw_release(&self, id: i64, at: Millis, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
             let done = sqlx::query(
                 "UPDATE releases SET withdrawn_at = coalesce(withdrawn_at, $1) WHERE id = $2",
@@ -760,7 +794,11 @@ impl Store for PgStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            done.rows_affected() == 1
+            let done = done.rows_affected() == 1;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -770,6 +808,7 @@ impl Store for PgStore {
         target: i64,
         signed: Option<(&str, &str)>,
         at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
@@ -788,6 +827,7 @@ impl Store for PgStore {
                     .execute(&mut *tx)
                     .await?;
             }
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -805,6 +845,7 @@ impl Store for PgStore {
         &self,
         r: &RolloutRecord,
         members: &[MemberRecord],
+        audit: Audit<'_>,
     ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
             let id = sqlx::query(
@@ -827,11 +868,12 @@ impl Store for PgStore {
             .await?
             .try_get::<i64, _>(0)?;
             put_members(&mut tx, id, members).await?;
+            put_audit(&mut tx, audit, Some(id)).await?;
             id
         })
     }
 
-    async fn update_rollout(&self, r: &RolloutRecord) -> StoreResult<()> {
+    async fn update_rollout(&self, r: &RolloutRecord, audit: Audit<'_>) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
                 "UPDATE rollouts SET phase = $1, wave = $2, wave_started_at = $3, reason = $4 WHERE id = $5",
@@ -843,6 +885,7 @@ impl Store for PgStore {
             .bind(r.id)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -907,7 +950,12 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn set_host_labels(&self, hostname: &str, labels_json: &str) -> StoreResult<()> {
+    async fn set_host_labels(
+        &self,
+        hostname: &str,
+        labels_json: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
                 "INSERT INTO host_labels (hostname, labels) VALUES ($1, $2)
@@ -917,6 +965,7 @@ impl Store for PgStore {
             .bind(labels_json)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -938,9 +987,14 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn insert_pin(&self, p: &crate::rollouts::Pin, at: Millis) -> StoreResult<i64> {
+    async fn insert_pin(
+        &self,
+        p: &crate::rollouts::Pin,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
-            sqlx::query(
+            let id = sqlx::query(
                 "INSERT INTO pins (selector, product, version, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
             )
             .bind(&p.selector)
@@ -949,18 +1003,24 @@ impl Store for PgStore {
             .bind(at)
             .fetch_one(&mut *tx)
             .await?
-            .try_get::<i64, _>(0)?
+            .try_get::<i64, _>(0)?;
+            put_audit(&mut tx, audit, Some(id)).await?;
+            id
         })
     }
 
-    async fn delete_pin(&self, id: i64) -> StoreResult<bool> {
+    async fn delete_pin(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
-            sqlx::query("DELETE FROM pins WHERE id = $1")
+            let done = sqlx::query("DELETE FROM pins WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                == 1
+                == 1;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -986,9 +1046,14 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn insert_window(&self, w: &crate::rollouts::WindowInfo, at: Millis) -> StoreResult<i64> {
+    async fn insert_window(
+        &self,
+        w: &crate::rollouts::WindowInfo,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
-            sqlx::query(
+            let id = sqlx::query(
                 "INSERT INTO maintenance_windows (selector, schedule, tz, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
             )
             .bind(&w.selector)
@@ -997,18 +1062,24 @@ impl Store for PgStore {
             .bind(at)
             .fetch_one(&mut *tx)
             .await?
-            .try_get::<i64, _>(0)?
+            .try_get::<i64, _>(0)?;
+            put_audit(&mut tx, audit, Some(id)).await?;
+            id
         })
     }
 
-    async fn delete_window(&self, id: i64) -> StoreResult<bool> {
+    async fn delete_window(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
-            sqlx::query("DELETE FROM maintenance_windows WHERE id = $1")
+            let done = sqlx::query("DELETE FROM maintenance_windows WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                == 1
+                == 1;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -1125,6 +1196,7 @@ impl Store for PgStore {
         body: &[u8],
         at: Millis,
         keep: usize,
+        audit: Audit<'_>,
     ) -> StoreResult<ConfigRevision> {
         let sha = hex::encode(Sha256::digest(body));
         let revision = write_tx!(self, |tx| {
@@ -1150,6 +1222,7 @@ impl Store for PgStore {
             .bind(keep.max(1) as i64)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, Some(revision)).await?;
             revision
         })?;
         Ok(ConfigRevision {
@@ -1225,7 +1298,13 @@ impl Store for PgStore {
         )
     }
 
-    async fn add_agent_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
+    async fn add_agent_token(
+        &self,
+        hash: &str,
+        label: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
                 "INSERT INTO agent_tokens (hash, label, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -1235,6 +1314,7 @@ impl Store for PgStore {
             .bind(at)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -1246,7 +1326,13 @@ impl Store for PgStore {
         )
     }
 
-    async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
+    async fn add_operator_token(
+        &self,
+        hash: &str,
+        label: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
                 "INSERT INTO operator_tokens (hash, label, created_at) VALUES ($1, $2, $3)",
@@ -1256,6 +1342,7 @@ impl Store for PgStore {
             .bind(at)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -1294,7 +1381,13 @@ impl Store for PgStore {
         Ok(all)
     }
 
-    async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool> {
+    async fn revoke_token(
+        &self,
+        kind: TokenKind,
+        id: i64,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<bool> {
         let sql = format!(
             "UPDATE {} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
             token_table(kind)
@@ -1306,7 +1399,11 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            done > 0
+            let done = done > 0;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -1315,6 +1412,7 @@ impl Store for PgStore {
         hostname: &str,
         hash: &str,
         at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<Option<i64>> {
         let mut conn = self.conn().await?;
         let res = async {
@@ -1333,6 +1431,9 @@ impl Store for PgStore {
                 None => None,
             };
 
+            if id.is_some() {
+                put_audit(&mut tx, audit, id).await?;
+            }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(id)
         }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::rollout::{parse_waves, Changes, Member, Phase, Plan, Threshold};
 use crate::state::{now_ms, AppState};
-use crate::store::{MemberRecord, RolloutRecord, StoreResult};
+use crate::store::{Audit, MemberRecord, RolloutRecord, StoreResult};
 use crate::window::Window;
 
 /// What happens to a release published without a rollout.
@@ -84,6 +84,9 @@ pub struct Rollouts {
     /// instant that maintenance windows are judged at instead of now.
     pub clock_file: Option<std::path::PathBuf>,
     pub default: DefaultRollout,
+    /// One operator action (pause, resume, abort) at a time: each is
+    /// stored before the view takes it.
+    pub action_lock: tokio::sync::Mutex<()>,
 }
 
 impl Rollouts {
@@ -409,7 +412,11 @@ pub enum RolloutError {
 
 impl AppState {
     /// Starts a rollout of a release to the hosts matching its selector.
-    pub async fn create_rollout(&self, new: NewRollout) -> Result<RolloutStatus, RolloutError> {
+    pub async fn create_rollout(
+        &self,
+        new: NewRollout,
+        audit: Audit<'_>,
+    ) -> Result<RolloutStatus, RolloutError> {
         let find = || self.releases().into_iter().find(|r| r.id == new.release_id);
         let found = match find() {
             Some(r) => Some(r),
@@ -491,7 +498,10 @@ impl AppState {
             .collect();
         // With its members, in one transaction: the replica that leads
         // never sees it half made.
-        let id = self.store.insert_rollout(&record, &records).await?;
+        let id = self.store.insert_rollout(&record, &records, audit).await?;
+        if let Some(a) = audit {
+            a.with_id(id).log();
+        }
         let rollout = Rollout {
             id,
             selector,
@@ -541,19 +551,24 @@ impl AppState {
         &self,
         id: i64,
         action: &'static str,
+        audit: Audit<'_>,
     ) -> Result<RolloutStatus, RolloutError> {
         // Started a moment ago through another replica: not read yet.
         if self.rollout(id).is_none() && self.store.shared() {
             let leading = self.store.try_lead().await;
             self.load_rollouts_keeping(leading).await?;
         }
-        let record = {
+        // The change is stored (with its audit entry) before the view
+        // takes it: a refused write changes nothing a host would see.
+        let _one_action = self.rollouts.action_lock.lock().await;
+        let (record, before) = {
             let mut cache = self.rollouts.cache.write().unwrap();
             let o = cache
                 .rollouts
                 .iter_mut()
                 .find(|o| o.id == id)
                 .ok_or(RolloutError::NotFound(id))?;
+            let before = (o.plan.phase, o.plan.reason.clone(), o.plan.wave_started_at);
             let from = o.plan.phase;
             let to = match (action, from) {
                 ("pause", Phase::Running) => Phase::Paused,
@@ -579,9 +594,27 @@ impl AppState {
             if to == Phase::Aborted {
                 o.plan.reason = Some("aborted by an operator".into());
             }
-            o.record()
+            let record = o.record();
+            (o.plan.phase, o.plan.reason, o.plan.wave_started_at) = before.clone();
+            (record, before)
         };
-        self.store.update_rollout(&record).await?;
+        self.store.update_rollout(&record, audit).await?;
+        {
+            let mut cache = self.rollouts.cache.write().unwrap();
+            if let Some(o) = cache.rollouts.iter_mut().find(|o| o.id == id) {
+                // Unless a step moved it meanwhile (it reads the stored row).
+                if (o.plan.phase, &o.plan.reason, o.plan.wave_started_at)
+                    == (before.0, &before.1, before.2)
+                {
+                    o.plan.phase = Phase::parse(&record.phase).unwrap_or(o.plan.phase);
+                    o.plan.reason = record.reason.clone();
+                    o.plan.wave_started_at = record.wave_started_at;
+                }
+            }
+        }
+        if let Some(a) = audit {
+            a.log();
+        }
         tracing::warn!(id, action, phase = record.phase, "rollout {action}");
         self.notify_change();
         self.step_if_leading().await;
@@ -696,7 +729,7 @@ impl AppState {
         }
         for (r, members) in to_store {
             let res = async {
-                self.store.update_rollout(&r).await?;
+                self.store.update_rollout(&r, None).await?;
                 self.store.save_members(r.id, &members).await
             }
             .await;

@@ -29,8 +29,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
 use crate::store::{
-    AuditEntry, CommandRow, HostRow, MemberRecord, NewRelease, OutageLog, RolloutRecord, Store,
-    StoreError, StoreResult, TokenKind, TokenRow, UiSessionRow,
+    Audit, AuditEntry, CommandRow, HostRow, MemberRecord, NewRelease, OutageLog, RolloutRecord,
+    Store, StoreError, StoreResult, TokenKind, TokenRow, UiSessionRow,
 };
 
 /// Runs `body` (which uses the transaction `tx`) in a write transaction on
@@ -115,6 +115,31 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// Inserts or replaces a rollout's members.
+/// Stores an operator write's audit entry in the write's own transaction
+/// (`{id}` in its detail standing for `id`): both are stored or neither.
+async fn put_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    audit: Audit<'_>,
+    id: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let Some(e) = audit else {
+        return Ok(());
+    };
+    let e = match id {
+        Some(id) => e.with_id(id),
+        None => e.clone(),
+    };
+    sqlx::query("INSERT INTO audit (at, actor, source, action, detail) VALUES (?, ?, ?, ?, ?)")
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.source)
+        .bind(&e.action)
+        .bind(&e.detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 async fn put_members(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     rollout: i64,
@@ -348,13 +373,17 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn retire_host(&self, hostname: &str) -> StoreResult<bool> {
+    async fn retire_host(&self, hostname: &str, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
             let done = sqlx::query("DELETE FROM hosts WHERE hostname = ?")
                 .bind(hostname)
                 .execute(&mut *tx)
                 .await?;
-            done.rows_affected() > 0
+            let done = done.rows_affected() > 0;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -365,6 +394,7 @@ impl Store for SqliteStore {
         issued_at: Millis,
         legacy_ts: Millis,
         expires_at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<CommandRow> {
         let target_json = serde_json::to_string(target).expect("target serialises");
         let id = write_tx!(self, |tx| {
@@ -379,6 +409,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .last_insert_rowid();
+            put_audit(&mut tx, audit, Some(id)).await?;
             id
         })?;
         Ok(CommandRow {
@@ -621,7 +652,7 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64> {
+    async fn insert_release(&self, r: &NewRelease, audit: Audit<'_>) -> StoreResult<i64> {
         let mut conn = self.conn().await?;
         let res = async {
             let mut tx = conn.begin().await?;
@@ -643,6 +674,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .last_insert_rowid();
+            put_audit(&mut tx, audit, Some(id)).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(id)
         }
@@ -698,7 +730,7 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool> {
+    async fn withdraw_release(&self, id: i64, at: Millis, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
             let done = sqlx::query(
                 "UPDATE releases SET withdrawn_at = coalesce(withdrawn_at, ?) WHERE id = ?",
@@ -707,7 +739,11 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            done.rows_affected() == 1
+            let done = done.rows_affected() == 1;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -717,6 +753,7 @@ impl Store for SqliteStore {
         target: i64,
         signed: Option<(&str, &str)>,
         at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
@@ -735,6 +772,7 @@ impl Store for SqliteStore {
                     .execute(&mut *tx)
                     .await?;
             }
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -752,6 +790,7 @@ impl Store for SqliteStore {
         &self,
         r: &RolloutRecord,
         members: &[MemberRecord],
+        audit: Audit<'_>,
     ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
             let id = sqlx::query(
@@ -774,11 +813,12 @@ impl Store for SqliteStore {
             .await?
             .last_insert_rowid();
             put_members(&mut tx, id, members).await?;
+            put_audit(&mut tx, audit, Some(id)).await?;
             id
         })
     }
 
-    async fn update_rollout(&self, r: &RolloutRecord) -> StoreResult<()> {
+    async fn update_rollout(&self, r: &RolloutRecord, audit: Audit<'_>) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
                 "UPDATE rollouts SET phase = ?, wave = ?, wave_started_at = ?, reason = ? WHERE id = ?",
@@ -790,6 +830,7 @@ impl Store for SqliteStore {
             .bind(r.id)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -852,13 +893,19 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn set_host_labels(&self, hostname: &str, labels_json: &str) -> StoreResult<()> {
+    async fn set_host_labels(
+        &self,
+        hostname: &str,
+        labels_json: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query("INSERT OR REPLACE INTO host_labels (hostname, labels) VALUES (?, ?)")
                 .bind(hostname)
                 .bind(labels_json)
                 .execute(&mut *tx)
                 .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -880,9 +927,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn insert_pin(&self, p: &crate::rollouts::Pin, at: Millis) -> StoreResult<i64> {
+    async fn insert_pin(
+        &self,
+        p: &crate::rollouts::Pin,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
-            sqlx::query(
+            let id = sqlx::query(
                 "INSERT INTO pins (selector, product, version, created_at) VALUES (?, ?, ?, ?)",
             )
             .bind(&p.selector)
@@ -891,18 +943,24 @@ impl Store for SqliteStore {
             .bind(at)
             .execute(&mut *tx)
             .await?
-            .last_insert_rowid()
+            .last_insert_rowid();
+            put_audit(&mut tx, audit, Some(id)).await?;
+            id
         })
     }
 
-    async fn delete_pin(&self, id: i64) -> StoreResult<bool> {
+    async fn delete_pin(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
-            sqlx::query("DELETE FROM pins WHERE id = ?")
+            let done = sqlx::query("DELETE FROM pins WHERE id = ?")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                == 1
+                == 1;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -928,9 +986,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn insert_window(&self, w: &crate::rollouts::WindowInfo, at: Millis) -> StoreResult<i64> {
+    async fn insert_window(
+        &self,
+        w: &crate::rollouts::WindowInfo,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<i64> {
         write_tx!(self, |tx| {
-            sqlx::query(
+            let id = sqlx::query(
                 "INSERT INTO maintenance_windows (selector, schedule, tz, created_at) VALUES (?, ?, ?, ?)",
             )
             .bind(&w.selector)
@@ -939,18 +1002,24 @@ impl Store for SqliteStore {
             .bind(at)
             .execute(&mut *tx)
             .await?
-            .last_insert_rowid()
+            .last_insert_rowid();
+            put_audit(&mut tx, audit, Some(id)).await?;
+            id
         })
     }
 
-    async fn delete_window(&self, id: i64) -> StoreResult<bool> {
+    async fn delete_window(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool> {
         write_tx!(self, |tx| {
-            sqlx::query("DELETE FROM maintenance_windows WHERE id = ?")
+            let done = sqlx::query("DELETE FROM maintenance_windows WHERE id = ?")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                == 1
+                == 1;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -1067,6 +1136,7 @@ impl Store for SqliteStore {
         body: &[u8],
         at: Millis,
         keep: usize,
+        audit: Audit<'_>,
     ) -> StoreResult<ConfigRevision> {
         let sha = hex::encode(Sha256::digest(body));
         let revision = write_tx!(self, |tx| {
@@ -1092,6 +1162,7 @@ impl Store for SqliteStore {
             .bind(keep.max(1) as i64)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, Some(revision)).await?;
             revision
         })?;
         Ok(ConfigRevision {
@@ -1167,7 +1238,13 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn add_agent_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
+    async fn add_agent_token(
+        &self,
+        hash: &str,
+        label: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query(
                 "INSERT INTO agent_tokens (hash, label, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -1177,6 +1254,7 @@ impl Store for SqliteStore {
             .bind(at)
             .execute(&mut *tx)
             .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -1188,7 +1266,13 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()> {
+    async fn add_operator_token(
+        &self,
+        hash: &str,
+        label: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         write_tx!(self, |tx| {
             sqlx::query("INSERT INTO operator_tokens (hash, label, created_at) VALUES (?, ?, ?)")
                 .bind(hash)
@@ -1196,6 +1280,7 @@ impl Store for SqliteStore {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
+            put_audit(&mut tx, audit, None).await?;
         })
     }
 
@@ -1234,7 +1319,13 @@ impl Store for SqliteStore {
         Ok(all)
     }
 
-    async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool> {
+    async fn revoke_token(
+        &self,
+        kind: TokenKind,
+        id: i64,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<bool> {
         let sql = format!(
             "UPDATE {} SET revoked_at = ? WHERE rowid = ? AND revoked_at IS NULL",
             token_table(kind)
@@ -1246,7 +1337,11 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            done > 0
+            let done = done > 0;
+            if done {
+                put_audit(&mut tx, audit, None).await?;
+            }
+            done
         })
     }
 
@@ -1255,6 +1350,7 @@ impl Store for SqliteStore {
         hostname: &str,
         hash: &str,
         at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<Option<i64>> {
         let mut conn = self.conn().await?;
         let res = async {
@@ -1269,6 +1365,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             let id = (inserted.rows_affected() == 1).then(|| inserted.last_insert_rowid());
+            if id.is_some() {
+                put_audit(&mut tx, audit, id).await?;
+            }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(id)
         }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::artifacts::ArtifactStore;
 use crate::auth::{token_hash, TokenHash};
-use crate::store::{CommandRow, NewRelease, Store, StoreResult};
+use crate::store::{Audit, CommandRow, NewRelease, Store, StoreResult};
 
 /// A legacy watchdog ignores commands older than this.
 pub const LEGACY_FRESHNESS_MS: Millis = 7 * 60 * 1000;
@@ -388,6 +388,7 @@ impl AppState {
                     &hex::encode(token_hash(&t.to_lowercase())),
                     "PALETTE_AGENT_TOKENS",
                     now,
+                    None,
                 )
                 .await?;
         }
@@ -493,12 +494,27 @@ impl AppState {
         self.store.tokens().await
     }
 
+    /// A live stored token, by kind and id.
+    pub async fn live_token(
+        &self,
+        kind: crate::store::TokenKind,
+        id: i64,
+    ) -> StoreResult<Option<crate::store::TokenRow>> {
+        Ok(self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.kind == kind && t.id == id && t.revoked_at.is_none()))
+    }
+
     /// Revokes a stored token, durably and at once: its next request is
     /// refused. `None` when there is no such live token.
     pub async fn revoke_token(
         &self,
         kind: crate::store::TokenKind,
         id: i64,
+        audit: Audit<'_>,
     ) -> StoreResult<Option<crate::store::TokenRow>> {
         let Some(row) = self
             .store
@@ -509,8 +525,13 @@ impl AppState {
         else {
             return Ok(None);
         };
-        let done = self.store.revoke_token(kind, id, now_ms()).await?;
-        self.reload_tokens().await?;
+        let done = self.store.revoke_token(kind, id, now_ms(), audit).await?;
+        if done {
+            if let Some(a) = audit {
+                a.log();
+            }
+        }
+        self.reload_tokens_after_write().await;
         Ok(done.then_some(row))
     }
 
@@ -518,20 +539,23 @@ impl AppState {
     /// live at once. `Conflict` when the name already has a live token:
     /// only an operator revoking it (or retiring the host) frees the name,
     /// so an enrollment key alone cannot take over an enrolled host.
-    pub async fn enroll_host(&self, host: &str) -> StoreResult<(i64, String)> {
+    pub async fn enroll_host(&self, host: &str, audit: Audit<'_>) -> StoreResult<(i64, String)> {
         let mut raw = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
         let token = format!("pht_{}", hex::encode(raw));
         let id = self
             .store
-            .enroll_host(host, &hex::encode(token_hash(&token)), now_ms())
+            .enroll_host(host, &hex::encode(token_hash(&token)), now_ms(), audit)
             .await?;
         let Some(id) = id else {
             return Err(crate::store::StoreError::Conflict(format!(
                 "a live host token for {host} (an operator must revoke it or retire the host before it can enroll again)"
             )));
         };
-        self.reload_tokens().await?;
+        if let Some(a) = audit {
+            a.with_id(id).log();
+        }
+        self.reload_tokens_after_write().await;
         Ok((id, token))
     }
 
@@ -548,25 +572,13 @@ impl AppState {
         r
     }
 
-    /// Records an operator action durably (and logs it).
-    pub async fn audit(
-        &self,
-        actor: &str,
-        source: Option<String>,
-        action: &str,
-        detail: String,
-    ) -> StoreResult<()> {
-        tracing::info!(actor, source, action, detail, "audit");
-        self.store
-            .insert_audit(&crate::store::AuditEntry {
-                at: now_ms(),
-                actor: actor.into(),
-                source,
-                action: action.into(),
-                detail,
-            })
-            .await
-            .map(drop)
+    /// Reloads the live tokens after a committed write. A failure here
+    /// must not turn the write's 2xx into an error (it was stored): it is
+    /// logged, and the next reload (replica sync, restart) catches up.
+    async fn reload_tokens_after_write(&self) {
+        if let Err(e) = self.reload_tokens().await {
+            tracing::warn!(error = %crate::error_chain(&e), "a token change was stored but could not be read back yet; it takes effect at the next reload");
+        }
     }
 
     pub async fn audit_log(&self, limit: u32) -> StoreResult<Vec<(i64, crate::store::AuditEntry)>> {
@@ -575,7 +587,12 @@ impl AppState {
 
     /// Adds a license key. A key that was revoked stays revoked (409):
     /// a revoked secret is never live again.
-    pub async fn add_agent_token(&self, token: &str, label: &str) -> StoreResult<()> {
+    pub async fn add_agent_token(
+        &self,
+        token: &str,
+        label: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         let hex_hash = hex::encode(token_hash(&token.to_lowercase()));
         let revoked = self
             .store
@@ -589,16 +606,29 @@ impl AppState {
             ));
         }
         self.store
-            .add_agent_token(&hex_hash, label, now_ms())
+            .add_agent_token(&hex_hash, label, now_ms(), audit)
             .await?;
-        self.reload_tokens().await
+        if let Some(a) = audit {
+            a.log();
+        }
+        self.reload_tokens_after_write().await;
+        Ok(())
     }
 
-    pub async fn add_operator_token(&self, token: &str, label: &str) -> StoreResult<()> {
+    pub async fn add_operator_token(
+        &self,
+        token: &str,
+        label: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
         self.store
-            .add_operator_token(&hex::encode(token_hash(token)), label, now_ms())
+            .add_operator_token(&hex::encode(token_hash(token)), label, now_ms(), audit)
             .await?;
-        self.reload_tokens().await
+        if let Some(a) = audit {
+            a.log();
+        }
+        self.reload_tokens_after_write().await;
+        Ok(())
     }
 
     // ---- hosts --------------------------------------------------------
@@ -917,11 +947,24 @@ impl AppState {
 
     /// Removes a host from the inventory, durably first; it reappears only
     /// if it checks in again. `false` when unknown.
-    pub async fn retire_host(&self, host: &str) -> StoreResult<bool> {
+    pub async fn retire_host(&self, host: &str, audit: Audit<'_>) -> StoreResult<bool> {
         let in_memory = self.hosts.lock().unwrap().contains_key(host);
-        let stored = self.store.retire_host(host).await?;
+        let stored = self.store.retire_host(host, audit).await?;
+        if !stored && in_memory {
+            // Known only in memory (its first contact not flushed yet):
+            // the entry is the only write, and it must be stored first.
+            if let Some(a) = audit {
+                self.store.insert_audit(a).await?;
+            }
+        }
+        if stored || in_memory {
+            if let Some(a) = audit {
+                a.log();
+            }
+        }
         if let Some(id) = self.tokens.host_token_id(host) {
-            self.revoke_token(crate::store::TokenKind::Host, id).await?;
+            self.revoke_token(crate::store::TokenKind::Host, id, None)
+                .await?;
             tracing::info!(host, "host token revoked with the host's retirement");
         }
         if in_memory || stored {
@@ -1092,6 +1135,7 @@ impl AppState {
         host: &str,
         source: v2::ConfigSource,
         body: &[u8],
+        audit: Audit<'_>,
     ) -> StoreResult<v2::ConfigRevision> {
         let rev = self
             .store
@@ -1101,8 +1145,12 @@ impl AppState {
                 body,
                 now_ms(),
                 self.settings.max_config_revisions,
+                audit,
             )
             .await?;
+        if let Some(a) = audit {
+            a.with_id(rev.revision).log();
+        }
         {
             let mut hosts = self.hosts.lock().unwrap();
             let e = hosts.entry(host.to_string()).or_default();
@@ -1161,6 +1209,7 @@ impl AppState {
         kind: CommandKind,
         target: Target,
         ttl_secs: u64,
+        audit: Audit<'_>,
     ) -> StoreResult<CommandRow> {
         let _guard = self.issue_lock.lock().await;
         let issued = now_ms();
@@ -1172,8 +1221,11 @@ impl AppState {
         let expires = legacy + (ttl_secs as Millis) * 1000;
         let row = self
             .store
-            .insert_command(kind, &target, issued, legacy, expires)
+            .insert_command(kind, &target, issued, legacy, expires, audit)
             .await?;
+        if let Some(a) = audit {
+            a.with_id(row.id).log();
+        }
         self.cache_command(row.clone(), now_ms());
         self.notify_change();
         Ok(row)
@@ -1338,14 +1390,18 @@ impl AppState {
         &self,
         staged: crate::artifacts::Staged,
         mut r: NewRelease,
+        audit: Audit<'_>,
     ) -> Result<Release, PublishError> {
         let _guard = self.publish_lock.lock().await;
         let ingested = self.artifacts.place(staged).await?;
         r.sha256 = ingested.sha256;
         r.md5 = ingested.md5;
         r.size = ingested.size;
-        match self.store.insert_release(&r).await {
+        match self.store.insert_release(&r, audit).await {
             Ok(id) => {
+                if let Some(a) = audit {
+                    a.with_id(id).log();
+                }
                 let release = release_from(id, r);
                 self.cache_release(release.clone());
                 self.notify_change();
@@ -1465,9 +1521,12 @@ impl AppState {
     /// Withdraws a release: from now on no host is offered it (hosts that
     /// run it keep it; they are offered the newest remaining release only
     /// if it is newer, as watchdogs never downgrade). `None`: no such id.
-    pub async fn withdraw(&self, id: i64) -> StoreResult<Option<Release>> {
-        if !self.store.withdraw_release(id, now_ms()).await? {
+    pub async fn withdraw(&self, id: i64, audit: Audit<'_>) -> StoreResult<Option<Release>> {
+        if !self.store.withdraw_release(id, now_ms(), audit).await? {
             return Ok(None);
+        }
+        if let Some(a) = audit {
+            a.log();
         }
         let mut cache = self.releases.write().unwrap();
         let now = rfc3339_millis(now_ms());
@@ -1545,6 +1604,7 @@ impl AppState {
         &self,
         id: i64,
         signed: Option<(String, String)>,
+        audit: Audit<'_>,
     ) -> Result<(Release, Release), RollbackError> {
         let (bad, target) = self.rollback_plan(id)?;
         if let Some((m, _)) = &signed {
@@ -1556,8 +1616,12 @@ impl AppState {
                 target.id,
                 signed.as_ref().map(|(m, s)| (m.as_str(), s.as_str())),
                 now_ms(),
+                audit,
             )
             .await?;
+        if let Some(a) = audit {
+            a.log();
+        }
         let mut cache = self.releases.write().unwrap();
         let now = rfc3339_millis(now_ms());
         for r in cache.all.iter_mut() {

@@ -183,6 +183,17 @@ pub enum TokenKind {
     Host,
 }
 
+impl TokenKind {
+    /// As the API and the audit log name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Agent => "agent",
+            TokenKind::Operator => "operator",
+            TokenKind::Host => "host",
+        }
+    }
+}
+
 /// A dashboard session as stored: the SHA-256 (hex) of its cookie and of
 /// the operator token it stands for; neither secret is kept.
 #[derive(Debug, Clone)]
@@ -217,9 +228,37 @@ pub struct AuditEntry {
     pub source: Option<String>,
     /// What was done (`release.publish`, `command.create`, ...).
     pub action: String,
-    /// What it was done to, in words.
+    /// What it was done to, in words. `{id}` stands for the id of the row
+    /// the write it goes with creates (see [`AuditEntry::with_id`]).
     pub detail: String,
 }
+
+impl AuditEntry {
+    /// The entry with `{id}` in its detail replaced by `id`.
+    pub fn with_id(&self, id: i64) -> AuditEntry {
+        AuditEntry {
+            detail: self.detail.replace("{id}", &id.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Logs the entry (after it is stored).
+    pub fn log(&self) {
+        tracing::info!(
+            actor = self.actor,
+            source = self.source,
+            action = self.action,
+            detail = self.detail,
+            "audit"
+        );
+    }
+}
+
+/// The audit entry of an operator's write, stored in the write's own
+/// transaction: the action and its entry are both stored or neither is.
+/// `None` for writes no operator asked for (a host's upload, a rollout's
+/// own step).
+pub type Audit<'a> = Option<&'a AuditEntry>;
 
 /// A release before it has an id.
 #[derive(Debug, Clone)]
@@ -307,7 +346,7 @@ pub trait Store: Send + Sync + 'static {
     async fn load_hosts(&self) -> StoreResult<Vec<HostRow>>;
     /// Removes a host from the inventory (it may enroll again); false when
     /// it was not there.
-    async fn retire_host(&self, hostname: &str) -> StoreResult<bool>;
+    async fn retire_host(&self, hostname: &str, audit: Audit<'_>) -> StoreResult<bool>;
 
     async fn insert_command(
         &self,
@@ -316,6 +355,7 @@ pub trait Store: Send + Sync + 'static {
         issued_at: Millis,
         legacy_ts: Millis,
         expires_at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<CommandRow>;
     async fn command(&self, id: i64) -> StoreResult<Option<CommandRow>>;
     /// The newest `limit` commands, newest first.
@@ -347,32 +387,51 @@ pub trait Store: Send + Sync + 'static {
     /// Which of `ids` the host has acknowledged.
     async fn acked_by_host(&self, hostname: &str, ids: &[i64]) -> StoreResult<Vec<i64>>;
 
-    async fn insert_release(&self, r: &NewRelease) -> StoreResult<i64>;
+    async fn insert_release(&self, r: &NewRelease, audit: Audit<'_>) -> StoreResult<i64>;
     async fn releases(&self) -> StoreResult<Vec<(i64, NewRelease)>>;
     /// Holds a release back from every host, or releases it.
     async fn set_release_held(&self, id: i64, held: bool) -> StoreResult<()>;
     /// Records a rollout (its `id` is ignored) and its members in one
     /// transaction (no replica ever sees it without them); returns its id.
-    async fn insert_rollout(&self, r: &RolloutRecord, members: &[MemberRecord])
-        -> StoreResult<i64>;
+    async fn insert_rollout(
+        &self,
+        r: &RolloutRecord,
+        members: &[MemberRecord],
+        audit: Audit<'_>,
+    ) -> StoreResult<i64>;
     /// Updates a rollout's phase, wave and reason.
-    async fn update_rollout(&self, r: &RolloutRecord) -> StoreResult<()>;
+    async fn update_rollout(&self, r: &RolloutRecord, audit: Audit<'_>) -> StoreResult<()>;
     /// Inserts or replaces these members of a rollout.
     async fn save_members(&self, rollout: i64, members: &[MemberRecord]) -> StoreResult<()>;
     async fn load_rollouts(&self) -> StoreResult<Vec<(RolloutRecord, Vec<MemberRecord>)>>;
     /// Replaces the labels an operator assigned to a host (JSON object).
-    async fn set_host_labels(&self, hostname: &str, labels_json: &str) -> StoreResult<()>;
+    async fn set_host_labels(
+        &self,
+        hostname: &str,
+        labels_json: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<()>;
     async fn load_host_labels(
         &self,
     ) -> StoreResult<Vec<(String, palette_protocol::selector::Labels)>>;
-    async fn insert_pin(&self, p: &crate::rollouts::Pin, at: Millis) -> StoreResult<i64>;
-    async fn delete_pin(&self, id: i64) -> StoreResult<bool>;
+    async fn insert_pin(
+        &self,
+        p: &crate::rollouts::Pin,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<i64>;
+    async fn delete_pin(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool>;
     async fn load_pins(&self) -> StoreResult<Vec<crate::rollouts::Pin>>;
-    async fn insert_window(&self, w: &crate::rollouts::WindowInfo, at: Millis) -> StoreResult<i64>;
-    async fn delete_window(&self, id: i64) -> StoreResult<bool>;
+    async fn insert_window(
+        &self,
+        w: &crate::rollouts::WindowInfo,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<i64>;
+    async fn delete_window(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool>;
     async fn load_windows(&self) -> StoreResult<Vec<crate::rollouts::WindowInfo>>;
     /// Marks a release withdrawn; false when there is no such release.
-    async fn withdraw_release(&self, id: i64, at: Millis) -> StoreResult<bool>;
+    async fn withdraw_release(&self, id: i64, at: Millis, audit: Audit<'_>) -> StoreResult<bool>;
     /// Rolls release `id` back (withdrawn and marked rolled back) and, when
     /// given, replaces release `target`'s manifest and signature (re-signed
     /// to authorise the downgrade), in one transaction.
@@ -382,6 +441,7 @@ pub trait Store: Send + Sync + 'static {
         target: i64,
         signed: Option<(&str, &str)>,
         at: Millis,
+        audit: Audit<'_>,
     ) -> StoreResult<()>;
     /// Stores a dashboard session, deleting those expired by `now`.
     async fn insert_ui_session(&self, s: &UiSessionRow, now: Millis) -> StoreResult<()>;
@@ -408,6 +468,7 @@ pub trait Store: Send + Sync + 'static {
         body: &[u8],
         at: Millis,
         keep: usize,
+        audit: Audit<'_>,
     ) -> StoreResult<ConfigRevision>;
     async fn config_history(&self, hostname: &str) -> StoreResult<Vec<ConfigRevision>>;
     async fn config_revision(
@@ -423,23 +484,48 @@ pub trait Store: Send + Sync + 'static {
     async fn hosts_with_config(&self) -> StoreResult<Vec<String>>;
 
     /// Adds a license key (a no-op when it exists, revoked or not).
-    async fn add_agent_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()>;
+    async fn add_agent_token(
+        &self,
+        hash: &str,
+        label: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<()>;
     async fn agent_tokens(&self) -> StoreResult<Vec<String>>;
-    async fn add_operator_token(&self, hash: &str, label: &str, at: Millis) -> StoreResult<()>;
+    async fn add_operator_token(
+        &self,
+        hash: &str,
+        label: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<()>;
     /// (hash, label) of every operator token.
     async fn operator_tokens(&self) -> StoreResult<Vec<(String, String)>>;
     /// Every token, revoked ones too.
     async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
     /// Revokes one token; false when there is no such live token.
-    async fn revoke_token(&self, kind: TokenKind, id: i64, at: Millis) -> StoreResult<bool>;
+    async fn revoke_token(
+        &self,
+        kind: TokenKind,
+        id: i64,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<bool>;
     /// Records a new host token for `hostname`; `None` (nothing written)
     /// when the name already has a live one.
-    async fn enroll_host(&self, hostname: &str, hash: &str, at: Millis)
-        -> StoreResult<Option<i64>>;
+    async fn enroll_host(
+        &self,
+        hostname: &str,
+        hash: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<Option<i64>>;
     /// Records when tokens were last used: (kind, id, at), in one
     /// transaction; a time never moves backwards.
     async fn touch_tokens(&self, used: &[(TokenKind, i64, Millis)]) -> StoreResult<()>;
-    /// Records one operator action; answered after it is durable.
+    /// Records one operator action on its own (one that changes nothing
+    /// else stored); answered after it is durable. An action that writes
+    /// passes its entry to that write instead (`Audit`).
     async fn insert_audit(&self, e: &AuditEntry) -> StoreResult<i64>;
     /// The newest `limit` audit entries, newest first.
     async fn audit(&self, limit: u32) -> StoreResult<Vec<(i64, AuditEntry)>>;

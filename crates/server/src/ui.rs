@@ -228,11 +228,16 @@ impl UiSession {
         }
     }
 
-    async fn audit(&self, state: &AppState, action: &str, detail: String) -> Result<(), UiError> {
-        state
-            .audit(&self.label, self.source.clone(), action, detail)
-            .await
-            .map_err(|e| UiError::Store(e.public_reason()))
+    /// The audit entry of what this operator is about to do, stored with
+    /// the write (`store::Audit`).
+    fn entry(&self, action: &str, detail: String) -> crate::store::AuditEntry {
+        crate::store::AuditEntry {
+            at: crate::state::now_ms(),
+            actor: self.label.clone(),
+            source: self.source.clone(),
+            action: action.into(),
+            detail,
+        }
     }
 }
 
@@ -848,23 +853,12 @@ async fn withdraw(
     if let Err(r) = s.check(&form) {
         return r.into_response();
     }
-    match state.withdraw(id).await {
-        Ok(Some(r)) => {
-            if let Err(resp) = s
-                .audit(
-                    &state,
-                    "release.withdraw",
-                    format!(
-                        "release {id} {} {} {} (dashboard)",
-                        r.product, r.version, r.platform
-                    ),
-                )
-                .await
-            {
-                return resp.into_response();
-            }
-            Redirect::to("/ui/releases").into_response()
-        }
+    let audit = s.entry(
+        "release.withdraw",
+        format!("{} (dashboard)", crate::v2::release_words(&state, id)),
+    );
+    match state.withdraw(id, Some(&audit)).await {
+        Ok(Some(_)) => Redirect::to("/ui/releases").into_response(),
         Ok(None) => page_error(StatusCode::NOT_FOUND, &format!("no release {id}")),
         Err(e) => page_error(StatusCode::SERVICE_UNAVAILABLE, &e.public_reason()),
     }
@@ -950,28 +944,12 @@ async fn create_rollout(
         halt_after: Some(get("halt_after")).filter(|h| !h.is_empty()),
         max_concurrent: get("max_concurrent").parse().unwrap_or(0),
     };
-    match state.create_rollout(new).await {
-        Ok(r) => {
-            if let Err(resp) = s
-                .audit(
-                    &state,
-                    "rollout.create",
-                    format!(
-                        "rollout {} of release {} ({} {}) to '{}', waves {} (dashboard)",
-                        r.id,
-                        r.release_id,
-                        r.product,
-                        r.version,
-                        r.selector,
-                        r.waves.join(",")
-                    ),
-                )
-                .await
-            {
-                return resp.into_response();
-            }
-            Redirect::to(&format!("/ui/rollouts/{}", r.id)).into_response()
-        }
+    let audit = s.entry(
+        "rollout.create",
+        format!("{} (dashboard)", crate::v2::rollout_words(&new)),
+    );
+    match state.create_rollout(new, Some(&audit)).await {
+        Ok(r) => Redirect::to(&format!("/ui/rollouts/{}", r.id)).into_response(),
         Err(e) => page_error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
@@ -1028,20 +1006,12 @@ async fn rollout_action(
         "abort" => "abort",
         _ => return page_error(StatusCode::NOT_FOUND, "no such action"),
     };
-    match state.rollout_action(id, action).await {
-        Ok(_) => {
-            if let Err(resp) = s
-                .audit(
-                    &state,
-                    &format!("rollout.{action}"),
-                    format!("rollout {id} (dashboard)"),
-                )
-                .await
-            {
-                return resp.into_response();
-            }
-            Redirect::to(&format!("/ui/rollouts/{id}")).into_response()
-        }
+    let audit = s.entry(
+        &format!("rollout.{action}"),
+        format!("rollout {id} (dashboard)"),
+    );
+    match state.rollout_action(id, action, Some(&audit)).await {
+        Ok(_) => Redirect::to(&format!("/ui/rollouts/{id}")).into_response(),
         Err(e) => page_error(StatusCode::CONFLICT, &e.to_string()),
     }
 }
@@ -1133,28 +1103,25 @@ async fn send_command(
         );
     }
     let target = Target::Hosts(hosts.clone());
+    let audit = s.entry(
+        "command.create",
+        format!(
+            "command {{id}} {} to {}, ttl {} s (dashboard)",
+            kind.as_str(),
+            crate::v2::target_words(&target),
+            crate::state::DEFAULT_COMMAND_TTL_SECS
+        ),
+    );
     match state
-        .issue_command(kind, target, crate::state::DEFAULT_COMMAND_TTL_SECS)
+        .issue_command(
+            kind,
+            target,
+            crate::state::DEFAULT_COMMAND_TTL_SECS,
+            Some(&audit),
+        )
         .await
     {
-        Ok(row) => {
-            if let Err(resp) = s
-                .audit(
-                    &state,
-                    "command.create",
-                    format!(
-                        "command {} {} to {} (dashboard)",
-                        row.id,
-                        kind.as_str(),
-                        hosts.join(",")
-                    ),
-                )
-                .await
-            {
-                return resp.into_response();
-            }
-            Redirect::to("/ui/commands").into_response()
-        }
+        Ok(_) => Redirect::to("/ui/commands").into_response(),
         Err(e) => page_error(StatusCode::SERVICE_UNAVAILABLE, &e.public_reason()),
     }
 }

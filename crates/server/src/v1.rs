@@ -366,6 +366,7 @@ async fn put_command(State(state): State<AppState>, req: Request) -> Response {
     if let Err(r) = require(&state, req.headers(), Role::Operator) {
         return r;
     }
+    let actor = Actor::of(&state, &req);
     let (fields, _) = match form_fields(&state, req, None).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -382,7 +383,17 @@ async fn put_command(State(state): State<AppState>, req: Request) -> Response {
         );
     };
     let ttl = crate::state::LEGACY_FRESHNESS_MS as u64 / 1000;
-    match state.issue_command(kind, Target::All, ttl).await {
+    let audit = actor.entry(
+        "command.create",
+        format!(
+            "command {{id}} {} to every host, ttl {ttl} s (v1)",
+            kind.as_str()
+        ),
+    );
+    match state
+        .issue_command(kind, Target::All, ttl, Some(&audit))
+        .await
+    {
         Ok(row) => {
             tracing::info!(
                 id = row.id,
@@ -449,6 +460,7 @@ async fn get_config(
 
 async fn put_config(State(state): State<AppState>, req: Request) -> Response {
     let role = role(&state, req.headers());
+    let actor = Actor::of(&state, &req);
     let query_host = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "hostname")
@@ -498,7 +510,16 @@ async fn put_config(State(state): State<AppState>, req: Request) -> Response {
             format!("No config was requested from {host}; an operator credential is required\n"),
         );
     };
-    match state.store_config(&host, source, &file).await {
+    let audit = (source == ConfigSource::Desired).then(|| {
+        actor.entry(
+            "config.push",
+            format!("host {host} revision {{id}} ({} bytes) (v1)", file.len()),
+        )
+    });
+    match state
+        .store_config(&host, source, &file, audit.as_ref())
+        .await
+    {
         Ok(_) => text(
             StatusCode::OK,
             format!(
@@ -559,4 +580,36 @@ pub async fn heartbeat_layer(
         }
     }
     next.run(req).await
+}
+
+/// Who made a legacy write, for the audit log: the credential's label and
+/// the caller's address, taken before the body is read.
+struct Actor {
+    label: String,
+    source: Option<String>,
+}
+
+impl Actor {
+    fn of(state: &AppState, req: &Request) -> Actor {
+        Actor {
+            label: crate::auth::presented_token(req.headers())
+                .and_then(|t| state.credential(t))
+                .map(|c| c.label.clone())
+                .unwrap_or_default(),
+            source: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+        }
+    }
+
+    fn entry(&self, action: &str, detail: String) -> crate::store::AuditEntry {
+        crate::store::AuditEntry {
+            at: crate::state::now_ms(),
+            actor: self.label.clone(),
+            source: self.source.clone(),
+            action: action.into(),
+            detail,
+        }
+    }
 }

@@ -28,7 +28,7 @@ use crate::state::{
     command_wire, now_ms, AppState, PublishError, TooManyNewHosts, DEFAULT_COMMAND_TTL_SECS,
 };
 use crate::store::TokenKind;
-use crate::store::{NewRelease, StoreError};
+use crate::store::{AuditEntry, NewRelease, StoreError};
 use palette_protocol::selector::{Labels, Selector};
 
 /// A v2 error: a status and a one-line reason as `{"error": "..."}`.
@@ -247,12 +247,24 @@ impl axum::extract::FromRequestParts<AppState> for Operator {
 }
 
 impl Operator {
-    /// Records what this operator did, durably, before the answer.
-    async fn audit(&self, state: &AppState, action: &str, detail: String) -> V2Result<()> {
-        state
-            .audit(&self.label, self.source.clone(), action, detail)
-            .await
-            .map_err(V2Error::from)
+    /// The audit entry of what this operator is about to do: it goes with
+    /// the write, in its transaction (`store::Audit`).
+    pub(crate) fn entry(&self, action: &str, detail: String) -> AuditEntry {
+        AuditEntry {
+            at: now_ms(),
+            actor: self.label.clone(),
+            source: self.source.clone(),
+            action: action.into(),
+            detail,
+        }
+    }
+}
+
+/// A command's target in words, for the audit log.
+pub(crate) fn target_words(t: &Target) -> String {
+    match t {
+        Target::All => "every host".into(),
+        Target::Hosts(h) => format!("host {}", h.join(", ")),
     }
 }
 
@@ -570,7 +582,17 @@ async fn create_command(
     if ttl == 0 || ttl > 7 * 24 * 3600 {
         return Err(bad("ttl_secs must be between 1 and 604800"));
     }
-    let row = state.issue_command(new.kind, target.clone(), ttl).await?;
+    let audit = op.entry(
+        "command.create",
+        format!(
+            "command {{id}} {} to {}, ttl {ttl} s",
+            new.kind.as_str(),
+            target_words(&target)
+        ),
+    );
+    let row = state
+        .issue_command(new.kind, target.clone(), ttl, Some(&audit))
+        .await?;
     tracing::info!(
         id = row.id,
         kind = new.kind.as_str(),
@@ -578,16 +600,6 @@ async fn create_command(
         ttl,
         "command issued"
     );
-    op.audit(
-        &state,
-        "command.create",
-        format!(
-            "command {} {} to {target:?}, ttl {ttl} s",
-            row.id,
-            new.kind.as_str()
-        ),
-    )
-    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CommandStatus {
@@ -772,6 +784,22 @@ async fn publish_release(
         }
         tracing::warn!(%problem, version = %version, "release published with force despite a problem");
     }
+    let audit = op.entry(
+        "release.publish",
+        format!(
+            "release {{id}} {} {} {} {} sha256 {}{}",
+            product,
+            version,
+            q.platform,
+            kind.as_str(),
+            staged.ingested.sha256,
+            if signature.is_some() {
+                ", signed"
+            } else {
+                ", unsigned"
+            }
+        ),
+    );
     let release = state
         .publish(
             staged,
@@ -790,28 +818,10 @@ async fn publish_release(
                 rolled_back_at: None,
                 held: q.hold || state.rollouts.default == crate::rollouts::DefaultRollout::Manual,
             },
+            Some(&audit),
         )
         .await?;
     tracing::info!(id = release.id, product = release.product, version = %release.version, platform = release.platform, kind = release.kind.as_str(), size = release.size, "release published");
-    op.audit(
-        &state,
-        "release.publish",
-        format!(
-            "release {} {} {} {} {} sha256 {}{}",
-            release.id,
-            release.product,
-            release.version,
-            release.platform,
-            release.kind.as_str(),
-            release.sha256,
-            if release.manifest.is_some() {
-                ", signed"
-            } else {
-                ", unsigned"
-            }
-        ),
-    )
-    .await?;
     Ok((StatusCode::CREATED, Json(release)))
 }
 
@@ -891,17 +901,12 @@ async fn withdraw_release(
     let id: i64 = id
         .parse()
         .map_err(|_| bad(format!("release id {id:?} is not a number")))?;
+    let audit = op.entry("release.withdraw", release_words(&state, id));
     let r = state
-        .withdraw(id)
+        .withdraw(id, Some(&audit))
         .await?
         .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no release {id}")))?;
     tracing::warn!(id, product = r.product, version = %r.version, platform = r.platform, "release withdrawn: no host is offered it any more");
-    op.audit(
-        &state,
-        "release.withdraw",
-        format!("release {id} {} {} {}", r.product, r.version, r.platform),
-    )
-    .await?;
     Ok(Json(r))
 }
 
@@ -941,26 +946,25 @@ async fn rollback_release(
         _ => None,
     };
     let resigned = signed.is_some();
-    let (bad_r, target) = state.roll_back(id, signed).await?;
-    tracing::warn!(id, product = bad_r.product, version = %bad_r.version, platform = bad_r.platform, to = %target.version, resigned, "release rolled back: withdrawn, its hosts are offered the older release");
-    op.audit(
-        &state,
+    let (plan_bad, plan_target) = state.rollback_plan(id)?;
+    let audit = op.entry(
         "release.rollback",
         format!(
             "release {id} {} {} {} rolled back to {} (release {}){}",
-            bad_r.product,
-            bad_r.version,
-            bad_r.platform,
-            target.version,
-            target.id,
+            plan_bad.product,
+            plan_bad.version,
+            plan_bad.platform,
+            plan_target.version,
+            plan_target.id,
             if resigned {
                 ", target manifest re-signed"
             } else {
                 ""
             }
         ),
-    )
-    .await?;
+    );
+    let (bad_r, target) = state.roll_back(id, signed, Some(&audit)).await?;
+    tracing::warn!(id, product = bad_r.product, version = %bad_r.version, platform = bad_r.platform, to = %target.version, resigned, "release rolled back: withdrawn, its hosts are offered the older release");
     Ok(Json(RolledBack {
         rolled_back: bad_r,
         target,
@@ -1073,7 +1077,12 @@ async fn put_host_labels(
     let new: HostLabels = parse_json(&body)?;
     palette_protocol::selector::check_labels(&new.assigned).map_err(|e| bad(e.to_string()))?;
     let json = serde_json::to_string(&new.assigned).expect("labels serialise");
-    state.store.set_host_labels(&host, &json).await?;
+    let audit = op.entry("host.labels", format!("host {host} assigned {json}"));
+    state
+        .store
+        .set_host_labels(&host, &json, Some(&audit))
+        .await?;
+    audit.log();
     state
         .rollouts
         .cache
@@ -1081,12 +1090,6 @@ async fn put_host_labels(
         .unwrap()
         .assigned
         .insert(host.clone(), new.assigned);
-    op.audit(
-        &state,
-        "host.labels",
-        format!("host {host} assigned {json}"),
-    )
-    .await?;
     Ok(Json(host_labels_of(&state, &host)))
 }
 
@@ -1111,23 +1114,11 @@ async fn create_rollout(
 ) -> V2Result<(StatusCode, Json<RolloutStatus>)> {
     let body = read_body(&state, req, state.settings.max_json_bytes).await?;
     let new: NewRollout = parse_json(&body)?;
-    let r = state.create_rollout(new).await.map_err(rollout_error)?;
-    op.audit(
-        &state,
-        "rollout.create",
-        format!(
-            "rollout {} of release {} ({} {}) to '{}', waves {}, soak {} s, halt after {}",
-            r.id,
-            r.release_id,
-            r.product,
-            r.version,
-            r.selector,
-            r.waves.join(","),
-            r.soak_secs,
-            r.halt_after
-        ),
-    )
-    .await?;
+    let audit = op.entry("rollout.create", rollout_words(&new));
+    let r = state
+        .create_rollout(new, Some(&audit))
+        .await
+        .map_err(rollout_error)?;
     Ok((StatusCode::CREATED, Json(r)))
 }
 
@@ -1172,16 +1163,11 @@ async fn rollout_action(
             ))
         }
     };
+    let audit = op.entry(&format!("rollout.{action}"), format!("rollout {id}"));
     let r = state
-        .rollout_action(id, action)
+        .rollout_action(id, action, Some(&audit))
         .await
         .map_err(rollout_error)?;
-    op.audit(
-        &state,
-        &format!("rollout.{action}"),
-        format!("rollout {id}"),
-    )
-    .await?;
     Ok(Json(r))
 }
 
@@ -1225,7 +1211,15 @@ async fn create_pin(
         version,
         created_at: rfc3339_millis(now),
     };
-    pin.id = state.store.insert_pin(&pin, now).await?;
+    let audit = op.entry(
+        "pin.create",
+        format!(
+            "pin {{id}}: '{}' on {} {}",
+            pin.selector, pin.product, pin.version
+        ),
+    );
+    pin.id = state.store.insert_pin(&pin, now, Some(&audit)).await?;
+    audit.with_id(pin.id).log();
     state
         .rollouts
         .cache
@@ -1234,15 +1228,6 @@ async fn create_pin(
         .pins
         .push((pin.clone(), sel));
     state.notify_change();
-    op.audit(
-        &state,
-        "pin.create",
-        format!(
-            "pin {}: '{}' on {} {}",
-            pin.id, pin.selector, pin.product, pin.version
-        ),
-    )
-    .await?;
     Ok((StatusCode::CREATED, Json(pin)))
 }
 
@@ -1257,7 +1242,8 @@ async fn delete_pin(
     Path(id): Path<String>,
 ) -> V2Result<StatusCode> {
     let id = id_param(&id)?;
-    if !state.store.delete_pin(id).await? {
+    let audit = op.entry("pin.delete", format!("pin {id}"));
+    if !state.store.delete_pin(id, Some(&audit)).await? {
         return Err(V2Error::new(StatusCode::NOT_FOUND, format!("no pin {id}")));
     }
     state
@@ -1268,7 +1254,7 @@ async fn delete_pin(
         .pins
         .retain(|(p, _)| p.id != id);
     state.notify_change();
-    op.audit(&state, "pin.delete", format!("pin {id}")).await?;
+    audit.log();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1305,7 +1291,15 @@ async fn create_window(
         tz: new.tz,
         created_at: rfc3339_millis(now),
     };
-    info.id = state.store.insert_window(&info, now).await?;
+    let audit = op.entry(
+        "window.create",
+        format!(
+            "window {{id}}: '{}' {} {}",
+            info.selector, info.schedule, info.tz
+        ),
+    );
+    info.id = state.store.insert_window(&info, now, Some(&audit)).await?;
+    audit.with_id(info.id).log();
     state
         .rollouts
         .cache
@@ -1314,15 +1308,6 @@ async fn create_window(
         .windows
         .push((info.clone(), sel, window));
     state.notify_change();
-    op.audit(
-        &state,
-        "window.create",
-        format!(
-            "window {}: '{}' {} {}",
-            info.id, info.selector, info.schedule, info.tz
-        ),
-    )
-    .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -1342,7 +1327,8 @@ async fn delete_window(
     Path(id): Path<String>,
 ) -> V2Result<StatusCode> {
     let id = id_param(&id)?;
-    if !state.store.delete_window(id).await? {
+    let audit = op.entry("window.delete", format!("window {id}"));
+    if !state.store.delete_window(id, Some(&audit)).await? {
         return Err(V2Error::new(
             StatusCode::NOT_FOUND,
             format!("no window {id}"),
@@ -1356,8 +1342,7 @@ async fn delete_window(
         .windows
         .retain(|(w, _, _)| w.id != id);
     state.notify_change();
-    op.audit(&state, "window.delete", format!("window {id}"))
-        .await?;
+    audit.log();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1438,9 +1423,8 @@ async fn retire_host(
     Path(host): Path<String>,
 ) -> V2Result<StatusCode> {
     let host = host_param(&host)?;
-    if state.retire_host(&host).await? {
-        op.audit(&state, "host.retire", format!("host {host}"))
-            .await?;
+    let audit = op.entry("host.retire", format!("host {host}"));
+    if state.retire_host(&host, Some(&audit)).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(V2Error::new(
@@ -1544,32 +1528,43 @@ async fn push_config(
     if body.is_empty() {
         return Err(bad("config body is empty"));
     }
+    let audit = op.entry(
+        "config.push",
+        format!("host {host} revision {{id}} ({} bytes)", body.len()),
+    );
     let revision = state
-        .store_config(&host, ConfigSource::Desired, &body)
+        .store_config(&host, ConfigSource::Desired, &body, Some(&audit))
         .await?;
     let command = if q.apply.unwrap_or(true) {
+        // A write of its own, with its own audit entry: if it fails, the
+        // answer says the revision was stored and the command was not.
+        let audit = op.entry(
+            "command.create",
+            format!(
+                "command {{id}} GET-CONFIG to host {host}, ttl {DEFAULT_COMMAND_TTL_SECS} s (applies config revision {})",
+                revision.revision
+            ),
+        );
         let row = state
             .issue_command(
                 palette_protocol::v2::CommandKind::GetConfig,
                 Target::Hosts(vec![host.clone()]),
                 DEFAULT_COMMAND_TTL_SECS,
+                Some(&audit),
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                let mut err = V2Error::from(e);
+                err.message = format!(
+                    "config revision {} was stored, but the command to apply it was not ({}); push again or send GET-CONFIG",
+                    revision.revision, err.message
+                );
+                err
+            })?;
         Some(command_wire(&row))
     } else {
         None
     };
-    op.audit(
-        &state,
-        "config.push",
-        format!(
-            "host {host} revision {} ({} bytes){}",
-            revision.revision,
-            body.len(),
-            if command.is_some() { ", applied" } else { "" }
-        ),
-    )
-    .await?;
     Ok((StatusCode::CREATED, Json(PushAnswer { revision, command })))
 }
 
@@ -1587,7 +1582,7 @@ async fn report_config(
         return Err(bad("config body is empty"));
     }
     let revision = state
-        .store_config(&host, ConfigSource::Reported, &body)
+        .store_config(&host, ConfigSource::Reported, &body, None)
         .await?;
     Ok((StatusCode::CREATED, Json(revision)))
 }
@@ -1622,20 +1617,18 @@ async fn enroll(
     let e: EnrollBody = parse_json(&body)?;
     let host = host_param(&e.hostname)?;
     caller.admit(&state, &host)?;
-    let (token_id, host_token) = state.enroll_host(&host).await?;
+    let audit = match &caller {
+        Caller::Operator(op) => {
+            Some(op.entry("host.enroll", format!("host {host} (token {{id}})")))
+        }
+        _ => None,
+    };
+    let (token_id, host_token) = state.enroll_host(&host, audit.as_ref()).await?;
     tracing::info!(
         host,
         token_id,
         "host enrolled: it has its own host token now"
     );
-    if let Caller::Operator(op) = &caller {
-        op.audit(
-            &state,
-            "host.enroll",
-            format!("host {host} (token {token_id})"),
-        )
-        .await?;
-    }
     state.heartbeat(&host);
     Ok((
         StatusCode::CREATED,
@@ -1667,16 +1660,17 @@ async fn add_agent_token(
             "agent token must be at least 8 characters without spaces",
         ));
     }
-    state
-        .add_agent_token(&t.token, t.label.as_deref().unwrap_or(""))
-        .await?;
-    tracing::info!("agent token registered");
-    op.audit(
-        &state,
+    let label = t.label.as_deref().unwrap_or("");
+    let audit = op.entry(
         "token.add-agent",
-        "an agent token (license key)".into(),
-    )
-    .await?;
+        if label.is_empty() {
+            "an agent token (license key)".into()
+        } else {
+            format!("an agent token (license key) labelled '{label}'")
+        },
+    );
+    state.add_agent_token(&t.token, label, Some(&audit)).await?;
+    tracing::info!("agent token registered");
     Ok(StatusCode::CREATED)
 }
 
@@ -1702,14 +1696,14 @@ async fn add_operator_token(
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let token = format!("pop_{}", hex::encode(raw));
-    state.add_operator_token(&token, &l.label).await?;
-    tracing::info!(label = l.label, "operator token created");
-    op.audit(
-        &state,
+    let audit = op.entry(
         "token.add-operator",
-        format!("operator token {:?}", l.label),
-    )
-    .await?;
+        format!("operator token '{}'", l.label),
+    );
+    state
+        .add_operator_token(&token, &l.label, Some(&audit))
+        .await?;
+    tracing::info!(label = l.label, "operator token created");
     Ok((
         StatusCode::CREATED,
         Json(NewToken {
@@ -1821,18 +1815,56 @@ async fn revoke_token(
     let id: i64 = id
         .parse()
         .map_err(|_| bad(format!("token id {id:?} is not a number")))?;
-    let row = state.revoke_token(kind, id).await?.ok_or_else(|| {
+    let no_such = || {
         V2Error::new(
             StatusCode::NOT_FOUND,
-            format!("no live {kind:?} token {id}"),
+            format!("no live {} token {id}", kind.as_str()),
         )
-    })?;
+    };
+    let live = state.live_token(kind, id).await?.ok_or_else(no_such)?;
+    let audit = op.entry("token.revoke", token_words(&live));
+    let row = state
+        .revoke_token(kind, id, Some(&audit))
+        .await?
+        .ok_or_else(no_such)?;
     tracing::warn!(?kind, id, label = row.label, "token revoked");
-    op.audit(
-        &state,
-        "token.revoke",
-        format!("{kind:?} token {id} {:?}", row.label),
-    )
-    .await?;
     Ok(Json(TokenWire::from(row)))
+}
+
+/// A release in words, for the audit log (`release 3 agent 2.0.0
+/// linux-x86_64`, or just `release 3` when there is none).
+pub(crate) fn release_words(state: &AppState, id: i64) -> String {
+    match state.releases().into_iter().find(|r| r.id == id) {
+        Some(r) => format!("release {id} {} {} {}", r.product, r.version, r.platform),
+        None => format!("release {id}"),
+    }
+}
+
+/// A rollout about to be created, in words (`{id}` is its id).
+pub(crate) fn rollout_words(new: &NewRollout) -> String {
+    format!(
+        "rollout {{id}} of release {} to '{}', waves {}, soak {} s, halt after {}",
+        new.release_id,
+        if new.selector.is_empty() {
+            "*"
+        } else {
+            &new.selector
+        },
+        if new.waves.is_empty() {
+            "100%".to_string()
+        } else {
+            new.waves.join(",")
+        },
+        new.soak_secs,
+        new.halt_after.as_deref().unwrap_or("1")
+    )
+}
+
+/// A token in words, for the audit log (`operator token 2 'ci'`).
+pub(crate) fn token_words(t: &crate::store::TokenRow) -> String {
+    if t.label.is_empty() {
+        format!("{} token {}", t.kind.as_str(), t.id)
+    } else {
+        format!("{} token {} '{}'", t.kind.as_str(), t.id, t.label)
+    }
 }

@@ -231,6 +231,28 @@ async fn a_full_disk_loses_nothing_acknowledged() {
         for id in acked.commands.keys() {
             assert!(ids.contains(id), "command {id} missing from {ids:?}");
         }
+        // ...and none that was answered 507: "nothing was stored" is true.
+        for id in &ids {
+            assert!(
+                acked.commands.contains_key(id),
+                "command {id} was answered 507 but stored: {ids:?} vs {:?}",
+                acked.commands
+            );
+        }
+    }
+    // Every stored command has its audit entry.
+    let audit: Vec<serde_json::Value> = http()
+        .get(s.u("/api/v2/audit?limit=1000"))
+        .admin()
+        .json_of()
+        .await;
+    for id in acked.commands.keys() {
+        let prefix = format!("command {id} ");
+        assert!(
+            audit.iter().any(|e| e["action"] == "command.create"
+                && e["detail"].as_str().unwrap().starts_with(&prefix)),
+            "command {id} has no audit entry"
+        );
     }
 
     // Restart: everything acknowledged is there.

@@ -1,6 +1,7 @@
 //! palette-server over real HTTP on loopback, with a real SQLite file.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
 
+mod audited;
 mod backup;
 #[cfg(unix)]
 mod durability;

@@ -943,6 +943,8 @@ async fn every_operator_action_is_in_the_audit_log_with_its_token_label() {
             ("alice", "release.publish"),
             ("alice", "command.create"),
             ("alice", "config.push"),
+            // The GET-CONFIG that applies it: a write of its own.
+            ("alice", "command.create"),
             ("alice", "release.withdraw"),
             ("admin", "token.add-agent"),
         ]
@@ -951,7 +953,7 @@ async fn every_operator_action_is_in_the_audit_log_with_its_token_label() {
         assert_eq!(e["source"], "127.0.0.1", "{e}");
         assert!(e["at"].as_str().is_some_and(|a| a.ends_with('Z')));
     }
-    assert!(log[4]["detail"].as_str().unwrap().contains("1.0.0"));
+    assert!(log[5]["detail"].as_str().unwrap().contains("1.0.0"));
     assert!(
         !log.iter().any(|e| e.to_string().contains(&alice)),
         "a secret in the audit log"
