@@ -135,6 +135,7 @@ pub fn self_update(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfU
             actual,
         });
     }
+    crate::fault::point("self:verified");
     stage(layout, req)?;
     let mut journal = SelfJournal {
         release_id: req.release_id,

@@ -135,6 +135,17 @@ pub(crate) async fn install(
     // Still running: the manager is done with this attempt.
     let journal = SelfJournal::load(&ctx.layout).ok().flatten();
     match (ran, journal) {
+        // Died (killed, crashed) before it journaled anything: nothing was
+        // changed, and an interruption is no verdict on the release.
+        (Err(e @ crate::error::ManagerError::NoResult { .. }), None) => {
+            Some(update::retry_later(ctx, &cand, |secs| {
+                format!(
+                    "the self-update to {} was interrupted before anything was changed (the manager ended without a result: {}); it is tried again in {secs} s",
+                    cand.version,
+                    crate::actions::chain(&e)
+                )
+            }))
+        }
         (Err(e), None) => Some(update::local_trouble_or_fail(
             ctx,
             &cand,

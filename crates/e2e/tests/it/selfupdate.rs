@@ -413,3 +413,41 @@ async fn the_watchdog_killed_at_every_step_of_an_agent_update() {
         host.stop();
     }
 }
+
+/// Issue 22, item 8: the manager killed (once) early in a self-update,
+/// before it journaled anything (`self:verified`, where 100–260 ms in
+/// landed): an interruption, not a refusal — reported as such, tried again
+/// without a watchdog restart, and installed.
+#[tokio::test]
+async fn a_self_update_interrupted_before_staging_is_tried_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let archive = watchdog_release_archive(tmp.path(), NEW, WatchdogBuild::Good);
+    api.publish_product(&archive, "watchdog", NEW, "archive")
+        .await;
+    let host = start_host(
+        &server,
+        "selfretry",
+        20,
+        &[
+            (palette_protocol::env::CRASH_AT, "self:verified"),
+            (palette_protocol::env::CRASH_ONCE, "1"),
+        ],
+    )
+    .await;
+    let agent = host.running_agent().unwrap().pid;
+    host.wait_log(
+        "interrupted before anything was changed",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    settled_on(&server, &host, NEW, Outcome::Succeeded, agent)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.diagnostics()));
+    assert!(
+        !host.log().contains("refused the watchdog release"),
+        "an interruption was taken for a refusal"
+    );
+}
