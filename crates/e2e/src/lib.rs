@@ -558,6 +558,44 @@ pub fn release_archive_with(dir: &Path, version: &str, fail: bool, pad_mib: usiz
     path
 }
 
+/// A small release of the sample agent as `version` that unpacks to more
+/// than `unpacked_mib` MiB (a file of zeros, which gzip shrinks ~1000×, plus
+/// 1 MiB that does not compress, so that it stays within the 100× ratio).
+pub fn release_archive_expanding(dir: &Path, version: &str, unpacked_mib: u64) -> PathBuf {
+    let path = dir.join(format!("agent-{version}-expanding.tar.gz"));
+    let f = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    b.append_path_with_name(bin("palette-sample-agent"), "palette-sample-agent")
+        .unwrap();
+    let mut add = |name: &str, size: u64, data: &mut dyn std::io::Read| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("VERSION", version.len() as u64, &mut version.as_bytes());
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let noise: Vec<u8> = (0..128 * 1024)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    add("noise.bin", noise.len() as u64, &mut noise.as_slice());
+    let zeros = unpacked_mib << 20;
+    add(
+        "zeros.bin",
+        zeros,
+        &mut std::io::Read::take(std::io::repeat(0), zeros),
+    );
+    b.into_inner().unwrap().finish().unwrap();
+    path
+}
+
 /// What a watchdog release carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchdogBuild {
@@ -1020,6 +1058,27 @@ impl Tmpfs {
             ));
         }
         Ok(Tmpfs { path, _dir: dir })
+    }
+}
+
+impl Tmpfs {
+    /// Grows (or shrinks) the mounted tmpfs to `size`.
+    pub fn resize(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "remount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The bytes free on it now.
+    pub fn free(&self) -> u64 {
+        palette_host::disk::available_space(&self.path).expect("the free space is known")
     }
 }
 

@@ -18,8 +18,13 @@ pub enum ExtractError {
     Link(String),
     #[error("archive entry {0:?} is a device, FIFO or other special file")]
     Special(String),
-    #[error("archive unpacks to more than {limit} bytes")]
-    TooLarge { limit: u64 },
+    #[error("archive unpacks to more than {limit} bytes{}", if *.space { " (the free space on this disk, less a margin)" } else { "" })]
+    TooLarge {
+        limit: u64,
+        /// The limit was the disk's free space: a passing local problem
+        /// (retried once there is room), not the archive's fault.
+        space: bool,
+    },
     #[error("archive has more than {limit} entries")]
     TooManyEntries { limit: usize },
     #[error("archive is neither tar.gz nor zip")]
@@ -43,6 +48,9 @@ pub enum ExtractError {
 pub struct Limits {
     pub max_bytes: u64,
     pub max_entries: usize,
+    /// `max_bytes` is the disk's free space (less a margin), tighter than
+    /// the archive's own limits.
+    pub space_bound: bool,
 }
 
 impl Default for Limits {
@@ -50,6 +58,7 @@ impl Default for Limits {
         Limits {
             max_bytes: 8 * 1024 * 1024 * 1024,
             max_entries: 100_000,
+            space_bound: false,
         }
     }
 }
@@ -60,6 +69,13 @@ pub const MAX_RATIO: u64 = 100;
 pub const RATIO_FLOOR: u64 = 64 * 1024 * 1024;
 /// Free space left on the disk after unpacking.
 pub const FREE_MARGIN: u64 = 32 * 1024 * 1024;
+
+impl ExtractError {
+    /// Not enough free space here: passing, and no fault of the archive.
+    pub fn is_lack_of_space(&self) -> bool {
+        matches!(self, ExtractError::TooLarge { space: true, .. })
+    }
+}
 
 impl Limits {
     /// The limits for an archive of `archive_bytes` unpacked onto a disk
@@ -72,7 +88,11 @@ impl Limits {
             .max_bytes
             .min(archive_bytes.saturating_mul(MAX_RATIO).max(RATIO_FLOOR));
         if let Some(free) = free {
-            l.max_bytes = l.max_bytes.min(free.saturating_sub(FREE_MARGIN));
+            let room = free.saturating_sub(FREE_MARGIN);
+            if room < l.max_bytes {
+                l.max_bytes = room;
+                l.space_bound = true;
+            }
         }
         l
     }
@@ -188,6 +208,7 @@ impl Sink<'_> {
             if self.written > self.limits.max_bytes {
                 return Err(ExtractError::TooLarge {
                     limit: self.limits.max_bytes,
+                    space: self.limits.space_bound,
                 });
             }
             each(&buf[..n])?;

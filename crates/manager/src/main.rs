@@ -140,10 +140,13 @@ fn main() {
         result.reason = Some(format!("{e:#}"));
         // A full or failing local disk is a passing trouble: the watchdog
         // retries once it clears, instead of holding it against the release.
+        // So is a release that does not fit in the free space.
         result.local_io = result.local_io
             || e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>()
                     .is_some_and(palette_host::fsx::is_local_disk_trouble)
+                    || c.downcast_ref::<palette_manager::extract::ExtractError>()
+                        .is_some_and(|x| x.is_lack_of_space())
             });
     }
     if let Err(e) = result.save(&layout) {

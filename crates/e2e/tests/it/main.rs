@@ -18,6 +18,7 @@ mod rollback;
 mod rollouts;
 mod selfupdate;
 mod trust;
+mod update;
 
 async fn setup(name: &str) -> (tempfile::TempDir, Server, Host) {
     let tmp = tempfile::tempdir().unwrap();

@@ -109,11 +109,12 @@ fn hostile_archives_are_refused_and_leave_nothing() {
         Limits {
             max_bytes: 1000,
             max_entries: 10,
+            space_bound: false,
         },
     )
     .unwrap_err();
     assert!(
-        matches!(err, ExtractError::TooLarge { limit: 1000 }),
+        matches!(err, ExtractError::TooLarge { limit: 1000, .. }),
         "{err:?}"
     );
 
@@ -125,6 +126,7 @@ fn hostile_archives_are_refused_and_leave_nothing() {
         Limits {
             max_bytes: 1000,
             max_entries: 2,
+            space_bound: false,
         },
     )
     .unwrap_err();

@@ -1,0 +1,72 @@
+//! Agent updates against the real binaries: what a passing local problem
+//! does to a release, and what an update leaves behind.
+
+use std::time::Duration;
+
+use palette_e2e::*;
+use palette_protocol::v2::Outcome;
+
+use super::T;
+
+/// Issue 22, item 9: a release that unpacks to more than the free space
+/// (a small archive, well within the 100× ratio) is a passing local
+/// problem: refused with the old version kept, retried with backoff, and
+/// installed once the disk has grown.
+#[tokio::test]
+async fn a_release_larger_than_the_free_space_is_installed_once_the_disk_grows() {
+    let fs = match Tmpfs::mount("300m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            println!("SKIPPED a_release_larger_than_the_free_space_is_installed_once_the_disk_grows: {why}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new_in(&fs.path, "grows", &server.url, "  download_retry_secs: 1\n");
+    host.start();
+    host.wait_agent_running(T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    // Unpacked: the free space plus 40 MiB.
+    let unpacked = (fs.free() >> 20) + 40;
+    let big = release_archive_expanding(tmp.path(), "2.0.0", unpacked);
+    api.publish(&big, "2.0.0", "archive").await;
+    wait_for(
+        "the host reports the lack of space",
+        Duration::from_secs(60),
+        || async {
+            api.host("grows")
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update)
+                .is_some_and(|u| {
+                    u.outcome == Outcome::Failed
+                        && u.message.contains("free space")
+                        && u.message.contains("retrying in")
+                })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let kept = host.wait_agent_running(T).await.unwrap();
+    assert_eq!(kept.version, "1.0.0");
+    fs.resize("900m");
+    wait_for(
+        "2.0.0 runs after the disk grew",
+        Duration::from_secs(90),
+        || async { host.running_agent().is_some_and(|a| a.version == "2.0.0") },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    wait_for("the server shows 2.0.0 installed", T, || async {
+        api.host("grows")
+            .await
+            .and_then(|h| h.report)
+            .and_then(|r| r.last_update)
+            .is_some_and(|u| u.outcome == Outcome::Succeeded && u.version.to_string() == "2.0.0")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+}
