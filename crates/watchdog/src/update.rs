@@ -147,6 +147,11 @@ fn schedule_retry(ctx: &Ctx, id: i64) -> Duration {
     };
     let delay = crate::backoff::jittered(delay);
     *slot = Some((id, std::time::Instant::now() + delay, delay));
+    // The check-in loops offer a release again as soon as its retry is
+    // due (not only after their minute of offer memory): the delay logged
+    // is the delay kept.
+    ctx.retry_offers
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     delay
 }
 
