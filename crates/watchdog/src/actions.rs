@@ -151,6 +151,11 @@ impl Ctx {
         self.in_flight.lock().unwrap().remove(&id);
     }
 
+    /// How many commands the controller is performing or has queued.
+    pub fn commands_in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap().len()
+    }
+
     pub fn command_in_flight(&self, id: i64) -> bool {
         self.in_flight.lock().unwrap().contains(&id)
     }

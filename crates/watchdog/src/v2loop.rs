@@ -177,69 +177,14 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
 
         // Only redeliveries: the server did not take our acknowledgements.
         // Never spin on that; pause before the next check-in.
+        let known = ctx.durable.get();
         let only_repeats = !resp.commands.is_empty()
-            && resp.commands.iter().all(|c| {
-                ctx.command_in_flight(c.id) || ctx.durable.get().performed(c.id).is_some()
-            });
-        for cmd in resp.commands {
-            if ctx.command_in_flight(cmd.id) {
-                continue; // the controller has it; its ack comes when done
-            }
-            let refusal = if let Some(prev) = ctx.durable.get().performed(cmd.id) {
-                Some((prev, "already performed".to_string()))
-            } else {
-                match parse_rfc3339(&cmd.expires_at) {
-                    Ok(t) if t < now_ms() => Some((
-                        Outcome::Failed,
-                        format!("{} expired before it could be performed", cmd.kind.as_str()),
-                    )),
-                    Ok(_) => None,
-                    Err(_) => Some((
-                        Outcome::Failed,
-                        format!(
-                            "{} refused: its expiry {:?} cannot be read",
-                            cmd.kind.as_str(),
-                            cmd.expires_at
-                        ),
-                    )),
-                }
-            };
-            if let Some((outcome, message)) = refusal {
-                if message != "already performed" {
-                    tracing::warn!(
-                        id = cmd.id,
-                        command = cmd.kind.as_str(),
-                        message,
-                        "command not performed"
-                    );
-                }
-                let ack = CommandAck {
-                    id: cmd.id,
-                    hostname: ctx.hostname.clone(),
-                    outcome,
-                    message,
-                    at: String::new(),
-                };
-                ctx.durable.update(|d| {
-                    d.mark_performed(cmd.id, outcome);
-                    d.pending_acks.push(ack);
-                });
-                handle.news.notify_one();
-                continue;
-            }
-            // Recorded before acting: a crash mid-way never repeats it.
-            ctx.durable
-                .update(|d| d.mark_performed(cmd.id, Outcome::Failed));
-            ctx.start_command(cmd.id);
-            if !handle
-                .send(Msg::Perform {
-                    id: Some(cmd.id),
-                    kind: cmd.kind,
-                })
-                .await
-            {
-                return false;
-            }
+            && resp
+                .commands
+                .iter()
+                .all(|c| ctx.command_in_flight(c.id) || known.performed(c.id).is_some());
+        if !take_commands(ctx, handle, &known, resp.commands).await {
+            return false;
         }
 
         for (product, r) in [
@@ -291,6 +236,122 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
             }
         }
     }
+}
+
+/// The most new commands taken from one check-in answer; the rest come
+/// again with the next one (the server keeps what is not acknowledged).
+pub const MAX_COMMANDS_PER_ANSWER: usize = 64;
+/// The most acknowledgements held for the server (with the commands being
+/// performed); beyond, no command is taken until some are delivered.
+pub const MAX_PENDING_ACKS: usize = 256;
+
+/// Takes the commands of one answer, within `MAX_COMMANDS_PER_ANSWER` and
+/// `MAX_PENDING_ACKS`: refusals and repeats become acknowledgements, new
+/// ones are marked performed (before acting: a crash never repeats one) and
+/// sent to the controller — with one durable write for the whole batch.
+/// `false` when the controller is gone.
+async fn take_commands(
+    ctx: &Ctx,
+    handle: &Handle,
+    known: &crate::durable::Durable,
+    commands: Vec<palette_protocol::v2::Command>,
+) -> bool {
+    let mut room =
+        MAX_PENDING_ACKS.saturating_sub(known.pending_acks.len() + ctx.commands_in_flight());
+    let mut new_room = MAX_COMMANDS_PER_ANSWER;
+    let mut seen = std::collections::HashSet::new();
+    let mut acks = Vec::new();
+    let mut perform = Vec::new();
+    let mut left = 0usize;
+    for cmd in commands {
+        if ctx.command_in_flight(cmd.id) || !seen.insert(cmd.id) {
+            continue; // the controller has it, or a duplicate in this answer
+        }
+        if room == 0 {
+            left += 1;
+            continue;
+        }
+        let refusal = if let Some(prev) = known.performed(cmd.id) {
+            Some((prev, "already performed".to_string()))
+        } else {
+            match parse_rfc3339(&cmd.expires_at) {
+                Ok(t) if t < now_ms() => Some((
+                    Outcome::Failed,
+                    format!("{} expired before it could be performed", cmd.kind.as_str()),
+                )),
+                Ok(_) => None,
+                Err(_) => Some((
+                    Outcome::Failed,
+                    format!(
+                        "{} refused: its expiry {:?} cannot be read",
+                        cmd.kind.as_str(),
+                        cmd.expires_at
+                    ),
+                )),
+            }
+        };
+        match refusal {
+            Some((outcome, message)) => {
+                if message != "already performed" {
+                    tracing::warn!(
+                        id = cmd.id,
+                        command = cmd.kind.as_str(),
+                        message,
+                        "command not performed"
+                    );
+                }
+                room -= 1;
+                acks.push(CommandAck {
+                    id: cmd.id,
+                    hostname: ctx.hostname.clone(),
+                    outcome,
+                    message,
+                    at: String::new(),
+                });
+            }
+            None if new_room == 0 => left += 1,
+            None => {
+                room -= 1;
+                new_room -= 1;
+                perform.push(cmd);
+            }
+        }
+    }
+    if left > 0 {
+        tracing::warn!(
+            left,
+            taken = acks.len() + perform.len(),
+            "the server sent more commands than are taken at once; the rest are taken from later check-ins"
+        );
+    }
+    if acks.is_empty() && perform.is_empty() {
+        return true;
+    }
+    ctx.durable.update(|d| {
+        for ack in &acks {
+            d.mark_performed(ack.id, ack.outcome);
+        }
+        d.pending_acks.extend(acks.iter().cloned());
+        for cmd in &perform {
+            d.mark_performed(cmd.id, Outcome::Failed);
+        }
+    });
+    if !acks.is_empty() {
+        handle.news.notify_one();
+    }
+    for cmd in perform {
+        ctx.start_command(cmd.id);
+        if !handle
+            .send(Msg::Perform {
+                id: Some(cmd.id),
+                kind: cmd.kind,
+            })
+            .await
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// The last offer sent per product, and when.

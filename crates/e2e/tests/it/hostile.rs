@@ -3,6 +3,7 @@
 
 use palette_e2e::*;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::T;
 
@@ -80,4 +81,76 @@ async fn credentials_never_go_to_another_origin_a_release_names() {
         }
         host.stop();
     }
+}
+
+/// The check-ins a stand-in server received, in order.
+fn checkins(server: &FakeHttp) -> Vec<Recorded> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api/v2/checkin"))
+        .collect()
+}
+
+/// Bytes the process has written (write calls, any file).
+fn written_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 22, item 10: every check-in answer carries 30,000 valid
+/// commands (and the server never takes an acknowledgement). The watchdog
+/// keeps checking in, takes a bounded batch per answer with one state write
+/// per batch, and holds a bounded number of acknowledgements.
+#[tokio::test]
+async fn thirty_thousand_commands_in_one_answer_are_taken_in_bounded_batches() {
+    let commands: Vec<String> = (1..=30_000)
+        .map(|id| {
+            format!(
+                r#"{{"id":{id},"kind":"start","issued_at":"2026-01-01T00:00:00Z","expires_at":"2999-01-01T00:00:00Z"}}"#
+            )
+        })
+        .collect();
+    let answer = format!(
+        r#"{{"store_id":"flood","commands":[{}],"release":null,"config_revision":null}}"#,
+        commands.join(",")
+    );
+    let server = FakeHttp::start(move |r| {
+        if r.path.starts_with("/api/v2/checkin") {
+            Answer::json(answer.clone())
+        } else {
+            Answer::status(404)
+        }
+    })
+    .await;
+    let mut host = Host::new("flooded", &server.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let pid = host.watchdog_pid().unwrap();
+    wait_for("six check-ins", Duration::from_secs(60), || async {
+        checkins(&server).len() >= 6
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    for c in checkins(&server) {
+        let body: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+        let acks = body["results"].as_array().map_or(0, Vec::len);
+        assert!(acks <= 256, "a check-in carries {acks} acknowledgements");
+    }
+    let state = std::fs::metadata(host.base.join("state/watchdog.json"))
+        .unwrap()
+        .len();
+    assert!(state < 1 << 20, "state/watchdog.json is {state} bytes");
+    // Before: the whole state rewritten per command (gigabytes).
+    let written = written_bytes(pid);
+    assert!(
+        written < 64 << 20,
+        "the watchdog wrote {} MiB",
+        written >> 20
+    );
+    host.stop();
 }
