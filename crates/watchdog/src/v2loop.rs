@@ -69,10 +69,19 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
     let mut last_offer = OfferMemory::default();
     let mut retry_epoch = 0;
     let wait = Duration::from_secs(ctx.settings.server.checkin_wait_secs);
+    let mut last_start: Option<tokio::time::Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             return false;
         }
+        if let Some(at) = last_start {
+            let next = at + MIN_CHECKIN_GAP;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+        last_start = Some(tokio::time::Instant::now());
         let client = match ctx.client() {
             Ok(c) => c,
             Err(e) => {
@@ -244,6 +253,9 @@ pub const MAX_COMMANDS_PER_ANSWER: usize = 64;
 /// The most acknowledgements held for the server (with the commands being
 /// performed); beyond, no command is taken until some are delivered.
 pub const MAX_PENDING_ACKS: usize = 256;
+/// The least time between the starts of two check-ins: a server that
+/// answers at once cannot make this host spin.
+pub const MIN_CHECKIN_GAP: Duration = Duration::from_secs(1);
 
 /// Takes the commands of one answer, within `MAX_COMMANDS_PER_ANSWER` and
 /// `MAX_PENDING_ACKS`: refusals and repeats become acknowledgements, new

@@ -154,3 +154,34 @@ async fn thirty_thousand_commands_in_one_answer_are_taken_in_bounded_batches() {
     );
     host.stop();
 }
+
+/// Issue 22, item 11: a server that answers every check-in at once (no
+/// long poll) cannot make the host spin: check-ins start at least a second
+/// apart.
+#[tokio::test]
+async fn a_server_answering_at_once_gets_at_most_one_check_in_a_second() {
+    let server = FakeHttp::start(|r| {
+        if r.path.starts_with("/api/v2/checkin") {
+            Answer::json(
+                r#"{"store_id":"eager","commands":[],"release":null,"config_revision":null}"#,
+            )
+        } else {
+            Answer::status(404)
+        }
+    })
+    .await;
+    let mut host = Host::new("eager", &server.url, "v2", "");
+    host.start();
+    wait_for("five check-ins", Duration::from_secs(60), || async {
+        checkins(&server).len() >= 5
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let c = checkins(&server);
+    for pair in c.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        // The floor is 1 s between starts; received a little later or sooner.
+        assert!(gap >= Duration::from_millis(900), "check-ins {gap:?} apart");
+    }
+    host.stop();
+}
