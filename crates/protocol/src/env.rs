@@ -31,6 +31,10 @@ pub const MAX_ARTIFACT_BYTES: &str = "PALETTE_MAX_ARTIFACT_BYTES";
 /// palette-server: connections served at once (default: half the file
 /// limit, which is raised to its hard maximum at start).
 pub const MAX_CONNECTIONS: &str = "PALETTE_MAX_CONNECTIONS";
+/// palette-server: the addresses (CIDR, comma-separated) of the load
+/// balancers or proxies in front of it, whose `X-Forwarded-For` /
+/// `Forwarded` name the client.
+pub const TRUSTED_PROXIES: &str = "PALETTE_TRUSTED_PROXIES";
 /// palette-server: seconds a client has to send a request's headers; also
 /// the longest idle time of a kept-alive connection (default 20).
 pub const HEADER_TIMEOUT_SECS: &str = "PALETTE_HEADER_TIMEOUT_SECS";

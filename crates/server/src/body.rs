@@ -77,3 +77,63 @@ mod tests {
         ));
     }
 }
+
+/// A request body that must arrive whole by a deadline (a backstop under
+/// every body read, whatever reads it), and that keeps its connection
+/// marked as reading for an unverified caller until it is done.
+pub struct Deadline {
+    inner: axum::body::Body,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    mark: Option<crate::conn::UnverifiedBody>,
+}
+
+/// The error a body past its deadline ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimedOut;
+
+impl Deadline {
+    pub fn new(
+        inner: axum::body::Body,
+        within: Option<std::time::Duration>,
+        mark: Option<crate::conn::UnverifiedBody>,
+    ) -> Self {
+        Deadline {
+            inner,
+            sleep: within.map(|d| Box::pin(tokio::time::sleep(d))),
+            mark,
+        }
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                self.mark = None;
+                return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))));
+            }
+        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.mark = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

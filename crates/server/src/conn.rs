@@ -10,10 +10,16 @@
 //!   upload, a download still streaming — is never evicted. When every
 //!   connection is busy, the new one is answered `503` with `Retry-After` and
 //!   closed.
-//! - Headers must arrive within `header_timeout` (hyper's header read timer,
-//!   which also bounds how long a kept-alive connection may sit idle);
-//!   non-artifact bodies within `body_timeout`; an artifact upload may be
-//!   slow but may not pause longer than `upload_stall_timeout`.
+//! - Headers must arrive within `header_timeout`, counted from accept (or
+//!   from the end of the previous response on a kept-alive connection): the
+//!   tracker's sweeper closes a connection that has sent no complete
+//!   request head by then, including one that never sends a byte (hyper's
+//!   own header timer only starts with the first byte). Non-artifact bodies
+//!   must arrive within `body_timeout`; an artifact upload may be slow but
+//!   may not pause longer than `upload_stall_timeout`.
+//! - At the cap, when no connection is idle, one whose request body is
+//!   still being read for a caller without a verified credential is evicted
+//!   next (the slowest first): anonymous slow bodies cannot fill the cap.
 //!
 //! Owns: the acceptor, the stream and service wrappers. Must not: know
 //! routes or credentials.
@@ -68,8 +74,16 @@ pub fn cap_for_fd_limit(fd_limit: u64) -> usize {
     ((fd_limit / 2) as usize).saturating_sub(32).max(16)
 }
 
+/// `Conn::awaiting_head_since` while a request is being served.
+const NOT_WAITING: u64 = u64::MAX;
+
 struct Conn {
     in_flight: AtomicUsize,
+    /// Since when (tracker milliseconds) the connection has been waiting
+    /// for a request head; `NOT_WAITING` while one is served.
+    awaiting_head_since: AtomicU64,
+    /// Request bodies being read for callers with no verified credential.
+    unverified_bodies: AtomicUsize,
     /// Milliseconds since the tracker's epoch.
     last_active: AtomicU64,
     kill: CancellationToken,
@@ -125,11 +139,15 @@ impl Tracker {
         let now = self.now_ms();
         let mut conns = self.0.conns.lock().unwrap();
         if conns.len() >= self.0.max {
-            let victim = conns
-                .iter()
-                .filter(|(_, c)| c.in_flight.load(Ordering::Acquire) == 0)
-                .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
-                .map(|(id, _)| *id);
+            let oldest = |pick: &dyn Fn(&Conn) -> bool| {
+                conns
+                    .iter()
+                    .filter(|(_, c)| pick(c))
+                    .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
+                    .map(|(id, _)| *id)
+            };
+            let victim = oldest(&|c| c.in_flight.load(Ordering::Acquire) == 0)
+                .or_else(|| oldest(&|c| c.unverified_bodies.load(Ordering::Acquire) > 0));
             match victim {
                 Some(id) => {
                     if let Some(c) = conns.remove(&id) {
@@ -151,6 +169,8 @@ impl Tracker {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             in_flight: AtomicUsize::new(0),
+            awaiting_head_since: AtomicU64::new(now),
+            unverified_bodies: AtomicUsize::new(0),
             last_active: AtomicU64::new(now),
             kill: CancellationToken::new(),
         });
@@ -160,6 +180,51 @@ impl Tracker {
             id,
             conn,
         })
+    }
+
+    /// Closes every connection that has waited longer than `header_timeout`
+    /// for a request head; how many it closed.
+    fn sweep(&self, header_timeout: Duration) -> usize {
+        let now = self.now_ms();
+        let limit = header_timeout.as_millis() as u64;
+        let mut conns = self.0.conns.lock().unwrap();
+        let late: Vec<u64> = conns
+            .iter()
+            .filter(|(_, c)| {
+                let since = c.awaiting_head_since.load(Ordering::Acquire);
+                since != NOT_WAITING
+                    && c.in_flight.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(since) > limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &late {
+            if let Some(c) = conns.remove(id) {
+                c.kill.cancel();
+            }
+        }
+        late.len()
+    }
+
+    /// Runs the sweeper until `stop`: a few times per header timeout, at
+    /// most once every 100 ms, at least once a second.
+    pub(crate) async fn sweeper(self, header_timeout: Duration, stop: CancellationToken) {
+        let every = (header_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let n = self.sweep(header_timeout);
+            if n > 0 {
+                tracing::debug!(
+                    closed = n,
+                    "closed connections that sent no request head within the header timeout"
+                );
+            }
+        }
     }
 
     /// At most one warning a minute while the cap is being hit.
@@ -198,12 +263,20 @@ impl<A> LimitAcceptor<A> {
     }
 }
 
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-Content-Type: text/plain; charset=utf-8\r\n\
-Retry-After: 5\r\n\
-Connection: close\r\n\
-Content-Length: 50\r\n\r\n\
-Server busy: too many connections; retry shortly\n";
+const BUSY_BODY: &str = "Server busy: too many connections; retry shortly\n";
+
+/// The whole answer to a connection over the cap, with its true length.
+fn busy() -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Retry-After: 5\r\n\
+         Connection: close\r\n\
+         Content-Length: {}\r\n\r\n{BUSY_BODY}",
+        BUSY_BODY.len()
+    )
+    .into_bytes()
+}
 
 impl<A, S> Accept<TcpStream, S> for LimitAcceptor<A>
 where
@@ -226,7 +299,21 @@ where
                 // the close is not a reset that hides the answer.
                 let (mut s, _) = inner.await?;
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    s.write_all(BUSY).await?;
+                    // The request head first (a bounded read): a client is
+                    // not answered before it asks (HTTP clients treat that
+                    // as a broken connection).
+                    let mut head = Vec::with_capacity(1024);
+                    let mut buf = [0u8; 1024];
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                    })
+                    .await;
+                    s.write_all(&busy()).await?;
                     s.shutdown().await?;
                     let mut sink = [0u8; 4096];
                     while s.read(&mut sink).await? > 0 {}
@@ -350,7 +437,37 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Kept alive: the next request head is due within the timeout.
+            // (The tracker's epoch is not at hand: `last_active` was just
+            // set by the response's last write.)
+            let at = self.0.last_active.load(Ordering::Relaxed);
+            self.0.awaiting_head_since.store(at, Ordering::Release);
+        }
+    }
+}
+
+/// A request's connection, for the layers above that learn what the
+/// connection layer cannot: whether the caller's credential verified.
+#[derive(Clone)]
+pub struct ConnSlot(Arc<Conn>);
+
+impl ConnSlot {
+    /// The request's body is being read for a caller with no verified
+    /// credential: until the mark is dropped, the connection may be evicted
+    /// at the cap when no connection is idle.
+    pub fn unverified_body(&self) -> UnverifiedBody {
+        self.0.unverified_bodies.fetch_add(1, Ordering::AcqRel);
+        UnverifiedBody(self.0.clone())
+    }
+}
+
+/// See [`ConnSlot::unverified_body`].
+pub struct UnverifiedBody(Arc<Conn>);
+
+impl Drop for UnverifiedBody {
+    fn drop(&mut self) {
+        self.0.unverified_bodies.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -374,8 +491,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let guard = InFlight::new(self.conn.clone());
+        self.conn
+            .awaiting_head_since
+            .store(NOT_WAITING, Ordering::Release);
+        req.extensions_mut().insert(ConnSlot(self.conn.clone()));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await?;
@@ -440,6 +561,50 @@ mod tests {
         drop(c);
         assert_eq!(t.open(), 1);
         assert!(t.admit().is_some());
+    }
+
+    #[test]
+    fn the_busy_answer_says_its_true_length() {
+        let raw = busy();
+        let text = std::str::from_utf8(&raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_head_is_swept_and_a_served_one_is_not() {
+        let t = Tracker::new(10);
+        let silent = t.admit().unwrap();
+        let served = t.admit().unwrap();
+        served
+            .conn
+            .awaiting_head_since
+            .store(NOT_WAITING, Ordering::Release);
+        let _busy = InFlight::new(served.conn.clone());
+        assert_eq!(t.sweep(Duration::from_secs(3600)), 0, "not late yet");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(t.sweep(Duration::from_millis(10)), 1);
+        assert!(silent.conn.kill.is_cancelled());
+        assert!(!served.conn.kill.is_cancelled());
+    }
+
+    #[test]
+    fn at_the_cap_an_unverified_slow_body_goes_before_a_verified_request() {
+        let t = Tracker::new(2);
+        let a = t.admit().unwrap();
+        let b = t.admit().unwrap();
+        let _busy_a = InFlight::new(a.conn.clone());
+        let _busy_b = InFlight::new(b.conn.clone());
+        let _slow = ConnSlot(b.conn.clone()).unverified_body();
+        assert!(t.admit().is_some(), "the slow anonymous body is evicted");
+        assert!(b.conn.kill.is_cancelled());
+        assert!(!a.conn.kill.is_cancelled());
     }
 
     #[test]

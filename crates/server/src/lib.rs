@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod backup;
 pub mod body;
+pub mod client_addr;
 pub mod conn;
 pub mod metrics;
 mod ops;
@@ -83,7 +84,57 @@ pub fn app(state: AppState) -> Router {
             HeaderValue::from_static(value),
         ));
     }
-    router.with_state(state)
+    // Every answer: no content sniffing; under TLS, browsers keep to
+    // HTTPS for this server (HSTS).
+    router = router.layer(SetResponseHeaderLayer::if_not_present(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ));
+    if state.settings.tls {
+        router = router.layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ));
+    }
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_addr::layer,
+        ))
+        .with_state(state)
+}
+
+/// Under every request body: a deadline (the body timeout and a second of
+/// slack, behind the handlers' own 408; artifact uploads have their stall
+/// timeout instead), and, for a caller whose credential does not verify,
+/// the mark that lets the connection layer evict it first at the cap.
+async fn body_guard(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let verified =
+        auth::presented_token(req.headers()).is_some_and(|t| state.credential(t).is_some());
+    let mark = if verified {
+        None
+    } else {
+        req.extensions()
+            .get::<conn::ConnSlot>()
+            .map(conn::ConnSlot::unverified_body)
+    };
+    let upload = req.method() == axum::http::Method::POST && req.uri().path() == "/api/v2/releases";
+    let within =
+        (!upload).then(|| state.settings.limits.body_timeout + std::time::Duration::from_secs(1));
+    let req = req.map(|b| axum::body::Body::new(body::Deadline::new(b, within, mark)));
+    next.run(req).await
 }
 
 /// How to run a server.
@@ -115,6 +166,9 @@ pub struct ServerOptions {
     pub clock_file: Option<PathBuf>,
     /// `postgres://…`; `None`: SQLite in the data folder.
     pub database: Option<String>,
+    /// Load balancers or proxies whose forwarded client address is
+    /// believed (see `client_addr`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `s3://bucket/prefix`; `None`: artifacts in the data folder.
     pub artifacts: Option<String>,
 }
@@ -134,6 +188,7 @@ impl ServerOptions {
             require_host_tokens: false,
             new_hosts_per_minute: Settings::new(PathBuf::new()).new_hosts_per_minute,
             auth_limit: ratelimit::AuthLimit::default(),
+            trusted_proxies: Vec::new(),
             default_rollout: Default::default(),
             clock_file: None,
             database: None,
@@ -188,6 +243,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.default_rollout = opts.default_rollout;
     settings.clock_file = opts.clock_file.clone();
     settings.tls = opts.tls.is_some();
+    settings.trusted_proxies = opts.trusted_proxies.clone();
     settings.artifacts = opts.artifacts.clone();
     AppState::load(
         store,
@@ -307,6 +363,12 @@ pub async fn serve_on(
         "store opened"
     );
     let tracker = conn::Tracker::new(max_connections);
+    let sweeper_stop = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(
+        tracker
+            .clone()
+            .sweeper(opts.limits.header_timeout, sweeper_stop.clone()),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let driver = tokio::spawn(state.clone().rollout_driver(stop_rx.clone()));
     let sync = tokio::spawn(state.clone().replica_sync(stop_rx.clone()));
@@ -359,6 +421,8 @@ pub async fn serve_on(
         }
     };
     let _ = stop_tx.send(true);
+    sweeper_stop.cancel();
+    let _ = sweeper.await;
     let _ = driver.await;
     let _ = sync.await;
     let _ = flusher.await;

@@ -39,6 +39,13 @@ struct Cli {
     /// connection is closed; when all are busy, new ones get 503.
     #[arg(long, env = env::MAX_CONNECTIONS)]
     max_connections: Option<usize>,
+    /// The address (CIDR) of a load balancer or proxy in front of the
+    /// server, whose `X-Forwarded-For` / `Forwarded` header names the
+    /// client (repeat, or comma-separate in the variable). Only then is
+    /// such a header believed; the failed-authentication limit and the
+    /// audit log see the client, not the proxy.
+    #[arg(long = "trusted-proxy", env = env::TRUSTED_PROXIES, value_delimiter = ',', value_name = "CIDR")]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a client has to send a request's headers; also how long a
     /// kept-alive connection may sit idle.
     #[arg(long, env = env::HEADER_TIMEOUT_SECS, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
@@ -199,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
         max_connections: cli.max_connections,
     };
     opts.new_hosts_burst = cli.new_hosts_burst;
+    opts.trusted_proxies = cli.trusted_proxies.clone();
     opts.require_host_tokens = cli.require_host_tokens;
     opts.default_rollout = cli.default_rollout;
     opts.database = cli.database.clone();

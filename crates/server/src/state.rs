@@ -73,6 +73,8 @@ pub struct Settings {
     pub clock_file: Option<PathBuf>,
     /// Whether the server speaks TLS (dashboard cookies are `Secure`).
     pub tls: bool,
+    /// Proxies whose forwarded client address is believed (`client_addr`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `s3://bucket/prefix`: artifacts in object storage, the data folder a
     /// cache of them.
     pub artifacts: Option<String>,
@@ -96,6 +98,7 @@ impl Settings {
             default_rollout: Default::default(),
             clock_file: None,
             tls: false,
+            trusted_proxies: Vec::new(),
             artifacts: None,
         }
     }
@@ -1117,6 +1120,21 @@ impl AppState {
     /// only a known host whose own poll, made with a valid agent credential,
     /// was answered PUT-CONFIG or GET-CONFIG recently and since its last
     /// upload. An unknown name, or a host nobody asked, never may.
+    /// Whether `host` is in the inventory.
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.hosts.lock().unwrap().contains_key(host)
+    }
+
+    /// Whether any host's config upload is expected now.
+    pub fn any_config_upload_expected(&self) -> bool {
+        let now = now_ms();
+        self.hosts.lock().unwrap().values().any(|e| {
+            e.upload_asked
+                .as_ref()
+                .is_some_and(|(asked, _)| now - asked < LEGACY_FRESHNESS_MS + 3 * 60_000)
+        })
+    }
+
     pub fn config_upload_expected(&self, host: &str) -> bool {
         let now = now_ms();
         let hosts = self.hosts.lock().unwrap();

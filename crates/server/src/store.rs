@@ -98,41 +98,117 @@ impl StoreError {
 }
 
 /// Logs store outages once per episode: the first failure at error level,
-/// the rest at debug level, and one line when the store works again.
+/// the rest at debug level, and one line when the store works again. On a
+/// nearly full disk some small writes still succeed between failures: the
+/// episode ends only after writes have worked for `OutageLog::QUIET` with
+/// no failure, so it is not logged as over (and begun again) at every one.
 #[derive(Debug, Default)]
 pub struct OutageLog {
-    failures: std::sync::atomic::AtomicU64,
+    episode: std::sync::Mutex<Episode>,
+}
+
+#[derive(Debug, Default)]
+struct Episode {
+    failures: u64,
+    last_failure: Option<std::time::Instant>,
+}
+
+/// What an observation starts or ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Transition {
+    Began,
+    Continued,
+    Ended { failures: u64 },
+    Nothing,
 }
 
 impl OutageLog {
+    /// How long writes must work, with no failure, before an outage is over.
+    pub const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn note(&self, ok: bool, now: std::time::Instant) -> Transition {
+        let mut e = self.episode.lock().unwrap();
+        if !ok {
+            e.failures += 1;
+            e.last_failure = Some(now);
+            return if e.failures == 1 {
+                Transition::Began
+            } else {
+                Transition::Continued
+            };
+        }
+        match e.last_failure {
+            Some(last) if now.duration_since(last) >= Self::QUIET => {
+                let failures = e.failures;
+                *e = Episode::default();
+                Transition::Ended { failures }
+            }
+            _ => Transition::Nothing,
+        }
+    }
+
     pub fn observe<T>(&self, what: &'static str, r: StoreResult<T>) -> StoreResult<T> {
-        use std::sync::atomic::Ordering;
+        let now = std::time::Instant::now();
         match &r {
             Ok(_) => {
-                let n = self.failures.swap(0, Ordering::Relaxed);
-                if n > 0 {
+                if let Transition::Ended { failures } = self.note(true, now) {
                     tracing::info!(
                         what,
-                        failures = n,
+                        failures,
                         "database {what} work again; the requests that failed were answered with an error and stored nothing"
                     );
                 }
             }
-            Err(e) if e.is_outage() => {
-                if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::error!(
-                        what,
-                        error = %e,
-                        cause = %crate::error_chain(e),
-                        "database {what} failing: answering 5xx and storing nothing until it recovers (further failures are logged at debug level)"
-                    );
-                } else {
-                    tracing::debug!(what, error = %crate::error_chain(e), "database {what} still failing");
+            Err(e) if e.is_outage() => match self.note(false, now) {
+                Transition::Began => tracing::error!(
+                    what,
+                    error = %e,
+                    cause = %crate::error_chain(e),
+                    "database {what} failing: answering 5xx and storing nothing until it recovers (further failures are logged at debug level)"
+                ),
+                _ => {
+                    tracing::debug!(what, error = %crate::error_chain(e), "database {what} still failing")
                 }
-            }
+            },
             Err(_) => {}
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod outage_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_outage_is_one_episode_while_writes_fail_now_and_then() {
+        let log = OutageLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note(false, t0), Transition::Began);
+        // A small write that still fits, then failures again: one episode.
+        for i in 1..100u64 {
+            let t = t0 + Duration::from_millis(i * 50);
+            assert_eq!(log.note(true, t), Transition::Nothing);
+            assert_eq!(log.note(false, t), Transition::Continued);
+        }
+        let last = t0 + Duration::from_millis(99 * 50);
+        assert_eq!(
+            log.note(true, last + Duration::from_secs(1)),
+            Transition::Nothing
+        );
+        assert_eq!(
+            log.note(true, last + OutageLog::QUIET),
+            Transition::Ended { failures: 100 }
+        );
+        assert_eq!(
+            log.note(true, last + OutageLog::QUIET * 2),
+            Transition::Nothing
+        );
+        assert_eq!(
+            log.note(false, last + OutageLog::QUIET * 3),
+            Transition::Began
+        );
     }
 }
 

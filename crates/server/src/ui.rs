@@ -410,7 +410,7 @@ fn login_form(error: Option<&str>) -> Markup {
                 input #token type="password" name="token" autocomplete="current-password" required;
                 button #login type="submit" { "Log in" }
             }
-            p.hint { "An operator token (" code { "palettectl token add-operator" } ", or the server's admin token)." }
+            p.hint { "An operator token (" code { "palettectl token new-operator LABEL" } ", or the server's admin token)." }
         },
     )
 }
@@ -441,17 +441,25 @@ async fn login(
     SourceIp(ip): SourceIp,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    if let Some(secs) = ip.and_then(|ip| state.auth_limiter.blocked(ip)) {
-        return html_response(
+    let ok = state
+        .credential(f.token.trim())
+        .is_some_and(|c| c.kind == TokenKind::Operator);
+    // Limit what fails, not what succeeds: a token that verifies logs in
+    // even from a blocked address.
+    if let Some(secs) = ip
+        .filter(|_| !ok)
+        .and_then(|ip| state.auth_limiter.blocked(ip))
+    {
+        let mut res = html_response(
             StatusCode::TOO_MANY_REQUESTS,
             login_form(Some(&format!(
                 "too many failed logins from this address; try again in {secs} s"
             ))),
         );
+        res.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+        return res;
     }
-    let ok = state
-        .credential(f.token.trim())
-        .is_some_and(|c| c.kind == TokenKind::Operator);
     if !ok {
         state.metrics.auth_failures.increment(1);
         if let Some(ip) = ip {

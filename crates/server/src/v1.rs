@@ -66,7 +66,12 @@ pub async fn auth_limit_layer(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let presented = crate::auth::presented_token(req.headers()).is_some();
+    let presented = crate::auth::presented_token(req.headers());
+    // Limit what fails, not what succeeds: a credential that verifies is
+    // served even from a blocked address (behind a load balancer, the
+    // whole fleet may share one).
+    let verified = presented.is_some_and(|t| state.credential(t).is_some());
+    let presented = presented.is_some() && !verified;
     let ip = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -466,6 +471,18 @@ async fn put_config(State(state): State<AppState>, req: Request) -> Response {
             .find(|(k, _)| k == "hostname")
             .map(|(_, v)| v.into_owned())
     });
+    // No body is read for a caller who could not store it: without a
+    // credential, only a host whose config the server asked for may upload
+    // (its name is in the query or in the body, so: any such host).
+    if role == Role::Anonymous {
+        let expected = match &query_host {
+            Some(h) => state.config_upload_expected(h),
+            None => state.any_config_upload_expected(),
+        };
+        if !expected {
+            return not_authorized();
+        }
+    }
     let (fields, file) = match form_fields(&state, req, Some("uploadfile")).await {
         Ok(f) => f,
         Err(r) => return r,

@@ -198,12 +198,18 @@ fn source_ip(parts: &Parts) -> Option<std::net::IpAddr> {
 /// Before any credential is checked: an address blocked for failing too
 /// often is answered 429 while it presents credentials.
 fn not_blocked(state: &AppState, parts: &Parts) -> V2Result<()> {
-    let (Some(ip), Some(_)) = (
+    let (Some(ip), Some(token)) = (
         source_ip(parts),
         crate::auth::presented_token(&parts.headers),
     ) else {
         return Ok(());
     };
+    // Limit what fails, not what succeeds: a credential that verifies is
+    // served even from a blocked address (behind a load balancer, the
+    // whole fleet may share one).
+    if state.credential(token).is_some() {
+        return Ok(());
+    }
     match state.auth_limiter.blocked(ip) {
         None => Ok(()),
         Some(secs) => {
@@ -464,6 +470,14 @@ async fn checkin(
             );
             continue;
         };
+        if !cmd.targets(&host) {
+            tracing::warn!(
+                host,
+                id = ack.id,
+                "acknowledgement refused: the command is not addressed to this host"
+            );
+            continue;
+        }
         if state.record_ack(&ack, now).await? {
             state
                 .metrics
@@ -779,7 +793,7 @@ async fn publish_release(
         if !force {
             return Err(V2Error::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{problem} (publish with force=true to override)"),
+                format!("{problem} (to publish it all the same: palettectl release publish --force, or ?force=true)"),
             ));
         }
         tracing::warn!(%problem, version = %version, "release published with force despite a problem");
@@ -1036,6 +1050,19 @@ struct HostLabels {
     labels: Labels,
 }
 
+/// `PUT /hosts/{host}/labels`: `assigned` is required (a missing or
+/// misspelt field must not erase a host's labels); `own` and `labels`, as
+/// a GET answers them, may be sent back and are ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignLabels {
+    assigned: Labels,
+    #[serde(default, rename = "own")]
+    _own: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "labels")]
+    _labels: Option<serde::de::IgnoredAny>,
+}
+
 fn host_labels_of(state: &AppState, host: &str) -> HostLabels {
     let labels = state.host_labels(host);
     let assigned = state
@@ -1074,8 +1101,14 @@ async fn put_host_labels(
 ) -> V2Result<Json<HostLabels>> {
     let host = host_param(&host)?;
     let body = read_body(&state, req, state.settings.max_json_bytes).await?;
-    let new: HostLabels = parse_json(&body)?;
+    let new: AssignLabels = parse_json(&body)?;
     palette_protocol::selector::check_labels(&new.assigned).map_err(|e| bad(e.to_string()))?;
+    if !state.knows_host(&host) {
+        return Err(V2Error::new(
+            StatusCode::NOT_FOUND,
+            format!("no host {host} (labels are assigned to hosts that have checked in)"),
+        ));
+    }
     let json = serde_json::to_string(&new.assigned).expect("labels serialise");
     let audit = op.entry("host.labels", format!("host {host} assigned {json}"));
     state

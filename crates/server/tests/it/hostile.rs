@@ -291,3 +291,139 @@ async fn json_logs_are_one_object_a_line() {
     }
     assert!(log.contains("palette-server listening"));
 }
+
+/// Issue: sockets that never send a byte stayed open (hyper's header timer
+/// starts with the first byte), anonymous slow bodies (`/ui/login`, one
+/// byte now and then) held connection slots until the cap answered 503 to
+/// everyone, the legacy config upload read a stranger's body before
+/// refusing it, and the "server busy" answer said one byte more than it
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_and_anonymous_slow_bodies_cannot_hold_the_server() {
+    raise_own_file_limit();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = BinServer::start(
+        tmp.path(),
+        &["--header-timeout-secs", "3", "--body-timeout-secs", "4"],
+        Some(256),
+    )
+    .await;
+    assert!(s.log().contains("max_connections=96"), "{}", s.log());
+
+    // 150 sockets that send nothing, 150 anonymous logins that send one
+    // byte of a 100-byte form: 300 against a cap of 96.
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(TcpStream::connect(s.addr).await.unwrap());
+    }
+    let mut slow = Vec::new();
+    for _ in 0..150 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(
+            b"POST /ui/login HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nt",
+        )
+        .await
+        .unwrap();
+        slow.push(c);
+    }
+    // A client with a credential is served all the same.
+    let res = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get(s.u("/api/v2/hosts"))
+        .admin()
+        .send()
+        .await
+        .expect("answered during the flood");
+    assert_eq!(res.status(), 200, "served while slow anonymous bodies wait");
+
+    // Every silent socket is closed by the header timeout (counted from
+    // accept), every slow body by the body timeout.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3 + 5);
+    for (i, c) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_by(c, until).await,
+            "silent connection {i} still open"
+        );
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(4 + 5);
+    for (i, c) in slow.iter_mut().enumerate() {
+        assert!(closed_by(c, until).await, "slow login body {i} still open");
+    }
+
+    // The legacy config upload refuses a caller with no credential before
+    // reading a byte of its body (no host's upload is expected).
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(
+        b"PUT /api/v1/config?hostname=web1 HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut answer))
+        .await
+        .expect("answered before the body (well within the body timeout)")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
+/// The answer at a full cap is a well-formed 503 a real client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_busy_answer_is_well_formed_for_real_clients() {
+    raise_own_file_limit();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = BinServer::start(tmp.path(), &["--max-connections", "4"], None).await;
+    // Four long polls with a credential: every slot busy.
+    let mut polls = Vec::new();
+    for i in 0..4 {
+        let url = s.u("/api/v2/checkin?wait=20");
+        polls.push(tokio::spawn(async move {
+            http()
+                .post(url)
+                .agent()
+                .json(&checkin_of(&format!("poller{i}")))
+                .send()
+                .await
+        }));
+    }
+    let mut busy = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while busy.is_none() && tokio::time::Instant::now() < deadline {
+        let res = reqwest::Client::new()
+            .get(s.u("/api/v1/ping"))
+            .send()
+            .await
+            .expect("a 503 is an answer, not a broken connection");
+        if res.status() == 503 {
+            assert_eq!(res.headers()["retry-after"], "5");
+            busy = Some(res.text().await.expect("the whole body, as long as said"));
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let body = busy.expect("the cap was reached");
+    assert_eq!(body, "Server busy: too many connections; retry shortly\n");
+    if let Ok(out) = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &s.u("/api/v1/ping"),
+        ])
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "curl reads the busy answer without error: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
+    }
+    drop(polls);
+}

@@ -6,6 +6,7 @@ mod backup;
 #[cfg(unix)]
 mod durability;
 #[cfg(unix)]
+mod hardening;
 mod hostile;
 mod hosts_tokens;
 mod objects;

@@ -37,6 +37,13 @@ async fn https_with_a_verified_certificate() {
             }
         }
     };
+    assert_eq!(
+        res.headers()
+            .get("strict-transport-security")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("max-age=31536000".to_string()),
+        "under TLS, HSTS"
+    );
     assert_eq!(res.text().await.unwrap(), "PONG\n");
     let untrusting = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
