@@ -608,6 +608,9 @@ pub enum WatchdogBuild {
     NeverChecksIn,
     /// The real watchdog with a manager that cannot run.
     BrokenManager,
+    /// A watchdog that runs, never checks in and ignores SIGTERM (a shell
+    /// that traps it).
+    IgnoresSigterm,
 }
 
 /// A copy of the binary `name` stamped with `version` (its version slot
@@ -640,6 +643,9 @@ pub fn watchdog_release_archive(dir: &Path, version: &str, build: WatchdogBuild)
         WatchdogBuild::NeverChecksIn => {
             script("echo 'palette-watchdog: started, never checks in'\nexec sleep 600")
         }
+        WatchdogBuild::IgnoresSigterm => script(
+            "trap '' TERM\necho 'palette-watchdog: started, ignores SIGTERM'\nwhile :; do sleep 1; done",
+        ),
     };
     let manager = match build {
         WatchdogBuild::BrokenManager => script("echo 'broken manager' >&2\nexit 1"),

@@ -465,12 +465,39 @@ fn await_proof(
 }
 
 /// Stops the new watchdog (the process this manager started, and whoever
-/// holds the watchdog lock).
+/// holds the watchdog lock). The process this manager started is waited
+/// for, and killed when it ignores SIGTERM: a broken build that does not
+/// hold the lock must not survive the revert beside the old watchdog.
 fn stop_new(layout: &Layout, child: Option<&mut std::process::Child>) {
     if let Some(c) = child {
-        palette_service::terminate_process(c.id());
+        end_child(c, STOP_PATIENCE);
     }
     stop_running_watchdog(layout, Duration::from_secs(20));
+}
+
+/// How long a stopped watchdog has to exit before it is killed.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// SIGTERM, then SIGKILL after `patience`; returns once `c` has exited.
+fn end_child(c: &mut std::process::Child, patience: Duration) {
+    palette_service::terminate_process(c.id());
+    let deadline = Instant::now() + patience;
+    loop {
+        match c.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() > deadline => {
+                tracing::warn!(
+                    pid = c.id(),
+                    "the new watchdog did not stop within {} s of SIGTERM; killing it",
+                    patience.as_secs()
+                );
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Puts the old binaries back (the new watchdog is stopped first when this
@@ -486,6 +513,11 @@ fn revert(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfUpdateErro
 }
 
 fn start_old(layout: &Layout, req: &SelfUpdateRequest) {
+    // One watchdog at a time: whatever still holds the lock is ended first.
+    if palette_host::lock::is_held(&layout.watchdog_lock()) {
+        tracing::warn!("a watchdog still runs before the old one is started again; stopping it");
+        stop_running_watchdog(layout, STOP_PATIENCE);
+    }
     let started = match &req.restart {
         Restart::Command(words) => run_restart_command(words),
         Restart::Itself => spawn_watchdog(layout, &req.watchdog_exe)

@@ -197,6 +197,21 @@ async fn a_broken_watchdog_release_is_replaced_by_the_old_one() {
     }
 }
 
+/// Issue 22, item 7: a new watchdog that never checks in and ignores
+/// SIGTERM is killed when it is refused: the old one runs alone afterwards.
+#[tokio::test]
+async fn a_broken_watchdog_that_ignores_sigterm_does_not_survive_the_revert() {
+    let tmp = tempfile::tempdir().unwrap();
+    broken_case(
+        tmp.path(),
+        3,
+        WatchdogBuild::IgnoresSigterm,
+        "did not pass its self-check and check in within 8 s",
+        "ignores SIGTERM",
+    )
+    .await;
+}
+
 async fn broken_case(
     tmp: &std::path::Path,
     i: usize,
