@@ -4,6 +4,9 @@
 //!   - peak RSS while downloading a 1 GiB release (BENCH_DOWNLOAD_MIB, default 1024)
 //!   - command issue → executed (acknowledged) latency through the long poll
 //!   - agent downtime during an update (old agent's exit → new one running)
+//!   - the same for a release of many files (BENCH_MANY_FILES, default 8000),
+//!     which the manager unpacks into staging before the agent is stopped;
+//!     `BENCH_ONLY=many-files` runs only this
 //!   - watchdog self-update wall time (published → new watchdog checked in)
 //!
 //! Run with `bench/watchdog.sh` (builds the release binaries first).
@@ -57,6 +60,10 @@ mod bench {
 
     pub async fn run() {
         let tmp = tempfile::tempdir().unwrap();
+        if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "many-files") {
+            many_files(&tmp).await;
+            return;
+        }
         let server = Server::start(&tmp.path().join("server")).await;
         let api = server.api();
         let mut host = Host::new(
@@ -224,7 +231,63 @@ mod bench {
         );
         host.stop();
         drop(host);
+        many_files(&tmp).await;
         self_update(&tmp).await;
+    }
+
+    /// Agent downtime (old agent's exit → new one running) while a release
+    /// of many files is installed, three rounds; and how long the update
+    /// took from publish to the new agent running.
+    async fn many_files(tmp: &tempfile::TempDir) {
+        let files = env("BENCH_MANY_FILES", 8000) as usize;
+        let server = Server::start(&tmp.path().join("server-many")).await;
+        let api = server.api();
+        let mut host = Host::new("bench-many", &server.url, "v2", "");
+        host.start();
+        host.wait_agent_running(Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut down = Vec::new();
+        let mut total = Vec::new();
+        for i in 1..=3 {
+            let version = format!("3.0.{i}");
+            let archive = release_archive_many(tmp.path(), &version, files);
+            let old = host.running_agent().unwrap();
+            let t = Instant::now();
+            api.publish(&archive, &version, "archive").await;
+            let mut exited_at = None;
+            loop {
+                if exited_at.is_none() && !alive(old.pid) {
+                    exited_at = Some(Instant::now());
+                }
+                if let Some(a) = host.running_agent() {
+                    if a.version == version {
+                        let now = Instant::now();
+                        down.push(now - exited_at.unwrap_or(now));
+                        total.push(t.elapsed());
+                        break;
+                    }
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(600),
+                    "{}",
+                    host.diagnostics()
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            wait_for("committed", Duration::from_secs(120), || async {
+                host.log().matches("update succeeded").count() >= i
+            })
+            .await
+            .unwrap();
+        }
+        println!(
+            "agent update of a {files}-file release: downtime p50 {:?}, max {:?}; publish → new agent running p50 {:?} (3 updates)",
+            pct(&mut down, 0.5),
+            pct(&mut down, 1.0),
+            pct(&mut total, 0.5)
+        );
+        host.stop();
     }
 
     /// Watchdog self-update wall time: release published → the new

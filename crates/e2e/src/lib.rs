@@ -596,6 +596,31 @@ pub fn release_archive_expanding(dir: &Path, version: &str, unpacked_mib: u64) -
     path
 }
 
+/// A release of the sample agent as `version` with `files` extra small
+/// files (4 KiB each, in folders of 100): one that takes a while to unpack.
+pub fn release_archive_many(dir: &Path, version: &str, files: usize) -> PathBuf {
+    let path = dir.join(format!("agent-{version}-many.tar.gz"));
+    let f = std::fs::File::create(&path).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    b.append_path_with_name(bin("palette-sample-agent"), "palette-sample-agent")
+        .unwrap();
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    add("VERSION", version.as_bytes());
+    let body = vec![b'x'; 4096];
+    for i in 0..files {
+        add(&format!("data/{:03}/{i:05}.dat", i / 100), &body);
+    }
+    b.into_inner().unwrap().finish().unwrap();
+    path
+}
+
 /// What a watchdog release carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchdogBuild {

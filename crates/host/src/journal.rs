@@ -37,6 +37,11 @@ pub struct Journal {
     /// rolling back reinstalls the previous version's MSI.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub msi: bool,
+    /// Step `Verified`: the release is unpacked into
+    /// `versions/.staging-<v>` (while the agent kept running); the switch
+    /// takes it from there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
 }
 
 impl Journal {

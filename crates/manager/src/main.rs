@@ -37,6 +37,10 @@ enum Op {
         sha256: String,
         #[arg(long, default_value_t = 0)]
         release_id: i64,
+        /// Only verify and unpack into staging (the agent may keep
+        /// running); the same `update` without it then switches.
+        #[arg(long)]
+        stage_only: bool,
     },
     /// Replace the watchdog and the manager with a watchdog release's
     /// binaries, restart the watchdog, and put the old ones back unless the
@@ -180,24 +184,26 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
             version,
             sha256,
             release_id,
+            stage_only,
         } => {
             let version = version.parse().context("while reading --version")?;
             result.version = Some(version);
-            tracing::info!(artifact = %artifact.display(), %version, "update requested");
+            tracing::info!(artifact = %artifact.display(), %version, stage_only, "update requested");
             let limits = Limits::for_archive(
                 fs_err::metadata(&artifact).map(|m| m.len()).unwrap_or(0),
                 palette_host::disk::available_space(&layout.versions()),
             );
-            ops::install_archive(
-                layout,
-                &ops::UpdateRequest {
-                    artifact,
-                    version,
-                    sha256,
-                    release_id,
-                },
-                limits,
-            )?;
+            let req = ops::UpdateRequest {
+                artifact,
+                version,
+                sha256,
+                release_id,
+            };
+            if stage_only {
+                ops::stage_archive(layout, &req, limits)?;
+            } else {
+                ops::install_archive(layout, &req, limits)?;
+            }
         }
         Op::SelfUpdate {
             artifact,

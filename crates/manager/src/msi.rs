@@ -184,6 +184,7 @@ pub fn install(layout: &Layout, req: &MsiRequest) -> Result<(), MsiError> {
         sha256: actual,
         step: Step::Verified,
         msi: true,
+        staged: false,
     };
     journal
         .save(layout)

@@ -92,12 +92,45 @@ fn append_installer_log(layout: &Layout, lines: &[String]) {
 
 /// Verifies, unpacks and switches `current` to the new version. On any
 /// error before the switch, the old version is untouched and the journal
-/// is cleared.
+/// is cleared. A release `stage_archive` already staged is only switched.
 pub fn install_archive(
     layout: &Layout,
     req: &UpdateRequest,
     limits: Limits,
 ) -> Result<(), OpError> {
+    let staging = staging_dir(layout, &req.version);
+    let staged = Journal::load_or_set_aside(layout)
+        .map_err(io("reading the update journal"))?
+        .filter(|j| {
+            j.staged
+                && j.step == Step::Verified
+                && j.version == req.version
+                && j.sha256.eq_ignore_ascii_case(&req.sha256)
+                && staging.is_dir()
+        });
+    let journal = match staged {
+        Some(j) => {
+            tracing::info!(version = %req.version, "staged while the agent ran; switching");
+            j
+        }
+        None => stage_archive(layout, req, limits)?,
+    };
+    switch_staged(layout, req, journal)
+}
+
+fn staging_dir(layout: &Layout, v: &Version) -> PathBuf {
+    layout.versions().join(format!(".staging-{v}"))
+}
+
+/// Verifies the artifact and unpacks it into `versions/.staging-<v>`,
+/// journaled (`Verified`, staged): nothing the agent uses is touched, so
+/// the agent runs on meanwhile. On error the staging and the journal are
+/// removed.
+pub fn stage_archive(
+    layout: &Layout,
+    req: &UpdateRequest,
+    limits: Limits,
+) -> Result<Journal, OpError> {
     layout
         .ensure_dirs()
         .map_err(io("creating the install folders"))?;
@@ -127,6 +160,7 @@ pub fn install_archive(
         sha256: actual,
         step: Step::Verified,
         msi: false,
+        staged: false,
     };
     journal
         .save(layout)
@@ -134,7 +168,7 @@ pub fn install_archive(
     crate::fault::point("update:verified");
     tracing::info!(version = %req.version, previous = ?previous.map(|v| v.to_string()), "artifact verified; unpacking");
 
-    let staging = layout.versions().join(format!(".staging-{}", req.version));
+    let staging = staging_dir(layout, &req.version);
     let _ = fs_err::remove_dir_all(&staging);
     append_installer_log(
         layout,
@@ -156,7 +190,24 @@ pub fn install_archive(
             });
         }
     }
+    journal.staged = true;
+    journal
+        .save(layout)
+        .map_err(io("writing the update journal"))?;
     crate::fault::point("update:unpacked");
+    Ok(journal)
+}
+
+/// Moves a staged release into `versions/<v>` and switches `current`.
+fn switch_staged(
+    layout: &Layout,
+    req: &UpdateRequest,
+    mut journal: Journal,
+) -> Result<(), OpError> {
+    let staging = staging_dir(layout, &req.version);
+    // What runs now is what a rollback goes back to.
+    let previous = layout.current_version();
+    journal.previous = previous;
     let dest = layout.version_dir(&req.version);
     if Some(req.version) != previous && dest.exists() {
         fs_err::remove_dir_all(&dest)

@@ -515,13 +515,6 @@ async fn install_inner(
             "the manager could not be put in place",
         ));
     }
-    if let Err(e) = ctx.supervisor.pause().await {
-        let _ = ctx.supervisor.resume().await;
-        return fail(format!(
-            "could not stop the agent for the update: {}",
-            chain(&e)
-        ));
-    }
     let args = vec![
         if msi { "install-msi" } else { "update" }.to_string(),
         dest.display().to_string(),
@@ -529,12 +522,38 @@ async fn install_inner(
         format!("--sha256={got_sha}"),
         format!("--release-id={}", cand.release_id),
     ];
+    if !msi {
+        // Verified and unpacked into staging while the agent runs on: it
+        // is stopped only for the switch.
+        let mut stage = args.clone();
+        stage.push("--stage-only".into());
+        if let Err(e) = run_manager(ctx, &stage).await {
+            if let ManagerError::NoResult { .. } = e {
+                tracing::error!(error = %chain(&e), "the manager died while staging the update; recovering now");
+                return Some(after_manager_death(ctx, &cand, false).await);
+            }
+            return Some(local_trouble_or_fail(
+                ctx,
+                &cand,
+                &dest,
+                &e,
+                "the manager refused the update; the agent was not stopped",
+            ));
+        }
+    }
+    if let Err(e) = ctx.supervisor.pause().await {
+        let _ = ctx.supervisor.resume().await;
+        return fail(format!(
+            "could not stop the agent for the update: {}",
+            chain(&e)
+        ));
+    }
     if let Err(e) = run_manager(ctx, &args).await {
         if let ManagerError::NoResult { .. } = e {
             // The manager died mid-way (killed, crashed): finish or undo
             // what it journaled now, not at the next watchdog start.
             tracing::error!(error = %chain(&e), "the manager died during the update; recovering now");
-            return Some(after_manager_death(ctx, &cand).await);
+            return Some(after_manager_death(ctx, &cand, true).await);
         }
         let _ = ctx.supervisor.resume().await;
         return Some(local_trouble_or_fail(
@@ -582,13 +601,15 @@ pub(crate) fn local_trouble_or_fail(
 /// After the manager died during an update: `recover` decides. Before the
 /// switch the old version stays (a passing failure: retried later); after
 /// it the new version is health-checked and committed or rolled back.
-async fn after_manager_death(ctx: &Ctx, cand: &Candidate) -> UpdateReport {
+async fn after_manager_death(ctx: &Ctx, cand: &Candidate, paused: bool) -> UpdateReport {
     match run_manager(ctx, &["recover".into()]).await {
         Ok(r) if r.recovery == Some(RecoveryKind::NeedsHealthCheck) => {
             Box::pin(finish(ctx, cand.release_id, cand.version)).await
         }
         other => {
-            let _ = ctx.supervisor.resume().await;
+            if paused {
+                let _ = ctx.supervisor.resume().await;
+            }
             let how = match other {
                 Ok(_) => "its work was undone".to_string(),
                 Err(e) => format!("recovery failed too: {}", chain(&e)),

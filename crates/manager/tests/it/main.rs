@@ -313,6 +313,7 @@ fn recovery_after_a_crash_at_each_step() {
         sha256: "x".into(),
         step: Step::Extracted,
         msi: false,
+        staged: false,
     };
     j.save(&l).unwrap();
     assert_eq!(
