@@ -1,5 +1,9 @@
 //! Host names as they arrive from watchdogs: validated before any use, never a
-//! raw path component, compared case-insensitively (stored lower-case).
+//! raw path component, kept as the host wrote them and compared exactly, as
+//! the original Insight Server does (`Legacy-Win-01` and `legacy-win-01`
+//! are two hosts; a fleet's watchdogs each send their name the same way
+//! every time, so nothing is lost, and nothing is shown other than it was
+//! sent).
 
 use thiserror::Error;
 
@@ -21,7 +25,7 @@ pub enum HostnameError {
 }
 
 /// Checks that `name` is a plausible DNS or NetBIOS host name and returns it
-/// in lower case. Anything that could be read as a path (`/`, `\`, `..`,
+/// as written. Anything that could be read as a path (`/`, `\`, `..`,
 /// `%`) is refused.
 pub fn validate_hostname(name: &str) -> Result<String, HostnameError> {
     if name.is_empty() {
@@ -47,7 +51,7 @@ pub fn validate_hostname(name: &str) -> Result<String, HostnameError> {
             return Err(HostnameError::Hyphen);
         }
     }
-    Ok(name.to_ascii_lowercase())
+    Ok(name.to_string())
 }
 
 #[cfg(test)]
@@ -59,9 +63,10 @@ mod tests {
     fn accepts_plausible_names() {
         assert_eq!(
             validate_hostname("Web-01.Example.com").unwrap(),
-            "web-01.example.com"
+            "Web-01.Example.com",
+            "kept as written"
         );
-        assert_eq!(validate_hostname("WIN_SRV7").unwrap(), "win_srv7");
+        assert_eq!(validate_hostname("WIN_SRV7").unwrap(), "WIN_SRV7");
         assert!(validate_hostname("a").is_ok());
     }
 

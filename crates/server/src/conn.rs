@@ -17,9 +17,10 @@
 //!   own header timer only starts with the first byte). Non-artifact bodies
 //!   must arrive within `body_timeout`; an artifact upload may be slow but
 //!   may not pause longer than `upload_stall_timeout`.
-//! - At the cap, when no connection is idle, one whose request body is
-//!   still being read for a caller without a verified credential is evicted
-//!   next (the slowest first): anonymous slow bodies cannot fill the cap.
+//! - At the cap, a connection whose request body is still being read for a
+//!   caller without a verified credential is evicted like an idle one (the
+//!   one quiet longest goes first): anonymous slow bodies cannot fill the
+//!   cap.
 //!
 //! Owns: the acceptor, the stream and service wrappers. Must not: know
 //! routes or credentials.
@@ -146,8 +147,14 @@ impl Tracker {
                     .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed))
                     .map(|(id, _)| *id)
             };
-            let victim = oldest(&|c| c.in_flight.load(Ordering::Acquire) == 0)
-                .or_else(|| oldest(&|c| c.unverified_bodies.load(Ordering::Acquire) > 0));
+            // Idle connections and those reading a body for a caller with
+            // no verified credential: the one that did anything longest
+            // ago goes (a fresh connection still sending its head outlives
+            // a body that has dribbled for seconds).
+            let victim = oldest(&|c| {
+                c.in_flight.load(Ordering::Acquire) == 0
+                    || c.unverified_bodies.load(Ordering::Acquire) > 0
+            });
             match victim {
                 Some(id) => {
                     if let Some(c) = conns.remove(&id) {

@@ -674,7 +674,7 @@ async fn hosts_page(
     let hosts: Vec<HostInfo> = state
         .hosts(None)
         .into_iter()
-        .filter(|h| f.q.is_empty() || h.hostname.contains(&f.q.to_lowercase()))
+        .filter(|h| f.q.is_empty() || h.hostname.to_lowercase().contains(&f.q.to_lowercase()))
         .filter(|h| f.state.is_empty() || state_of(h) == f.state)
         .filter(|h| f.version.is_empty() || version_of(h) == f.version)
         .filter(|h| match &sel {

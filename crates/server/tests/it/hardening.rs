@@ -214,3 +214,25 @@ async fn pages_and_assets_say_nosniff() {
         );
     }
 }
+
+/// The original server keeps a host's name as written: so do we, on the
+/// wire and in the inventory (matched exactly, as it does).
+#[tokio::test]
+async fn a_legacy_host_name_is_kept_as_the_host_wrote_it() {
+    let s = TestServer::start().await;
+    let res = http()
+        .get(s.u("/api/v1/command?hostname=Legacy-Win-01"))
+        .agent()
+        .go()
+        .await;
+    assert!(res.status().is_success());
+    let agents: serde_json::Map<String, serde_json::Value> =
+        http().get(s.u("/api/v1/agents")).admin().json_of().await;
+    assert!(agents.contains_key("Legacy-Win-01"), "{agents:?}");
+    assert!(!agents.contains_key("legacy-win-01"), "{agents:?}");
+    let hosts: Vec<serde_json::Value> = http().get(s.u("/api/v2/hosts")).admin().json_of().await;
+    assert!(
+        hosts.iter().any(|h| h["hostname"] == "Legacy-Win-01"),
+        "{hosts:?}"
+    );
+}

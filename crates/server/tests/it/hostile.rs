@@ -377,32 +377,57 @@ async fn the_busy_answer_is_well_formed_for_real_clients() {
     raise_own_file_limit();
     let tmp = tempfile::tempdir().unwrap();
     let s = BinServer::start(tmp.path(), &["--max-connections", "4"], None).await;
-    // Four long polls with a credential: every slot busy.
-    let mut polls = Vec::new();
-    for i in 0..4 {
-        let url = s.u("/api/v2/checkin?wait=20");
-        polls.push(tokio::spawn(async move {
+    // Four long polls with a credential: every slot busy. Three first, one
+    // by one (a connection still sending its head may be evicted by the
+    // next), each seen in the inventory; then the fourth, until a ping is
+    // answered 503 (the fourth is started again if a ping took its slot).
+    let poll = |i: usize| {
+        let url = s.u("/api/v2/checkin?wait=30");
+        tokio::spawn(async move {
             http()
                 .post(url)
                 .agent()
                 .json(&checkin_of(&format!("poller{i}")))
                 .send()
                 .await
-        }));
+        })
+    };
+    let mut polls = Vec::new();
+    for i in 0..3 {
+        polls.push(poll(i));
+        let name = format!("poller{i}");
+        wait_until(
+            "the long poll is in flight",
+            Duration::from_secs(10),
+            || {
+                let (url, name) = (s.u("/api/v2/hosts"), name.clone());
+                async move {
+                    // A client of its own: its connection closes with it.
+                    let Ok(res) = reqwest::Client::new().get(url).admin().send().await else {
+                        return false;
+                    };
+                    let hosts: Vec<serde_json::Value> = res.json().await.unwrap_or_default();
+                    hosts.iter().any(|h| h["hostname"] == name.as_str())
+                }
+            },
+        )
+        .await;
     }
+    let mut fourth = poll(3);
     let mut busy = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while busy.is_none() && tokio::time::Instant::now() < deadline {
-        let res = reqwest::Client::new()
-            .get(s.u("/api/v1/ping"))
-            .send()
-            .await
-            .expect("a 503 is an answer, not a broken connection");
+        if fourth.is_finished() {
+            fourth = poll(3);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // (A ping may lose its slot to the fourth poll's new connection.)
+        let Ok(res) = reqwest::Client::new().get(s.u("/api/v1/ping")).send().await else {
+            continue;
+        };
         if res.status() == 503 {
             assert_eq!(res.headers()["retry-after"], "5");
             busy = Some(res.text().await.expect("the whole body, as long as said"));
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     let body = busy.expect("the cap was reached");
@@ -425,5 +450,5 @@ async fn the_busy_answer_is_well_formed_for_real_clients() {
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
     }
-    drop(polls);
+    drop((polls, fourth));
 }

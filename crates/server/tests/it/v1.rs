@@ -313,6 +313,16 @@ async fn config_store_and_serve() {
         .agent()
         .go()
         .await;
+    assert_eq!(
+        res.status(),
+        404,
+        "names are case-sensitive, as on the original server"
+    );
+    let res = http()
+        .get(s.u("/api/v1/config?hostname=web1"))
+        .agent()
+        .go()
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.bytes().await.unwrap().as_ref(),

@@ -75,10 +75,20 @@ async fn checkin_delivers_targeted_commands_and_records_acks() {
     let c_web1 = command(
         &s,
         CommandKind::Stop,
+        Target::Hosts(vec!["web1".into()]),
+        None,
+    )
+    .await;
+    // Names are kept as written (the original server is case-sensitive):
+    // WEB1 is another host, not web1.
+    let c_upper = command(
+        &s,
+        CommandKind::Stop,
         Target::Hosts(vec!["WEB1".into()]),
         None,
     )
     .await;
+    assert_eq!(c_upper.target, Target::Hosts(vec!["WEB1".into()]));
     let c_other = command(
         &s,
         CommandKind::Start,
@@ -86,16 +96,16 @@ async fn checkin_delivers_targeted_commands_and_records_acks() {
         None,
     )
     .await;
-    assert_eq!(
-        c_web1.target,
-        Target::Hosts(vec!["web1".into()]),
-        "host names are normalised"
-    );
+    assert_eq!(c_web1.target, Target::Hosts(vec!["web1".into()]));
 
     let a = checkin(&s, &checkin_req("web1"), 0).await;
     let ids: Vec<i64> = a.commands.iter().map(|c| c.id).collect();
     assert_eq!(ids, vec![c_all.command.id, c_web1.command.id]);
     assert!(!ids.contains(&c_other.command.id));
+    assert!(
+        !ids.contains(&c_upper.command.id),
+        "WEB1's command is not web1's"
+    );
 
     let mut req = checkin_req("web1");
     req.results = vec![
@@ -145,7 +155,7 @@ async fn checkin_delivers_targeted_commands_and_records_acks() {
         .await;
     assert_eq!(st.results[0].outcome, Outcome::Failed);
     let list: Vec<CommandStatus> = http().get(s.u("/api/v2/commands")).admin().json_of().await;
-    assert_eq!(list.len(), 3);
+    assert_eq!(list.len(), 4);
 
     // The host and its report are in the inventory.
     let h: HostInfo = http()
