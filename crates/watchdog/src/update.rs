@@ -564,7 +564,13 @@ async fn install_inner(
             "the manager refused the update, old version kept",
         ));
     }
-    Some(finish(ctx, cand.release_id, cand.version).await)
+    let done = finish(ctx, cand.release_id, cand.version).await;
+    // Installed (or rolled back): the download is no longer needed, and a
+    // release is not kept twice on disk until the next download.
+    if let Err(e) = fs_err::remove_file(&dest) {
+        tracing::warn!(error = %e, "could not remove the finished download");
+    }
+    Some(done)
 }
 
 /// A manager step failed: the local disk's trouble is passing (the

@@ -76,3 +76,43 @@ async fn a_release_larger_than_the_free_space_is_installed_once_the_disk_grows()
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
 }
+
+/// Issue 22 (also measured): a completed update leaves no download in
+/// `Updates/` (it stayed there until the next download).
+#[tokio::test]
+async fn a_completed_update_leaves_nothing_in_updates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut host = Host::new("tidy", &server.url, "v2", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    api.publish(&a2, "2.0.0", "archive").await;
+    wait_for(
+        "2.0.0 is reported installed",
+        Duration::from_secs(60),
+        || async {
+            api.host("tidy")
+                .await
+                .and_then(|h| h.report)
+                .and_then(|r| r.last_update)
+                .is_some_and(|u| u.outcome == Outcome::Succeeded)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    let updates = host.base.join("Updates");
+    wait_for("Updates/ is empty", T, || async {
+        std::fs::read_dir(&updates).map_or(true, |mut d| d.next().is_none())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let left: Vec<_> = std::fs::read_dir(&updates)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        panic!("{e:#}: {left:?}")
+    });
+}
