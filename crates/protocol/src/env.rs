@@ -35,6 +35,9 @@ pub const MAX_CONNECTIONS: &str = "PALETTE_MAX_CONNECTIONS";
 /// balancers or proxies in front of it, whose `X-Forwarded-For` /
 /// `Forwarded` name the client.
 pub const TRUSTED_PROXIES: &str = "PALETTE_TRUSTED_PROXIES";
+/// palette-server: minutes a host admitted to a rollout may show no sign of
+/// taking the release before it counts as failed (default 30).
+pub const ROLLOUT_HOST_TIMEOUT_MINS: &str = "PALETTE_ROLLOUT_HOST_TIMEOUT_MINS";
 /// palette-server: seconds a client has to send a request's headers; also
 /// the longest idle time of a kept-alive connection (default 20).
 pub const HEADER_TIMEOUT_SECS: &str = "PALETTE_HEADER_TIMEOUT_SECS";

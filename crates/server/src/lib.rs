@@ -169,6 +169,8 @@ pub struct ServerOptions {
     /// Load balancers or proxies whose forwarded client address is
     /// believed (see `client_addr`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// See `Settings::rollout_host_timeout`.
+    pub rollout_host_timeout: std::time::Duration,
     /// `s3://bucket/prefix`; `None`: artifacts in the data folder.
     pub artifacts: Option<String>,
 }
@@ -189,6 +191,7 @@ impl ServerOptions {
             new_hosts_per_minute: Settings::new(PathBuf::new()).new_hosts_per_minute,
             auth_limit: ratelimit::AuthLimit::default(),
             trusted_proxies: Vec::new(),
+            rollout_host_timeout: std::time::Duration::from_secs(30 * 60),
             default_rollout: Default::default(),
             clock_file: None,
             database: None,
@@ -244,6 +247,7 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
     settings.clock_file = opts.clock_file.clone();
     settings.tls = opts.tls.is_some();
     settings.trusted_proxies = opts.trusted_proxies.clone();
+    settings.rollout_host_timeout = opts.rollout_host_timeout;
     settings.artifacts = opts.artifacts.clone();
     AppState::load(
         store,

@@ -44,6 +44,12 @@ struct Cli {
     /// client (repeat, or comma-separate in the variable). Only then is
     /// such a header believed; the failed-authentication limit and the
     /// audit log see the client, not the proxy.
+    /// Minutes a host admitted to a rollout may show no sign of taking the
+    /// release (no progress, not the version) before it counts as failed
+    /// (and the rollout halts as for any failure): a rollout never waits
+    /// forever on a host that does not update.
+    #[arg(long, env = env::ROLLOUT_HOST_TIMEOUT_MINS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    rollout_host_timeout_mins: u64,
     #[arg(long = "trusted-proxy", env = env::TRUSTED_PROXIES, value_delimiter = ',', value_name = "CIDR")]
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a client has to send a request's headers; also how long a
@@ -207,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
     };
     opts.new_hosts_burst = cli.new_hosts_burst;
     opts.trusted_proxies = cli.trusted_proxies.clone();
+    opts.rollout_host_timeout = Duration::from_secs(cli.rollout_host_timeout_mins * 60);
     opts.require_host_tokens = cli.require_host_tokens;
     opts.default_rollout = cli.default_rollout;
     opts.database = cli.database.clone();

@@ -255,6 +255,9 @@ pub struct HostView {
     pub result: Option<(Outcome, String)>,
     /// Whether it is inside a maintenance window (or has none).
     pub in_window: bool,
+    /// Whether its report shows it working on this release (downloading,
+    /// installing, checking health).
+    pub progressing: bool,
 }
 
 /// A rollout as the step sees it.
@@ -271,6 +274,9 @@ pub struct Plan {
     pub wave_started_at: Millis,
     pub reason: Option<String>,
     pub members: Vec<Member>,
+    /// When each admitted host last showed progress on the release (in
+    /// memory: after a restart the deadline counts from then).
+    pub signs: std::collections::HashMap<String, Millis>,
 }
 
 /// What a step changed (for the log and to know what to store).
@@ -299,7 +305,17 @@ impl Plan {
     /// window, under the cap); starts the next wave once every admitted
     /// host of this one succeeded (at least one did) and `soak` has passed
     /// since the last of them did.
-    pub fn step(&mut self, now: Millis, view: impl Fn(&str) -> Option<HostView>) -> Changes {
+    ///
+    /// An admitted host must show it is taking the release: one with no
+    /// outcome and no progress for `host_timeout_ms` (from its admission or
+    /// its last progress; 0: no deadline) counts as failed, so a rollout
+    /// never waits forever on a host that is not updating.
+    pub fn step(
+        &mut self,
+        now: Millis,
+        host_timeout_ms: Millis,
+        view: impl Fn(&str) -> Option<HostView>,
+    ) -> Changes {
         let mut ch = Changes::default();
         // 1. Outcomes, in every phase but aborted (a paused rollout still
         //    notes who finished).
@@ -309,14 +325,38 @@ impl Plan {
                     continue;
                 }
                 let Some(v) = view(&m.hostname) else { continue };
-                let done = match &v.result {
+                let mut done = match &v.result {
                     Some((Outcome::Failed, msg)) => Some((Outcome::Failed, msg.clone())),
                     _ if v.installed == Some(self.version) => {
                         Some((Outcome::Succeeded, format!("running {}", self.version)))
                     }
                     _ => None,
                 };
+                if done.is_none() {
+                    if v.progressing {
+                        self.signs.insert(m.hostname.clone(), now);
+                    }
+                    let admitted = m.admitted_at.unwrap_or(now);
+                    let since = self
+                        .signs
+                        .get(&m.hostname)
+                        .copied()
+                        .unwrap_or(admitted)
+                        .max(admitted);
+                    if host_timeout_ms > 0 && now - since > host_timeout_ms {
+                        done = Some((
+                            Outcome::Failed,
+                            format!(
+                                "admitted {} s ago and no sign of it taking {} for {} s (its reports show neither progress nor the version); counted as failed",
+                                (now - admitted) / 1000,
+                                self.version,
+                                (now - since) / 1000
+                            ),
+                        ));
+                    }
+                }
                 if let Some((o, msg)) = done {
+                    self.signs.remove(&m.hostname);
                     m.outcome = Some((o, now));
                     m.message = msg;
                     ch.finished.push((m.hostname.clone(), o));
@@ -462,6 +502,7 @@ mod tests {
             wave: 0,
             wave_started_at: 0,
             reason: None,
+            signs: HashMap::new(),
         }
     }
 
@@ -481,6 +522,7 @@ mod tests {
                         installed: Some(v("1.0.0")),
                         result: None,
                         in_window: true,
+                        progressing: false,
                     },
                 );
             }
@@ -542,27 +584,27 @@ mod tests {
     fn waves_advance_after_soak_and_the_rollout_ends() {
         let mut p = plan(10, "1,50%,100%", 1000, "1", 0);
         let mut f = Fleet::new(10);
-        let ch = p.step(0, f.view());
+        let ch = p.step(0, 0, f.view());
         assert_eq!(ch.admitted.len(), 1, "the canary only");
         f.install(&p);
-        let ch = p.step(10, f.view());
+        let ch = p.step(10, 0, f.view());
         assert_eq!(ch.finished.len(), 1);
         assert_eq!(p.wave, 0, "soaking");
-        p.step(500, f.view());
+        p.step(500, 0, f.view());
         assert_eq!(p.wave, 0, "still soaking");
-        p.step(1010, f.view());
+        p.step(1010, 0, f.view());
         assert_eq!(p.wave, 1);
-        let ch = p.step(1020, f.view());
+        let ch = p.step(1020, 0, f.view());
         assert_eq!(ch.admitted.len(), 4, "up to 50%");
         f.install(&p);
-        p.step(1030, f.view());
-        p.step(2030, f.view());
+        p.step(1030, 0, f.view());
+        p.step(2030, 0, f.view());
         assert_eq!(p.wave, 2);
-        p.step(2040, f.view());
+        p.step(2040, 0, f.view());
         f.install(&p);
-        p.step(2050, f.view());
+        p.step(2050, 0, f.view());
         assert_eq!(p.phase, Phase::Running, "the last wave soaks too");
-        p.step(3050, f.view());
+        p.step(3050, 0, f.view());
         assert_eq!(p.phase, Phase::Done);
         assert!(p
             .members
@@ -574,7 +616,7 @@ mod tests {
     fn a_failing_canary_halts_with_the_rest_untouched() {
         let mut p = plan(10, "1,100%", 0, "1", 0);
         let mut f = Fleet::new(10);
-        p.step(0, f.view());
+        p.step(0, 0, f.view());
         let canary = p
             .members
             .iter()
@@ -586,7 +628,7 @@ mod tests {
             Outcome::Failed,
             "health check failed; rolled back to 1.0.0".into(),
         ));
-        let ch = p.step(10, f.view());
+        let ch = p.step(10, 0, f.view());
         assert!(ch.moved);
         assert_eq!(p.phase, Phase::Halted);
         let why = p.reason.clone().unwrap();
@@ -595,7 +637,7 @@ mod tests {
             "{why}"
         );
         // Nothing more is admitted, whatever time passes.
-        let ch = p.step(1_000_000, f.view());
+        let ch = p.step(1_000_000, 0, f.view());
         assert!(ch.admitted.is_empty());
         assert_eq!(
             p.members.iter().filter(|m| m.admitted_at.is_some()).count(),
@@ -609,18 +651,18 @@ mod tests {
         let mut f = Fleet::new(6);
         f.hosts.get_mut(&p.members[5].hostname).unwrap().state = HostState::Offline;
         f.hosts.get_mut(&p.members[4].hostname).unwrap().in_window = false;
-        let ch = p.step(0, f.view());
+        let ch = p.step(0, 0, f.view());
         assert_eq!(ch.admitted.len(), 2, "the cap");
         p.phase = Phase::Paused;
         f.install(&p);
-        let ch = p.step(10, f.view());
+        let ch = p.step(10, 0, f.view());
         assert_eq!(ch.finished.len(), 2, "a paused rollout notes who finished");
         assert!(ch.admitted.is_empty(), "and admits nobody");
         p.phase = Phase::Running;
-        let ch = p.step(20, f.view());
+        let ch = p.step(20, 0, f.view());
         assert_eq!(ch.admitted.len(), 2);
         f.install(&p);
-        p.step(30, f.view());
+        p.step(30, 0, f.view());
         assert_eq!(
             p.phase,
             Phase::Running,
@@ -630,17 +672,43 @@ mod tests {
             .get_mut(&p.members[4].hostname.clone())
             .unwrap()
             .in_window = true;
-        let ch = p.step(40, f.view());
+        let ch = p.step(40, 0, f.view());
         assert_eq!(ch.admitted, [p.members[4].hostname.clone()]);
         f.install(&p);
         f.hosts
             .get_mut(&p.members[5].hostname.clone())
             .unwrap()
             .state = HostState::Online;
-        p.step(50, f.view());
+        p.step(50, 0, f.view());
         f.install(&p);
-        p.step(60, f.view());
+        p.step(60, 0, f.view());
         assert_eq!(p.phase, Phase::Done);
+    }
+
+    #[test]
+    fn an_admitted_host_that_shows_no_sign_of_updating_fails_after_its_deadline() {
+        let mut p = plan(3, "1,100%", 0, "1", 0);
+        let mut f = Fleet::new(3);
+        let ch = p.step(0, 1000, f.view());
+        assert_eq!(ch.admitted.len(), 1);
+        let canary = ch.admitted[0].clone();
+        // Progress keeps it alive past the deadline...
+        f.hosts.get_mut(&canary).unwrap().progressing = true;
+        assert!(p.step(900, 1000, f.view()).finished.is_empty());
+        assert!(p.step(1800, 1000, f.view()).finished.is_empty());
+        // ...silence does not: it fails, and the rollout halts (it does not
+        // wait forever in wave 1).
+        f.hosts.get_mut(&canary).unwrap().progressing = false;
+        assert!(p.step(2700, 1000, f.view()).finished.is_empty());
+        let ch = p.step(2900, 1000, f.view());
+        assert_eq!(ch.finished, vec![(canary.clone(), Outcome::Failed)]);
+        assert_eq!(p.phase, Phase::Halted);
+        let m = p.members.iter().find(|m| m.hostname == canary).unwrap();
+        assert!(
+            m.message.contains("no sign of it taking 2.0.0"),
+            "{}",
+            m.message
+        );
     }
 
     #[test]
@@ -650,9 +718,9 @@ mod tests {
         for h in f.hosts.values_mut() {
             h.installed = Some(v("2.0.0"));
         }
-        p.step(0, f.view());
-        p.step(1, f.view());
-        p.step(2, f.view());
+        p.step(0, 0, f.view());
+        p.step(1, 0, f.view());
+        p.step(2, 0, f.view());
         assert_eq!(p.phase, Phase::Done);
     }
 }

@@ -345,6 +345,7 @@ impl Rollout {
                     })
                     .collect(),
                 waves,
+                signs: Default::default(),
             },
             release,
         })
@@ -519,6 +520,7 @@ impl AppState {
                 wave_started_at: now,
                 reason: None,
                 members,
+                signs: Default::default(),
             },
             release,
         };
@@ -672,7 +674,11 @@ impl AppState {
                 }
             }
             let before = o.plan.phase;
-            let ch: Changes = o.plan.step(now, |h| views.get(h).cloned());
+            let ch: Changes = o.plan.step(
+                now,
+                self.settings.rollout_host_timeout.as_millis() as Millis,
+                |h| views.get(h).cloned(),
+            );
             if !ch.any() && joined.is_empty() && o.unsaved.is_empty() && !o.unsaved_record {
                 continue;
             }

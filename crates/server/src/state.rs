@@ -75,6 +75,9 @@ pub struct Settings {
     pub tls: bool,
     /// Proxies whose forwarded client address is believed (`client_addr`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a host admitted to a rollout may show no sign of taking
+    /// the release before it counts as failed (`Plan::step`).
+    pub rollout_host_timeout: std::time::Duration,
     /// `s3://bucket/prefix`: artifacts in object storage, the data folder a
     /// cache of them.
     pub artifacts: Option<String>,
@@ -99,6 +102,7 @@ impl Settings {
             clock_file: None,
             tls: false,
             trusted_proxies: Vec::new(),
+            rollout_host_timeout: std::time::Duration::from_secs(30 * 60),
             artifacts: None,
         }
     }
@@ -861,6 +865,10 @@ impl AppState {
                     in_window: crate::rollouts::Rollouts::in_window(
                         &cache, &name, &labels, window_now,
                     ),
+                    progressing: r
+                        .update_progress
+                        .as_ref()
+                        .is_some_and(|p| p.release_id == release.id),
                 };
                 Some((name, view))
             })

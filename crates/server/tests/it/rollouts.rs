@@ -265,3 +265,140 @@ async fn labels_select_hosts_and_a_held_release_is_offered_to_nobody() {
     }
     s.stop().await;
 }
+
+/// Issue: a rollout created while the previous rollout's last hosts were
+/// still reporting stranded its canary ("running in wave 1" for good). The
+/// canary admitted to the new rollout is offered its release whatever its
+/// (late) report says about the previous one; and a host that never takes
+/// it counts as failed after the host deadline, halting the rollout.
+#[tokio::test]
+async fn an_overlapping_rollout_offers_its_canary_and_never_waits_forever() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |o| {
+        o.rollout_host_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let hosts = ["h1", "h2", "h3", "h4"];
+    for h in hosts {
+        checkin(&s, &report(h, &[])).await;
+    }
+    let hold = |v: &str| {
+        format!(
+            "/api/v2/releases?version={v}&platform=linux-x86_64&kind=archive&hold=true&force=true"
+        )
+    };
+    let res = http()
+        .post(s.u(&hold("2.0.0")))
+        .admin()
+        .body(b"two".to_vec())
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    let r2: Release = res.json().await.unwrap();
+    let (st, _) = post(
+        &s,
+        "/api/v2/rollouts",
+        serde_json::json!({"release_id": r2.id, "waves": ["1", "100%"], "soak_secs": 1}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    // Every host takes 2.0.0 as it is offered, and reports it.
+    let running_2 = |h: &str| {
+        let mut r = report(h, &[]);
+        r.host.agent_version = Some("2.0.0".parse().unwrap());
+        r.host.last_update = Some(UpdateReport {
+            release_id: r2.id,
+            version: "2.0.0".parse().unwrap(),
+            outcome: Outcome::Succeeded,
+            message: "installed and healthy".into(),
+        });
+        r
+    };
+    wait_until(
+        "rollout 1 is done",
+        std::time::Duration::from_secs(30),
+        || async {
+            for h in hosts {
+                let a = checkin(&s, &report(h, &[])).await;
+                if a.release.as_ref().is_some_and(|r| r.id == r2.id) {
+                    checkin(&s, &running_2(h)).await;
+                }
+            }
+            let r: serde_json::Value = http()
+                .get(s.u("/api/v2/rollouts/1"))
+                .admin()
+                .json_of()
+                .await;
+            r["phase"] == "done"
+        },
+    )
+    .await;
+
+    // 3.0.0, held, rolled out at once; the canary's next report is a late
+    // one about 2.0.0.
+    let res = http()
+        .post(s.u(&hold("3.0.0")))
+        .admin()
+        .body(b"three".to_vec())
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    let r3: Release = res.json().await.unwrap();
+    let (st, v) = post(
+        &s,
+        "/api/v2/rollouts",
+        serde_json::json!({"release_id": r3.id, "waves": ["1", "100%"], "soak_secs": 1}),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let canary = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| !m["admitted_at"].is_null())
+        .unwrap_or_else(|| panic!("a canary admitted: {v}"))["hostname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = checkin(&s, &running_2(&canary)).await;
+    assert_eq!(
+        a.release.as_ref().map(|r| r.id),
+        Some(r3.id),
+        "the admitted canary is offered 3.0.0 whatever its report says"
+    );
+    // It never takes it: after the host deadline it counts as failed and
+    // the rollout halts, saying why.
+    wait_until(
+        "rollout 2 halts",
+        std::time::Duration::from_secs(30),
+        || async {
+            checkin(&s, &running_2(&canary)).await;
+            let r: serde_json::Value = http()
+                .get(s.u("/api/v2/rollouts/2"))
+                .admin()
+                .json_of()
+                .await;
+            r["phase"] == "halted"
+        },
+    )
+    .await;
+    let r: serde_json::Value = http()
+        .get(s.u("/api/v2/rollouts/2"))
+        .admin()
+        .json_of()
+        .await;
+    let m = r["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["hostname"] == canary.as_str())
+        .unwrap();
+    assert_eq!(m["outcome"], "failed", "{r}");
+    assert!(
+        m["message"]
+            .as_str()
+            .unwrap()
+            .contains("no sign of it taking 3.0.0"),
+        "{r}"
+    );
+}
