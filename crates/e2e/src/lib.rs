@@ -636,6 +636,9 @@ pub enum WatchdogBuild {
     /// A watchdog that runs, never checks in and ignores SIGTERM (a shell
     /// that traps it).
     IgnoresSigterm,
+    /// The real, unstamped binaries: they report the workspace's version,
+    /// not the release's.
+    WrongVersion,
 }
 
 /// A copy of the binary `name` stamped with `version` (its version slot
@@ -662,6 +665,7 @@ pub fn watchdog_release_archive(dir: &Path, version: &str, build: WatchdogBuild)
     let script = |body: &str| format!("#!/bin/sh\n{body}\n").into_bytes();
     let watchdog = match build {
         WatchdogBuild::Good | WatchdogBuild::BrokenManager => stamped("palette-watchdog", version),
+        WatchdogBuild::WrongVersion => std::fs::read(bin("palette-watchdog")).unwrap(),
         WatchdogBuild::ExitsAtOnce => {
             script("echo 'palette-watchdog: cannot start: simulated broken build' >&2\nexit 3")
         }
@@ -674,6 +678,7 @@ pub fn watchdog_release_archive(dir: &Path, version: &str, build: WatchdogBuild)
     };
     let manager = match build {
         WatchdogBuild::BrokenManager => script("echo 'broken manager' >&2\nexit 1"),
+        WatchdogBuild::WrongVersion => std::fs::read(bin("palette-manager")).unwrap(),
         _ => stamped("palette-manager", version),
     };
     add("palette-watchdog", &watchdog);

@@ -55,6 +55,12 @@ pub enum SelfUpdateError {
     /// The new watchdog did not prove itself; the old one was put back.
     #[error("{0}")]
     Refused(String),
+    #[error("the release is watchdog {release}, but its {binary} reports version {reports}; nothing was changed")]
+    WrongVersion {
+        binary: String,
+        reports: Version,
+        release: Version,
+    },
 }
 
 /// Why the new watchdog did not prove itself, or a watchdog could not be
@@ -137,6 +143,10 @@ pub fn self_update(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfU
     }
     crate::fault::point("self:verified");
     stage(layout, req)?;
+    if let Err(e) = check_versions(layout, req) {
+        let _ = fs_err::remove_dir_all(layout.self_new());
+        return Err(e);
+    }
     let mut journal = SelfJournal {
         release_id: req.release_id,
         version: req.version,
@@ -283,6 +293,61 @@ fn stage(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfUpdateError
     }
     palette_host::fsx::sync_dir(&root);
     Ok(())
+}
+
+/// How long a staged binary has to answer `--version`.
+const VERSION_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Each staged binary that answers `--version` must report the release's
+/// version: one that reports another would take itself for the old watchdog
+/// and never prove itself. A binary that does not answer is left to the
+/// proof (it is refused there, with its own reason).
+fn check_versions(layout: &Layout, req: &SelfUpdateRequest) -> Result<(), SelfUpdateError> {
+    for name in self_journal::release_binaries() {
+        let exe = layout.self_new().join(&name);
+        match reported_version(&exe) {
+            Some(v) if v != req.version => {
+                return Err(SelfUpdateError::WrongVersion {
+                    binary: name,
+                    reports: v,
+                    release: req.version,
+                })
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(exe = %exe.display(), "the staged binary does not tell its version; its proof decides")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The version `exe --version` prints last on its first line, if it
+/// answers within `VERSION_PATIENCE`.
+fn reported_version(exe: &Path) -> Option<Version> {
+    let mut child = std::process::Command::new(exe)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + VERSION_PATIENCE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut out = String::new();
+    use std::io::Read;
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    out.lines().next()?.split_whitespace().last()?.parse().ok()
 }
 
 /// A swap failed half-way (a full disk): the old binaries go back and the

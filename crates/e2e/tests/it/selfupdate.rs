@@ -466,3 +466,78 @@ async fn a_self_update_interrupted_before_staging_is_tried_again() {
         "an interruption was taken for a refusal"
     );
 }
+
+/// Issue 21, item 5 (host side): a watchdog release whose binaries report
+/// another version than the release says is refused before anything is
+/// swapped, with both versions named; the old watchdog runs on, alone.
+/// Served by a stand-in server (ours may refuse such a release at publish).
+#[tokio::test]
+async fn a_watchdog_release_whose_binaries_report_another_version_is_refused() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = watchdog_release_archive(tmp.path(), NEW, WatchdogBuild::WrongVersion);
+    let bytes = std::fs::read(&archive).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let offer = release_offer(
+        77,
+        "watchdog",
+        NEW,
+        "/api/v2/releases/77/download",
+        &sha,
+        bytes.len() as u64,
+    );
+    let server = FakeHttp::start(move |r| {
+        if r.path.starts_with("/api/v2/checkin") {
+            Answer::json(format!(
+                r#"{{"store_id":"wrongver","commands":[],"release":null,"watchdog_release":{offer},"config_revision":null}}"#
+            ))
+        } else if r.path.starts_with("/api/v2/releases/77/download") {
+            Answer {
+                status: 200,
+                headers: Vec::new(),
+                body: bytes.clone(),
+            }
+        } else {
+            Answer::status(404)
+        }
+    })
+    .await;
+    let mut host = Host::new("wrongver", &server.url, "v2", &settings(20));
+    host.start();
+    let agent = host.wait_agent_running(T).await.unwrap().pid;
+    let refused = |r: &Recorded| {
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let u = &body["host"]["last_watchdog_update"];
+        u["outcome"] == "failed"
+            && u["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("reports version {OLD}")) && m.contains(NEW))
+    };
+    wait_for(
+        "the refusal is reported",
+        Duration::from_secs(60),
+        || async { server.requests().iter().any(refused) },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let log = host.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("could not report Config.yml"))
+            .collect();
+        panic!(
+            "{e:#}\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
+    });
+    assert_eq!(host.installed_watchdog_version().as_deref(), Some(OLD));
+    assert_eq!(host.installed_manager_version().as_deref(), Some(OLD));
+    assert_eq!(watchdogs(&host).len(), 1);
+    assert_eq!(agents(&host), [agent]);
+    assert!(!host.base.join("state/self-update.json").exists());
+    let log = std::fs::read_to_string(host.base.join("Logs/manager.log")).unwrap_or_default();
+    assert!(
+        !log.contains("swapping the binaries"),
+        "binaries were swapped"
+    );
+}
