@@ -299,7 +299,26 @@ async fn get_config(ctx: &Ctx) -> Result<String, ActionError> {
         _ => client.desired_config(&ctx.hostname).await,
     }
     .map_err(ActionError::Download)?;
-    apply_config(ctx, bytes, rev).await
+    let applied = apply_config(ctx, bytes, rev).await;
+    // As the original watchdog does: after a refused GET-CONFIG the file
+    // in place is uploaded, so the legacy server shows what the host runs,
+    // not the file it refused.
+    if applied.is_err() && ctx.protocol() == Protocol::V1 {
+        match read_file(&ctx.layout.config_yml()).await {
+            Ok(current) => match upload_config(ctx, &client, current).await {
+                Ok(()) => tracing::info!(
+                    "the Config.yml in place was uploaded after the refused GET-CONFIG"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "could not upload the Config.yml in place after the refused GET-CONFIG")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the Config.yml in place to upload it")
+            }
+        }
+    }
+    applied
 }
 
 /// Validates and applies a new `Config.yml`. On any refusal the old file

@@ -116,3 +116,51 @@ async fn a_completed_update_leaves_nothing_in_updates() {
         panic!("{e:#}: {left:?}")
     });
 }
+
+/// Issue 21, item 8: after a refused GET-CONFIG a legacy (v1) watchdog
+/// uploads the Config.yml it keeps running on, as the original does, so
+/// the server shows what the host runs rather than the file it refused.
+/// Against a stand-in legacy server (ours takes a host's upload only when
+/// it asked for one).
+#[tokio::test]
+async fn a_refused_get_config_uploads_the_config_in_place_on_v1() {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let ts = palette_protocol::timefmt::rfc3339_secs(now_ms);
+    let server = FakeHttp::start(move |r| {
+        if r.path.starts_with("/api/v1/command") {
+            Answer::json(format!(r#"{{"ts":"{ts}","command":"GET-CONFIG"}}"#))
+        } else if r.method == "GET" && r.path.starts_with("/api/v1/config") {
+            // No Webservice section: refused by the watchdog.
+            Answer {
+                status: 200,
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: b"LicenseKey: only-a-key\n".to_vec(),
+            }
+        } else if r.method == "PUT" && r.path.starts_with("/api/v1/config") {
+            Answer::status(200)
+        } else {
+            Answer::status(404)
+        }
+    })
+    .await;
+    let mut host = Host::new("legacy-refuser", &server.url, "v1", "");
+    host.start();
+    host.wait_agent_running(T).await.unwrap();
+    let kept = host.config_yml();
+    host.wait_log("refused", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_for("the file in place is uploaded", T, || async {
+        server.requests().iter().any(|r| {
+            r.method == "PUT"
+                && r.path.starts_with("/api/v1/config")
+                && String::from_utf8_lossy(&r.body).contains("AgentOnly:")
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(host.config_yml(), kept, "the refused file was applied");
+}
