@@ -49,6 +49,40 @@ fn parse_slot(rest: &[u8]) -> Option<&str> {
     s.parse::<Version>().ok().map(|_| s)
 }
 
+/// The version in the first version slot of `bytes` (a binary, or a piece
+/// of one that holds a whole slot), if it has one.
+pub fn slot_version(bytes: &[u8]) -> Option<String> {
+    memchr::memmem::find_iter(bytes, MARKER)
+        .filter(|at| is_slot(bytes.get(*at..*at + SLOT)))
+        .find_map(|at| parse_slot(&bytes[at + MARKER.len()..at + SLOT]).map(str::to_string))
+}
+
+/// Finds the version slot in a binary read in pieces (see `slot_version`).
+#[derive(Debug, Default)]
+pub struct SlotScanner {
+    carry: Vec<u8>,
+    found: Option<String>,
+}
+
+impl SlotScanner {
+    /// Looks at the next piece of the binary.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.found.is_some() {
+            return;
+        }
+        let mut window = std::mem::take(&mut self.carry);
+        window.extend_from_slice(chunk);
+        self.found = slot_version(&window);
+        let keep = window.len().min(SLOT - 1);
+        self.carry = window[window.len() - keep..].to_vec();
+    }
+
+    /// The version found, once the whole binary was fed.
+    pub fn version(self) -> Option<String> {
+        self.found
+    }
+}
+
 /// Why a binary could not be stamped.
 #[derive(Debug, thiserror::Error)]
 pub enum StampError {
@@ -94,6 +128,28 @@ fn is_slot(b: Option<&[u8]>) -> bool {
     let rest = &b[MARKER.len()..];
     let end = rest.iter().position(|x| *x == 0).unwrap_or(rest.len());
     parse_slot(rest).is_some() && rest[end..].iter().all(|x| *x == 0)
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_found_across_pieces() {
+        let mut bin = vec![7u8; 1000];
+        bin.extend_from_slice(&make_slot());
+        bin.extend_from_slice(&[9u8; 1000]);
+        stamp_bytes(&mut bin, &Version::new(0, 1, 0)).unwrap();
+        assert_eq!(slot_version(&bin).as_deref(), Some("0.1.0"));
+        for piece in [1, 7, 63, 64, 65, 4096] {
+            let mut s = SlotScanner::default();
+            for c in bin.chunks(piece) {
+                s.feed(c);
+            }
+            assert_eq!(s.version().as_deref(), Some("0.1.0"), "pieces of {piece}");
+        }
+        assert_eq!(slot_version(b"@@PALETTE-VERSION@@ no slot here"), None);
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,8 @@ struct Sink<'a> {
     dest: Option<&'a Path>,
     /// The first bytes of a top-level `VERSION` file.
     version: Option<String>,
+    /// The version slots of the watchdog's and manager's binaries.
+    stamps: Vec<(String, String)>,
     limits: Limits,
     written: u64,
     entries: usize,
@@ -219,14 +221,25 @@ impl Sink<'_> {
     /// nowhere (a top-level `VERSION` is kept).
     fn read_through(&mut self, rel: &Path, mut data: impl Read) -> Result<(), ExtractError> {
         let mut head = Vec::new();
+        let binary = rel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| STAMPED_BINARIES.contains(&n));
+        let mut scanner = binary.then(palette_host::stamp::SlotScanner::default);
         let size = self.copy(&mut data, |chunk| {
             if head.len() < 64 {
                 head.extend_from_slice(&chunk[..chunk.len().min(64 - head.len())]);
+            }
+            if let Some(s) = scanner.as_mut() {
+                s.feed(chunk);
             }
             Ok(())
         })?;
         if rel == Path::new("VERSION") {
             self.version = Some(String::from_utf8_lossy(&head).trim().to_string());
+        }
+        if let Some(v) = scanner.and_then(|s| s.version()) {
+            self.stamps.push((rel.display().to_string(), v));
         }
         self.listing
             .push(format!("{} ({size} bytes)", rel.display()));
@@ -242,7 +255,18 @@ pub struct Inspection {
     pub bytes: u64,
     /// The content of a top-level `VERSION` file (trimmed, first 64 bytes).
     pub version: Option<String>,
+    /// (path, version) of each watchdog or manager binary with a version
+    /// slot: what it will say it is when run.
+    pub stamps: Vec<(String, String)>,
 }
+
+/// The binaries whose version slot `inspect` reads.
+const STAMPED_BINARIES: &[&str] = &[
+    "palette-watchdog",
+    "palette-watchdog.exe",
+    "palette-manager",
+    "palette-manager.exe",
+];
 
 /// Reads `archive` through as `extract` would unpack it, writing nothing:
 /// the server checks a release with it at publish.
@@ -250,6 +274,7 @@ pub fn inspect(archive: &Path, limits: Limits) -> Result<Inspection, ExtractErro
     let mut sink = Sink {
         dest: None,
         version: None,
+        stamps: Vec::new(),
         limits,
         written: 0,
         entries: 0,
@@ -260,6 +285,7 @@ pub fn inspect(archive: &Path, limits: Limits) -> Result<Inspection, ExtractErro
         files: sink.listing.len(),
         bytes: sink.written,
         version: sink.version,
+        stamps: sink.stamps,
     })
 }
 
@@ -305,6 +331,7 @@ pub fn extract(archive: &Path, dest: &Path, limits: Limits) -> Result<Vec<String
     let mut sink = Sink {
         dest: Some(dest),
         version: None,
+        stamps: Vec::new(),
         limits,
         written: 0,
         entries: 0,

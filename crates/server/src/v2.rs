@@ -789,7 +789,13 @@ async fn publish_release(
         .await
         .map_err(ingest_error)?;
     let force = q.force.unwrap_or(false);
-    if let Err(problem) = check_release(&staged, &q.platform, kind, &version).await {
+    if let Err(problem) = check_release(&staged, &product, &q.platform, kind, &version).await {
+        if matches!(problem, ReleaseProblem::BinaryOtherVersion { .. }) {
+            return Err(V2Error::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                problem.to_string(),
+            ));
+        }
         if !force {
             return Err(V2Error::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -862,6 +868,15 @@ enum ReleaseProblem {
     Uninstallable(String),
     #[error("the archive's VERSION file says {said:?}, not {version}")]
     OtherVersion { said: String, version: Version },
+    /// A watchdog release whose binary says another version: the new
+    /// watchdog would take itself for the old one and the self-update
+    /// could only time out. Never published, not even with force.
+    #[error("the release is version {version}, but its {file} says it is {said} (its version slot): build or stamp the binaries with {version}")]
+    BinaryOtherVersion {
+        file: String,
+        said: String,
+        version: Version,
+    },
 }
 
 /// What is wrong with a release a host could never use: a platform no host
@@ -870,6 +885,7 @@ enum ReleaseProblem {
 /// version.
 async fn check_release(
     staged: &crate::artifacts::Staged,
+    product: &str,
     platform: &str,
     kind: ReleaseKind,
     version: &Version,
@@ -895,15 +911,30 @@ async fn check_release(
     .map_err(|e| ReleaseProblem::Uncheckable(e.to_string()))?;
     match inspected {
         Err(e) => Err(ReleaseProblem::Uninstallable(e.to_string())),
-        Ok(i) => match i.version {
-            Some(v) if v.parse::<Version>().ok().as_ref() != Some(version) => {
-                Err(ReleaseProblem::OtherVersion {
-                    said: v,
-                    version: *version,
-                })
+        Ok(i) => {
+            if product == "watchdog" {
+                if let Some((file, said)) = i
+                    .stamps
+                    .iter()
+                    .find(|(_, v)| v.parse::<Version>().ok().as_ref() != Some(version))
+                {
+                    return Err(ReleaseProblem::BinaryOtherVersion {
+                        file: file.clone(),
+                        said: said.clone(),
+                        version: *version,
+                    });
+                }
             }
-            _ => Ok(()),
-        },
+            match i.version {
+                Some(v) if v.parse::<Version>().ok().as_ref() != Some(version) => {
+                    Err(ReleaseProblem::OtherVersion {
+                        said: v,
+                        version: *version,
+                    })
+                }
+                _ => Ok(()),
+            }
+        }
     }
 }
 

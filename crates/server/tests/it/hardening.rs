@@ -236,3 +236,63 @@ async fn a_legacy_host_name_is_kept_as_the_host_wrote_it() {
         "{hosts:?}"
     );
 }
+
+/// A watchdog archive with `palette-watchdog` stamped `stamp`.
+fn watchdog_archive(stamp: &str, version_file: &str) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in [
+        (
+            "palette-watchdog",
+            palette_e2e::stamped("palette-watchdog", stamp),
+        ),
+        (
+            "palette-manager",
+            palette_e2e::stamped("palette-manager", stamp),
+        ),
+        ("VERSION", version_file.as_bytes().to_vec()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// Issue: a watchdog release whose binaries say another version hung the
+/// self-update of every host for over a minute. Refused at publish, naming
+/// both versions, force or not.
+#[tokio::test]
+async fn a_watchdog_release_whose_binaries_say_another_version_is_refused() {
+    let s = TestServer::start().await;
+    let publish = |body: Vec<u8>, force: bool| {
+        http()
+            .post(s.u(&format!(
+                "/api/v2/releases?product=watchdog&version=0.9.0&platform=linux-x86_64&kind=archive{}",
+                if force { "&force=true" } else { "" }
+            )))
+            .admin()
+            .body(body)
+            .send()
+    };
+    for force in [false, true] {
+        let res = publish(watchdog_archive("0.1.0", "0.9.0"), force)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422);
+        let text = res.text().await.unwrap();
+        assert!(
+            text.contains("0.9.0") && text.contains("0.1.0") && text.contains("palette-watchdog"),
+            "names the file and both versions: {text}"
+        );
+    }
+    let releases: Vec<serde_json::Value> =
+        http().get(s.u("/api/v2/releases")).admin().json_of().await;
+    assert!(releases.is_empty(), "nothing published: {releases:?}");
+    let res = publish(watchdog_archive("0.9.0", "0.9.0"), false)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+}
