@@ -46,12 +46,24 @@ async fn healthz() -> Response {
     crate::v1::text(StatusCode::OK, "ok\n")
 }
 
+/// How long `/readyz` waits for the store's answer: a load balancer's
+/// health check must hear "not ready" while it still waits, not a
+/// connection timeout (a stopped PostgreSQL takes its connect timeout).
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => crate::v1::text(StatusCode::OK, "ready\n"),
-        Err(e) => crate::v1::text(
+    match tokio::time::timeout(READY_WITHIN, state.store.ping()).await {
+        Ok(Ok(())) => crate::v1::text(StatusCode::OK, "ready\n"),
+        Ok(Err(e)) => crate::v1::text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", e.public_reason()),
+        ),
+        Err(_) => crate::v1::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the database did not answer within {} s\n",
+                READY_WITHIN.as_secs()
+            ),
         ),
     }
 }

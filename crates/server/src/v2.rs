@@ -332,6 +332,19 @@ impl Caller {
         Err(V2Error::new(StatusCode::FORBIDDEN, refusal))
     }
 
+    /// Refuses the enrollment key where the server requires host tokens:
+    /// it may enroll, nothing else (listing releases, downloads included).
+    fn beyond_enrolling(&self, state: &AppState) -> V2Result<()> {
+        if matches!(self, Caller::Enrollment(_)) && state.settings.require_host_tokens {
+            state.metrics.auth_failures.increment(1);
+            return Err(V2Error::new(
+                StatusCode::FORBIDDEN,
+                "this server requires host tokens: the enrollment key may only enroll (POST /api/v2/enroll)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Counts a new host name against an enrollment key's budget.
     fn admit(&self, state: &AppState, host: &str) -> V2Result<()> {
         match self {
@@ -1024,8 +1037,9 @@ struct DryRunQuery {
 
 async fn list_releases(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> V2Result<Json<Vec<Release>>> {
+    caller.beyond_enrolling(&state)?;
     let mut all = state.releases();
     all.sort_by(|a, b| b.version.cmp(&a.version).then(b.id.cmp(&a.id)));
     Ok(Json(all))
@@ -1033,10 +1047,13 @@ async fn list_releases(
 
 async fn download_artifact(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(sha256): Path<String>,
     req: Request,
 ) -> Response {
+    if let Err(e) = caller.beyond_enrolling(&state) {
+        return e.into_response();
+    }
     if state.artifacts.path_for(&sha256).is_none() {
         return bad("artifact id must be 64 lower-case hex digits").into_response();
     }

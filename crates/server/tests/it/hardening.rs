@@ -296,3 +296,31 @@ async fn a_watchdog_release_whose_binaries_say_another_version_is_refused() {
         .unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
 }
+
+/// With `--require-host-tokens` the enrollment key may only enroll, as the
+/// README says: not list releases, not download artifacts.
+#[tokio::test]
+async fn with_required_host_tokens_the_enrollment_key_cannot_list_or_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(tmp.path(), |o| o.require_host_tokens = true).await;
+    let rel = publish(&s, "1.0.0", "linux-x86_64", "installer", b"one").await;
+    let res = http().get(s.u("/api/v2/releases")).agent().go().await;
+    assert_eq!(res.status(), 403);
+    let url = rel["url"].as_str().unwrap();
+    let res = http().get(s.u(url)).agent().go().await;
+    assert_eq!(res.status(), 403);
+    // A host token may.
+    let res = http()
+        .post(s.u("/api/v2/enroll"))
+        .agent()
+        .json(&json!({"hostname": "web1"}))
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    let token = res.json::<serde_json::Value>().await.unwrap()["host_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let res = http().get(s.u(url)).bearer_auth(&token).go().await;
+    assert_eq!(res.status(), 200);
+}
