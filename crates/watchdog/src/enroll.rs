@@ -1,6 +1,7 @@
 //! `palette-watchdog enroll`: bootstraps a host folder in one command —
 //! `Config/Config.yml` (the server and the fleet's enrollment key),
-//! `watchdog.yml` (this host's name, the CA file if any) and this host's own
+//! `watchdog.yml` (this host's name, the CA file if any, how the agent runs:
+//! `--preset`, `--agent-command`) and this host's own
 //! token in `state/host-token` — after checking that the server answers and
 //! takes the key. Nothing is written unless every check passed, and an
 //! existing configuration is kept unless `--force`.
@@ -19,6 +20,107 @@ pub struct EnrollOptions {
     pub hostname: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub force: bool,
+    pub agent_command: Option<String>,
+    pub preset: Option<Preset>,
+    pub agent_service: Option<String>,
+}
+
+/// How the agent runs, as `watchdog.yml`'s `agent:` section says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The watchdog runs the agent's command itself.
+    Process,
+    /// The agent is a systemd unit, driven with systemctl.
+    Systemd,
+    /// The agent is a Windows service.
+    #[value(name = "windows_service")]
+    WindowsService,
+}
+
+/// The default agent command of the process backend.
+const DEFAULT_COMMAND: &str = "{current}/agent{exe} --base {base}";
+
+/// The `agent:` section (and what goes with it) for `o`, and a note for
+/// the operator when the default command is assumed.
+fn agent_section(o: &EnrollOptions) -> anyhow::Result<(String, Option<String>)> {
+    let list = |words: &[&str]| {
+        words
+            .iter()
+            .map(|w| yaml_quoted(w))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match o.preset.unwrap_or(Preset::Process) {
+        Preset::Process => {
+            if o.agent_service.is_some() {
+                bail!("--agent-service is for the systemd and windows_service presets");
+            }
+            let note = o.agent_command.is_none().then(|| {
+                format!(
+                    "note: no --agent-command: the agent is started as `{DEFAULT_COMMAND}`; a release whose program has another name needs agent.command in watchdog.yml (or enroll --agent-command)"
+                )
+            });
+            let cmd = o.agent_command.as_deref().unwrap_or(DEFAULT_COMMAND);
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            if words.is_empty() {
+                bail!("--agent-command is empty");
+            }
+            Ok((
+                format!(
+                    "agent:
+  backend: process
+  command: [{}]
+",
+                    list(&words)
+                ),
+                note,
+            ))
+        }
+        Preset::Systemd => {
+            if o.agent_command.is_some() {
+                bail!("--agent-command is for the process preset; the systemd preset runs --agent-service");
+            }
+            let unit = o.agent_service.as_deref().unwrap_or("agent.service");
+            Ok((
+                format!(
+                    "agent:
+  backend: command
+  start: [{}]
+  stop: [{}]
+  status: [{}]
+  stop_timeout_secs: 30
+intervals:
+  # systemd reports no exits to the watchdog: check the unit every 30 s.
+  keepalive_secs: 30
+",
+                    list(&["systemctl", "start", unit]),
+                    list(&["systemctl", "stop", unit]),
+                    list(&["systemctl", "is-active", "--quiet", unit]),
+                ),
+                None,
+            ))
+        }
+        Preset::WindowsService => {
+            if o.agent_command.is_some() {
+                bail!("--agent-command is for the process preset; the windows_service preset controls --agent-service");
+            }
+            let Some(name) = &o.agent_service else {
+                bail!(
+                    "the windows_service preset needs --agent-service NAME (the agent's service)"
+                );
+            };
+            Ok((
+                format!(
+                    "agent:
+  backend: windows_service
+  service_name: {}
+",
+                    yaml_quoted(name)
+                ),
+                None,
+            ))
+        }
+    }
 }
 
 fn yaml_quoted(s: &str) -> String {
@@ -45,6 +147,7 @@ pub async fn enroll(layout: &Layout, o: EnrollOptions) -> anyhow::Result<String>
     };
     palette_protocol::validate_hostname(&raw_host)
         .with_context(|| format!("host name {raw_host:?} cannot be reported; pass --hostname"))?;
+    let (agent, agent_note) = agent_section(&o)?;
     for existing in [layout.config_yml(), layout.settings_file()] {
         if existing.exists() && !o.force {
             bail!(
@@ -53,6 +156,21 @@ pub async fn enroll(layout: &Layout, o: EnrollOptions) -> anyhow::Result<String>
             );
         }
     }
+    // Composed and checked before the server is asked for anything.
+    let mut settings = format!(
+        "# palette-watchdog settings (written by palette-watchdog enroll)\nhostname: {}\n",
+        yaml_quoted(&raw_host)
+    );
+    if let Some(ca) = &o.ca_file {
+        let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
+        settings.push_str(&format!(
+            "server:\n  ca_file: {}\n",
+            yaml_quoted(&ca.display().to_string())
+        ));
+    }
+    settings.push_str(&agent);
+    palette_host::settings::Settings::parse(&settings, &layout.settings_file())
+        .context("the watchdog.yml enroll would write is not valid")?;
     let server_settings = ServerSettings {
         ca_file: o.ca_file.clone(),
         ..ServerSettings::default()
@@ -76,17 +194,7 @@ pub async fn enroll(layout: &Layout, o: EnrollOptions) -> anyhow::Result<String>
     };
 
     layout.ensure_dirs().context("creating the host folder")?;
-    let mut settings = format!(
-        "# palette-watchdog settings (written by palette-watchdog enroll)\nhostname: {}\n",
-        yaml_quoted(&raw_host)
-    );
-    if let Some(ca) = &o.ca_file {
-        let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
-        settings.push_str(&format!(
-            "server:\n  ca_file: {}\n",
-            yaml_quoted(&ca.display().to_string())
-        ));
-    }
+
     palette_host::fsx::atomic_write(&layout.config_yml(), config_text.as_bytes())
         .with_context(|| format!("writing {}", layout.config_yml().display()))?;
     palette_host::fsx::atomic_write(&layout.settings_file(), settings.as_bytes())
@@ -128,8 +236,9 @@ pub async fn enroll(layout: &Layout, o: EnrollOptions) -> anyhow::Result<String>
             layout.base.display()
         )
     };
+    let agent_note = agent_note.map(|n| format!("\n{n}")).unwrap_or_default();
     Ok(format!(
-        "{token_note}\nwrote {} and {}{manager_note}\nnext: {next}",
+        "{token_note}\nwrote {} and {}{manager_note}{agent_note}\nnext: {next}",
         layout.config_yml().display(),
         layout.settings_file().display(),
     ))

@@ -56,6 +56,20 @@ enum Cmd {
         /// Replace an existing Config.yml and watchdog.yml.
         #[arg(long)]
         force: bool,
+        /// The agent's command line, words separated by spaces ({current},
+        /// {base} and {exe} are expanded), e.g.
+        /// '{current}/palette-sample-agent --base {base}' (preset process).
+        #[arg(long)]
+        agent_command: Option<String>,
+        /// How the agent runs: process (the watchdog runs --agent-command),
+        /// systemd (a unit, --agent-service), windows_service (a Windows
+        /// service, --agent-service). Default: process.
+        #[arg(long, value_enum)]
+        preset: Option<enroll::Preset>,
+        /// The agent's systemd unit (default agent.service) or Windows
+        /// service name.
+        #[arg(long)]
+        agent_service: Option<String>,
     },
     /// Install the service: a systemd unit on Linux (then: systemctl
     /// daemon-reload && systemctl enable --now palette-watchdog), a
@@ -102,6 +116,9 @@ fn main() -> anyhow::Result<()> {
             hostname,
             ca_file,
             force,
+            agent_command,
+            preset,
+            agent_service,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -113,6 +130,9 @@ fn main() -> anyhow::Result<()> {
                 hostname,
                 ca_file,
                 force,
+                agent_command,
+                preset,
+                agent_service,
             };
             println!("{}", rt.block_on(enroll::enroll(&layout, opts))?);
             Ok(())

@@ -164,3 +164,122 @@ async fn a_refused_get_config_uploads_the_config_in_place_on_v1() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     assert_eq!(host.config_yml(), kept, "the refused file was applied");
 }
+
+/// Issue 21, item 9: `enroll --agent-command` (or `--preset`) writes the
+/// `agent:` section, so a host set up in one command installs and runs its
+/// first release; without either, enroll says which command it assumes.
+#[tokio::test]
+async fn an_enrolled_host_with_an_agent_command_runs_its_first_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let enroll = |base: &std::path::Path, extra: &[&str]| {
+        std::fs::create_dir_all(base).unwrap();
+        let out = std::process::Command::new(bin("palette-watchdog"))
+            .arg("--base")
+            .arg(base)
+            .args(["enroll", "--server", &server.url, "--key", AGENT_KEY])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // Refused before anything is asked of the server or written.
+    let refused = tmp.path().join("refused");
+    let (ok, out) = enroll(
+        &refused,
+        &["--hostname", "boot-win", "--preset", "windows_service"],
+    );
+    assert!(!ok && out.contains("needs --agent-service"), "{out}");
+    assert!(!refused.join("watchdog.yml").exists());
+    // The default is said out loud.
+    let (ok, out) = enroll(&tmp.path().join("plain"), &["--hostname", "boot-plain"]);
+    assert!(ok && out.contains("no --agent-command"), "{out}");
+    // systemd: the unit's commands.
+    let sd = tmp.path().join("sd");
+    let (ok, out) = enroll(
+        &sd,
+        &[
+            "--hostname",
+            "boot-sd",
+            "--preset",
+            "systemd",
+            "--agent-service",
+            "insight.service",
+        ],
+    );
+    assert!(ok, "{out}");
+    let yml = std::fs::read_to_string(sd.join("watchdog.yml")).unwrap();
+    assert!(
+        yml.contains("backend: command") && yml.contains("\"insight.service\""),
+        "{yml}"
+    );
+
+    let base = tmp.path().join("host");
+    let (ok, out) = enroll(
+        &base,
+        &[
+            "--hostname",
+            "boot-run",
+            "--agent-command",
+            "{current}/palette-sample-agent --base {base}",
+        ],
+    );
+    assert!(ok, "{out}");
+    std::fs::copy(bin("palette-manager"), base.join("palette-manager")).unwrap();
+    let mut watchdog = spawn_fresh_copy(
+        std::process::Command::new(bin("palette-watchdog"))
+            .arg("--base")
+            .arg(&base)
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_for("boot-run checks in", T, || async {
+        api.host("boot-run")
+            .await
+            .is_some_and(|h| h.report.is_some())
+    })
+    .await
+    .unwrap();
+    let a1 = release_archive(tmp.path(), "1.0.0", false);
+    api.publish(&a1, "1.0.0", "archive").await;
+    let agent = || -> Option<serde_json::Value> {
+        let t = std::fs::read_to_string(base.join("state/sample-agent.json")).ok()?;
+        serde_json::from_str(&t).ok()
+    };
+    let running = wait_for(
+        "the first release runs",
+        Duration::from_secs(90),
+        || async {
+            agent().is_some_and(|a| {
+                a["version"] == "1.0.0" && alive(a["pid"].as_u64().unwrap_or(0) as u32)
+            })
+        },
+    )
+    .await;
+    let _ = watchdog.kill();
+    let _ = watchdog.wait();
+    if let Some(pid) = agent()
+        .and_then(|a| a["pid"].as_u64())
+        .filter(|p| *p > 1 && alive(*p as u32))
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    running.unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{}",
+            std::fs::read_to_string(base.join("Logs/watchdog.log")).unwrap_or_default()
+        )
+    });
+}
