@@ -526,3 +526,22 @@ mod tests {
         );
     }
 }
+
+/// Which hosts can take a release now (`GET /api/v2/releases/{id}/reach`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reach {
+    /// Online and offered it at their next check-in.
+    pub now: Vec<String>,
+    /// The others of its product, each with why not now.
+    pub later: Vec<ReachLater>,
+}
+
+/// A host that cannot take a release now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachLater {
+    pub hostname: String,
+    /// `pinned to another version`, `outside its maintenance window`,
+    /// `held: not admitted by a rollout yet`, `another platform (...)`,
+    /// `already on ...`, `offline (...)`.
+    pub reason: String,
+}

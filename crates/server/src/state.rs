@@ -1607,6 +1607,83 @@ impl AppState {
         Some(offer)
     }
 
+    /// Which v2 hosts of a release's product can take it now (they are
+    /// offered it at their next check-in and are online), and why each
+    /// other one cannot (`ReachWhy`): what `palettectl release publish`
+    /// and `rollout create` follow, so they wait only on hosts that can
+    /// answer.
+    pub fn reach(&self, release: &Release) -> v2::Reach {
+        let now = now_ms();
+        let window_now = self.rollouts.window_now();
+        let reports: Vec<(String, v2::HostState, HostReport)> = {
+            let hosts = self.hosts.lock().unwrap();
+            hosts
+                .iter()
+                .filter_map(|(n, e)| Some((n.clone(), e.state(now), e.report.clone()?)))
+                .filter(|(_, _, r)| release.product == "watchdog" || r.product == release.product)
+                .collect()
+        };
+        let mut out = v2::Reach::default();
+        for (name, state, report) in reports {
+            let why = if report.platform != release.platform {
+                Some(format!("another platform ({})", report.platform))
+            } else if report.agent_version.is_some_and(|v| v >= release.version)
+                && release.product != "watchdog"
+            {
+                Some(format!(
+                    "already on {}",
+                    report.agent_version.expect("checked")
+                ))
+            } else if release.product == "watchdog"
+                && report
+                    .watchdog_version
+                    .parse::<palette_protocol::Version>()
+                    .is_ok_and(|v| v >= release.version)
+            {
+                Some(format!("already on {}", report.watchdog_version))
+            } else {
+                let labels = self.rollouts.labels_of(&name, Some(&report.labels));
+                let offered = if release.product == "watchdog" {
+                    self.release_for("watchdog", &report.platform)
+                        .is_some_and(|r| r.id == release.id)
+                } else {
+                    self.release_for_host(&report)
+                        .is_some_and(|r| r.id == release.id)
+                };
+                let cache = self.rollouts.cache.read().unwrap();
+                if offered {
+                    let word = match state {
+                        v2::HostState::Online => None,
+                        v2::HostState::Stale => Some("stale"),
+                        v2::HostState::Offline => Some("offline"),
+                    };
+                    word.map(|w| format!("{w} (it is offered the release when it checks in)"))
+                } else if crate::rollouts::Rollouts::pinned_elsewhere(
+                    &cache, &name, &labels, release,
+                ) {
+                    Some("pinned to another version".into())
+                } else if !crate::rollouts::Rollouts::in_window(&cache, &name, &labels, window_now)
+                {
+                    Some("outside its maintenance window".into())
+                } else if release.withdrawn_at.is_some() {
+                    Some("the release is withdrawn".into())
+                } else {
+                    Some("held: not admitted by a rollout yet".into())
+                }
+            };
+            match why {
+                None => out.now.push(name),
+                Some(reason) => out.later.push(v2::ReachLater {
+                    hostname: name,
+                    reason,
+                }),
+            }
+        }
+        out.now.sort();
+        out.later.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        out
+    }
+
     /// A held release whose rollout finished is offered to every host from
     /// now on (legacy v1 hosts included), durably.
     pub async fn release_unhold(&self, id: i64) -> StoreResult<()> {

@@ -396,6 +396,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v2/releases", post(publish_release).get(list_releases))
         .route("/api/v2/releases/{id}/withdraw", post(withdraw_release))
         .route("/api/v2/releases/{id}/rollback", post(rollback_release))
+        .route("/api/v2/releases/{id}/reach", get(release_reach))
         .route("/api/v2/rollouts", get(list_rollouts).post(create_rollout))
         .route("/api/v2/rollouts/{id}", get(get_rollout))
         .route("/api/v2/rollouts/{id}/{action}", post(rollout_action))
@@ -949,6 +950,24 @@ async fn check_release(
             }
         }
     }
+}
+
+/// `GET /api/v2/releases/{id}/reach`: the hosts that can take the release
+/// now, and why each other host of its product cannot.
+async fn release_reach(
+    State(state): State<AppState>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> V2Result<Json<palette_protocol::v2::Reach>> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad(format!("release id {id:?} is not a number")))?;
+    let release = state
+        .releases()
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no release {id}")))?;
+    Ok(Json(state.reach(&release)))
 }
 
 async fn withdraw_release(

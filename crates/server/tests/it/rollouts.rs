@@ -402,3 +402,73 @@ async fn an_overlapping_rollout_offers_its_canary_and_never_waits_forever() {
         "{r}"
     );
 }
+
+/// Issue: `release publish` waited the full `--wait` on a pinned host. The
+/// server says which hosts can take a release now and why the others
+/// cannot, for palettectl to follow only the first.
+#[tokio::test]
+async fn a_release_says_which_hosts_can_take_it_now_and_why_not_the_others() {
+    let s = TestServer::start().await;
+    checkin(&s, &report("pinned1", &[("tier", "gold")])).await;
+    checkin(&s, &report("plain1", &[])).await;
+    let mut arm = report("arm1", &[]);
+    arm.host.platform = "linux-aarch64".into();
+    checkin(&s, &arm).await;
+    let mut ahead = report("ahead1", &[]);
+    ahead.host.agent_version = Some("2.0.0".parse().unwrap());
+    checkin(&s, &ahead).await;
+    let (st, _) = post(
+        &s,
+        "/api/v2/pins",
+        serde_json::json!({"selector": "tier=gold", "version": "1.0.0"}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let r2 = publish(&s, "2.0.0", "linux-x86_64", "archive", b"two").await;
+    let reach: Reach = http()
+        .get(s.u(&format!("/api/v2/releases/{}/reach", r2["id"])))
+        .admin()
+        .json_of()
+        .await;
+    assert_eq!(reach.now, vec!["plain1".to_string()]);
+    let why = |h: &str| {
+        reach
+            .later
+            .iter()
+            .find(|l| l.hostname == h)
+            .map(|l| l.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(why("pinned1").contains("pinned"), "{reach:?}");
+    assert!(why("arm1").contains("another platform"), "{reach:?}");
+    assert!(why("ahead1").contains("already on 2.0.0"), "{reach:?}");
+    // A held release: nobody now.
+    let res = http()
+        .post(s.u("/api/v2/releases?version=3.0.0&platform=linux-x86_64&kind=archive&hold=true&force=true"))
+        .admin()
+        .body(b"three".to_vec())
+        .go()
+        .await;
+    assert_eq!(res.status(), 201);
+    let r3: Release = res.json().await.unwrap();
+    let reach: Reach = http()
+        .get(s.u(&format!("/api/v2/releases/{}/reach", r3.id)))
+        .admin()
+        .json_of()
+        .await;
+    assert!(reach.now.is_empty(), "{reach:?}");
+    assert!(
+        reach
+            .later
+            .iter()
+            .any(|l| l.hostname == "plain1" && l.reason.contains("held")),
+        "{reach:?}"
+    );
+    // Only operators may ask.
+    let res = http()
+        .get(s.u(&format!("/api/v2/releases/{}/reach", r3.id)))
+        .agent()
+        .go()
+        .await;
+    assert_eq!(res.status(), 403);
+}
