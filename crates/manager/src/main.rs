@@ -276,7 +276,10 @@ fn run(op: Op, layout: &Layout, result: &mut ManagerResult) -> anyhow::Result<()
             );
         }
         Op::Recover => {
-            let r = ops::recover(layout)?;
+            let props = Settings::load(&layout.settings_file())
+                .map(|s| s.agent.msi_properties)
+                .unwrap_or_default();
+            let r = ops::recover_with(layout, &props)?;
             let (kind, version) = match &r {
                 ops::Recovery::Nothing => (RecoveryKind::Nothing, None),
                 ops::Recovery::Discarded { version } => (RecoveryKind::Discarded, Some(*version)),

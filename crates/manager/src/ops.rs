@@ -374,6 +374,12 @@ pub enum Recovery {
 /// either a rollback under way (`current` names the previous version: the
 /// rollback is finished) or stale (set aside, nothing touched).
 pub fn recover(layout: &Layout) -> Result<Recovery, OpError> {
+    recover_with(layout, &[])
+}
+
+/// `recover`; an interrupted rollback of an MSI install is finished with
+/// these properties (`agent.msi_properties`).
+pub fn recover_with(layout: &Layout, msi_properties: &[String]) -> Result<Recovery, OpError> {
     let Some(j) = Journal::load_or_set_aside(layout).map_err(io("reading the update journal"))?
     else {
         // Leftovers of an update whose journal is gone or was unreadable.
@@ -413,7 +419,7 @@ pub fn recover(layout: &Layout) -> Result<Recovery, OpError> {
         }
         Step::RollingBack => {
             tracing::warn!(version = %j.version, "a rollback was interrupted; finishing it");
-            let previous = finish_rollback(layout, &j, &[])?;
+            let previous = finish_rollback(layout, &j, msi_properties)?;
             Ok(Recovery::RolledBack {
                 version: j.version,
                 previous,
@@ -437,7 +443,7 @@ pub fn recover(layout: &Layout) -> Result<Recovery, OpError> {
                     let mut j = j;
                     j.step = Step::RollingBack;
                     j.save(layout).map_err(io("writing the update journal"))?;
-                    let previous = finish_rollback(layout, &j, &[])?;
+                    let previous = finish_rollback(layout, &j, msi_properties)?;
                     Ok(Recovery::RolledBack {
                         version: j.version,
                         previous,

@@ -53,9 +53,13 @@ pub async fn service_for(
                 // Before each start: a `current` whose folder or program
                 // went away under a running watchdog falls back to the
                 // newest installed version that has its program (which
-                // the next report then names).
+                // the next report then names). Not while an update is open:
+                // its journal owns `current` (a new version without its
+                // program fails its health check and is rolled back).
                 resolve: Arc::new(move || {
-                    repair_current(&l, &s);
+                    if !l.journal().exists() {
+                        repair_current(&l, &s);
+                    }
                     let mut expanded = words
                         .iter()
                         .map(|w| expand(w, &l))
