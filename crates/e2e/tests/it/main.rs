@@ -398,7 +398,8 @@ async fn legacy_v1_mode_against_the_v1_api() {
     let server = Server::start(&tmp.path().join("server")).await;
     let api = server.api();
     // The host name is upper case, as Windows names usually are: it stays
-    // so on the wire (a legacy server compares names case-sensitively).
+    // so on the wire and in the inventory (a legacy server compares names
+    // case-sensitively, and so do we).
     let wire = Proxy::start(server.port, None).await;
     let mut host = Host::new(
         "Legacy-Host",
@@ -410,7 +411,7 @@ async fn legacy_v1_mode_against_the_v1_api() {
     host.wait_agent_running(T).await.unwrap();
     // A new host is asked for its config: it uploads it (PUT-CONFIG).
     wait_for("the host's config reaches the server", T, || async {
-        api.latest_config("legacy-host", "reported").await.is_some()
+        api.latest_config("Legacy-Host", "reported").await.is_some()
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
@@ -426,7 +427,7 @@ async fn legacy_v1_mode_against_the_v1_api() {
     host.wait_agent_running(T).await.unwrap();
 
     let new = agent_config(&wire.url, AGENT_KEY, "Legacy: pushed\n");
-    api.v1_put_config("legacy-host", &new).await;
+    api.v1_put_config("Legacy-Host", &new).await;
     api.v1_command("GET-CONFIG").await;
     wait_for("GET-CONFIG applied", T, || async {
         host.config_yml() == new
@@ -434,7 +435,7 @@ async fn legacy_v1_mode_against_the_v1_api() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     wait_for("the applied copy uploaded", T, || async {
-        api.latest_config("legacy-host", "reported")
+        api.latest_config("Legacy-Host", "reported")
             .await
             .as_deref()
             == Some(new.as_str())
