@@ -30,6 +30,8 @@ pub enum BackupError {
     DamagedArtifact { name: String, actual: String },
     #[error("the backup holds no database")]
     MissingDatabase,
+    #[error("{0} is not a palette-server backup (a tar file written by `palette-server backup`)")]
+    NotABackup(PathBuf),
     #[error("database")]
     Db(#[from] sqlx::Error),
     #[error("database store")]
@@ -83,8 +85,18 @@ pub async fn backup(data_dir: &Path, to: &Path) -> Result<Summary, BackupError> 
         .await?;
     conn.close().await?;
 
-    let tmp_tar = work.path().join("backup.tar");
-    let file = fs_err::File::create(&tmp_tar).map_err(io("cannot create", &tmp_tar))?;
+    // Readable by its owner only (0600 on Unix; tempfile creates it so):
+    // it holds every token hash and every host's config.
+    let (file, tmp_tar) = tempfile::Builder::new()
+        .prefix("backup")
+        .suffix(".tar")
+        .tempfile_in(work.path())
+        .map_err(io("cannot create a file in", work.path()))?
+        .into_parts();
+    let tmp_tar = tmp_tar
+        .keep()
+        .map_err(|e| io("cannot create a file in", work.path())(e.error))?;
+    let file = fs_err::File::from_parts(file, &tmp_tar);
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
     let mut summary = Summary {
         database_bytes: fs_err::metadata(&copy)
@@ -128,6 +140,22 @@ pub async fn backup(data_dir: &Path, to: &Path) -> Result<Summary, BackupError> 
     Ok(summary)
 }
 
+/// Whether `file` starts with a tar header (the "ustar" magic of the GNU
+/// and POSIX formats, which `backup` writes); the file is rewound.
+fn looks_like_tar(file: &mut fs_err::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek};
+    let mut head = [0u8; 512];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    file.rewind()?;
+    Ok(filled == head.len() && &head[257..262] == b"ustar")
+}
+
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -144,7 +172,10 @@ pub async fn restore(from: &Path, data_dir: &Path) -> Result<Summary, BackupErro
         .prefix(".palette-restore-")
         .tempdir_in(data_dir)
         .map_err(io("cannot make a temporary folder in", data_dir))?;
-    let file = fs_err::File::open(from).map_err(io("cannot open", from))?;
+    let mut file = fs_err::File::open(from).map_err(io("cannot open", from))?;
+    if !looks_like_tar(&mut file).map_err(io("cannot read", from))? {
+        return Err(BackupError::NotABackup(from.to_path_buf()));
+    }
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut summary = Summary::default();
     let mut moves: Vec<(PathBuf, PathBuf)> = Vec::new();

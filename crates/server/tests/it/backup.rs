@@ -192,3 +192,48 @@ async fn damaged_or_foreign_backups_are_refused_and_change_nothing() {
     assert!(!ok && out.contains("no database"), "{out}");
     assert!(!tmp.path().join("x").exists());
 }
+
+/// The backup holds every token hash and every host's config: only its
+/// owner may read it (issue 21.15).
+#[cfg(unix)]
+#[tokio::test]
+async fn the_backup_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    if on_postgres() {
+        eprintln!("SKIPPED on PostgreSQL: this is about the embedded SQLite store's own file");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = TestServer::start_with(&data, |_| {}).await;
+    drop(s.stop().await);
+    let file = tmp.path().join("fleet.backup");
+    let (ok, out) = server_cmd(&["backup", "--data-dir", p(&data), "--to", p(&file)]);
+    assert!(ok, "{out}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup is mode {mode:o}");
+}
+
+/// A file that is not a backup at all (text, or shorter than one tar
+/// block) is named as such, not "failed to read entire block" (issue 21.15).
+#[tokio::test]
+async fn restoring_a_file_that_is_not_a_backup_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, body) in [
+        ("notes.txt", b"just some notes\n".to_vec()),
+        ("empty", Vec::new()),
+        ("big.bin", vec![7u8; 4096]),
+    ] {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, body).unwrap();
+        let target = tmp.path().join(format!("into-{name}"));
+        let (ok, out) = server_cmd(&["restore", "--data-dir", p(&target), "--from", p(&file)]);
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("is not a palette-server backup") && out.contains(p(&file)),
+            "{out}"
+        );
+        assert!(!out.contains("entire block"), "{out}");
+        assert!(!target.join("palette.db").exists());
+    }
+}
