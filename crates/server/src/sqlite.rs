@@ -1284,6 +1284,38 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn rotate_operator_tokens(
+        &self,
+        label: &str,
+        hash: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<u64> {
+        write_tx!(self, |tx| {
+            // The old ones first: the new row has the same label.
+            let revoked = sqlx::query(
+                "UPDATE operator_tokens SET revoked_at = ? WHERE label = ? AND revoked_at IS NULL",
+            )
+            .bind(at)
+            .bind(label)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if revoked > 0 {
+                sqlx::query(
+                    "INSERT INTO operator_tokens (hash, label, created_at) VALUES (?, ?, ?)",
+                )
+                .bind(hash)
+                .bind(label)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                put_audit(&mut tx, audit, None).await?;
+            }
+            revoked
+        })
+    }
+
     async fn operator_tokens(&self) -> StoreResult<Vec<(String, String)>> {
         self.read(
             sqlx::query_as("SELECT hash, label FROM operator_tokens WHERE revoked_at IS NULL")

@@ -638,6 +638,28 @@ impl AppState {
         Ok(())
     }
 
+    /// Replaces the live operator tokens labelled `label` with `token` in
+    /// one stored transaction; how many were revoked (0: none had that
+    /// label, nothing changed).
+    pub async fn rotate_operator_tokens(
+        &self,
+        token: &str,
+        label: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<u64> {
+        let revoked = self
+            .store
+            .rotate_operator_tokens(label, &hex::encode(token_hash(token)), now_ms(), audit)
+            .await?;
+        if revoked > 0 {
+            if let Some(a) = audit {
+                a.log();
+            }
+            self.reload_tokens_after_write().await;
+        }
+        Ok(revoked)
+    }
+
     // ---- hosts --------------------------------------------------------
 
     /// The store's identity (see `Store::store_id`).

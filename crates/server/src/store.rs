@@ -575,6 +575,17 @@ pub trait Store: Send + Sync + 'static {
         at: Millis,
         audit: Audit<'_>,
     ) -> StoreResult<()>;
+    /// Replaces the live operator tokens labelled `label` with a new one
+    /// (`hash`), in one transaction: the new row, the old rows revoked at
+    /// `at`, and the audit entry. Returns how many were revoked; 0 (and
+    /// nothing written) when no live operator token has that label.
+    async fn rotate_operator_tokens(
+        &self,
+        label: &str,
+        hash: &str,
+        at: Millis,
+        audit: Audit<'_>,
+    ) -> StoreResult<u64>;
     /// (hash, label) of every operator token.
     async fn operator_tokens(&self) -> StoreResult<Vec<(String, String)>>;
     /// Every token, revoked ones too.

@@ -424,6 +424,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v2/agent-tokens", post(add_agent_token))
         .route("/api/v2/operator-tokens", post(add_operator_token))
+        .route(
+            "/api/v2/tokens/operator/rotate",
+            post(rotate_operator_tokens),
+        )
         .route("/api/v2/audit", get(audit_log))
         .route("/api/v2/tokens", get(list_tokens))
         .route("/api/v2/tokens/{kind}/{id}/revoke", post(revoke_token))
@@ -1812,6 +1816,54 @@ async fn add_operator_token(
             created_at: rfc3339_millis(now_ms()),
         }),
     ))
+}
+
+#[derive(Serialize)]
+struct RotatedToken {
+    /// The new token (shown only here).
+    token: String,
+    label: String,
+    created_at: String,
+    /// How many live tokens with that label were revoked.
+    revoked: u64,
+}
+
+/// `token rotate`: a new operator token labelled LABEL and the live ones
+/// with that label revoked, in one transaction, audited as `token.rotate`
+/// by the caller; 404 when no live operator token has the label.
+async fn rotate_operator_tokens(
+    State(state): State<AppState>,
+    op: Operator,
+    req: Request,
+) -> V2Result<Json<RotatedToken>> {
+    let body = read_body(&state, req, 4096).await?;
+    let l: LabelBody = parse_json(&body)?;
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token = format!("pop_{}", hex::encode(raw));
+    let audit = op.entry(
+        "token.rotate",
+        format!(
+            "operator token '{}': a new one, the old ones revoked",
+            l.label
+        ),
+    );
+    let revoked = state
+        .rotate_operator_tokens(&token, &l.label, Some(&audit))
+        .await?;
+    if revoked == 0 {
+        return Err(V2Error::new(
+            StatusCode::NOT_FOUND,
+            format!("no live operator token is labelled '{}'", l.label),
+        ));
+    }
+    tracing::warn!(label = l.label, revoked, "operator token rotated");
+    Ok(Json(RotatedToken {
+        token,
+        label: l.label,
+        created_at: rfc3339_millis(now_ms()),
+        revoked,
+    }))
 }
 
 #[derive(Deserialize)]

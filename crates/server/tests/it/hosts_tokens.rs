@@ -340,3 +340,91 @@ async fn a_tokens_last_use_is_recorded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `POST /api/v2/tokens/operator/rotate`: one server-side action — the
+/// new token works, the old ones are refused at once, one `token.rotate`
+/// entry under the caller's label (issue 21.12); an unknown label is 404
+/// and creates nothing.
+#[tokio::test]
+async fn rotating_an_operator_token_is_one_audited_action_by_the_caller() {
+    let s = TestServer::start().await;
+    let new_op = |label: &'static str| {
+        let u = s.u("/api/v2/operator-tokens");
+        async move {
+            let v: serde_json::Value = http()
+                .post(u)
+                .admin()
+                .json(&serde_json::json!({ "label": label }))
+                .json_of()
+                .await;
+            v["token"].as_str().unwrap().to_string()
+        }
+    };
+    let ci = new_op("ci").await;
+    let rotator = new_op("rotator").await;
+    let works = |t: String| {
+        let u = s.u("/api/v2/tokens");
+        async move {
+            http()
+                .get(u)
+                .header(reqwest::header::AUTHORIZATION, bearer(&t))
+                .go()
+                .await
+                .status()
+        }
+    };
+    assert_eq!(works(ci.clone()).await, 200);
+
+    let r = http()
+        .post(s.u("/api/v2/tokens/operator/rotate"))
+        .header(reqwest::header::AUTHORIZATION, bearer(&rotator))
+        .json(&serde_json::json!({ "label": "ci" }))
+        .go()
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["revoked"], 1, "{v}");
+    assert_eq!(v["label"], "ci", "{v}");
+    let fresh = v["token"].as_str().unwrap().to_string();
+    assert_ne!(fresh, ci);
+    assert_eq!(works(ci.clone()).await, 401, "the old token still works");
+    assert_eq!(works(fresh.clone()).await, 200, "the new token is refused");
+    assert_eq!(works(rotator.clone()).await, 200);
+
+    let audit: Vec<serde_json::Value> = http().get(s.u("/api/v2/audit")).admin().json_of().await;
+    let rotations: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "token.rotate")
+        .collect();
+    assert_eq!(rotations.len(), 1, "{audit:?}");
+    assert_eq!(rotations[0]["actor"], "rotator", "{audit:?}");
+    assert!(
+        rotations[0]["detail"].as_str().unwrap().contains("'ci'"),
+        "{audit:?}"
+    );
+    assert!(
+        !audit.iter().any(|e| e["action"] == "token.revoke"),
+        "{audit:?}"
+    );
+
+    // A label no live operator token has: 404, nothing created.
+    let before: Vec<serde_json::Value> = http().get(s.u("/api/v2/tokens")).admin().json_of().await;
+    let r = http()
+        .post(s.u("/api/v2/tokens/operator/rotate"))
+        .admin()
+        .json(&serde_json::json!({ "label": "nosuch" }))
+        .go()
+        .await;
+    assert_eq!(r.status(), 404);
+    let after: Vec<serde_json::Value> = http().get(s.u("/api/v2/tokens")).admin().json_of().await;
+    assert_eq!(before.len(), after.len(), "{after:?}");
+    let audit: Vec<serde_json::Value> = http().get(s.u("/api/v2/audit")).admin().json_of().await;
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e["action"] == "token.rotate")
+            .count(),
+        1,
+        "{audit:?}"
+    );
+}
