@@ -15,6 +15,9 @@ use palette_protocol::v2::{
 };
 use reqwest::{header, Method, StatusCode};
 
+// First: its `outln!`/`out!` are used by the modules below.
+#[macro_use]
+mod stdout;
 mod rollout;
 mod signing;
 
@@ -219,7 +222,9 @@ enum ReleaseCmd {
     /// Let hosts try a release again that failed on them (a passing
     /// reason: the manager killed, a full disk since freed): their
     /// "failed" marks are cleared and they install what they are offered.
-    /// Without --host, every host whose last update of it failed.
+    /// Without --host, every host whose last update of it failed. Then
+    /// follows those hosts installing it: exit code 3 when one fails
+    /// again or has not installed it within --wait.
     Retry {
         version: String,
         /// Only these hosts (repeat).
@@ -229,7 +234,8 @@ enum ReleaseCmd {
         platform: String,
         #[arg(long, default_value = "agent")]
         product: String,
-        /// How long to wait for the hosts to answer, in seconds.
+        /// How long to wait for the hosts to answer, and then for them to
+        /// install it, in seconds (each).
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
@@ -254,8 +260,8 @@ const EXIT_HOSTS: i32 = 3;
 /// Prints `v` as pretty JSON or as YAML (the same shapes).
 fn print_structured<T: serde::Serialize>(out: Output, v: &T) -> anyhow::Result<()> {
     match out {
-        Output::Yaml => print!("{}", serde_saphyr::to_string(v)?),
-        _ => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Yaml => out!("{}", serde_saphyr::to_string(v)?),
+        _ => outln!("{}", serde_json::to_string_pretty(v)?),
     }
     Ok(())
 }
@@ -307,6 +313,11 @@ enum CommandCmd {
         /// Seconds to wait for acknowledgements (0: don't wait).
         #[arg(long, default_value_t = 30)]
         watch: u64,
+        /// Store the command even for --host names the server does not
+        /// know (a host that has not checked in yet); without it such a
+        /// name is refused and nothing is sent.
+        #[arg(long)]
+        allow_unknown_host: bool,
     },
     Show {
         id: i64,
@@ -381,8 +392,9 @@ enum TokenCmd {
         #[arg(value_name = "LABEL-OR-ID")]
         which: String,
     },
-    /// Replace the operator token(s) labelled LABEL: a new one is created
-    /// (printed once), then the old ones are revoked. (An agent key is
+    /// Replace the operator token(s) labelled LABEL: one server-side
+    /// action (audited as token.rotate) creates a new one (printed once)
+    /// and revokes the old ones, or changes nothing. (An agent key is
     /// rotated with add-agent, the hosts' Config.yml, then revoke.)
     Rotate { label: String },
 }
@@ -644,7 +656,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             if r.held && out == Output::Table {
-                println!("held: no host is offered it until a rollout starts (palettectl rollout create {} ...)", r.version);
+                outln!("held: no host is offered it until a rollout starts (palettectl rollout create {} ...)", r.version);
             }
             let hosts = if no_wait || r.held {
                 Vec::new()
@@ -715,7 +727,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let target: Release = serde_json::from_value(done["target"].clone())
                 .context("while reading the server's answer")?;
             if out == Output::Table {
-                println!(
+                outln!(
                     "rolled back {product} {version} for {platform} (release {}): withdrawn; hosts running it come down to {} (release {})",
                     bad.id, target.version, target.id
                 );
@@ -742,7 +754,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Keys(KeysCmd::Generate { out, no_password }) => {
             let (pub_path, line) = signing::generate(&out, no_password)?;
-            println!(
+            outln!(
                 "wrote {} and the secret key beside it; trust it on hosts with:\ntrust:\n  keys:\n    - {line}",
                 pub_path.display()
             );
@@ -767,7 +779,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 let w: Release = api
                     .json(api.req(Method::POST, &format!("/api/v2/releases/{}/withdraw", r.id)))
                     .await?;
-                println!(
+                outln!(
                     "withdrew release {}: {} {} {} {} (no host is offered it any more)",
                     w.id,
                     w.product,
@@ -816,12 +828,32 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     .map(|h| h.hostname)
                     .collect()
             } else {
-                hosts.iter().map(|h| h.to_lowercase()).collect()
+                hosts.clone()
             };
             if targets.is_empty() {
-                println!("no host reports a failed update to {product} {version}");
+                outln!("no host reports a failed update to {product} {version}");
                 return Ok(());
             }
+            // What each host reported before: a new attempt's outcome
+            // differs from it (or the host runs the version).
+            let before: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+            let last_of = |h: &HostInfo| {
+                h.report.as_ref().and_then(|rep| {
+                    if product == "watchdog" {
+                        rep.last_watchdog_update.clone()
+                    } else {
+                        rep.last_update.clone()
+                    }
+                })
+            };
+            let baseline: std::collections::HashMap<
+                String,
+                Option<palette_protocol::v2::UpdateReport>,
+            > = before
+                .iter()
+                .filter(|h| targets.contains(&h.hostname))
+                .map(|h| (h.hostname.clone(), last_of(h)))
+                .collect();
             let body = NewCommand {
                 kind: CommandKind::RetryUpdates,
                 target: Target::Hosts(targets.clone()),
@@ -830,7 +862,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let st: CommandStatus = api
                 .json(api.req(Method::POST, "/api/v2/commands").json(&body))
                 .await?;
-            println!(
+            outln!(
                 "retry-updates command {} sent to {} host(s)",
                 st.command.id,
                 targets.len()
@@ -843,19 +875,32 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 true,
             )
             .await?;
-            hosts_result(&st, &targets)
+            hosts_result(&st, &targets)?;
+            let retry = Retried {
+                product: &product,
+                version,
+                ids: &ids,
+                baseline,
+            };
+            let outcomes = follow_retry(&api, &retry, &targets, Duration::from_secs(wait)).await?;
+            hosts_outcome(&outcomes)
         }
         Cmd::Release(ReleaseCmd::List) => {
             let list: Vec<Release> = api.json(api.req(Method::GET, "/api/v2/releases")).await?;
             if out != Output::Table {
                 return print_structured(out, &list);
             }
-            println!(
+            outln!(
                 "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  SHA256",
-                "ID", "PRODUCT", "VERSION", "PLATFORM", "KIND", "SIZE"
+                "ID",
+                "PRODUCT",
+                "VERSION",
+                "PLATFORM",
+                "KIND",
+                "SIZE"
             );
             for r in list {
-                println!(
+                outln!(
                     "{:>4}  {:<10} {:<12} {:<16} {:<9} {:>12}  {}{}",
                     r.id,
                     r.product,
@@ -880,6 +925,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             selector,
             ttl,
             watch,
+            allow_unknown_host,
         }) => {
             if let Some(sel) = &selector {
                 hosts = select_hosts(&api, sel).await?;
@@ -920,15 +966,37 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     .map(|h| h.hostname.clone())
                     .collect()
             } else {
-                hosts.iter().map(|h| h.to_lowercase()).collect()
+                hosts.clone()
             };
             let unknown: Vec<&String> = expected
                 .iter()
                 .filter(|h| !known.iter().any(|k| &k.hostname == *h))
                 .collect();
-            for h in &unknown {
-                eprintln!("warning: the server knows no host {h:?}: it will not answer");
+            if !unknown.is_empty() && !allow_unknown_host {
+                let words: Vec<String> = unknown
+                    .iter()
+                    .map(
+                        |h| match known.iter().find(|k| k.hostname.eq_ignore_ascii_case(h)) {
+                            // Names are matched exactly, as hosts send them.
+                            Some(k) => format!("{h:?} (did you mean {:?}?)", k.hostname),
+                            None => format!("{h:?}"),
+                        },
+                    )
+                    .collect();
+                return Err(UsageError(format!(
+                    "the server knows no host {}: nothing was sent (`palettectl hosts` lists the hosts; --allow-unknown-host stores the command for a host that has not checked in yet)",
+                    words.join(", ")
+                ))
+                .into());
             }
+            for h in &unknown {
+                eprintln!("warning: the server knows no host {h:?}: the command waits for a host of that name to check in (not waited for)");
+            }
+            // Only the known hosts are waited for.
+            let expected: Vec<String> = expected
+                .into_iter()
+                .filter(|h| known.iter().any(|k| &k.hostname == h))
+                .collect();
             let body = NewCommand {
                 kind,
                 target,
@@ -938,15 +1006,14 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 .json(api.req(Method::POST, "/api/v2/commands").json(&body))
                 .await?;
             if out == Output::Table {
-                println!(
+                outln!(
                     "command {} ({}) issued, expires {}",
                     st.command.id,
                     kind.as_str(),
                     st.command.expires_at
                 );
             }
-            let answerable = expected.len() - unknown.len();
-            let watch = if answerable == 0 { 0 } else { watch };
+            let watch = if expected.is_empty() { 0 } else { watch };
             let final_status = if watch > 0 {
                 watch_acks(
                     &api,
@@ -982,13 +1049,16 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             if out != Output::Table {
                 return print_structured(out, &list);
             }
-            println!(
+            outln!(
                 "{:<24}  {:<16}  {:<15}  {:<20}  DETAIL",
-                "AT", "WHO", "FROM", "ACTION"
+                "AT",
+                "WHO",
+                "FROM",
+                "ACTION"
             );
             for e in &list {
                 let s = |k: &str| e[k].as_str().unwrap_or("-").to_string();
-                println!(
+                outln!(
                     "{:<24}  {:<16}  {:<15}  {:<20}  {}",
                     s("at"),
                     s("actor"),
@@ -1026,7 +1096,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             let path = format!("/api/v2/hosts/{host}/configs?apply={}", !no_apply);
             let v: serde_json::Value = api.json(api.req(Method::POST, &path).body(body)).await?;
             let command = v["command"]["id"].as_i64();
-            println!(
+            outln!(
                 "stored revision {} for {host}{}",
                 v["revision"]["revision"],
                 command
@@ -1088,13 +1158,31 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             source,
             save_to,
         }) => {
-            let q = source.map(|s| format!("?source={s}")).unwrap_or_default();
+            let q = source
+                .as_ref()
+                .map(|s| format!("?source={s}"))
+                .unwrap_or_default();
             let res = api
                 .send(api.req(
                     Method::GET,
                     &format!("/api/v2/hosts/{host}/configs/latest{q}"),
                 ))
                 .await?;
+            // Which one this is, on stderr (stdout is the file).
+            let header = |name: &str| {
+                res.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            let (shown, revision) = (header("x-config-source"), header("x-config-revision"));
+            let note = match (source.is_none(), shown.as_str()) {
+                (true, "desired") => ": the newest revision is the operator's, which the host may not have applied or may have refused (`config diff` compares; --source reported shows what the host has)",
+                (true, _) => ": the newest revision (--source desired shows the operator's)",
+                (false, _) => "",
+            };
+            eprintln!("{host}: the {shown} config, revision {revision}{note}");
             print_or_save(res, save_to).await
         }
         Cmd::Config(ConfigCmd::Diff { host }) => {
@@ -1136,9 +1224,9 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             if text.is_empty() {
-                println!("{host}: reported config matches the desired one");
+                outln!("{host}: reported config matches the desired one");
             } else {
-                print!("{text}");
+                out!("{text}");
             }
             Ok(())
         }
@@ -1150,7 +1238,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 return print_structured(out, &list);
             }
             for r in list {
-                println!(
+                outln!(
                     "{:>5}  {:<9} {:>7} bytes  {}  {}",
                     r.revision,
                     r.source.as_str(),
@@ -1168,7 +1256,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         } => {
             api.send(api.req(Method::DELETE, &format!("/api/v2/hosts/{host}")))
                 .await?;
-            println!(
+            outln!(
                 "retired {host}: removed from the inventory (it reappears if it checks in again)"
             );
             Ok(())
@@ -1182,31 +1270,36 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             if out != Output::Table {
                 return print_structured(out, &h);
             }
-            println!("host:          {}", h.hostname);
+            outln!("host:          {}", h.hostname);
             let (st, age) = host_state(&h);
-            println!(
+            outln!(
                 "state:         {st} (last seen {age} ago, at {})",
                 h.last_seen
             );
             if let Some(i) = h.checkin_interval_secs {
-                println!("checks in:     every {i} s");
+                outln!("checks in:     every {i} s");
             }
             let Some(r) = &h.report else {
-                println!("(a legacy v1 host: no report)");
+                outln!("(a legacy v1 host: no report)");
                 return Ok(());
             };
             let ver = |v: Option<palette_protocol::Version>| {
                 v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
             };
-            println!("platform:      {}", r.platform);
-            println!("watchdog:      {}", r.watchdog_version);
-            println!(
-                "agent:         {} ({:?}, desired {:?})",
+            outln!("platform:      {}", r.platform);
+            outln!("watchdog:      {}", r.watchdog_version);
+            let as_of = if st == "online" {
+                String::new()
+            } else {
+                format!(" — as last reported {age} ago; the host is {st}")
+            };
+            outln!(
+                "agent:         {} ({:?}, desired {:?}){as_of}",
                 ver(r.agent_version),
                 r.agent_state,
                 r.desired_state
             );
-            println!(
+            outln!(
                 "config:        revision {}",
                 r.config_revision
                     .map(|c| c.to_string())
@@ -1219,7 +1312,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                         .filter(|t| *t > 0)
                         .map(|t| format!(" ({}%)", p.bytes * 100 / t))
                         .unwrap_or_default();
-                    println!(
+                    outln!(
                         "updating:      {} {} {:?}: {} of {} bytes{pct}",
                         p.product,
                         p.version,
@@ -1228,22 +1321,26 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                         p.total.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
                     );
                 }
-                None => println!("updating:      no"),
+                None => outln!("updating:      no"),
             }
             match &r.last_update {
-                Some(u) => println!(
+                Some(u) => outln!(
                     "last update:   {} {:?}: {}",
-                    u.version, u.outcome, u.message
+                    u.version,
+                    u.outcome,
+                    u.message
                 ),
-                None => println!("last update:   -"),
+                None => outln!("last update:   -"),
             }
             if let Some(t) = &r.local_trouble {
-                println!("trouble:       {t}");
+                outln!("trouble:       {t}");
             }
             if let Some(u) = &r.last_watchdog_update {
-                println!(
+                outln!(
                     "self-update:   {} {:?}: {}",
-                    u.version, u.outcome, u.message
+                    u.version,
+                    u.outcome,
+                    u.message
                 );
             }
             // Recent history (a server before it answers 404: left out).
@@ -1260,9 +1357,9 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| api.unreachable())?;
             if res.status().is_success() {
                 let hist: serde_json::Value = res.json().await?;
-                println!("recent commands:");
+                outln!("recent commands:");
                 for c in hist["commands"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "  {}  #{:<6} {:<14} {:<9} {}",
                         c["at"].as_str().unwrap_or("-"),
                         c["id"],
@@ -1271,9 +1368,9 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                         c["message"].as_str().unwrap_or("")
                     );
                 }
-                println!("recent updates:");
+                outln!("recent updates:");
                 for u in hist["updates"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "  {}  {:<8} {:<10} {:<9} {}",
                         u["at"].as_str().unwrap_or("-"),
                         u["product"].as_str().unwrap_or("-"),
@@ -1282,9 +1379,9 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                         u["message"].as_str().unwrap_or("")
                     );
                 }
-                println!("recent configs:");
+                outln!("recent configs:");
                 for c in hist["configs"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "  {}  revision {:<5} {:<8} {} bytes",
                         c["created_at"].as_str().unwrap_or("-"),
                         c["revision"],
@@ -1329,9 +1426,15 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             if out != Output::Table {
                 return print_structured(out, &list);
             }
-            println!(
+            outln!(
                 "{:<32} {:<8} {:>5} {:<10} {:<10} {:<9} {:<9} LAST UPDATE",
-                "HOST", "STATE", "AGE", "AGENT", "WATCHDOG", "RUNNING", "DESIRED"
+                "HOST",
+                "STATE",
+                "AGE",
+                "AGENT",
+                "WATCHDOG",
+                "RUNNING",
+                "DESIRED"
             );
             for h in list {
                 let watchdog = h
@@ -1354,9 +1457,23 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     None => ("(legacy)".into(), "-".into(), "-".into(), String::new()),
                 };
                 let (online, age) = host_state(&h);
-                println!(
+                // A host not heard from lately: its agent's state is what
+                // it last said, not what it is now.
+                let state = if online == "online" || state == "-" {
+                    state
+                } else {
+                    format!("{state} (last seen {age} ago, {online})")
+                };
+                outln!(
                     "{:<32} {:<8} {:>5} {:<10} {:<10} {:<9} {:<9} {}",
-                    h.hostname, online, age, ver, watchdog, state, desired, upd
+                    h.hostname,
+                    online,
+                    age,
+                    ver,
+                    watchdog,
+                    state,
+                    desired,
+                    upd
                 );
             }
             Ok(())
@@ -1367,7 +1484,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     .json(&serde_json::json!({ "token": key, "label": label })),
             )
             .await?;
-            println!("agent token registered");
+            outln!("agent token registered");
             Ok(())
         }
         Cmd::Token(TokenCmd::List) => {
@@ -1376,13 +1493,16 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
             if out != Output::Table {
                 return print_structured(out, &list);
             }
-            println!(
+            outln!(
                 "{:<16}  {:<24}  {:<24}  {:<24}  REVOKED",
-                "ID", "LABEL", "CREATED", "LAST USED"
+                "ID",
+                "LABEL",
+                "CREATED",
+                "LAST USED"
             );
             for t in &list {
                 let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
-                println!(
+                outln!(
                     "{:<16}  {:<24}  {:<24}  {:<24}  {}",
                     format!("{}:{}", s("kind"), t["id"]),
                     s("label"),
@@ -1395,48 +1515,25 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Token(TokenCmd::Revoke { which }) => {
             let n = revoke_tokens(&api, &which).await?;
-            println!("{n} token(s) revoked");
+            outln!("{n} token(s) revoked");
             Ok(())
         }
         Cmd::Token(TokenCmd::Rotate { label }) => {
-            let live: Vec<serde_json::Value> = api
-                .json::<Vec<serde_json::Value>>(api.req(Method::GET, "/api/v2/tokens"))
-                .await?
-                .into_iter()
-                .filter(|t| {
-                    t["kind"] == "operator"
-                        && t["label"] == label.as_str()
-                        && t["revoked_at"].is_null()
-                })
-                .collect();
-            if live.is_empty() {
-                bail!("no live operator token is labelled {label:?}");
-            }
+            // One action on the server: the new token and the old ones
+            // revoked in one transaction, audited as token.rotate.
             let v: serde_json::Value = api
                 .json(
-                    api.req(Method::POST, "/api/v2/operator-tokens")
+                    api.req(Method::POST, "/api/v2/tokens/operator/rotate")
                         .json(&serde_json::json!({ "label": label })),
                 )
                 .await?;
-            let new_token = v["token"].as_str().unwrap_or_default().to_string();
-            // Revoked with the new token: the old one may be the caller's.
-            let with_new = Api {
-                http: api.http.clone(),
-                base: api.base.clone(),
-                token: Some(new_token.clone()),
+            let Some(new_token) = v["token"].as_str() else {
+                bail!("the server's answer holds no token: {v}");
             };
-            for t in &live {
-                with_new
-                    .send(with_new.req(
-                        Method::POST,
-                        &format!("/api/v2/tokens/operator/{}/revoke", t["id"]),
-                    ))
-                    .await?;
-            }
-            println!("{new_token}");
+            outln!("{new_token}");
             eprintln!(
                 "operator token {label:?} rotated: the new one is above (shown only once); {} old one(s) revoked",
-                live.len()
+                v["revoked"]
             );
             Ok(())
         }
@@ -1447,7 +1544,7 @@ async fn run_inner(cli: Cli) -> anyhow::Result<()> {
                         .json(&serde_json::json!({ "label": label })),
                 )
                 .await?;
-            println!("{}", v["token"].as_str().unwrap_or_default());
+            outln!("{}", v["token"].as_str().unwrap_or_default());
             eprintln!("operator token {label:?} created; it is shown only once");
             Ok(())
         }
@@ -1546,7 +1643,7 @@ fn print_command(st: &CommandStatus) {
         Target::All => "all hosts".to_string(),
         Target::Hosts(h) => h.join(", "),
     };
-    println!(
+    outln!(
         "command {} {} → {target} (issued {}, expires {})",
         st.command.id,
         st.command.kind.as_str(),
@@ -1554,7 +1651,7 @@ fn print_command(st: &CommandStatus) {
         st.command.expires_at
     );
     for a in &st.results {
-        println!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
+        outln!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
     }
 }
 
@@ -1568,7 +1665,7 @@ async fn print_or_save(res: reqwest::Response, save_to: Option<PathBuf>) -> anyh
             fs_err::write(&p, &bytes)?;
             eprintln!("wrote {} ({} bytes)", p.display(), bytes.len());
         }
-        None => print!("{}", String::from_utf8_lossy(&bytes)),
+        None => out!("{}", String::from_utf8_lossy(&bytes)),
     }
     Ok(())
 }
@@ -1626,7 +1723,7 @@ async fn watch_acks(
             .await?;
         if print {
             for a in &st.results[shown..] {
-                println!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
+                outln!("  {:<32} {:?}: {}", a.hostname, a.outcome, a.message);
             }
         }
         shown = st.results.len();
@@ -1721,10 +1818,18 @@ async fn publish(
         if json {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            outln!("{line}");
         }
     };
     // Refuse what the server would refuse before uploading anything.
+    match fs_err::metadata(&file) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => bail!("{} is not a file: nothing was published", file.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{} does not exist: nothing was published", file.display())
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("nothing was published")),
+    }
     let version: palette_protocol::Version = version.parse().context("while reading --version")?;
     let kind_v2 = match kind {
         Kind::Archive => palette_protocol::v2::ReleaseKind::Archive,
@@ -1843,6 +1948,120 @@ fn hosts_outcome(hosts: &[HostOutcome]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `release retry`: what the hosts are to install, and what each
+/// reported before it.
+struct Retried<'a> {
+    product: &'a str,
+    version: palette_protocol::Version,
+    /// The release's ids (one per kind).
+    ids: &'a [i64],
+    baseline: std::collections::HashMap<String, Option<palette_protocol::v2::UpdateReport>>,
+}
+
+/// After `release retry`: follows `targets` until each runs the version
+/// (succeeded) or fails it again (seen installing it and then reporting a
+/// failure of it, or reporting a failure other than the one before), or
+/// `limit` passes (not finished). Prints each host's progress as it
+/// changes.
+async fn follow_retry(
+    api: &Api,
+    r: &Retried<'_>,
+    targets: &[String],
+    limit: Duration,
+) -> anyhow::Result<Vec<HostOutcome>> {
+    use palette_protocol::v2::Outcome;
+    let watchdog = r.product == "watchdog";
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen_installing: std::collections::HashSet<String> = Default::default();
+    let mut last_line: std::collections::HashMap<String, String> = Default::default();
+    let mut done: Vec<HostOutcome> = Vec::new();
+    loop {
+        let hosts: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+        for name in targets {
+            if done.iter().any(|d| &d.hostname == name) {
+                continue;
+            }
+            let Some(rep) = hosts
+                .iter()
+                .find(|h| &h.hostname == name)
+                .and_then(|h| h.report.as_ref())
+            else {
+                continue;
+            };
+            let installed = if watchdog {
+                rep.watchdog_version.parse().ok()
+            } else {
+                rep.agent_version
+            };
+            let last = if watchdog {
+                &rep.last_watchdog_update
+            } else {
+                &rep.last_update
+            };
+            let installing = rep
+                .update_progress
+                .as_ref()
+                .filter(|p| r.ids.contains(&p.release_id));
+            if installing.is_some() {
+                seen_installing.insert(name.clone());
+            }
+            let failed_again = last.as_ref().filter(|u| {
+                r.ids.contains(&u.release_id)
+                    && u.outcome == Outcome::Failed
+                    && installing.is_none()
+                    && (seen_installing.contains(name)
+                        || r.baseline.get(name).is_some_and(|b| b.as_ref() != Some(*u)))
+            });
+            let finished = if installed == Some(r.version) {
+                Some((Outcome::Succeeded, format!("running {}", r.version)))
+            } else {
+                failed_again.map(|u| (Outcome::Failed, u.message.clone()))
+            };
+            let line = match (&finished, installing) {
+                (Some((o, m)), _) => format!("{o:?}: {m}"),
+                (None, Some(p)) => match p.phase {
+                    palette_protocol::v2::UpdatePhase::Downloading => "downloading",
+                    palette_protocol::v2::UpdatePhase::Installing => "installing",
+                    palette_protocol::v2::UpdatePhase::HealthChecking => "health-checking",
+                }
+                .into(),
+                (None, None) => "waiting".into(),
+            };
+            if last_line.get(name) != Some(&line) {
+                outln!("  {name:<32} {line}");
+                last_line.insert(name.clone(), line);
+            }
+            if let Some((o, m)) = finished {
+                done.push(HostOutcome {
+                    hostname: name.clone(),
+                    outcome: Some(o),
+                    message: m,
+                });
+            }
+        }
+        if done.len() == targets.len() {
+            return Ok(done);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for name in targets {
+                if !done.iter().any(|d| &d.hostname == name) {
+                    done.push(HostOutcome {
+                        hostname: name.clone(),
+                        outcome: None,
+                        message: format!("{} not installed after {} s", r.version, limit.as_secs()),
+                    });
+                }
+            }
+            eprintln!(
+                "some hosts had not installed {} {} after {} s (or failed it again the same way); `palettectl hosts` shows them later",
+                r.product, r.version, limit.as_secs()
+            );
+            return Ok(done);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// One host's answer to a release: `None` while it had not finished.
 #[derive(Debug, serde::Serialize)]
 struct HostOutcome {
@@ -1876,6 +2095,23 @@ async fn watch_release(
     let mut targets: Option<Vec<String>> = None;
     let mut last_line: std::collections::HashMap<String, String> = Default::default();
     let mut done: Vec<HostOutcome> = Vec::new();
+    // Only the hosts that can take it now are followed (the server says
+    // which, and why not the others: pinned, outside a window, held...);
+    // a server without `reach` (before 0.2): every fitting online host.
+    let reach: Option<palette_protocol::v2::Reach> = if rolled_back.is_none() {
+        api.json(api.req(Method::GET, &format!("/api/v2/releases/{}/reach", r.id)))
+            .await
+            .ok()
+    } else {
+        None
+    };
+    if let (Some(reach), true) = (&reach, print) {
+        for l in reach.later.iter().filter(|l| {
+            !l.reason.starts_with("already on") && !l.reason.starts_with("another platform")
+        }) {
+            outln!("  {:<32} not followed: {}", l.hostname, l.reason);
+        }
+    }
     loop {
         let hosts: Vec<HostInfo> = api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
         let targets = targets.get_or_insert_with(|| {
@@ -1895,12 +2131,13 @@ async fn watch_release(
                     };
                     let fits = rep.platform == r.platform
                         && (watchdog || rep.product == r.product)
-                        && wanted;
+                        && wanted
+                        && reach.as_ref().is_none_or(|re| re.now.contains(&h.hostname));
                     fits.then(|| h.hostname.clone())
                 })
                 .collect();
             if print {
-                println!("{} online host(s) to update", t.len());
+                outln!("{} online host(s) to update", t.len());
             }
             t
         });
@@ -1940,7 +2177,7 @@ async fn watch_release(
                 (None, _) => "waiting".into(),
             };
             if print && last_line.get(name) != Some(&line) {
-                println!("  {name:<32} {line}");
+                outln!("  {name:<32} {line}");
                 last_line.insert(name.clone(), line);
             }
             if let Some((o, m)) = finished {

@@ -164,8 +164,8 @@ fn summary(r: &Value) -> String {
 }
 
 fn print_detail(r: &Value) {
-    println!("{}", summary(r));
-    println!(
+    outln!("{}", summary(r));
+    outln!(
         "  waves {}, soak {} s, halt after {}, at most {} at once",
         r["waves"]
             .as_array()
@@ -183,7 +183,7 @@ fn print_detail(r: &Value) {
         }
     );
     for h in r["hosts"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  wave {:<3} {:<32} {:<10} {}",
             h["wave"],
             h["hostname"].as_str().unwrap_or("?"),
@@ -241,7 +241,7 @@ pub async fn rollout(api: &Api, out: Output, cmd: RolloutCmd) -> anyhow::Result<
                 if out != Output::Table {
                     return print_structured(out, &r);
                 }
-                println!("{}", summary(&r));
+                outln!("{}", summary(&r));
                 return Ok(());
             }
             follow(api, out, id, Duration::from_secs(wait)).await
@@ -252,7 +252,7 @@ pub async fn rollout(api: &Api, out: Output, cmd: RolloutCmd) -> anyhow::Result<
                 return print_structured(out, &list);
             }
             for r in &list {
-                println!("{}", summary(r));
+                outln!("{}", summary(r));
             }
             Ok(())
         }
@@ -281,7 +281,7 @@ async fn action(api: &Api, out: Output, which: &str, what: &str) -> anyhow::Resu
     if out != Output::Table {
         return print_structured(out, &r);
     }
-    println!("{}", summary(&r));
+    outln!("{}", summary(&r));
     Ok(())
 }
 
@@ -296,7 +296,7 @@ async fn follow(api: &Api, out: Output, id: i64, limit: Duration) -> anyhow::Res
             .await?;
         let line = summary(&r);
         if out == Output::Table && line != last {
-            println!("{line}");
+            outln!("{line}");
             last = line;
         }
         let phase = r["phase"].as_str().unwrap_or("");
@@ -350,9 +350,12 @@ pub async fn pin(api: &Api, out: Output, cmd: PinCmd) -> anyhow::Result<()> {
             if out != Output::Table {
                 return print_structured(out, &r);
             }
-            println!(
+            outln!(
                 "pin {}: hosts matching '{}' are offered {} {} and nothing else",
-                r["id"], selector, product, version
+                r["id"],
+                selector,
+                product,
+                version
             );
             Ok(())
         }
@@ -362,7 +365,7 @@ pub async fn pin(api: &Api, out: Output, cmd: PinCmd) -> anyhow::Result<()> {
                 return print_structured(out, &list);
             }
             for p in &list {
-                println!(
+                outln!(
                     "{:>4}  {:<10} {:<12} {}",
                     p["id"],
                     p["product"].as_str().unwrap_or("?"),
@@ -375,7 +378,7 @@ pub async fn pin(api: &Api, out: Output, cmd: PinCmd) -> anyhow::Result<()> {
         PinCmd::Remove { id } => {
             api.send(api.req(Method::DELETE, &format!("/api/v2/pins/{id}")))
                 .await?;
-            println!("pin {id} removed");
+            outln!("pin {id} removed");
             Ok(())
         }
     }
@@ -399,9 +402,12 @@ pub async fn window(api: &Api, out: Output, cmd: WindowCmd) -> anyhow::Result<()
             if out != Output::Table {
                 return print_structured(out, &r);
             }
-            println!(
+            outln!(
                 "window {}: hosts matching '{}' start updates only {} ({})",
-                r["id"], selector, schedule, tz
+                r["id"],
+                selector,
+                schedule,
+                tz
             );
             Ok(())
         }
@@ -411,7 +417,7 @@ pub async fn window(api: &Api, out: Output, cmd: WindowCmd) -> anyhow::Result<()
                 return print_structured(out, &list);
             }
             for w in &list {
-                println!(
+                outln!(
                     "{:>4}  {:<24} {:<16} {}",
                     w["id"],
                     w["schedule"].as_str().unwrap_or("?"),
@@ -424,7 +430,7 @@ pub async fn window(api: &Api, out: Output, cmd: WindowCmd) -> anyhow::Result<()
         WindowCmd::Remove { id } => {
             api.send(api.req(Method::DELETE, &format!("/api/v2/windows/{id}")))
                 .await?;
-            println!("window {id} removed");
+            outln!("window {id} removed");
             Ok(())
         }
     }
@@ -453,7 +459,7 @@ pub async fn label(api: &Api, host: &str, set: &[String], remove: &[String]) -> 
                 .json(&serde_json::json!({ "assigned": assigned })),
         )
         .await?;
-    println!(
+    outln!(
         "{host}: {}",
         r["labels"]
             .as_object()
