@@ -53,14 +53,71 @@ if [ ! -f "$DEMO/agent-2.0.0.tar.gz" ]; then
 fi
 
 pids=()
-cleanup() { echo; echo "==> stopping"; kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+cleanup() { [ "${#pids[@]}" -gt 0 ] || return 0; echo; echo "==> stopping"; kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
 trap cleanup EXIT INT TERM
 
+# Whether a palette-server answers /api/v1/ping on the port (bash's
+# /dev/tcp: no curl needed).
+pings() {
+  ( exec 3<>"/dev/tcp/127.0.0.1/$PORT" || exit 1
+    printf 'GET /api/v1/ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    IFS= read -r -t 2 line <&3 && [[ "$line" == *" 200"* ]] ) 2>/dev/null
+}
+# The last lines log $1 got since byte $2 (without a backtrace).
+since() { tail -c +"$(($2 + 1))" "$1" 2>/dev/null | sed '/^Stack backtrace:/,$d' | tail -n 5 | sed 's/^/    /'; }
+size() { if [ -f "$1" ]; then wc -c <"$1"; else echo 0; fi; }
+fail() { printf '\ndemo not started: %s\n' "$*" >&2; exit 1; }
+
+if pings; then
+  fail "a palette-server already answers on $URL (an earlier ./scripts/demo.sh still running? Ctrl-C it, or set PALETTE_DEMO_PORT=8081)"
+elif (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  fail "port $PORT is in use by another program (set PALETTE_DEMO_PORT=8081, or stop it: ss -ltnp 'sport = :$PORT' shows it)"
+fi
+
+server_log_at="$(size "$DEMO/server.log")"
 "$BIN/palette-server" --data-dir "$DEMO/server" --listen "127.0.0.1:$PORT" >>"$DEMO/server.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+server_pid=$!
+pids+=("$server_pid")
+# Started: it answers /api/v1/ping (within 20 s), and it is ours (alive).
+for _ in $(seq 1 200); do
+  kill -0 "$server_pid" 2>/dev/null || break
+  pings && break
+  sleep 0.1
+done
+if ! kill -0 "$server_pid" 2>/dev/null; then
+  fail "palette-server exited at once (port $PORT taken meanwhile?); demo/server.log says:
+$(since "$DEMO/server.log" "$server_log_at")"
+elif ! pings; then
+  fail "palette-server does not answer $URL/api/v1/ping after 20 s; demo/server.log says:
+$(since "$DEMO/server.log" "$server_log_at")"
+fi
+
+console_at="$(size "$DEMO/watchdog.console.log")"
+starts_before="$(grep -c 'palette-watchdog .* starting' "$HOST/Logs/watchdog.log" 2>/dev/null || true)"
 "$BIN/palette-watchdog" run --base "$HOST" >>"$DEMO/watchdog.console.log" 2>&1 &
-pids+=($!)
+watchdog_pid=$!
+pids+=("$watchdog_pid")
+# Started: alive, and its log says it is starting (after the single-instance
+# lock, state/watchdog.lock, was taken).
+started=
+for _ in $(seq 1 200); do
+  kill -0 "$watchdog_pid" 2>/dev/null || break
+  now="$(grep -c 'palette-watchdog .* starting' "$HOST/Logs/watchdog.log" 2>/dev/null || true)"
+  if [ "${now:-0}" -gt "${starts_before:-0}" ]; then started=1; break; fi
+  sleep 0.1
+done
+if [ -z "$started" ]; then
+  why="$(since "$DEMO/watchdog.console.log" "$console_at")"
+  if ! kill -0 "$watchdog_pid" 2>/dev/null && grep -q "already running" <<<"$why"; then
+    fail "another palette-watchdog holds demo/host/state/watchdog.lock (an earlier demo's, still running: stop it first):
+$why"
+  elif ! kill -0 "$watchdog_pid" 2>/dev/null; then
+    fail "palette-watchdog exited at once; demo/watchdog.console.log says:
+$why"
+  else
+    fail "palette-watchdog did not log that it started within 20 s (see demo/host/Logs/watchdog.log)"
+  fi
+fi
 
 cat <<TXT
 
