@@ -1845,7 +1845,8 @@ async fn palettectl_exit_codes_json_and_early_return() {
     assert_eq!(code, 3, "{out}{err}");
     assert!(out.contains("Failed"), "{out}");
 
-    // A host the server does not know: exit 3 at once.
+    // A host the server does not know: refused at once (exit 2), nothing
+    // sent, unless --allow-unknown-host (issue 21.11).
     let t = std::time::Instant::now();
     let (code, _, err) = ctl_code(
         &server,
@@ -1860,8 +1861,11 @@ async fn palettectl_exit_codes_json_and_early_return() {
         ],
     )
     .await;
-    assert_eq!(code, 3);
-    assert!(err.contains("knows no host"), "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("knows no host") && err.contains("nothing was sent"),
+        "{err}"
+    );
     assert!(t.elapsed() < Duration::from_secs(60));
 
     // A host that is down: exit 3 when the wait runs out.
