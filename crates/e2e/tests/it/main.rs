@@ -2212,3 +2212,56 @@ async fn a_rolled_back_release_brings_its_hosts_down_to_the_older_one() {
     .await
     .unwrap();
 }
+
+/// Issue: with one host pinned, every `release publish` waited its whole
+/// `--wait` and exited 3 "1 did not answer in time". It follows only the
+/// hosts that can take the release now, lists the others with the reason,
+/// and counts them as no failure.
+#[tokio::test]
+async fn a_publish_with_a_pinned_host_follows_only_the_hosts_that_can_take_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server")).await;
+    let api = server.api();
+    let mut free = Host::new("free-1", &server.url, "v2", "");
+    let mut pinned = Host::new("pinned-1", &server.url, "v2", "");
+    free.start();
+    pinned.start();
+    for h in [&free, &pinned] {
+        h.wait_agent_running(T).await.unwrap();
+        wait_for("the host is known", T, || async {
+            api.host(&h.name).await.is_some()
+        })
+        .await
+        .unwrap();
+    }
+    let (code, out, err) = ctl_code(
+        &server,
+        &["pin", "add", "1.0.0", "--selector", "host=pinned-1"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let a2 = release_archive(tmp.path(), "2.0.0", false);
+    let (code, out, err) = ctl_code(
+        &server,
+        &[
+            "release",
+            "publish",
+            &a2.display().to_string(),
+            "--version",
+            "2.0.0",
+            "--wait",
+            "600",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "the pinned host is no failure: {out}{err}");
+    assert!(out.contains("1 online host(s) to update"), "{out}");
+    assert!(
+        out.contains("pinned-1") && out.contains("not followed: pinned"),
+        "the pinned host is listed with its reason: {out}"
+    );
+    assert!(out.contains("free-1") && out.contains("Succeeded"), "{out}");
+    assert_eq!(pinned.running_agent().unwrap().version, "1.0.0");
+    free.stop();
+    pinned.stop();
+}
