@@ -2157,12 +2157,18 @@ async fn watch_release(
             } else {
                 &rep.last_update
             };
+            // A success counts once the host runs the version: an earlier
+            // outcome for the same release (the first install of the
+            // version a rollback comes down to) is not this one.
+            let runs_it = installed(rep).is_some_and(|v| v == r.version);
             let finished = match last.as_ref().filter(|u| u.release_id == r.id) {
-                Some(u) => Some((u.outcome, u.message.clone())),
-                None if installed(rep).is_some_and(|v| v == r.version) => {
+                Some(u) if u.outcome == Outcome::Failed || runs_it => {
+                    Some((u.outcome, u.message.clone()))
+                }
+                _ if runs_it => {
                     Some((Outcome::Succeeded, format!("running {}", r.version)))
                 }
-                None => None,
+                _ => None,
             };
             let line = match (&finished, &rep.update_progress) {
                 (Some((o, m)), _) => format!("{o:?}: {m}"),

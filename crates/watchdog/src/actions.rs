@@ -135,6 +135,13 @@ impl Ctx {
 
     pub fn clear_active_update(&self) {
         *self.active_update.lock().unwrap() = None;
+        // A release offered while this update ran was not taken (one update
+        // at a time): the check-in loops offer what the server offers again
+        // at their next answer, not only after their minute of offer memory
+        // (a canary admitted to a new rollout while it finished the last
+        // one waited that long, or for good).
+        self.retry_offers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The release an update job is working on now.

@@ -2196,12 +2196,23 @@ async fn a_rolled_back_release_brings_its_hosts_down_to_the_older_one() {
     let (_, out, _) = ctl_code(&server, &["release", "list"]).await;
     assert!(out.contains("rolled back"), "{out}");
     // It stays there: the check-ins go on without another install.
-    let (code, out, _) = ctl_code(&server, &["-o", "json", "hosts", "rollme"]).await;
-    assert_eq!(code, 0);
-    let h: palette_protocol::v2::HostInfo = serde_json::from_str(&out).unwrap();
-    let u = h.report.unwrap().last_update.unwrap();
-    assert_eq!(u.version.to_string(), "2.0.0");
-    assert_eq!(u.outcome, Outcome::Succeeded);
+    // (The report that runs 2.0.0 may come a check-in before the one with
+    // the downgrade's outcome.)
+    wait_for("the host reports the downgrade's outcome", T, || async {
+        let (code, out, _) = ctl_code(&server, &["-o", "json", "hosts", "rollme"]).await;
+        assert_eq!(code, 0);
+        let h: palette_protocol::v2::HostInfo = serde_json::from_str(&out).unwrap();
+        h.report
+            .and_then(|r| r.last_update)
+            .is_some_and(|u| u.version.to_string() == "2.0.0" && u.outcome == Outcome::Succeeded)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(
+        host.running_agent().unwrap().version,
+        "2.0.0",
+        "and runs it"
+    );
     // The history shows both ways (written in batches every second).
     wait_for("the history shows both updates", T, || async {
         let (_, out, _) = ctl_code(&server, &["hosts", "show", "rollme"]).await;
