@@ -2165,9 +2165,7 @@ async fn watch_release(
                 Some(u) if u.outcome == Outcome::Failed || runs_it => {
                     Some((u.outcome, u.message.clone()))
                 }
-                _ if runs_it => {
-                    Some((Outcome::Succeeded, format!("running {}", r.version)))
-                }
+                _ if runs_it => Some((Outcome::Succeeded, format!("running {}", r.version))),
                 _ => None,
             };
             let line = match (&finished, &rep.update_progress) {
