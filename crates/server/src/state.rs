@@ -145,6 +145,14 @@ impl HostEntry {
         }
     }
 
+    /// Whether a token-less legacy config upload from this host is
+    /// expected now (its poll was answered PUT-CONFIG or GET-CONFIG).
+    fn upload_expected(&self, now: Millis) -> bool {
+        self.upload_asked
+            .as_ref()
+            .is_some_and(|(asked, _)| now - asked < LEGACY_FRESHNESS_MS + 3 * 60_000)
+    }
+
     fn state(&self, now: Millis) -> v2::HostState {
         v2::HostState::judge(now - self.last_seen, self.interval())
     }
@@ -1158,21 +1166,17 @@ impl AppState {
     /// Whether any host's config upload is expected now.
     pub fn any_config_upload_expected(&self) -> bool {
         let now = now_ms();
-        self.hosts.lock().unwrap().values().any(|e| {
-            e.upload_asked
-                .as_ref()
-                .is_some_and(|(asked, _)| now - asked < LEGACY_FRESHNESS_MS + 3 * 60_000)
-        })
+        self.hosts
+            .lock()
+            .unwrap()
+            .values()
+            .any(|e| e.upload_expected(now))
     }
 
     pub fn config_upload_expected(&self, host: &str) -> bool {
         let now = now_ms();
         let hosts = self.hosts.lock().unwrap();
-        hosts.get(host).is_some_and(|e| {
-            e.upload_asked
-                .as_ref()
-                .is_some_and(|(asked, _)| now - asked < LEGACY_FRESHNESS_MS + 3 * 60_000)
-        })
+        hosts.get(host).is_some_and(|e| e.upload_expected(now))
     }
 
     /// Stores a config revision and updates the views: a reported one

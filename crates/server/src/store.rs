@@ -310,6 +310,18 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
+    /// What `actor` (from `source`) is doing now, for the write it goes
+    /// with (`Audit`).
+    pub fn now(actor: &str, source: Option<&str>, action: &str, detail: String) -> AuditEntry {
+        AuditEntry {
+            at: crate::state::now_ms(),
+            actor: actor.into(),
+            source: source.map(str::to_string),
+            action: action.into(),
+            detail,
+        }
+    }
+
     /// The entry with `{id}` in its detail replaced by `id`.
     pub fn with_id(&self, id: i64) -> AuditEntry {
         AuditEntry {

@@ -231,13 +231,7 @@ impl UiSession {
     /// The audit entry of what this operator is about to do, stored with
     /// the write (`store::Audit`).
     fn entry(&self, action: &str, detail: String) -> crate::store::AuditEntry {
-        crate::store::AuditEntry {
-            at: crate::state::now_ms(),
-            actor: self.label.clone(),
-            source: self.source.clone(),
-            action: action.into(),
-            detail,
-        }
+        crate::store::AuditEntry::now(&self.label, self.source.as_deref(), action, detail)
     }
 }
 

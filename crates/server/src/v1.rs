@@ -621,12 +621,6 @@ impl Actor {
     }
 
     fn entry(&self, action: &str, detail: String) -> crate::store::AuditEntry {
-        crate::store::AuditEntry {
-            at: crate::state::now_ms(),
-            actor: self.label.clone(),
-            source: self.source.clone(),
-            action: action.into(),
-            detail,
-        }
+        crate::store::AuditEntry::now(&self.label, self.source.as_deref(), action, detail)
     }
 }

@@ -256,13 +256,7 @@ impl Operator {
     /// The audit entry of what this operator is about to do: it goes with
     /// the write, in its transaction (`store::Audit`).
     pub(crate) fn entry(&self, action: &str, detail: String) -> AuditEntry {
-        AuditEntry {
-            at: now_ms(),
-            actor: self.label.clone(),
-            source: self.source.clone(),
-            action: action.into(),
-            detail,
-        }
+        AuditEntry::now(&self.label, self.source.as_deref(), action, detail)
     }
 }
 
