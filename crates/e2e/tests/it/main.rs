@@ -443,6 +443,31 @@ async fn legacy_v1_mode_against_the_v1_api() {
     .await
     .unwrap();
 
+    // A GET-CONFIG whose file is refused (no Webservice section): the file
+    // in place stays, and it is uploaded again as what the host runs, as
+    // the original watchdog does (issue 21.8) -- and our server takes it.
+    let reported = |cs: Vec<palette_protocol::v2::ConfigRevision>| {
+        cs.into_iter()
+            .filter(|c| c.source == palette_protocol::v2::ConfigSource::Reported)
+            .count()
+    };
+    let before = reported(api.configs("Legacy-Host").await);
+    api.v1_put_config("Legacy-Host", "LicenseKey: only-a-key\n").await;
+    api.v1_command("GET-CONFIG").await;
+    host.wait_log("refused", T)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    wait_for("the file in place uploaded after the refusal", T, || async {
+        reported(api.configs("Legacy-Host").await) > before
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
+    assert_eq!(host.config_yml(), new, "the refused file was applied");
+    assert_eq!(
+        api.latest_config("Legacy-Host", "reported").await.as_deref(),
+        Some(new.as_str())
+    );
+
     // Our v1 watchdog updates from our server: the v1 offer follows the
     // host's platform (an archive here), MD5 only, installed on opt-in.
     let a2 = release_archive(tmp.path(), "2.0.0", false);
