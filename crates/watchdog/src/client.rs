@@ -98,6 +98,71 @@ impl ClientError {
             _ => false,
         }
     }
+
+    /// What the operator can do about a request that never got an answer,
+    /// read from the error's type (never its text): `None` when there is
+    /// no hint to give.
+    pub fn transport_hint(&self) -> Option<TransportHint> {
+        let ClientError::Http { source, .. } = self else {
+            return None;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(source);
+        while let Some(e) = next {
+            if let Some(tls) = find_rustls(e) {
+                return Some(match tls {
+                    rustls::Error::InvalidCertificate(_) => TransportHint::UntrustedCertificate,
+                    rustls::Error::InvalidMessage(_) => TransportHint::NotTls,
+                    _ => TransportHint::TlsHandshake,
+                });
+            }
+            next = e.source();
+        }
+        if source.is_connect() {
+            Some(TransportHint::NothingListens)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a request never got an answer, as far as the operator can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportHint {
+    /// The server's certificate does not chain to a trusted CA.
+    UntrustedCertificate,
+    /// The server does not speak TLS at that address.
+    NotTls,
+    /// The TLS handshake failed for another reason.
+    TlsHandshake,
+    /// Nothing accepted the connection.
+    NothingListens,
+}
+
+impl std::fmt::Display for TransportHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportHint::UntrustedCertificate => {
+                "the server's certificate is not trusted: pass --ca-file (server.ca_file in watchdog.yml) with the CA that issued it"
+            }
+            TransportHint::NotTls => {
+                "the server does not speak TLS there: use http:// (or give the server --tls-cert/--tls-key)"
+            }
+            TransportHint::TlsHandshake => "the TLS handshake failed",
+            TransportHint::NothingListens => {
+                "nothing answers there: is palette-server running, and is the address right?"
+            }
+        })
+    }
+}
+
+/// The rustls error inside an error, looking through `std::io::Error`
+/// wrappers (hyper and reqwest carry it so).
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_rustls(inner)
 }
 
 /// The most the watchdog reads of a JSON answer (a check-in, a version).

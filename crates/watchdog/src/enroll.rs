@@ -183,9 +183,12 @@ pub async fn enroll(layout: &Layout, o: EnrollOptions) -> anyhow::Result<String>
         ClientError::Status { status, .. } if status == reqwest::StatusCode::UNAUTHORIZED => {
             anyhow::anyhow!("the server does not accept this enrollment key (--key)")
         }
-        e => anyhow::Error::new(e).context(format!(
-            "the server at {server} does not answer as a palette server"
-        )),
+        e => match e.transport_hint() {
+            Some(hint) => anyhow::Error::new(e).context(format!("{hint} ({server})")),
+            None => anyhow::Error::new(e).context(format!(
+                "the server at {server} does not answer as a palette server"
+            )),
+        },
     })?;
     let token = match client.enroll(&raw_host).await {
         Ok(t) => Some(t),

@@ -148,7 +148,11 @@ pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) 
                 let delay = backoff.next_delay();
                 if down_since.is_none() {
                     down_since = Some(std::time::Instant::now());
-                    tracing::warn!(error = %actions::chain(&e), retry_ms = delay.as_millis() as u64, "check-in failed; the agent keeps running, retrying with backoff");
+                    let hint = e
+                        .transport_hint()
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default();
+                    tracing::warn!(error = %actions::chain(&e), retry_ms = delay.as_millis() as u64, "check-in failed; the agent keeps running, retrying with backoff{hint}");
                 } else {
                     tracing::debug!(error = %actions::chain(&e), "check-in still failing");
                 }

@@ -910,6 +910,38 @@ async fn https_with_a_private_ca() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // So does `palette-watchdog enroll` (issue 21.15), writing nothing;
+    // with the CA it enrolls and keeps the CA in watchdog.yml.
+    let enroll = |base: &std::path::Path, extra: &[&str]| {
+        std::fs::create_dir_all(base).unwrap();
+        std::process::Command::new(bin("palette-watchdog"))
+            .arg("--base")
+            .arg(base)
+            .args(["enroll", "--server", &server.url, "--key", AGENT_KEY])
+            .args(["--hostname", "tls-enrolled"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = tmp.path().join("enroll-refused");
+    let out = enroll(&refused, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("pass --ca-file"),
+        "{err}"
+    );
+    assert!(!refused.join("watchdog.yml").exists());
+    let enrolled = tmp.path().join("enrolled");
+    let out = enroll(&enrolled, &["--ca-file", ca_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(enrolled.join("watchdog.yml"))
+        .unwrap()
+        .contains("ca_file:"));
+
     let mut trusting = Host::new("tls-trusting", &server.url, "v2", "");
     std::fs::write(
         trusting.base.join("watchdog.yml"),
@@ -935,7 +967,7 @@ async fn https_with_a_private_ca() {
         .await
         .unwrap();
     assert!(
-        untrusting.log().to_lowercase().contains("certificate"),
+        untrusting.log().contains("certificate is not trusted"),
         "{}",
         untrusting.log()
     );
