@@ -50,8 +50,17 @@ pub enum RolloutCmd {
     /// Every rollout, newest first.
     List,
     /// One rollout: its waves and hosts (an id, or a version: its newest
-    /// rollout).
-    Show { rollout: String },
+    /// rollout); --follow follows it as `create` does.
+    Show {
+        rollout: String,
+        /// Follow its progress until it ends, or until only hosts that
+        /// cannot take it now (offline, outside their window) are left.
+        #[arg(long)]
+        follow: bool,
+        /// How long to follow it, in seconds (with --follow).
+        #[arg(long, default_value_t = 3600)]
+        wait: u64,
+    },
     /// No more hosts are admitted; hosts already updating go on.
     Pause { rollout: String },
     /// Go on after a pause or a halt.
@@ -256,7 +265,15 @@ pub async fn rollout(api: &Api, out: Output, cmd: RolloutCmd) -> anyhow::Result<
             }
             Ok(())
         }
-        RolloutCmd::Show { rollout } => {
+        RolloutCmd::Show {
+            rollout,
+            follow: true,
+            wait,
+        } => {
+            let id = resolve(api, &rollout).await?;
+            follow(api, out, id, Duration::from_secs(wait)).await
+        }
+        RolloutCmd::Show { rollout, .. } => {
             let id = resolve(api, &rollout).await?;
             let r: Value = api
                 .json(api.req(Method::GET, &format!("/api/v2/rollouts/{id}")))
@@ -301,6 +318,21 @@ async fn follow(api: &Api, out: Output, id: i64, limit: Duration) -> anyhow::Res
         }
         let phase = r["phase"].as_str().unwrap_or("");
         let ended = matches!(phase, "done" | "halted" | "aborted");
+        if !ended {
+            if let Some(later) = only_later_hosts_left(api, &r).await? {
+                if out != Output::Table {
+                    return print_structured(out, &r);
+                }
+                for (host, why) in &later {
+                    outln!("  {host:<32} not followed: {why}");
+                }
+                outln!(
+                    "every host that can take it now has; {} host(s) take it when they can (the rollout stays {phase} on the server: `palettectl rollout show {id}`)",
+                    later.len()
+                );
+                return Ok(());
+            }
+        }
         if ended || tokio::time::Instant::now() >= deadline {
             if out != Output::Table {
                 print_structured(out, &r)?;
@@ -322,7 +354,7 @@ async fn follow(api: &Api, out: Output, id: i64, limit: Duration) -> anyhow::Res
                 .count();
             if out == Output::Table && !ended {
                 eprintln!(
-                    "still {phase} after {} s; `palettectl rollout show {id}` follows it later",
+                    "still {phase} after {} s; `palettectl rollout show {id} --follow` follows it later",
                     limit.as_secs()
                 );
             }
@@ -330,6 +362,65 @@ async fn follow(api: &Api, out: Output, id: i64, limit: Duration) -> anyhow::Res
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// When a running rollout is in its last wave, every host it admitted has
+/// finished, and each host still waiting cannot be admitted now (offline,
+/// outside its maintenance window, pinned since), nothing more happens
+/// until they can: those hosts, each with why (`None` while a host that
+/// can take it now is still to come).
+async fn only_later_hosts_left(
+    api: &Api,
+    r: &Value,
+) -> anyhow::Result<Option<Vec<(String, String)>>> {
+    let last_wave = r["waves"].as_array().map_or(0, |w| w.len()) as u64;
+    if r["phase"] != "running" || r["wave"].as_u64() != Some(last_wave) {
+        return Ok(None);
+    }
+    let members = r["hosts"].as_array().cloned().unwrap_or_default();
+    if members
+        .iter()
+        .any(|m| !m["admitted_at"].is_null() && m["outcome"].is_null())
+    {
+        return Ok(None);
+    }
+    let waiting: Vec<&str> = members
+        .iter()
+        .filter(|m| m["admitted_at"].is_null())
+        .filter_map(|m| m["hostname"].as_str())
+        .collect();
+    if waiting.is_empty() {
+        return Ok(None);
+    }
+    let release = r["release_id"].as_i64().context("the rollout has no release_id")?;
+    let reach: palette_protocol::v2::Reach = api
+        .json(api.req(Method::GET, &format!("/api/v2/releases/{release}/reach")))
+        .await?;
+    let hosts: Vec<palette_protocol::v2::HostInfo> =
+        api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
+    let mut later = Vec::new();
+    for name in waiting {
+        let state = hosts.iter().find(|h| h.hostname == name).and_then(|h| h.state);
+        let why = match state {
+            Some(palette_protocol::v2::HostState::Online) | None => reach
+                .later
+                .iter()
+                .find(|l| l.hostname == name)
+                .map(|l| l.reason.clone())
+                // Held is what every waiting member is until admitted:
+                // one that is online and in its window is admitted soon.
+                .filter(|why| !why.starts_with("held")),
+            Some(s) => Some(format!(
+                "{} (it is admitted when it is back)",
+                format!("{s:?}").to_lowercase()
+            )),
+        };
+        match why {
+            Some(why) => later.push((name.to_string(), why)),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(later))
 }
 
 pub async fn pin(api: &Api, out: Output, cmd: PinCmd) -> anyhow::Result<()> {
