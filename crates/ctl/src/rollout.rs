@@ -392,7 +392,9 @@ async fn only_later_hosts_left(
     if waiting.is_empty() {
         return Ok(None);
     }
-    let release = r["release_id"].as_i64().context("the rollout has no release_id")?;
+    let release = r["release_id"]
+        .as_i64()
+        .context("the rollout has no release_id")?;
     let reach: palette_protocol::v2::Reach = api
         .json(api.req(Method::GET, &format!("/api/v2/releases/{release}/reach")))
         .await?;
@@ -400,7 +402,10 @@ async fn only_later_hosts_left(
         api.json(api.req(Method::GET, "/api/v2/hosts")).await?;
     let mut later = Vec::new();
     for name in waiting {
-        let state = hosts.iter().find(|h| h.hostname == name).and_then(|h| h.state);
+        let state = hosts
+            .iter()
+            .find(|h| h.hostname == name)
+            .and_then(|h| h.state);
         let why = match state {
             Some(palette_protocol::v2::HostState::Online) | None => reach
                 .later

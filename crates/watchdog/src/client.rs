@@ -106,7 +106,8 @@ impl ClientError {
         let ClientError::Http { source, .. } = self else {
             return None;
         };
-        let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(source);
+        let mut next: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(source);
         while let Some(e) = next {
             if let Some(tls) = find_rustls(e) {
                 return Some(match tls {

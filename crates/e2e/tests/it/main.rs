@@ -452,19 +452,24 @@ async fn legacy_v1_mode_against_the_v1_api() {
             .count()
     };
     let before = reported(api.configs("Legacy-Host").await);
-    api.v1_put_config("Legacy-Host", "LicenseKey: only-a-key\n").await;
+    api.v1_put_config("Legacy-Host", "LicenseKey: only-a-key\n")
+        .await;
     api.v1_command("GET-CONFIG").await;
     host.wait_log("refused", T)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
-    wait_for("the file in place uploaded after the refusal", T, || async {
-        reported(api.configs("Legacy-Host").await) > before
-    })
+    wait_for(
+        "the file in place uploaded after the refusal",
+        T,
+        || async { reported(api.configs("Legacy-Host").await) > before },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", host.diagnostics()));
     assert_eq!(host.config_yml(), new, "the refused file was applied");
     assert_eq!(
-        api.latest_config("Legacy-Host", "reported").await.as_deref(),
+        api.latest_config("Legacy-Host", "reported")
+            .await
+            .as_deref(),
         Some(new.as_str())
     );
 

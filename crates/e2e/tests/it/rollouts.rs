@@ -323,7 +323,8 @@ async fn pause_resume_a_pinned_host_a_maintenance_window_and_a_restart() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.lines()
-            .any(|l| l.contains("db-2") && l.contains("not followed: outside its maintenance window")),
+            .any(|l| l.contains("db-2")
+                && l.contains("not followed: outside its maintenance window")),
         "{out}"
     );
     assert!(out.contains("1 host(s) take it when they can"), "{out}");
@@ -344,4 +345,84 @@ async fn pause_resume_a_pinned_host_a_maintenance_window_and_a_restart() {
     let v = versions(&server, &hosts).await;
     assert_eq!(v[2], "2.0.0", "db-2 updated in its window");
     assert_eq!(v[3], "1.0.0", "the pinned host stays");
+}
+
+/// Issue 21.4, as reproduced: 2.0.0 rolled out over 4 hosts in waves
+/// `1,100%` with an 8 s soak; the moment all 4 run it, 3.0.0 is published
+/// held and its rollout created while the first one is still soaking and
+/// its last reports arrive. The new canary is offered 3.0.0 whatever it
+/// reported last, and the second rollout ends (before the fix it stayed
+/// "running in wave 1" for good).
+#[tokio::test]
+async fn a_rollout_created_while_the_last_one_ends_does_not_strand_its_canary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_args(
+        &tmp.path().join("server"),
+        free_port(),
+        &["--default-rollout", "manual"],
+        &[],
+    )
+    .await;
+    let hosts = fleet(&server, "ovl", 4).await;
+    let publish = |v: &'static str| {
+        let archive = release_archive(tmp.path(), v, false);
+        let server = &server;
+        async move {
+            let (code, _, err) = ctl_code(
+                server,
+                &[
+                    "release",
+                    "publish",
+                    &archive.display().to_string(),
+                    "--version",
+                    v,
+                    "--hold",
+                ],
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+        }
+    };
+    publish("2.0.0").await;
+    let (code, _, err) = ctl_code(
+        &server,
+        &[
+            "rollout",
+            "create",
+            "2.0.0",
+            "--waves",
+            "1,100%",
+            "--soak",
+            "8s",
+            "--no-wait",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    wait_for("all four run 2.0.0", Duration::from_secs(120), || async {
+        versions(&server, &hosts).await == vec!["2.0.0"; 4]
+    })
+    .await
+    .unwrap();
+    // At once: the first rollout is still soaking its last wave.
+    publish("3.0.0").await;
+    let (code, out, err) = ctl_code(
+        &server,
+        &[
+            "rollout", "create", "3.0.0", "--waves", "1,100%", "--soak", "0s", "--wait", "150",
+        ],
+    )
+    .await;
+    let diag: String = hosts.iter().map(|h| h.diagnostics()).collect();
+    assert_eq!(code, 0, "{out}{err}\n{diag}");
+    assert!(out.contains("done"), "{out}");
+    assert_eq!(versions(&server, &hosts).await, vec!["3.0.0"; 4]);
+    // The first one ends too, once its soak has passed.
+    let first = wait_for("the 2.0.0 rollout is done", T, || async {
+        rollout(&server, "2.0.0").await["phase"] == "done"
+    })
+    .await;
+    if let Err(e) = first {
+        panic!("{e:#}: {}", rollout(&server, "2.0.0").await);
+    }
 }
