@@ -27,6 +27,9 @@ for f in /usr/bin/palette-server /usr/bin/palettectl /usr/lib/systemd/system/pal
          /usr/lib/systemd/system/palette-watchdog.service /etc/palette/server.env; do
   [ -e "$f" ] || fail "missing $f"
 done
+for preset in watchdog-process-agent.yml watchdog-systemd-agent.yml; do
+  cmp -s "dist/$preset" "/opt/palette/presets/$preset" || fail "the package does not ship dist/$preset as /opt/palette/presets/$preset"
+done
 getent passwd palette >/dev/null || fail "no system user palette"
 [ "$(stat -c %a:%G /etc/palette/server.env)" = "640:palette" ] || fail "server.env is $(stat -c %a:%G /etc/palette/server.env), not 640:palette"
 grep -Eq '^PALETTE_ADMIN_TOKEN=[0-9a-f]{64}$' /etc/palette/server.env || fail "no admin token generated"
