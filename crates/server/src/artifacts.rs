@@ -382,7 +382,7 @@ impl ArtifactStore {
             return Ok(0);
         };
         let prefix = r.prefix.as_deref().map(ObjectPath::from);
-        let now = crate::state::now_ms();
+        let now = crate::clock::now_ms();
         let mut removed = 0;
         let mut list = r.store.list(prefix.as_ref());
         let mut old = Vec::new();

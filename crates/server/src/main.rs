@@ -83,7 +83,7 @@ struct Cli {
     /// is held until an operator starts a rollout (`palettectl rollout
     /// create`). A single release can be held with `publish --hold`.
     #[arg(long, env = env::DEFAULT_ROLLOUT, value_enum, default_value = "immediate")]
-    default_rollout: palette_server::rollouts::DefaultRollout,
+    default_rollout: palette_server::fleet::rollouts::DefaultRollout,
     /// The database: `postgres://user:password@host:port/db` for several
     /// replicas on one PostgreSQL; without it, SQLite in --data-dir (which
     /// keeps the artifacts either way).

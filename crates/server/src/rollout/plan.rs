@@ -5,7 +5,7 @@
 //! finished, halting when a wave fails past its threshold, and starting the
 //! next wave once the current one has soaked. Pure: no I/O and no clock of
 //! its own (`now` and the hosts are passed in), so every rule is tested
-//! here; `crate::rollouts` stores and drives it.
+//! here; `crate::fleet::rollouts` stores and drives it.
 
 use std::collections::BTreeMap;
 

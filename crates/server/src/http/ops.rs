@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::auth::{role, Role};
-use crate::state::AppState;
+use crate::http::auth::{role, Role};
+use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,7 +43,7 @@ async fn index() -> Response {
 }
 
 async fn healthz() -> Response {
-    crate::v1::text(StatusCode::OK, "ok\n")
+    crate::http::v1::text(StatusCode::OK, "ok\n")
 }
 
 /// How long `/readyz` waits for the store's answer: a load balancer's
@@ -53,12 +53,12 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(READY_WITHIN, state.store.ping()).await {
-        Ok(Ok(())) => crate::v1::text(StatusCode::OK, "ready\n"),
-        Ok(Err(e)) => crate::v1::text(
+        Ok(Ok(())) => crate::http::v1::text(StatusCode::OK, "ready\n"),
+        Ok(Err(e)) => crate::http::v1::text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", e.public_reason()),
         ),
-        Err(_) => crate::v1::text(
+        Err(_) => crate::http::v1::text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "not ready: the database did not answer within {} s\n",
@@ -71,7 +71,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if role(&state, &headers) < Role::Operator {
         state.metrics.auth_failures.increment(1);
-        return crate::v1::text(StatusCode::UNAUTHORIZED, "operator credential required\n");
+        return crate::http::v1::text(StatusCode::UNAUTHORIZED, "operator credential required\n");
     }
     state.refresh_gauges();
     (

@@ -16,10 +16,11 @@ use palette_protocol::Version;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::clock::now_ms;
+use crate::fleet::Fleet;
+use crate::rollout::window::Window;
 use crate::rollout::{parse_waves, Changes, Member, Phase, Plan, Threshold};
-use crate::state::{now_ms, AppState};
 use crate::store::{Audit, MemberRecord, RolloutRecord, StoreResult};
-use crate::window::Window;
 
 /// What happens to a release published without a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -76,7 +77,7 @@ pub struct Cache {
     pub assigned: HashMap<String, Labels>,
 }
 
-/// The in-memory side, held by `AppState`.
+/// The in-memory side, held by `Fleet`.
 #[derive(Default)]
 pub struct Rollouts {
     pub cache: RwLock<Cache>,
@@ -411,7 +412,7 @@ pub enum RolloutError {
     Store(#[from] crate::store::StoreError),
 }
 
-impl AppState {
+impl Fleet {
     /// Starts a rollout of a release to the hosts matching its selector.
     pub async fn create_rollout(
         &self,
@@ -751,14 +752,14 @@ impl AppState {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(rollout = r.id, error = %crate::error_chain(&e), "rollout progress not stored; retried at the next step");
+                    tracing::warn!(rollout = r.id, error = %crate::chain::error_chain(&e), "rollout progress not stored; retried at the next step");
                 }
             }
         }
         for id in finished_releases {
             // Every host of the rollout has it: legacy hosts may have it too.
             if let Err(e) = self.release_unhold(id).await {
-                tracing::warn!(release = id, error = %crate::error_chain(&e), "a finished rollout's release stays held; retried at restart");
+                tracing::warn!(release = id, error = %crate::chain::error_chain(&e), "a finished rollout's release stays held; retried at restart");
             }
         }
         if admitted_any {
@@ -841,7 +842,7 @@ impl AppState {
             // One replica steps rollouts at a time (the others read them).
             if self.store.try_lead().await {
                 self.step_rollouts().await;
-                self.ui.sample(&self).await;
+                self.sample_versions().await;
             }
         }
     }

@@ -18,9 +18,9 @@ use serde::Deserialize;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use crate::auth::{credential_key, role, Role};
-use crate::body::BodyError;
-use crate::state::AppState;
+use crate::http::auth::{credential_key, role, Role};
+use crate::http::body::BodyError;
+use crate::http::AppState;
 use crate::store::StoreError;
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -66,7 +66,7 @@ pub async fn auth_limit_layer(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let presented = crate::auth::presented_token(req.headers());
+    let presented = crate::http::auth::presented_token(req.headers());
     // Limit what fails, not what succeeds: a credential that verifies is
     // served even from a blocked address (behind a load balancer, the
     // whole fleet may share one).
@@ -91,8 +91,8 @@ pub async fn auth_limit_layer(
     if res.status() == StatusCode::UNAUTHORIZED && state.auth_limiter.failed(ip) {
         tracing::warn!(
             source = %ip,
-            failures = state.settings.auth_limit.failures,
-            block_secs = state.settings.auth_limit.block.as_secs(),
+            failures = state.http.auth_limit.failures,
+            block_secs = state.http.auth_limit.block.as_secs(),
             "too many failed authentications (v1): this address is refused for a while"
         );
     }
@@ -285,7 +285,7 @@ async fn form_fields(
     req: Request,
     file_field: Option<&str>,
 ) -> Result<(Vec<(String, String)>, Option<Vec<u8>>), Response> {
-    let within = state.settings.limits.body_timeout;
+    let within = state.http.limits.body_timeout;
     tokio::time::timeout(within, form_fields_inner(state, req, file_field))
         .await
         .unwrap_or_else(|_| {
@@ -339,7 +339,7 @@ async fn form_fields_inner(
             } else {
                 64 * 1024
             };
-            let data = crate::body::read_limited(field, cap)
+            let data = crate::http::body::read_limited(field, cap)
                 .await
                 .map_err(|e| match e {
                     BodyError::TooLarge => text(
@@ -359,7 +359,7 @@ async fn form_fields_inner(
         }
     } else {
         let limit = state.settings.max_json_bytes;
-        let bytes = crate::body::read_limited(req.into_body().into_data_stream(), limit)
+        let bytes = crate::http::body::read_limited(req.into_body().into_data_stream(), limit)
             .await
             .map_err(|_| text(StatusCode::PAYLOAD_TOO_LARGE, "Request body is too large\n"))?;
         fields = form_urlencoded::parse(&bytes).into_owned().collect();
@@ -387,7 +387,7 @@ async fn put_command(State(state): State<AppState>, req: Request) -> Response {
             ),
         );
     };
-    let ttl = crate::state::LEGACY_FRESHNESS_MS as u64 / 1000;
+    let ttl = crate::fleet::LEGACY_FRESHNESS_MS as u64 / 1000;
     let audit = actor.entry(
         "command.create",
         format!(
@@ -609,7 +609,7 @@ struct Actor {
 impl Actor {
     fn of(state: &AppState, req: &Request) -> Actor {
         Actor {
-            label: crate::auth::presented_token(req.headers())
+            label: crate::http::auth::presented_token(req.headers())
                 .and_then(|t| state.credential(t))
                 .map(|c| c.label.clone())
                 .unwrap_or_default(),

@@ -5,7 +5,7 @@
 //! times in batches, so using a token costs no database write.
 //!
 //! Owns only the in-memory view: the store stays the truth, and nothing
-//! here decides what a credential may do (that is `v2::Caller`).
+//! here decides what a credential may do (that is `http::auth` and `http::v2::Caller`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -13,8 +13,17 @@ use std::sync::{Arc, RwLock};
 
 use palette_protocol::timefmt::Millis;
 
-use crate::auth::{token_hash, TokenHash};
+use sha2::{Digest, Sha256};
+
 use crate::store::{TokenKind, TokenRow};
+
+/// A credential as it is kept and looked up: its SHA-256.
+pub type TokenHash = [u8; 32];
+
+/// The hash a token is kept and looked up by.
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
 
 /// A known, live credential.
 #[derive(Debug)]

@@ -72,7 +72,7 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 /// Replaces the peer's address with the client's, when a trusted proxy
 /// forwarded it.
 pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let trusted = &state.settings.trusted_proxies;
+    let trusted = &state.http.trusted_proxies;
     if !trusted.is_empty() {
         if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
         {

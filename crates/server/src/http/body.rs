@@ -84,7 +84,7 @@ mod tests {
 pub struct Deadline {
     inner: axum::body::Body,
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    mark: Option<crate::conn::UnverifiedBody>,
+    mark: Option<crate::http::conn::UnverifiedBody>,
 }
 
 /// The error a body past its deadline ends with.
@@ -96,7 +96,7 @@ impl Deadline {
     pub fn new(
         inner: axum::body::Body,
         within: Option<std::time::Duration>,
-        mark: Option<crate::conn::UnverifiedBody>,
+        mark: Option<crate::http::conn::UnverifiedBody>,
     ) -> Self {
         Deadline {
             inner,

@@ -4,16 +4,10 @@
 //! hash, so no comparison ever runs over the secret itself.
 
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
 
-use crate::state::AppState;
+pub use crate::fleet::credentials::{token_hash, TokenHash};
+use crate::http::AppState;
 use crate::store::TokenKind;
-
-pub type TokenHash = [u8; 32];
-
-pub fn token_hash(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
-}
 
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -21,12 +21,11 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::IngestError;
-use crate::auth::{credential_key, role, Role, TokenHash};
-use crate::body::BodyError;
-use crate::rollouts::{NewRollout, Pin, RolloutError, RolloutStatus, WindowInfo};
-use crate::state::{
-    command_wire, now_ms, AppState, PublishError, TooManyNewHosts, DEFAULT_COMMAND_TTL_SECS,
-};
+use crate::fleet::rollouts::{NewRollout, Pin, RolloutError, RolloutStatus, WindowInfo};
+use crate::fleet::{command_wire, now_ms, PublishError, TooManyNewHosts, DEFAULT_COMMAND_TTL_SECS};
+use crate::http::auth::{credential_key, role, Role, TokenHash};
+use crate::http::body::BodyError;
+use crate::http::AppState;
 use crate::store::TokenKind;
 use crate::store::{AuditEntry, NewRelease, StoreError};
 use palette_protocol::selector::{Labels, Selector};
@@ -92,9 +91,9 @@ impl From<TooManyNewHosts> for V2Error {
     }
 }
 
-impl From<crate::state::RollbackError> for V2Error {
-    fn from(e: crate::state::RollbackError) -> Self {
-        use crate::state::RollbackError as E;
+impl From<crate::fleet::RollbackError> for V2Error {
+    fn from(e: crate::fleet::RollbackError) -> Self {
+        use crate::fleet::RollbackError as E;
         match e {
             E::Store(e) => e.into(),
             E::NoSuchRelease(_) => V2Error::new(StatusCode::NOT_FOUND, e.to_string()),
@@ -157,13 +156,13 @@ type V2Result<T> = Result<T, V2Error>;
 fn refuse(state: &AppState, parts: &Parts, have: Role, min: Role) -> V2Error {
     state.metrics.auth_failures.increment(1);
     // An unknown secret is a guess: counted against its address.
-    if have == Role::Anonymous && crate::auth::presented_token(&parts.headers).is_some() {
+    if have == Role::Anonymous && crate::http::auth::presented_token(&parts.headers).is_some() {
         if let Some(ip) = source_ip(parts) {
             if state.auth_limiter.failed(ip) {
                 tracing::warn!(
                     source = %ip,
-                    failures = state.settings.auth_limit.failures,
-                    block_secs = state.settings.auth_limit.block.as_secs(),
+                    failures = state.http.auth_limit.failures,
+                    block_secs = state.http.auth_limit.block.as_secs(),
                     "too many failed authentications: this address is refused for a while"
                 );
             }
@@ -200,7 +199,7 @@ fn source_ip(parts: &Parts) -> Option<std::net::IpAddr> {
 fn not_blocked(state: &AppState, parts: &Parts) -> V2Result<()> {
     let (Some(ip), Some(token)) = (
         source_ip(parts),
-        crate::auth::presented_token(&parts.headers),
+        crate::http::auth::presented_token(&parts.headers),
     ) else {
         return Ok(());
     };
@@ -236,7 +235,8 @@ impl axum::extract::FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
         not_blocked(state, parts)?;
-        let cred = crate::auth::presented_token(&parts.headers).and_then(|t| state.credential(t));
+        let cred =
+            crate::http::auth::presented_token(&parts.headers).and_then(|t| state.credential(t));
         match cred.filter(|c| c.kind == TokenKind::Operator) {
             Some(c) => Ok(Operator {
                 label: c.label.clone(),
@@ -284,7 +284,8 @@ impl axum::extract::FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, V2Error> {
         not_blocked(state, parts)?;
-        let cred = crate::auth::presented_token(&parts.headers).and_then(|t| state.credential(t));
+        let cred =
+            crate::http::auth::presented_token(&parts.headers).and_then(|t| state.credential(t));
         match cred.as_deref().map(|c| c.kind) {
             Some(TokenKind::Operator) => Ok(Caller::Operator(Operator {
                 label: cred.expect("matched").label.clone(),
@@ -359,8 +360,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> V2Result<T> {
 
 /// Reads a (non-artifact) body within `limit` bytes and the body timeout.
 async fn read_body(state: &AppState, req: Request, limit: usize) -> V2Result<bytes::Bytes> {
-    let within = state.settings.limits.body_timeout;
-    let read = crate::body::read_limited(req.into_body().into_data_stream(), limit);
+    let within = state.http.limits.body_timeout;
+    let read = crate::http::body::read_limited(req.into_body().into_data_stream(), limit);
     tokio::time::timeout(within, read)
         .await
         .map_err(|_| {
@@ -796,7 +797,7 @@ async fn publish_release(
             stream,
             state.settings.max_artifact_bytes,
             q.sha256.as_deref(),
-            state.settings.limits.upload_stall_timeout,
+            state.http.limits.upload_stall_timeout,
         )
         .await
         .map_err(ingest_error)?;
@@ -848,7 +849,8 @@ async fn publish_release(
                 created_at: now_ms(),
                 withdrawn_at: None,
                 rolled_back_at: None,
-                held: q.hold || state.rollouts.default == crate::rollouts::DefaultRollout::Manual,
+                held: q.hold
+                    || state.rollouts.default == crate::fleet::rollouts::DefaultRollout::Manual,
             },
             Some(&audit),
         )
@@ -1078,7 +1080,7 @@ async fn download_artifact(
         return V2Error::new(StatusCode::NOT_FOUND, format!("no artifact {sha256}"))
             .into_response();
     }
-    crate::v1::serve_artifact(&state, &sha256, req).await
+    crate::http::v1::serve_artifact(&state, &sha256, req).await
 }
 
 #[derive(Deserialize)]
@@ -1379,8 +1381,8 @@ async fn create_window(
     if new.schedule.len() > 200 || new.tz.len() > 64 {
         return Err(bad("schedule or time zone too long"));
     }
-    let window =
-        crate::window::Window::parse(&new.schedule, &new.tz).map_err(|e| bad(e.to_string()))?;
+    let window = crate::rollout::window::Window::parse(&new.schedule, &new.tz)
+        .map_err(|e| bad(e.to_string()))?;
     let now = now_ms();
     let mut info = WindowInfo {
         id: 0,

@@ -1,7 +1,14 @@
-//! The server's shared state: the durable store plus the in-memory views that
-//! keep the hot legacy paths (heartbeats, command polls, version checks) free
-//! of database round trips. Heartbeats are flushed to the store in batches
-//! every second and at shutdown.
+//! The fleet: the in-memory views that keep the hot paths (heartbeats,
+//! command polls, version checks) free of database round trips, and the
+//! use cases the HTTP edge calls — hosts, commands and their grouped acks,
+//! releases, configs, credentials, audit, rollouts, replica sync.
+//! Heartbeats are flushed to the store in batches every second and at
+//! shutdown. Must not: know axum or HTTP status codes, or write SQL (the
+//! store does).
+
+pub mod credentials;
+pub mod history;
+pub mod rollouts;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -14,7 +21,7 @@ use palette_protocol::{v1, Version};
 use tokio::sync::watch;
 
 use crate::artifacts::ArtifactStore;
-use crate::auth::{token_hash, TokenHash};
+use crate::fleet::credentials::{token_hash, TokenHash};
 use crate::store::{Audit, CommandRow, NewRelease, Store, StoreResult};
 
 /// A legacy watchdog ignores commands older than this.
@@ -32,12 +39,7 @@ pub const DEFAULT_INTERVAL_MS: Millis = 2 * 60 * 1000;
 /// Hosts silent this long are left out of the legacy agent list.
 pub const AGENT_LIST_WINDOW_MS: Millis = 24 * 3600 * 1000;
 
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Limits and paths the server runs with.
 #[derive(Debug, Clone)]
@@ -59,22 +61,14 @@ pub struct Settings {
     pub new_hosts_burst: u32,
     /// ...and per minute after that.
     pub new_hosts_per_minute: u32,
-    /// Limits on connections and request bodies (see `conn`).
-    pub limits: crate::conn::Limits,
-    /// Failed authentications allowed per source address.
-    pub auth_limit: crate::ratelimit::AuthLimit,
     /// Refuse the enrollment key on the v2 API for anything but enrolling
     /// (off: a host that has not enrolled may still use it, as watchdogs
     /// before 0.2 did; an enrolled host never).
     pub require_host_tokens: bool,
     /// What a release published without a rollout does.
-    pub default_rollout: crate::rollouts::DefaultRollout,
+    pub default_rollout: crate::fleet::rollouts::DefaultRollout,
     /// A file holding the instant maintenance windows are judged at (tests).
     pub clock_file: Option<PathBuf>,
-    /// Whether the server speaks TLS (dashboard cookies are `Secure`).
-    pub tls: bool,
-    /// Proxies whose forwarded client address is believed (`client_addr`).
-    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a host admitted to a rollout may show no sign of taking
     /// the release before it counts as failed (`Plan::step`).
     pub rollout_host_timeout: std::time::Duration,
@@ -89,19 +83,15 @@ impl Settings {
             data_dir,
             max_config_bytes: 1024 * 1024,
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
-            auth_limit: crate::ratelimit::AuthLimit::default(),
             max_json_bytes: 1024 * 1024,
             max_wait_secs: 120,
             max_config_revisions: 50,
             max_report_bytes: 16 * 1024,
             new_hosts_burst: 10_000,
             new_hosts_per_minute: 1200,
-            limits: crate::conn::Limits::default(),
             require_host_tokens: false,
             default_rollout: Default::default(),
             clock_file: None,
-            tls: false,
-            trusted_proxies: Vec::new(),
             rollout_host_timeout: std::time::Duration::from_secs(30 * 60),
             artifacts: None,
         }
@@ -176,15 +166,13 @@ struct ReleaseCache {
 
 /// Cheap to clone: everything is behind one `Arc`.
 #[derive(Clone)]
-pub struct AppState(pub Arc<Inner>);
+pub struct Fleet(pub Arc<Inner>);
 
 pub struct Inner {
     pub store: Arc<dyn Store>,
     pub settings: Settings,
     pub artifacts: ArtifactStore,
     pub metrics: crate::metrics::Metrics,
-    /// Failed authentications per source address.
-    pub auth_limiter: crate::ratelimit::AuthLimiter,
     hosts: Mutex<HashMap<String, HostEntry>>,
     commands: RwLock<CommandCache>,
     issue_lock: tokio::sync::Mutex<()>,
@@ -193,7 +181,7 @@ pub struct Inner {
     publish_lock: tokio::sync::Mutex<()>,
     releases: RwLock<ReleaseCache>,
     /// Every live credential, by hash.
-    tokens: crate::tokens::Tokens,
+    tokens: crate::fleet::credentials::Tokens,
     /// The hash of PALETTE_ADMIN_TOKEN (kept across token rebuilds).
     admin_token: Option<TokenHash>,
     new_hosts: Mutex<HashMap<TokenHash, Bucket>>,
@@ -201,9 +189,9 @@ pub struct Inner {
     /// Bumped at every v2 report (wakes the rollout driver).
     reports: watch::Sender<u64>,
     /// Rollouts, pins, windows, assigned labels.
-    pub rollouts: crate::rollouts::Rollouts,
-    /// Dashboard sessions and the version mix over time.
-    pub ui: crate::ui::Ui,
+    pub rollouts: crate::fleet::rollouts::Rollouts,
+    /// When this replica last sampled the version mix (`history`).
+    version_sampled: Mutex<Millis>,
     /// Acknowledgements on their way to the next group commit.
     acks: tokio::sync::mpsc::Sender<AckJob>,
     /// This process, among replicas sharing a store.
@@ -264,7 +252,7 @@ pub struct TooManyNewHosts {
     pub retry_after_secs: u64,
 }
 
-impl std::ops::Deref for AppState {
+impl std::ops::Deref for Fleet {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
@@ -383,7 +371,7 @@ pub const V1_AGENT_URL: &str = "/api/v1/agent";
 /// The audit label of the token given in PALETTE_ADMIN_TOKEN.
 pub const ADMIN_LABEL: &str = "admin";
 
-impl AppState {
+impl Fleet {
     /// Loads every in-memory view from the store.
     pub async fn load(
         store: Arc<dyn Store>,
@@ -424,34 +412,31 @@ impl AppState {
                 },
             );
         }
-        let auth_limit = settings.auth_limit;
         let (ack_tx, ack_rx) = tokio::sync::mpsc::channel(16_384);
         tokio::spawn(ack_writer(store.clone(), ack_rx));
         let settings_clock_file = settings.clock_file.clone();
         let settings_default_rollout = settings.default_rollout;
-        let settings_tls = settings.tls;
-        let state = AppState(Arc::new(Inner {
+        let state = Fleet(Arc::new(Inner {
             store,
             settings,
             artifacts,
             metrics: crate::metrics::Metrics::new(),
-            auth_limiter: crate::ratelimit::AuthLimiter::new(auth_limit),
             hosts: Mutex::new(hosts),
             commands: RwLock::new(CommandCache::default()),
             issue_lock: tokio::sync::Mutex::new(()),
             publish_lock: tokio::sync::Mutex::new(()),
             releases: RwLock::new(ReleaseCache::default()),
-            tokens: crate::tokens::Tokens::default(),
+            tokens: crate::fleet::credentials::Tokens::default(),
             admin_token: admin_token.map(token_hash),
             new_hosts: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
             reports: watch::channel(0).0,
-            rollouts: crate::rollouts::Rollouts {
+            rollouts: crate::fleet::rollouts::Rollouts {
                 clock_file: settings_clock_file,
                 default: settings_default_rollout,
                 ..Default::default()
             },
-            ui: crate::ui::Ui::with_tls(settings_tls),
+            version_sampled: Mutex::new(0),
             acks: ack_tx,
             replica_id: {
                 let mut b = [0u8; 8];
@@ -483,7 +468,7 @@ impl AppState {
     }
 
     /// The live credential `token` is, noting the use.
-    pub fn credential(&self, token: &str) -> Option<Arc<crate::tokens::Credential>> {
+    pub fn credential(&self, token: &str) -> Option<Arc<crate::fleet::credentials::Credential>> {
         let c = self.tokens.find(token)?;
         c.used(now_ms());
         Some(c)
@@ -492,8 +477,8 @@ impl AppState {
     /// The live credential whose token hashes to `hash`.
     pub fn credential_by_hash(
         &self,
-        hash: &crate::auth::TokenHash,
-    ) -> Option<Arc<crate::tokens::Credential>> {
+        hash: &TokenHash,
+    ) -> Option<Arc<crate::fleet::credentials::Credential>> {
         let c = self.tokens.find_by_hash(hash)?;
         c.used(now_ms());
         Some(c)
@@ -592,7 +577,7 @@ impl AppState {
     /// logged, and the next reload (replica sync, restart) catches up.
     async fn reload_tokens_after_write(&self) {
         if let Err(e) = self.reload_tokens().await {
-            tracing::warn!(error = %crate::error_chain(&e), "a token change was stored but could not be read back yet; it takes effect at the next reload");
+            tracing::warn!(error = %crate::chain::error_chain(&e), "a token change was stored but could not be read back yet; it takes effect at the next reload");
         }
     }
 
@@ -854,7 +839,7 @@ impl AppState {
             .filter(|(name, labels)| selector.matches(name, labels))
             .filter(|(name, labels)| {
                 let cache = self.rollouts.cache.read().unwrap();
-                !crate::rollouts::Rollouts::pinned_elsewhere(&cache, name, labels, release)
+                !crate::fleet::rollouts::Rollouts::pinned_elsewhere(&cache, name, labels, release)
             })
             .collect()
     }
@@ -881,7 +866,9 @@ impl AppState {
                 if let Some(a) = cache.assigned.get(&name) {
                     labels.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
-                if crate::rollouts::Rollouts::pinned_elsewhere(&cache, &name, &labels, release) {
+                if crate::fleet::rollouts::Rollouts::pinned_elsewhere(
+                    &cache, &name, &labels, release,
+                ) {
                     return None;
                 }
                 let view = crate::rollout::HostView {
@@ -892,7 +879,7 @@ impl AppState {
                         .as_ref()
                         .filter(|u| u.release_id == release.id)
                         .map(|u| (u.outcome, u.message.clone())),
-                    in_window: crate::rollouts::Rollouts::in_window(
+                    in_window: crate::fleet::rollouts::Rollouts::in_window(
                         &cache, &name, &labels, window_now,
                     ),
                     progressing: r
@@ -1508,7 +1495,7 @@ impl AppState {
                     "deleted artifacts in object storage that no release names (publishes cut short over an hour ago)"
                 ),
                 Err(e) => tracing::warn!(
-                    error = %crate::error_chain(&e),
+                    error = %crate::chain::error_chain(&e),
                     storage = self.artifacts.storage(),
                     "could not collect orphan artifacts in object storage; tried again at the next start"
                 ),
@@ -1684,12 +1671,13 @@ impl AppState {
                         v2::HostState::Offline => Some("offline"),
                     };
                     word.map(|w| format!("{w} (it is offered the release when it checks in)"))
-                } else if crate::rollouts::Rollouts::pinned_elsewhere(
+                } else if crate::fleet::rollouts::Rollouts::pinned_elsewhere(
                     &cache, &name, &labels, release,
                 ) {
                     Some("pinned to another version".into())
-                } else if !crate::rollouts::Rollouts::in_window(&cache, &name, &labels, window_now)
-                {
+                } else if !crate::fleet::rollouts::Rollouts::in_window(
+                    &cache, &name, &labels, window_now,
+                ) {
                     Some("outside its maintenance window".into())
                 } else if release.withdrawn_at.is_some() {
                     Some("the release is withdrawn".into())
@@ -1829,7 +1817,7 @@ impl AppState {
             let (store, me) = (self.store.clone(), self.replica_id.clone());
             tokio::spawn(async move {
                 if let Err(e) = store.announce(&me).await {
-                    tracing::warn!(error = %crate::error_chain(&e), "a change was not announced to the other replicas; their reconciliation picks it up");
+                    tracing::warn!(error = %crate::chain::error_chain(&e), "a change was not announced to the other replicas; their reconciliation picks it up");
                 }
             });
         }
@@ -1940,7 +1928,7 @@ impl AppState {
                 hosts_read = std::time::Instant::now();
             }
             if let Err(e) = self.reload_shared(with_hosts).await {
-                tracing::warn!(error = %crate::error_chain(&e), "reading the other replicas' changes failed; retried");
+                tracing::warn!(error = %crate::chain::error_chain(&e), "reading the other replicas' changes failed; retried");
             }
         }
     }

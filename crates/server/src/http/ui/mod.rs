@@ -13,7 +13,6 @@
 //! own.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::{Form, FromRequestParts, Path, Query, State};
@@ -28,71 +27,15 @@ use palette_protocol::timefmt::{rfc3339_millis, Millis};
 use palette_protocol::v2::{CommandKind, HostInfo, HostState, Outcome, Target};
 use serde::Deserialize;
 
-use crate::state::{now_ms, AppState};
+use crate::clock::now_ms;
+use crate::fleet::history::{version_mix, version_of};
+use crate::http::AppState;
 use crate::store::TokenKind;
 
 const COOKIE: &str = "palette_session";
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Version-mix samples kept (one a minute: a day).
-const MAX_SAMPLES: usize = 1440;
-const SAMPLE_EVERY_MS: Millis = 60_000;
-const CSS: &str = include_str!("ui/app.css");
-const JS: &str = include_str!("ui/app.js");
-
-/// The dashboard's own state: when this replica last sampled the version
-/// mix (the samples themselves are in the store).
-#[derive(Default)]
-pub struct Ui {
-    last_sample: Mutex<Millis>,
-    /// Whether cookies get `Secure` (the server speaks TLS).
-    pub secure: bool,
-}
-
-impl Ui {
-    pub fn with_tls(secure: bool) -> Ui {
-        Ui {
-            secure,
-            ..Default::default()
-        }
-    }
-
-    /// Notes the fleet's version mix in the store, at most once a minute;
-    /// a day of samples is kept. Called by the replica that leads.
-    pub async fn sample(&self, state: &AppState) {
-        let now = now_ms();
-        {
-            let mut last = self.last_sample.lock().unwrap();
-            if now - *last < SAMPLE_EVERY_MS {
-                return;
-            }
-            *last = now;
-        }
-        let mix = version_mix(&state.hosts(None));
-        let json = serde_json::to_string(&mix).expect("a map of counts serialises");
-        let keep_since = now - MAX_SAMPLES as Millis * SAMPLE_EVERY_MS;
-        if let Err(e) = state
-            .store
-            .insert_version_sample(now, &json, keep_since)
-            .await
-        {
-            tracing::warn!(error = %crate::error_chain(&e), "the version mix was not sampled; tried again in a minute");
-        }
-    }
-}
-
-/// The samples of the last day, oldest first (an unreadable one skipped).
-async fn samples(state: &AppState) -> Result<Vec<(Millis, BTreeMap<String, u64>)>, UiError> {
-    let since = now_ms() - MAX_SAMPLES as Millis * SAMPLE_EVERY_MS;
-    let rows = state
-        .store
-        .version_samples(since)
-        .await
-        .map_err(|e| UiError::Store(e.public_reason()))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(at, json)| Some((at, serde_json::from_str(&json).ok()?)))
-        .collect())
-}
+const CSS: &str = include_str!("app.css");
+const JS: &str = include_str!("app.js");
 
 fn random_hex() -> String {
     let mut b = [0u8; 32];
@@ -100,22 +43,12 @@ fn random_hex() -> String {
     hex::encode(b)
 }
 
-fn version_of(h: &HostInfo) -> String {
-    match &h.report {
-        Some(r) => r
-            .agent_version
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "none".into()),
-        None => "legacy".into(),
-    }
-}
-
-fn version_mix(hosts: &[HostInfo]) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for h in hosts {
-        *m.entry(version_of(h)).or_default() += 1;
-    }
-    m
+/// The samples of the last day, oldest first (an unreadable one skipped).
+async fn samples(state: &AppState) -> Result<Vec<(Millis, BTreeMap<String, u64>)>, UiError> {
+    state
+        .version_history()
+        .await
+        .map_err(|e| UiError::Store(e.public_reason()))
 }
 
 /// A logged-in operator, found once per request from the session cookie.
@@ -203,7 +136,7 @@ impl FromRequestParts<AppState> for UiSession {
 /// What the store keeps of a session cookie: its SHA-256 (a read of the
 /// database gives nobody a usable cookie).
 fn session_hash(sid: &str) -> String {
-    hex::encode(crate::auth::token_hash(sid))
+    hex::encode(crate::http::auth::token_hash(sid))
 }
 
 impl UiSession {
@@ -468,7 +401,7 @@ async fn login(
     let sid = random_hex();
     let row = crate::store::UiSessionRow {
         id_hash: session_hash(&sid),
-        token_hash: hex::encode(crate::auth::token_hash(f.token.trim())),
+        token_hash: hex::encode(crate::http::auth::token_hash(f.token.trim())),
         csrf: random_hex(),
         expires_at: now_ms() + SESSION_TTL.as_millis() as Millis,
     };
@@ -487,7 +420,7 @@ async fn login(
     let cookie = format!(
         "{COOKIE}={sid}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
         SESSION_TTL.as_secs(),
-        if state.ui.secure { "; Secure" } else { "" }
+        if state.http.tls { "; Secure" } else { "" }
     );
     (
         StatusCode::SEE_OTHER,
@@ -857,7 +790,7 @@ async fn withdraw(
     }
     let audit = s.entry(
         "release.withdraw",
-        format!("{} (dashboard)", crate::v2::release_words(&state, id)),
+        format!("{} (dashboard)", crate::http::v2::release_words(&state, id)),
     );
     match state.withdraw(id, Some(&audit)).await {
         Ok(Some(_)) => Redirect::to("/ui/releases").into_response(),
@@ -866,7 +799,7 @@ async fn withdraw(
     }
 }
 
-fn rollout_row(r: &crate::rollouts::RolloutStatus) -> Markup {
+fn rollout_row(r: &crate::fleet::rollouts::RolloutStatus) -> Markup {
     html! {
         tr data-rollout=(r.id) {
             td { a href=(format!("/ui/rollouts/{}", r.id)) { (r.id) } }
@@ -934,7 +867,7 @@ async fn create_rollout(
     let Ok(release_id) = get("release_id").parse::<i64>() else {
         return page_error(StatusCode::BAD_REQUEST, "choose a release");
     };
-    let new = crate::rollouts::NewRollout {
+    let new = crate::fleet::rollouts::NewRollout {
         release_id,
         selector: get("selector"),
         waves: get("waves")
@@ -948,7 +881,7 @@ async fn create_rollout(
     };
     let audit = s.entry(
         "rollout.create",
-        format!("{} (dashboard)", crate::v2::rollout_words(&new)),
+        format!("{} (dashboard)", crate::http::v2::rollout_words(&new)),
     );
     match state.create_rollout(new, Some(&audit)).await {
         Ok(r) => Redirect::to(&format!("/ui/rollouts/{}", r.id)).into_response(),
@@ -1110,15 +1043,15 @@ async fn send_command(
         format!(
             "command {{id}} {} to {}, ttl {} s (dashboard)",
             kind.as_str(),
-            crate::v2::target_words(&target),
-            crate::state::DEFAULT_COMMAND_TTL_SECS
+            crate::http::v2::target_words(&target),
+            crate::fleet::DEFAULT_COMMAND_TTL_SECS
         ),
     );
     match state
         .issue_command(
             kind,
             target,
-            crate::state::DEFAULT_COMMAND_TTL_SECS,
+            crate::fleet::DEFAULT_COMMAND_TTL_SECS,
             Some(&audit),
         )
         .await
