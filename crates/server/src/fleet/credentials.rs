@@ -176,6 +176,208 @@ impl Tokens {
     }
 }
 
+use super::Fleet;
+#[allow(unused_imports)]
+use super::*;
+
+impl Fleet {
+    // ---- tokens -------------------------------------------------------
+
+    /// Rebuilds the in-memory credentials from the store (after any add or
+    /// revoke: rare).
+    pub(super) async fn reload_tokens(&self) -> StoreResult<()> {
+        let rows = self.store.tokens().await?;
+        self.tokens.rebuild(rows, self.admin_token, ADMIN_LABEL);
+        Ok(())
+    }
+
+    /// The live credential `token` is, noting the use.
+    pub fn credential(&self, token: &str) -> Option<Arc<crate::fleet::credentials::Credential>> {
+        let c = self.tokens.find(token)?;
+        c.used(now_ms());
+        Some(c)
+    }
+
+    /// The live credential whose token hashes to `hash`.
+    pub fn credential_by_hash(
+        &self,
+        hash: &TokenHash,
+    ) -> Option<Arc<crate::fleet::credentials::Credential>> {
+        let c = self.tokens.find_by_hash(hash)?;
+        c.used(now_ms());
+        Some(c)
+    }
+
+    /// Whether `host` has enrolled (has a live host token).
+    pub fn is_enrolled(&self, host: &str) -> bool {
+        self.tokens.is_enrolled(host)
+    }
+
+    /// Every stored token (hashes only), revoked ones too.
+    pub async fn tokens(&self) -> StoreResult<Vec<crate::store::TokenRow>> {
+        self.store.tokens().await
+    }
+
+    /// A live stored token, by kind and id.
+    pub async fn live_token(
+        &self,
+        kind: crate::store::TokenKind,
+        id: i64,
+    ) -> StoreResult<Option<crate::store::TokenRow>> {
+        Ok(self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.kind == kind && t.id == id && t.revoked_at.is_none()))
+    }
+
+    /// Revokes a stored token, durably and at once: its next request is
+    /// refused. `None` when there is no such live token.
+    pub async fn revoke_token(
+        &self,
+        kind: crate::store::TokenKind,
+        id: i64,
+        audit: Audit<'_>,
+    ) -> StoreResult<Option<crate::store::TokenRow>> {
+        let Some(row) = self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .find(|t| t.kind == kind && t.id == id && t.revoked_at.is_none())
+        else {
+            return Ok(None);
+        };
+        let done = self.store.revoke_token(kind, id, now_ms(), audit).await?;
+        if done {
+            if let Some(a) = audit {
+                a.log();
+            }
+        }
+        self.reload_tokens_after_write().await;
+        Ok(done.then_some(row))
+    }
+
+    /// Enrolls `host`: a new host token, durably recorded (hash only) and
+    /// live at once. `Conflict` when the name already has a live token:
+    /// only an operator revoking it (or retiring the host) frees the name,
+    /// so an enrollment key alone cannot take over an enrolled host.
+    pub async fn enroll_host(&self, host: &str, audit: Audit<'_>) -> StoreResult<(i64, String)> {
+        let mut raw = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+        let token = format!("pht_{}", hex::encode(raw));
+        let id = self
+            .store
+            .enroll_host(host, &hex::encode(token_hash(&token)), now_ms(), audit)
+            .await?;
+        let Some(id) = id else {
+            return Err(crate::store::StoreError::Conflict(format!(
+                "a live host token for {host} (an operator must revoke it or retire the host before it can enroll again)"
+            )));
+        };
+        if let Some(a) = audit {
+            a.with_id(id).log();
+        }
+        self.reload_tokens_after_write().await;
+        Ok((id, token))
+    }
+
+    /// Writes the batched "last used" times of tokens.
+    pub(super) async fn flush_token_uses(&self) -> StoreResult<()> {
+        let batch = self.tokens.take_unwritten();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let r = self.store.touch_tokens(&batch).await;
+        if r.is_err() {
+            self.tokens.unwritten(&batch);
+        }
+        r
+    }
+
+    /// Reloads the live tokens after a committed write. A failure here
+    /// must not turn the write's 2xx into an error (it was stored): it is
+    /// logged, and the next reload (replica sync, restart) catches up.
+    pub(super) async fn reload_tokens_after_write(&self) {
+        if let Err(e) = self.reload_tokens().await {
+            tracing::warn!(error = %crate::chain::error_chain(&e), "a token change was stored but could not be read back yet; it takes effect at the next reload");
+        }
+    }
+
+    pub async fn audit_log(&self, limit: u32) -> StoreResult<Vec<(i64, crate::store::AuditEntry)>> {
+        self.store.audit(limit).await
+    }
+
+    /// Adds a license key. A key that was revoked stays revoked (409):
+    /// a revoked secret is never live again.
+    pub async fn add_agent_token(
+        &self,
+        token: &str,
+        label: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
+        let hex_hash = hex::encode(token_hash(&token.to_lowercase()));
+        let revoked = self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .any(|t| t.hash == hex_hash && t.revoked_at.is_some());
+        if revoked {
+            return Err(crate::store::StoreError::Conflict(
+                "a revoked agent token with this value (choose a new key)".into(),
+            ));
+        }
+        self.store
+            .add_agent_token(&hex_hash, label, now_ms(), audit)
+            .await?;
+        if let Some(a) = audit {
+            a.log();
+        }
+        self.reload_tokens_after_write().await;
+        Ok(())
+    }
+
+    pub async fn add_operator_token(
+        &self,
+        token: &str,
+        label: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<()> {
+        self.store
+            .add_operator_token(&hex::encode(token_hash(token)), label, now_ms(), audit)
+            .await?;
+        if let Some(a) = audit {
+            a.log();
+        }
+        self.reload_tokens_after_write().await;
+        Ok(())
+    }
+
+    /// Replaces the live operator tokens labelled `label` with `token` in
+    /// one stored transaction; how many were revoked (0: none had that
+    /// label, nothing changed).
+    pub async fn rotate_operator_tokens(
+        &self,
+        token: &str,
+        label: &str,
+        audit: Audit<'_>,
+    ) -> StoreResult<u64> {
+        let revoked = self
+            .store
+            .rotate_operator_tokens(label, &hex::encode(token_hash(token)), now_ms(), audit)
+            .await?;
+        if revoked > 0 {
+            if let Some(a) = audit {
+                a.log();
+            }
+            self.reload_tokens_after_write().await;
+        }
+        Ok(revoked)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::fleet::Fleet;
 
 /// What the HTTP edge runs with, beside the fleet's own settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HttpSettings {
     /// Limits on connections and request bodies (see `conn`).
     pub limits: conn::Limits,
@@ -41,17 +41,6 @@ pub struct HttpSettings {
     pub tls: bool,
     /// Proxies whose forwarded client address is believed (`client_addr`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            limits: conn::Limits::default(),
-            auth_limit: ratelimit::AuthLimit::default(),
-            tls: false,
-            trusted_proxies: Vec::new(),
-        }
-    }
 }
 
 /// The handlers' state: the fleet (the domain) and the edge's own parts.
