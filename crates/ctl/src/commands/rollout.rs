@@ -1,110 +1,22 @@
-//! `palettectl rollout …`, `pin …`, `window …` and `hosts label`: staged
-//! rollouts and what shapes them, over the v2 API.
+//! `palettectl rollout …`: staged rollouts of a published release, in
+//! waves.
+//!
+//! Owns: creating, listing, showing, pausing, resuming and aborting
+//! rollouts, following one until it ends (or until only hosts that cannot
+//! take it now are left), and reading the durations its flags take. Must
+//! not: plan the waves or admit hosts (the server's rollout driver does),
+//! or follow single hosts' installs (`release` does that for a publish).
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Subcommand;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::{palette_default_platform, print_structured, Api, HostsFailed, Output};
-
-#[derive(Subcommand)]
-pub enum RolloutCmd {
-    /// Start a staged rollout of a published release: the hosts matching
-    /// --selector, in waves (cumulative: `1,25%,100%` = one canary, then up
-    /// to a quarter of the hosts, then all), each wave soaking before the
-    /// next starts; it halts by itself when a wave fails past --halt-after.
-    /// Follows its progress until it ends (--no-wait returns at once).
-    Create {
-        version: String,
-        #[arg(long, default_value_t = palette_default_platform())]
-        platform: String,
-        #[arg(long, default_value = "agent")]
-        product: String,
-        /// Which hosts (`role=web,site!=us`; empty: every host).
-        #[arg(long, default_value = "")]
-        selector: String,
-        /// Wave sizes, cumulative host counts or percentages.
-        #[arg(long, default_value = "100%")]
-        waves: String,
-        /// How long every host of a wave must be healthy before the next
-        /// wave starts (`90s`, `10m`, `1h`, or seconds).
-        #[arg(long, default_value = "0")]
-        soak: String,
-        /// Halt when this many hosts of a wave failed (`1`, or `10%`).
-        #[arg(long, default_value = "1")]
-        halt_after: String,
-        /// Most hosts updating at once (0: no cap).
-        #[arg(long, default_value_t = 0)]
-        max_concurrent: u32,
-        /// Return once started.
-        #[arg(long)]
-        no_wait: bool,
-        /// How long to follow it, in seconds (exit code 3 when it halted
-        /// or had not finished by then).
-        #[arg(long, default_value_t = 3600)]
-        wait: u64,
-    },
-    /// Every rollout, newest first.
-    List,
-    /// One rollout: its waves and hosts (an id, or a version: its newest
-    /// rollout); --follow follows it as `create` does.
-    Show {
-        rollout: String,
-        /// Follow its progress until it ends, or until only hosts that
-        /// cannot take it now (offline, outside their window) are left.
-        #[arg(long)]
-        follow: bool,
-        /// How long to follow it, in seconds (with --follow).
-        #[arg(long, default_value_t = 3600)]
-        wait: u64,
-    },
-    /// No more hosts are admitted; hosts already updating go on.
-    Pause { rollout: String },
-    /// Go on after a pause or a halt.
-    Resume { rollout: String },
-    /// Stop offering the release; hosts that took it keep it (`release
-    /// rollback` brings them down).
-    Abort { rollout: String },
-}
-
-#[derive(Subcommand)]
-pub enum PinCmd {
-    /// Offer the hosts matching --selector this version and nothing else.
-    Add {
-        version: String,
-        #[arg(long)]
-        selector: String,
-        #[arg(long, default_value = "agent")]
-        product: String,
-    },
-    List,
-    Remove {
-        id: i64,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum WindowCmd {
-    /// A weekly maintenance window for the hosts matching --selector: no
-    /// such host starts an update outside it.
-    Add {
-        #[arg(long)]
-        selector: String,
-        /// `Sat,Sun 01:00-05:00`, `Mon-Fri 22:00-02:00`, `daily 02:00-04:00`.
-        #[arg(long)]
-        schedule: String,
-        /// An IANA time zone (`Europe/Paris`, `UTC`).
-        #[arg(long, default_value = "UTC")]
-        tz: String,
-    },
-    List,
-    Remove {
-        id: i64,
-    },
-}
+use crate::api::Api;
+use crate::cli::RolloutCmd;
+use crate::exit::HostsFailed;
+use crate::output::{print_structured, Output};
 
 /// `90s`, `10m`, `2h`, `1d` or plain seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
@@ -208,7 +120,7 @@ fn print_detail(r: &Value) {
     }
 }
 
-pub async fn rollout(api: &Api, out: Output, cmd: RolloutCmd) -> anyhow::Result<()> {
+pub async fn run(api: &Api, out: Output, cmd: RolloutCmd) -> anyhow::Result<()> {
     match cmd {
         RolloutCmd::Create {
             version,
@@ -426,147 +338,6 @@ async fn only_later_hosts_left(
         }
     }
     Ok(Some(later))
-}
-
-pub async fn pin(api: &Api, out: Output, cmd: PinCmd) -> anyhow::Result<()> {
-    match cmd {
-        PinCmd::Add {
-            version,
-            selector,
-            product,
-        } => {
-            let r: Value = api
-                .json(
-                    api.req(Method::POST, "/api/v2/pins")
-                        .json(&serde_json::json!({
-                            "selector": selector, "product": product, "version": version,
-                        })),
-                )
-                .await?;
-            if out != Output::Table {
-                return print_structured(out, &r);
-            }
-            outln!(
-                "pin {}: hosts matching '{}' are offered {} {} and nothing else",
-                r["id"],
-                selector,
-                product,
-                version
-            );
-            Ok(())
-        }
-        PinCmd::List => {
-            let list: Vec<Value> = api.json(api.req(Method::GET, "/api/v2/pins")).await?;
-            if out != Output::Table {
-                return print_structured(out, &list);
-            }
-            for p in &list {
-                outln!(
-                    "{:>4}  {:<10} {:<12} {}",
-                    p["id"],
-                    p["product"].as_str().unwrap_or("?"),
-                    p["version"].as_str().unwrap_or("?"),
-                    p["selector"].as_str().unwrap_or("")
-                );
-            }
-            Ok(())
-        }
-        PinCmd::Remove { id } => {
-            api.send(api.req(Method::DELETE, &format!("/api/v2/pins/{id}")))
-                .await?;
-            outln!("pin {id} removed");
-            Ok(())
-        }
-    }
-}
-
-pub async fn window(api: &Api, out: Output, cmd: WindowCmd) -> anyhow::Result<()> {
-    match cmd {
-        WindowCmd::Add {
-            selector,
-            schedule,
-            tz,
-        } => {
-            let r: Value = api
-                .json(
-                    api.req(Method::POST, "/api/v2/windows")
-                        .json(&serde_json::json!({
-                            "selector": selector, "schedule": schedule, "tz": tz,
-                        })),
-                )
-                .await?;
-            if out != Output::Table {
-                return print_structured(out, &r);
-            }
-            outln!(
-                "window {}: hosts matching '{}' start updates only {} ({})",
-                r["id"],
-                selector,
-                schedule,
-                tz
-            );
-            Ok(())
-        }
-        WindowCmd::List => {
-            let list: Vec<Value> = api.json(api.req(Method::GET, "/api/v2/windows")).await?;
-            if out != Output::Table {
-                return print_structured(out, &list);
-            }
-            for w in &list {
-                outln!(
-                    "{:>4}  {:<24} {:<16} {}",
-                    w["id"],
-                    w["schedule"].as_str().unwrap_or("?"),
-                    w["tz"].as_str().unwrap_or("?"),
-                    w["selector"].as_str().unwrap_or("")
-                );
-            }
-            Ok(())
-        }
-        WindowCmd::Remove { id } => {
-            api.send(api.req(Method::DELETE, &format!("/api/v2/windows/{id}")))
-                .await?;
-            outln!("window {id} removed");
-            Ok(())
-        }
-    }
-}
-
-/// `hosts label HOST k=v … [--remove k …]`: the labels an operator assigns
-/// (over the host's own).
-pub async fn label(api: &Api, host: &str, set: &[String], remove: &[String]) -> anyhow::Result<()> {
-    let current: Value = api
-        .json(api.req(Method::GET, &format!("/api/v2/hosts/{host}/labels")))
-        .await?;
-    let mut assigned: serde_json::Map<String, Value> =
-        current["assigned"].as_object().cloned().unwrap_or_default();
-    for kv in set {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("{kv:?} is not key=value");
-        };
-        assigned.insert(k.trim().to_string(), Value::String(v.trim().to_string()));
-    }
-    for k in remove {
-        assigned.remove(k.trim());
-    }
-    let r: Value = api
-        .json(
-            api.req(Method::PUT, &format!("/api/v2/hosts/{host}/labels"))
-                .json(&serde_json::json!({ "assigned": assigned })),
-        )
-        .await?;
-    outln!(
-        "{host}: {}",
-        r["labels"]
-            .as_object()
-            .map(|m| m
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(","))
-            .unwrap_or_default()
-    );
-    Ok(())
 }
 
 #[cfg(test)]
