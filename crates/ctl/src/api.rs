@@ -15,6 +15,7 @@ use reqwest::{header, Method, StatusCode};
 
 use crate::exit::UsageError;
 
+/// The v2 API of one server, called with one operator token.
 pub struct Api {
     http: reqwest::Client,
     base: String,
@@ -58,6 +59,7 @@ impl Api {
         })
     }
 
+    /// A request to `path` (below the server's base URL), with the token.
     pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let mut rb = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {

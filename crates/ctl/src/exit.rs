@@ -9,6 +9,7 @@ use crate::output::Output;
 
 /// Exit codes: 0 all good, 1 an error, 2 a usage error (clap), 3 some
 /// targeted host failed or did not answer in time.
+const EXIT_USAGE: i32 = 2;
 const EXIT_HOSTS: i32 = 3;
 
 /// The exit code of a command's result (`Ok`: 0, 2 or 3, having said why
@@ -26,7 +27,7 @@ pub fn code(result: anyhow::Result<()>, out: Output) -> anyhow::Result<i32> {
             Err(e) => match e.downcast::<UsageError>() {
                 Ok(u) => {
                     eprintln!("palettectl: {u}");
-                    Ok(2)
+                    Ok(EXIT_USAGE)
                 }
                 Err(e) => Err(e),
             },

@@ -1,6 +1,11 @@
 //! Publisher keys and release signing (minisign). The secret key stays with
 //! the publisher — on the operator's machine or in a CI secret — and never
 //! reaches the server; hosts trust the public key in their local settings.
+//!
+//! Owns: writing a new key pair (`generate`, never over an existing file)
+//! and signing a release manifest (`sign`), with the key's password from
+//! the terminal or `PALETTE_SIGN_KEY_PASSWORD`. Must not: send a key
+//! anywhere, build the manifest (the `release` command does), or print.
 
 use std::path::{Path, PathBuf};
 
