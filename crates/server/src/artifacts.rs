@@ -40,7 +40,7 @@ pub enum IngestError {
     #[error("artifact sha256 is {actual}, the request said {expected}")]
     ShaMismatch { expected: String, actual: String },
     #[error("upload was interrupted")]
-    Body(#[source] axum::Error),
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("upload stalled: no data for {secs} s")]
     Stalled { secs: u64 },
     #[error("could not write artifact {path}")]
@@ -538,7 +538,7 @@ impl ArtifactStore {
 
     /// Streams an upload into `tmp/`, hashing it, within `limit` bytes and
     /// never pausing longer than `stall`.
-    pub async fn ingest<S>(
+    pub async fn ingest<S, E>(
         &self,
         body: S,
         limit: u64,
@@ -546,14 +546,15 @@ impl ArtifactStore {
         stall: Duration,
     ) -> Result<Staged, IngestError>
     where
-        S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::error::Error + Send + Sync + 'static,
     {
         let staged = self.spool(body, limit, stall).await.map_err(|e| match e {
             Spool::TooLarge => IngestError::TooLarge { limit },
             Spool::Stalled => IngestError::Stalled {
                 secs: stall.as_secs(),
             },
-            Spool::Body(e) => IngestError::Body(e),
+            Spool::Body(e) => IngestError::Body(Box::new(e)),
             Spool::Io { path, source } => IngestError::Io { path, source },
         })?;
         if staged.ingested.size == 0 {

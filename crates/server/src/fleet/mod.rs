@@ -11,8 +11,10 @@ mod configs;
 pub mod credentials;
 pub mod history;
 mod hosts;
+mod reads;
 mod releases;
 pub mod rollouts;
+mod sessions;
 mod sync;
 
 pub use commands::command_wire;
@@ -179,7 +181,7 @@ struct ReleaseCache {
 pub struct Fleet(pub Arc<Inner>);
 
 pub struct Inner {
-    pub store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
     pub settings: Settings,
     pub artifacts: ArtifactStore,
     pub metrics: crate::metrics::Metrics,

@@ -847,3 +847,104 @@ impl Fleet {
         }
     }
 }
+
+/// Pins, windows and assigned labels: each stored (with its audit entry)
+/// and then mirrored in the cache the check-in path reads.
+impl Fleet {
+    /// Stores a pin and starts offering by it.
+    pub async fn add_pin(
+        &self,
+        mut pin: Pin,
+        selector: Selector,
+        audit: &crate::store::AuditEntry,
+    ) -> StoreResult<Pin> {
+        pin.id = self.store.insert_pin(&pin, now_ms(), Some(audit)).await?;
+        audit.with_id(pin.id).log();
+        self.rollouts
+            .cache
+            .write()
+            .unwrap()
+            .pins
+            .push((pin.clone(), selector));
+        self.notify_change();
+        Ok(pin)
+    }
+
+    /// Removes a pin; false when there is none with that id.
+    pub async fn remove_pin(&self, id: i64, audit: &crate::store::AuditEntry) -> StoreResult<bool> {
+        if !self.store.delete_pin(id, Some(audit)).await? {
+            return Ok(false);
+        }
+        self.rollouts
+            .cache
+            .write()
+            .unwrap()
+            .pins
+            .retain(|(p, _)| p.id != id);
+        self.notify_change();
+        audit.log();
+        Ok(true)
+    }
+
+    /// Stores a maintenance window and starts judging by it.
+    pub async fn add_window(
+        &self,
+        mut info: WindowInfo,
+        selector: Selector,
+        window: Window,
+        audit: &crate::store::AuditEntry,
+    ) -> StoreResult<WindowInfo> {
+        info.id = self
+            .store
+            .insert_window(&info, now_ms(), Some(audit))
+            .await?;
+        audit.with_id(info.id).log();
+        self.rollouts
+            .cache
+            .write()
+            .unwrap()
+            .windows
+            .push((info.clone(), selector, window));
+        self.notify_change();
+        Ok(info)
+    }
+
+    /// Removes a window; false when there is none with that id.
+    pub async fn remove_window(
+        &self,
+        id: i64,
+        audit: &crate::store::AuditEntry,
+    ) -> StoreResult<bool> {
+        if !self.store.delete_window(id, Some(audit)).await? {
+            return Ok(false);
+        }
+        self.rollouts
+            .cache
+            .write()
+            .unwrap()
+            .windows
+            .retain(|(w, _, _)| w.id != id);
+        self.notify_change();
+        audit.log();
+        Ok(true)
+    }
+
+    /// Replaces the labels an operator assigned to `host`.
+    pub async fn assign_labels(
+        &self,
+        host: &str,
+        assigned: Labels,
+        audit: &crate::store::AuditEntry,
+    ) -> StoreResult<()> {
+        let json = serde_json::to_string(&assigned).expect("labels serialise");
+        self.store.set_host_labels(host, &json, Some(audit)).await?;
+        audit.log();
+        self.rollouts
+            .cache
+            .write()
+            .unwrap()
+            .assigned
+            .insert(host.to_string(), assigned);
+        Ok(())
+    }
+}

@@ -52,7 +52,7 @@ async fn healthz() -> Response {
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match tokio::time::timeout(READY_WITHIN, state.store.ping()).await {
+    match tokio::time::timeout(READY_WITHIN, state.store_ready()).await {
         Ok(Ok(())) => crate::http::v1::text(StatusCode::OK, "ready\n"),
         Ok(Err(e)) => crate::http::v1::text(
             StatusCode::SERVICE_UNAVAILABLE,

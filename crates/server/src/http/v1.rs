@@ -421,7 +421,10 @@ pub fn store_failed(e: StoreError) -> Response {
     if !e.is_outage() {
         tracing::error!(error = %crate::error_chain(&e), "request failed");
     }
-    let mut res = text(e.status(), format!("{}\n", e.public_reason()));
+    let mut res = text(
+        crate::http::error::store_status(&e),
+        format!("{}\n", e.public_reason()),
+    );
     if e.is_outage() {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
@@ -443,7 +446,6 @@ async fn get_config(
     // Only what an operator set: a config a host reported (or anyone
     // uploaded without a credential) is never handed out by GET-CONFIG.
     let found = state
-        .store
         .latest_config(&host, Some(ConfigSource::Desired))
         .await;
     match found {

@@ -8,12 +8,7 @@ pub(super) async fn commands_page(
     s: UiSession,
     headers: HeaderMap,
 ) -> Response {
-    let rows = state.store.recent_commands(50).await.unwrap_or_default();
-    let mut list = Vec::new();
-    for c in rows {
-        let acks = state.store.acks_for_command(c.id).await.unwrap_or_default();
-        list.push((c, acks));
-    }
+    let list = state.command_statuses(50).await.unwrap_or_default();
     let form = html! {
         form.card #command-form method="post" action="/ui/commands" {
             (csrf(&s))
@@ -29,10 +24,10 @@ pub(super) async fn commands_page(
     let live = html! {
         div.scroll { table #commands {
             thead { tr { th { "Id" } th { "Kind" } th { "Issued" } th { "Target" } th { "Results" } } }
-            tbody { @for (c, acks) in &list { tr data-command=(c.id) {
-                td { (c.id) } td { (c.kind.as_str()) } td { (rfc3339_millis(c.issued_at)) }
-                td { @match &c.target { Target::All => "all", Target::Hosts(h) => (h.join(", ")) } }
-                td { @for a in acks { span class=(format!("ack {}", if a.outcome == Outcome::Succeeded { "ok" } else { "bad" })) { (a.hostname) ": " (format!("{:?}", a.outcome)) } " " } }
+            tbody { @for st in &list { tr data-command=(st.command.id) {
+                td { (st.command.id) } td { (st.command.kind.as_str()) } td { (st.command.issued_at) }
+                td { @match &st.target { Target::All => "all", Target::Hosts(h) => (h.join(", ")) } }
+                td { @for a in &st.results { span class=(format!("ack {}", if a.outcome == Outcome::Succeeded { "ok" } else { "bad" })) { (a.hostname) ": " (format!("{:?}", a.outcome)) } " " } }
             } } }
         } }
     };

@@ -86,21 +86,15 @@ pub(super) async fn host_page(
     let Some(h) = state.hosts(None).into_iter().find(|h| h.hostname == host) else {
         return page_error(StatusCode::NOT_FOUND, &format!("no host {host}"));
     };
-    let acks = state.store.host_acks(&host, 20).await.unwrap_or_default();
-    let updates = state
-        .store
-        .update_history(&host, 20)
-        .await
-        .unwrap_or_default();
-    let configs = state.store.config_history(&host).await.unwrap_or_default();
+    let acks = state.host_acks(&host, 20).await.unwrap_or_default();
+    let updates = state.update_history(&host, 20).await.unwrap_or_default();
+    let configs = state.config_history(&host).await.unwrap_or_default();
     let desired = state
-        .store
         .latest_config(&host, Some(palette_protocol::v2::ConfigSource::Desired))
         .await
         .ok()
         .flatten();
     let reported = state
-        .store
         .latest_config(&host, Some(palette_protocol::v2::ConfigSource::Reported))
         .await
         .ok()

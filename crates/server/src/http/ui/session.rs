@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for UiSession {
             return Err(reject);
         };
         let id_hash = session_hash(&sid);
-        let row = match state.store.ui_session(&id_hash).await {
+        let row = match state.ui_session(&id_hash).await {
             Ok(Some(row)) => row,
             Ok(None) => return Err(reject),
             Err(e) => return Err(NoSession::Store(e.public_reason())),
@@ -78,7 +78,7 @@ impl FromRequestParts<AppState> for UiSession {
             }),
             _ => {
                 // Expired, or its token revoked: gone for every replica.
-                if let Err(e) = state.store.delete_ui_session(&id_hash).await {
+                if let Err(e) = state.end_ui_session(&id_hash).await {
                     tracing::warn!(error = %crate::error_chain(&e), "could not delete an ended dashboard session; it is deleted at a later login");
                 }
                 Err(reject)
@@ -227,7 +227,7 @@ pub(super) async fn login(
         csrf: random_hex(),
         expires_at: now_ms() + SESSION_TTL.as_millis() as Millis,
     };
-    if let Err(e) = state.store.insert_ui_session(&row, now_ms()).await {
+    if let Err(e) = state.open_ui_session(&row, now_ms()).await {
         tracing::error!(error = %crate::error_chain(&e), "dashboard login failed: the session could not be stored");
         return html_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -264,7 +264,7 @@ pub(super) async fn logout(
         return r.into_response();
     }
     if let Some(sid) = cookie_value(&headers) {
-        if let Err(e) = state.store.delete_ui_session(&session_hash(&sid)).await {
+        if let Err(e) = state.end_ui_session(&session_hash(&sid)).await {
             return UiError::Store(e.public_reason()).into_response();
         }
     }

@@ -139,7 +139,6 @@ pub(super) async fn answer_for(
     // Most hosts have no config at all: no database read for them.
     let config_revision = if state.host_has_config(host) {
         state
-            .store
             .latest_config(host, Some(ConfigSource::Desired))
             .await?
             .map(|(rev, _)| rev.revision)

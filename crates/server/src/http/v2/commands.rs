@@ -67,17 +67,7 @@ pub(super) async fn list_commands(
     State(state): State<AppState>,
     _op: Operator,
 ) -> V2Result<Json<Vec<CommandStatus>>> {
-    let rows = state.store.recent_commands(100).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let results = state.store.acks_for_command(row.id).await?;
-        out.push(CommandStatus {
-            command: command_wire(&row),
-            target: row.target.clone(),
-            results,
-        });
-    }
-    Ok(Json(out))
+    Ok(Json(state.command_statuses(100).await?))
 }
 
 pub(super) async fn get_command(
@@ -88,15 +78,9 @@ pub(super) async fn get_command(
     let id: i64 = id
         .parse()
         .map_err(|_| bad(format!("command id {id:?} is not a number")))?;
-    let row = state
-        .store
-        .command(id)
+    let status = state
+        .command_status(id)
         .await?
         .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no command {id}")))?;
-    let results = state.store.acks_for_command(id).await?;
-    Ok(Json(CommandStatus {
-        command: command_wire(&row),
-        target: row.target.clone(),
-        results,
-    }))
+    Ok(Json(status))
 }

@@ -10,7 +10,7 @@ pub(super) async fn config_history(
     Path(host): Path<String>,
 ) -> V2Result<Json<Vec<ConfigRevision>>> {
     let host = host_param(&host)?;
-    Ok(Json(state.store.config_history(&host).await?))
+    Ok(Json(state.config_history(&host).await?))
 }
 
 pub(super) fn config_response(rev: ConfigRevision, body: Vec<u8>) -> Response {
@@ -33,7 +33,6 @@ pub(super) async fn config_revision(
         .parse()
         .map_err(|_| bad(format!("revision {revision:?} is not a number")))?;
     let (rev, body) = state
-        .store
         .config_revision(&host, revision)
         .await?
         .ok_or_else(|| {
@@ -66,7 +65,6 @@ pub(super) async fn latest_config(
         Some(other) => return Err(bad(format!("source {other:?} must be desired or reported"))),
     };
     let (rev, body) = state
-        .store
         .latest_config(&host, source)
         .await?
         .ok_or_else(|| V2Error::new(StatusCode::NOT_FOUND, format!("no config for {host}")))?;

@@ -99,18 +99,7 @@ pub(super) async fn put_host_labels(
     }
     let json = serde_json::to_string(&new.assigned).expect("labels serialise");
     let audit = op.entry("host.labels", format!("host {host} assigned {json}"));
-    state
-        .store
-        .set_host_labels(&host, &json, Some(&audit))
-        .await?;
-    audit.log();
-    state
-        .rollouts
-        .cache
-        .write()
-        .unwrap()
-        .assigned
-        .insert(host.clone(), new.assigned);
+    state.assign_labels(&host, new.assigned, &audit).await?;
     Ok(Json(host_labels_of(&state, &host)))
 }
 
@@ -163,7 +152,6 @@ pub(super) async fn host_history(
     let host = host_param(&host)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
     let commands = state
-        .store
         .host_acks(&host, limit)
         .await?
         .into_iter()
@@ -175,8 +163,8 @@ pub(super) async fn host_history(
             at: a.at,
         })
         .collect();
-    let updates = state.store.update_history(&host, limit).await?;
-    let mut configs = state.store.config_history(&host).await?;
+    let updates = state.update_history(&host, limit).await?;
+    let mut configs = state.config_history(&host).await?;
     configs.truncate(limit as usize);
     Ok(Json(HostHistory {
         commands,

@@ -85,7 +85,7 @@ impl From<StoreError> for V2Error {
         if !e.is_outage() && !matches!(e, StoreError::Conflict(_)) {
             tracing::error!(error = %crate::error_chain(&e), "store failed");
         }
-        let mut err = V2Error::new(e.status(), e.public_reason());
+        let mut err = V2Error::new(crate::http::error::store_status(&e), e.public_reason());
         if e.is_outage() {
             err.retry_after_secs = Some(30);
         }

@@ -115,7 +115,7 @@ pub(super) async fn create_pin(
         ))
     })?;
     let now = now_ms();
-    let mut pin = Pin {
+    let pin = Pin {
         id: 0,
         selector: sel.to_string(),
         product: new.product,
@@ -129,16 +129,7 @@ pub(super) async fn create_pin(
             pin.selector, pin.product, pin.version
         ),
     );
-    pin.id = state.store.insert_pin(&pin, now, Some(&audit)).await?;
-    audit.with_id(pin.id).log();
-    state
-        .rollouts
-        .cache
-        .write()
-        .unwrap()
-        .pins
-        .push((pin.clone(), sel));
-    state.notify_change();
+    let pin = state.add_pin(pin, sel, &audit).await?;
     Ok((StatusCode::CREATED, Json(pin)))
 }
 
@@ -157,18 +148,9 @@ pub(super) async fn delete_pin(
 ) -> V2Result<StatusCode> {
     let id = id_param(&id)?;
     let audit = op.entry("pin.delete", format!("pin {id}"));
-    if !state.store.delete_pin(id, Some(&audit)).await? {
+    if !state.remove_pin(id, &audit).await? {
         return Err(V2Error::new(StatusCode::NOT_FOUND, format!("no pin {id}")));
     }
-    state
-        .rollouts
-        .cache
-        .write()
-        .unwrap()
-        .pins
-        .retain(|(p, _)| p.id != id);
-    state.notify_change();
-    audit.log();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -198,7 +180,7 @@ pub(super) async fn create_window(
     let window = crate::rollout::window::Window::parse(&new.schedule, &new.tz)
         .map_err(|e| bad(e.to_string()))?;
     let now = now_ms();
-    let mut info = WindowInfo {
+    let info = WindowInfo {
         id: 0,
         selector: sel.to_string(),
         schedule: new.schedule.trim().to_string(),
@@ -212,16 +194,7 @@ pub(super) async fn create_window(
             info.selector, info.schedule, info.tz
         ),
     );
-    info.id = state.store.insert_window(&info, now, Some(&audit)).await?;
-    audit.with_id(info.id).log();
-    state
-        .rollouts
-        .cache
-        .write()
-        .unwrap()
-        .windows
-        .push((info.clone(), sel, window));
-    state.notify_change();
+    let info = state.add_window(info, sel, window, &audit).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -242,21 +215,12 @@ pub(super) async fn delete_window(
 ) -> V2Result<StatusCode> {
     let id = id_param(&id)?;
     let audit = op.entry("window.delete", format!("window {id}"));
-    if !state.store.delete_window(id, Some(&audit)).await? {
+    if !state.remove_window(id, &audit).await? {
         return Err(V2Error::new(
             StatusCode::NOT_FOUND,
             format!("no window {id}"),
         ));
     }
-    state
-        .rollouts
-        .cache
-        .write()
-        .unwrap()
-        .windows
-        .retain(|(w, _, _)| w.id != id);
-    state.notify_change();
-    audit.log();
     Ok(StatusCode::NO_CONTENT)
 }
 
