@@ -1,4 +1,6 @@
 //! Exponential backoff with jitter, for everything that retries unattended.
+//!
+//! Must not: sleep or know what is retried — it only says how long.
 
 use std::time::Duration;
 

@@ -19,6 +19,10 @@
 //! is in force. Shutdown comes through a `CancellationToken`: a download
 //! ends, a running manager is left to finish (the next watchdog waits for
 //! it).
+//!
+//! Must not: talk to the server (the transports deliver what it queues in
+//! the durable state) or carry out an update's steps (the job does); it
+//! imports neither the transports nor `run`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,9 +34,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{self, Ctx};
+use crate::actions;
 use crate::client::Client;
-use crate::update::{self, Candidate, Ended, Product};
+use crate::ctx::Ctx;
+use crate::error::chain;
+use crate::job::{self, Ended};
+use crate::offer::{Candidate, Product};
 
 /// A message for the controller.
 pub enum Msg {
@@ -72,6 +79,12 @@ impl Handle {
     }
 }
 
+/// A command that waits for an installing update to end.
+struct Deferred {
+    id: Option<i64>,
+    kind: CommandKind,
+}
+
 struct Job {
     product: Product,
     version: Version,
@@ -91,7 +104,7 @@ pub struct Controller {
     ended_rx: mpsc::UnboundedReceiver<Version>,
     news: Arc<Notify>,
     job: Option<Job>,
-    deferred: VecDeque<(Option<i64>, CommandKind)>,
+    deferred: VecDeque<Deferred>,
     shutdown: CancellationToken,
     /// An offer refused while stopped was logged (once per stop).
     said_stopped: bool,
@@ -171,7 +184,7 @@ impl Controller {
                 command = kind.as_str(),
                 "an update is installing; the command runs when it is done"
             );
-            self.deferred.push_back((id, kind));
+            self.deferred.push_back(Deferred { id, kind });
             return;
         }
         let downloading_agent = self
@@ -183,7 +196,7 @@ impl Controller {
                 tracing::info!(version = %job.version, "stop commanded during a download: cancelling the download");
                 job.cancel.cancel();
                 let _ = job.task.await;
-                self.ctx.clear_active_update();
+                self.ctx.updates.clear_active();
             }
         }
         self.perform(id, kind).await;
@@ -193,7 +206,7 @@ impl Controller {
         tracing::info!(?id, command = kind.as_str(), "performing command");
         let (outcome, message) = match actions::perform(&self.ctx, kind).await {
             Ok(m) => (Outcome::Succeeded, m),
-            Err(e) => (Outcome::Failed, actions::chain(&e)),
+            Err(e) => (Outcome::Failed, chain(&e)),
         };
         match outcome {
             Outcome::Succeeded => {
@@ -218,7 +231,7 @@ impl Controller {
                 d.mark_performed(id, outcome);
                 d.pending_acks.push(ack);
             });
-            self.ctx.finished_command(id);
+            self.ctx.commands.finished(id);
             self.news.notify_one();
         }
     }
@@ -242,11 +255,11 @@ impl Controller {
                 tracing::info!(version = %cand.version, "a release is offered, but an operator commanded stop: updating after the next start");
                 self.said_stopped = true;
             }
-            self.ctx.clear_active_update();
+            self.ctx.updates.clear_active();
             return;
         }
-        if !update::wanted(&self.ctx, &cand) {
-            self.ctx.clear_active_update();
+        if !job::wanted(&self.ctx, &cand) {
+            self.ctx.updates.clear_active();
             return;
         }
         self.start_job(cand, client);
@@ -260,9 +273,9 @@ impl Controller {
         let version = cand.version;
         let release_id = cand.release_id;
         let product = cand.product;
-        self.ctx.set_active_update(release_id);
+        self.ctx.updates.set_active(release_id);
         let task = tokio::spawn(async move {
-            match update::install(&ctx, &client, cand, &canc, &inst).await {
+            match job::run(&ctx, &client, cand, &canc, &inst).await {
                 Ended::Cancelled => tracing::debug!(%version, "update job cancelled"),
                 Ended::Reported(r) => {
                     tracing::debug!(%version, outcome = ?r.outcome, "update job reported")
@@ -286,9 +299,9 @@ impl Controller {
                 let _ = job.task.await;
                 tracing::debug!(release = job.release_id, "update job finished");
             }
-            self.ctx.clear_active_update();
+            self.ctx.updates.clear_active();
         }
-        while let Some((id, kind)) = self.deferred.pop_front() {
+        while let Some(Deferred { id, kind }) = self.deferred.pop_front() {
             self.perform(id, kind).await;
         }
         // Report the outcome (and any acknowledgement) at once.

@@ -3,6 +3,10 @@
 //! survives a restart), which commands were performed (a command delivered
 //! twice is performed once), acknowledgements not yet delivered, the
 //! applied config revision and the last update's outcome.
+//!
+//! Must not: decide anything on what it holds (callers do), or import any
+//! other module of the watchdog; a failed write is kept in memory and
+//! written again (`retry_save`), never dropped.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

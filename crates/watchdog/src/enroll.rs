@@ -5,6 +5,9 @@
 //! token in `state/host-token` — after checking that the server answers and
 //! takes the key. Nothing is written unless every check passed, and an
 //! existing configuration is kept unless `--force`.
+//!
+//! Must not: run the watchdog or touch an agent; it only writes the
+//! host folder's configuration.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,9 @@
 //! The watchdog's errors, one enum per concern, each variant carrying the
 //! facts; decisions (retry, refuse, report) are made on variants. Messages
 //! for operators are rendered from them with their causes (`chain`).
+//!
+//! Must not: log, retry or map errors to outcomes — the modules that
+//! raise them do; it knows only the client's error type.
 
 use std::path::PathBuf;
 

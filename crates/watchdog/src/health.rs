@@ -2,14 +2,18 @@
 //! must keep running for `agent.health_secs` and, when the settings name
 //! one, pass a probe (a command exiting 0, an HTTP URL answering 2xx)
 //! within that window. Used for releases and remote configs alike.
+//!
+//! Must not: start, stop or roll back anything — it only watches and
+//! answers; the caller decides what a failure undoes.
 
 use std::time::Duration;
 
 use palette_service::Event;
 use tokio::sync::broadcast;
 
-use crate::actions::Ctx;
-use crate::error::{HealthError, ProbeError};
+use crate::agent::expand;
+use crate::ctx::Ctx;
+use crate::error::{chain, HealthError, ProbeError};
 
 /// How often a failing probe is tried again within the window.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -84,7 +88,7 @@ async fn probe(ctx: &Ctx) -> Result<(), ProbeError> {
             .health_command
             .iter()
             .map(|w| {
-                crate::run::expand(w, &ctx.layout).map_err(|error| ProbeError::Expand {
+                expand(w, &ctx.layout).map_err(|error| ProbeError::Expand {
                     word: w.clone(),
                     error,
                 })
@@ -115,7 +119,7 @@ async fn probe(ctx: &Ctx) -> Result<(), ProbeError> {
     if let Some(url) = &a.health_url {
         let unreachable = |e: reqwest::Error| ProbeError::Unreachable {
             url: url.clone(),
-            reason: crate::error::chain(&e),
+            reason: chain(&e),
         };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))

@@ -6,6 +6,9 @@
 //! A token that could not be written is used from memory and written again
 //! at the next check-in: losing it would leave the name enrolled with a
 //! token nobody holds, which only an operator can free.
+//!
+//! Must not: send a token to a server other than the one that issued it,
+//! or write it into `Config.yml`; it knows only the client.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -3,30 +3,54 @@
 //! How it runs (`run`): one **controller** task (`controller`) owns the
 //! agent (through the `supervisor`: desired state, restart backoff), the
 //! command bookkeeping of the durable state (`durable`) and the update job
-//! (`update`, which has the manager do the risky steps). It takes typed
-//! messages: `Perform` and `Offer` from the transport tasks — the v2 long
-//! poll (`v2loop`) or legacy v1 polling (`v1loop`), both over the one HTTP
-//! client (`client`) — and `Ping` from the liveness pinger that feeds
-//! systemd's watchdog timer. Transports never wait for the controller: they
-//! keep checking in while an update downloads or installs, and the
-//! controller wakes the v2 transport when an acknowledgement is ready. The
-//! keep-alive runs in its own task. Everything stops through one
-//! `CancellationToken`. Commands and remote configuration are carried out in
-//! `actions`; failures are typed (`error`); the systemd unit is `systemd`;
-//! the watchdog's update of itself is `selfupdate`.
+//! (`job`). It takes typed messages: `Perform` and `Offer` from the
+//! transport tasks — the v2 long poll (`v2loop`) or legacy v1 polling
+//! (`v1loop`), both over the one HTTP client (`client`) — and `Ping` from
+//! the liveness pinger that feeds systemd's watchdog timer. Transports never
+//! wait for the controller: they keep checking in while an update downloads
+//! or installs, and the controller wakes the v2 transport when an
+//! acknowledgement is ready. The keep-alive runs in its own task.
+//! Everything stops through one `CancellationToken`.
+//!
+//! The modules, from the top down (each imports only modules below it; no
+//! two import each other):
+//!
+//! - `run` — wires the tasks and stops them; nothing imports it.
+//! - `v2loop`, `v1loop` — the transports: check in / poll, hand commands
+//!   and offers to the controller, deliver acknowledgements.
+//! - `controller` — the actor: performs commands (`actions`), starts,
+//!   supersedes and cancels the update job, queues acknowledgements.
+//! - `job` — the update job: whether an offer is wanted, its phase, and
+//!   which kind runs: an agent update (`update`) or a self-update
+//!   (`selfupdate`), both over the shared half in `install` (download,
+//!   manager, outcome).
+//! - `actions` — commands and remote configuration; `health` — is the
+//!   agent healthy (after an update or a new `Config.yml`); `agent` — the
+//!   agent's service backend, command line and `current` pointer.
+//! - `ctx` — the shared context and its parts (transport, updates,
+//!   in-flight commands); `offer` — the offer types.
+//! - `client`, `identity` (this host's token), `durable`, `supervisor`,
+//!   `backoff`, `error` — the foundations.
+//! - `os_service` — the watchdog as the OS's service, over `platform` (the
+//!   only `cfg`-by-OS code) and `systemd` (the unit file).
 //!
 //! Must not: install anything itself (the manager does), touch the agent's
 //! `Config.yml` except through a validated atomic replace, or let the server
 //! being unreachable affect the running agent.
 
 pub mod actions;
+pub(crate) mod agent;
 pub(crate) mod backoff;
 pub mod client;
 pub(crate) mod controller;
+pub mod ctx;
 pub mod durable;
 pub mod error;
 pub(crate) mod health;
 pub mod identity;
+pub(crate) mod install;
+pub(crate) mod job;
+pub mod offer;
 pub mod os_service;
 mod platform;
 pub mod run;
@@ -41,6 +65,14 @@ pub(crate) mod v2loop;
 /// (`palette_host::stamp`).
 pub fn version() -> &'static str {
     palette_host::stamp::version()
+}
+
+/// This watchdog's version as a `Version` (0.0.0 when its stamp is not
+/// one): what a watchdog release is compared with.
+pub(crate) fn own_version() -> palette_protocol::Version {
+    palette_host::stamp::version()
+        .parse()
+        .unwrap_or(palette_protocol::Version::new(0, 0, 0))
 }
 
 /// Milliseconds since the Unix epoch (the unit of every wire timestamp).

@@ -1,4 +1,8 @@
 //! `palette-watchdog`: command-line entry point.
+//! The argument tree, logging, and a dispatch to the library (`run`,
+//! `os_service`) and to `enroll`.
+//!
+//! Must not: hold logic the library's tests cannot drive.
 
 use std::path::PathBuf;
 

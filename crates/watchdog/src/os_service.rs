@@ -2,21 +2,15 @@
 //! starting and stopping it, and running under the service manager — a
 //! systemd unit on Linux, a Windows service under the service control
 //! manager. The OS-specific parts are in `platform`.
+//!
+//! Must not: say `cfg` — each function is the same on every OS and hands
+//! over to `platform`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use palette_host::Layout;
 
-/// What `palette-watchdog install` was asked.
-#[derive(Debug, Clone)]
-pub struct InstallOptions {
-    /// Linux: where the systemd unit is written.
-    pub unit_dir: PathBuf,
-    /// Linux: check the unit with `systemd-analyze verify`.
-    pub verify: bool,
-    /// Start the service once installed.
-    pub start: bool,
-}
+pub use crate::platform::InstallOptions;
 
 /// Installs the service running `exe` on `base`; returns what was done.
 pub fn install(exe: &Path, base: &Path, opts: &InstallOptions) -> anyhow::Result<String> {

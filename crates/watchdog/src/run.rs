@@ -1,5 +1,12 @@
-//! `palette-watchdog run`: sets everything up and runs the loops until the
-//! service is asked to stop.
+//! `palette-watchdog run`: sets everything up and runs the tasks until the
+//! service is asked to stop — settle a self-update and recover an
+//! interrupted agent update, start the keep-alive, the controller, the
+//! transport (v2, or v1 when pinned or when `auto` finds a legacy-only
+//! server), the liveness pinger and, for a new watchdog, its probation;
+//! then, on the shutdown signal, stop them in order.
+//!
+//! Must not: be imported by any other module (it is the top); carry out
+//! anything the tasks own — it only wires them and stops them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,159 +15,14 @@ use anyhow::Context;
 use palette_host::settings::{Backend, Protocol, Settings};
 use palette_host::Layout;
 use palette_protocol::v2::DesiredState;
-use palette_service::{
-    Adoption, CommandLine, CommandService, CommandSpec, ProcessService, ProcessSpec, ScmService,
-    ScmSpec, ServiceControl,
-};
-
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::Ctx;
+use crate::agent::{repair_current, service_for};
 use crate::controller::{Controller, Handle};
-use crate::error::ResolveError;
+use crate::ctx::Ctx;
+use crate::error::chain;
 use crate::supervisor::{Policy, Supervisor};
 use crate::{durable, platform, selfupdate, update, v1loop, v2loop};
-
-/// Replaces `{base}`, `{current}` and `{exe}` in a command word.
-pub(crate) fn expand(word: &str, layout: &Layout) -> Result<String, ResolveError> {
-    let mut w = word
-        .replace("{base}", &layout.base.display().to_string())
-        .replace("{exe}", std::env::consts::EXE_SUFFIX);
-    if w.contains("{current}") {
-        let v = layout
-            .current_version()
-            .ok_or_else(|| ResolveError::NoCurrent {
-                pointer: layout.current_pointer(),
-            })?;
-        w = w.replace("{current}", &layout.version_dir(&v).display().to_string());
-    }
-    Ok(w)
-}
-
-/// Builds the service-control backend the settings ask for.
-/// With the process backend an agent an earlier watchdog left running
-/// (killed, or replaced by a self-update) is adopted, not restarted.
-pub async fn service_for(
-    layout: &Layout,
-    settings: &Settings,
-) -> anyhow::Result<Arc<dyn ServiceControl>> {
-    Ok(match settings.agent.backend {
-        Backend::Process => {
-            let words = settings.agent.command.clone();
-            let l = layout.clone();
-            let s = settings.clone();
-            let svc = ProcessService::new(ProcessSpec {
-                // Before each start: a `current` whose folder or program
-                // went away under a running watchdog falls back to the
-                // newest installed version that has its program (which
-                // the next report then names). Not while an update is open:
-                // its journal owns `current` (a new version without its
-                // program fails its health check and is rolled back).
-                resolve: Arc::new(move || {
-                    if !l.journal().exists() {
-                        repair_current(&l, &s);
-                    }
-                    let mut expanded = words
-                        .iter()
-                        .map(|w| expand(w, &l))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    if expanded.is_empty() {
-                        return Err(ResolveError::EmptyCommand.into());
-                    }
-                    let program = expanded.remove(0).into();
-                    Ok(CommandLine {
-                        program,
-                        args: expanded,
-                        cwd: Some(l.base.clone()),
-                    })
-                }),
-                log_path: layout.logs().join("agent.log"),
-                pid_file: Some(layout.state().join("agent.pid")),
-                stop_timeout: Duration::from_secs(settings.agent.stop_timeout_secs),
-            });
-            match svc.adopt().await {
-                Adoption::Nothing => {}
-                Adoption::Adopted { pid } => tracing::info!(
-                    pid,
-                    "the agent an earlier watchdog started is still running: supervising it, not restarting it"
-                ),
-                Adoption::NotOurs { pid } => tracing::warn!(
-                    pid,
-                    "the agent pid file names a running process that is not provably the agent; it is left alone"
-                ),
-            }
-            Arc::new(svc)
-        }
-        Backend::Command => Arc::new(CommandService::new(CommandSpec {
-            start: settings.agent.start.clone(),
-            stop: settings.agent.stop.clone(),
-            status: settings.agent.status.clone(),
-            timeout: Duration::from_secs(settings.agent.stop_timeout_secs + 30),
-        })),
-        Backend::WindowsService => {
-            let name = settings.agent.service_name.clone().unwrap_or_default();
-            Arc::new(
-                ScmService::new(ScmSpec {
-                    name: name.clone(),
-                    timeout: Duration::from_secs(settings.agent.stop_timeout_secs + 30),
-                })
-                .with_context(|| format!("the agent's Windows service {name:?} cannot be used"))?,
-            )
-        }
-    })
-}
-
-/// Whether version `v` is usable: its folder exists and, when the agent
-/// command runs a program from it, that program is there.
-fn usable(layout: &Layout, settings: &Settings, v: &palette_protocol::Version) -> bool {
-    let dir = layout.version_dir(v);
-    if !dir.is_dir() {
-        return false;
-    }
-    match settings.agent.command.first() {
-        Some(program)
-            if settings.agent.backend == Backend::Process && program.contains("{current}") =>
-        {
-            let path = program
-                .replace("{current}", &dir.display().to_string())
-                .replace("{base}", &layout.base.display().to_string())
-                .replace("{exe}", std::env::consts::EXE_SUFFIX);
-            std::path::Path::new(&path).is_file()
-        }
-        _ => true,
-    }
-}
-
-/// A `versions/current` that is unreadable, or names a version that is
-/// missing or lacks its program, would leave the agent down: point it at the
-/// newest installed version that is usable instead, and say so. Nothing is
-/// deleted here.
-pub fn repair_current(layout: &Layout, settings: &Settings) {
-    let state = layout.current_pointer_state();
-    let why = match &state {
-        palette_host::Pointer::Names(v) if usable(layout, settings, v) => return,
-        palette_host::Pointer::Names(v) => format!("it names {v}, whose program is missing"),
-        palette_host::Pointer::NamesMissing(v) => format!("it names {v}, which is not installed"),
-        palette_host::Pointer::Unreadable(e) => format!("it cannot be read: {e}"),
-        palette_host::Pointer::Missing if layout.installed_versions().is_empty() => return,
-        palette_host::Pointer::Missing => "it is missing".into(),
-    };
-    match layout
-        .installed_versions()
-        .into_iter()
-        .find(|v| usable(layout, settings, v))
-    {
-        Some(v) => match layout.set_current(&v) {
-            Ok(()) => tracing::error!(
-                pointer = %layout.current_pointer().display(),
-                now = %v,
-                "versions/current was unusable ({why}); it now names the newest installed version that has its program"
-            ),
-            Err(e) => tracing::error!(error = %e, "versions/current is unusable ({why}) and could not be repaired"),
-        },
-        None => tracing::error!("versions/current is unusable ({why}) and no installed version has its program: the agent cannot start until a release is installed"),
-    }
-}
 
 /// The host name to report: the setting, else the system's, validated but
 /// kept exactly as written (a legacy server compares names
@@ -238,7 +100,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
     let keepalive_loop = supervisor.clone().keep_alive(shutdown.clone());
     if supervisor.desired() == DesiredState::Running {
         if let Err(e) = svc.start().await {
-            tracing::error!(error = %crate::actions::chain(&e), "could not start the agent; the keep-alive will retry");
+            tracing::error!(error = %chain(&e), "could not start the agent; the keep-alive will retry");
         }
     } else {
         tracing::info!("the agent stays stopped: an operator commanded stop");
@@ -269,7 +131,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
             Protocol::V2 | Protocol::Auto => {
                 // `true` only when `auto` finds a legacy-only server.
                 if v2loop::run(&loop_ctx, &handle, &loop_shutdown).await {
-                    loop_ctx.use_legacy_protocol();
+                    loop_ctx.transport.use_legacy_protocol();
                     v1loop::run(&loop_ctx, &handle, &loop_shutdown).await
                 }
             }
@@ -295,7 +157,7 @@ pub async fn run(layout: Layout) -> anyhow::Result<()> {
         tracing::info!("stopped for a self-update: the agent keeps running for the next watchdog");
     } else if ctx.settings.agent.backend == Backend::Process {
         if let Err(e) = svc.stop().await {
-            tracing::error!(error = %crate::actions::chain(&e), "could not stop the agent");
+            tracing::error!(error = %chain(&e), "could not stop the agent");
         }
     }
     tracing::info!("palette-watchdog stopped");
@@ -319,11 +181,11 @@ async fn liveness_pinger(ctx: Arc<Ctx>, handle: Handle, shutdown: CancellationTo
         * 1000) as i64;
     let mut said = false;
     loop {
-        if crate::v2loop::sleep_or_shutdown(every, &shutdown).await {
+        if v2loop::sleep_or_shutdown(every, &shutdown).await {
             return;
         }
         let controller_ok = handle.responsive(every).await;
-        let transport_ok = ctx.since_progress_ms() < patience_ms;
+        let transport_ok = ctx.transport.since_progress_ms() < patience_ms;
         if controller_ok && transport_ok {
             platform::watchdog_ping();
             said = false;

@@ -13,33 +13,31 @@
 //!
 //! The agent keeps running throughout: a watchdog stopped for a self-update
 //! leaves it (`leaves_agent_running`), the next one adopts it.
+//!
+//! Must not: touch the agent, its versions or the agent update's journal,
+//! or swap binaries itself while a manager runs (the manager does; only a
+//! new watchdog that fails its self-check with no manager left puts the old
+//! binaries back).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use palette_host::self_journal::{self, SelfJournal, SelfOutcome, SelfProof, SelfStep};
 use palette_protocol::v2::{Outcome, UpdatePhase, UpdateReport};
-use palette_protocol::Version;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::Ctx;
 use crate::client::Client;
-use crate::error::SelfCheckError;
-use crate::update::{self, Candidate, Fetched, Product};
-
-/// This watchdog's version (its binary's stamp).
-pub(crate) fn own_version() -> Version {
-    palette_host::stamp::version()
-        .parse()
-        .unwrap_or(Version::new(0, 0, 0))
-}
+use crate::ctx::{Ctx, Phase};
+use crate::error::{chain, ManagerError, SelfCheckError};
+use crate::install::{self, Fetched};
+use crate::offer::{Candidate, Product};
+use crate::own_version;
 
 /// Whether a watchdog release should be installed now: self-update is on,
 /// it is newer than this watchdog, and no update is unfinished.
 pub(crate) fn wanted(ctx: &Ctx, cand: &Candidate) -> bool {
     ctx.settings.self_update.enabled
-        && (cand.version > own_version()
-            || crate::update::signed_downgrade(ctx, cand, own_version()))
+        && (cand.version > own_version() || install::signed_downgrade(ctx, cand, own_version()))
         && !ctx.layout.journal().exists()
         && !ctx.layout.self_journal().exists()
 }
@@ -74,22 +72,22 @@ pub(crate) async fn install(
     cancel: &CancellationToken,
     installing: &std::sync::atomic::AtomicBool,
 ) -> Option<UpdateReport> {
-    let (path, sha256, size) = match update::fetch(ctx, client, &cand, cancel).await {
+    let (path, sha256, size) = match install::fetch(ctx, client, &cand, cancel).await {
         Fetched::Got {
             path, sha256, size, ..
         } => (path, sha256, size),
         Fetched::Ended(r) => return r,
     };
     installing.store(true, std::sync::atomic::Ordering::SeqCst);
-    ctx.set_update_phase(Some((
-        Product::Watchdog,
-        cand.release_id,
-        cand.version,
-        UpdatePhase::Installing,
-        Some(size),
-    )));
-    if let Err(e) = update::copy_manager(ctx) {
-        return Some(update::local_trouble_or_fail(
+    ctx.updates.set_phase(Some(Phase {
+        product: Product::Watchdog,
+        release_id: cand.release_id,
+        version: cand.version,
+        step: UpdatePhase::Installing,
+        total: Some(size),
+    }));
+    if let Err(e) = install::copy_manager(ctx) {
+        return Some(install::local_trouble_or_fail(
             ctx,
             &cand,
             &path,
@@ -100,7 +98,7 @@ pub(crate) async fn install(
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            return Some(update::report_with(
+            return Some(install::report_with(
                 ctx,
                 Product::Watchdog,
                 cand.release_id,
@@ -131,22 +129,22 @@ pub(crate) async fn install(
         "handing the self-update to the manager: this watchdog is replaced by the new one, which must check in within {} s",
         ctx.settings.self_update.prove_secs
     );
-    let ran = update::run_manager(ctx, &args).await;
+    let ran = install::run_manager(ctx, &args).await;
     // Still running: the manager is done with this attempt.
     let journal = SelfJournal::load(&ctx.layout).ok().flatten();
     match (ran, journal) {
         // Died (killed, crashed) before it journaled anything: nothing was
         // changed, and an interruption is no verdict on the release.
-        (Err(e @ crate::error::ManagerError::NoResult { .. }), None) => {
-            Some(update::retry_later(ctx, &cand, |secs| {
+        (Err(e @ ManagerError::NoResult { .. }), None) => {
+            Some(install::retry_later(ctx, &cand, |secs| {
                 format!(
                     "the self-update to {} was interrupted before anything was changed (the manager ended without a result: {}); it is tried again in {secs} s",
                     cand.version,
-                    crate::actions::chain(&e)
+                    chain(&e)
                 )
             }))
         }
-        (Err(e), None) => Some(update::local_trouble_or_fail(
+        (Err(e), None) => Some(install::local_trouble_or_fail(
             ctx,
             &cand,
             &path,
@@ -224,7 +222,7 @@ fn settle(ctx: &Ctx, j: SelfJournal) -> Settled {
     let mine = j.version == own_version();
     let layout = &ctx.layout;
     let report = |outcome, message: String, retry| {
-        let r = update::report_with(
+        let r = install::report_with(
             ctx,
             Product::Watchdog,
             j.release_id,
@@ -351,7 +349,7 @@ pub(crate) async fn prove(
         }
         return;
     }
-    let mut checkins = ctx.checkins.subscribe();
+    let mut checkins = ctx.transport.checkins();
     tokio::select! {
         r = checkins.wait_for(|n| *n > 0) => if r.is_err() { return },
         _ = shutdown.cancelled() => return,

@@ -5,6 +5,10 @@
 //! operator commanded `stop` — a desired state kept in `state/` that
 //! survives a watchdog restart. Updates pause supervision while the manager
 //! works.
+//!
+//! Must not: install, update or reconfigure the agent, or talk to the
+//! server; it only keeps the agent in its desired state through the
+//! service backend.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! deletes it. `Type=notify` with watchdog pings; `KillMode=process` so a
 //! stop reaches only the watchdog (which stops its agent itself) and a
 //! manager in the middle of an update finishes its work.
+//!
+//! Must not: run systemctl (`platform` does) or import any other module
+//! of the watchdog.
 
 use std::path::{Path, PathBuf};
 

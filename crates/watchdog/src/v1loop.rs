@@ -3,40 +3,24 @@
 //! any older than 7 minutes), updates every 3 minutes (`/agent/version`,
 //! download, MD5). Unlike the legacy watchdog, a commanded stop is durable
 //! and an MD5-only release is installed only with `trust.allow_legacy_md5`.
+//!
+//! Must not: perform a command or install a release (the controller does);
+//! it only polls and passes on what is new.
 
 use std::time::Duration;
 
 use palette_protocol::timefmt::parse_rfc3339;
-use palette_protocol::v2::{CommandKind, ReleaseKind};
-
+use palette_protocol::v2::CommandKind;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{self, Ctx};
 use crate::backoff::jittered;
+use crate::client::Client;
 use crate::controller::{Handle, Msg};
+use crate::ctx::Ctx;
+use crate::error::chain;
+use crate::job;
 use crate::now_ms;
-use crate::update::{self, Candidate, Integrity};
-
-#[cfg(test)]
-#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests may use std::fs
-mod tests {
-    use super::*;
-
-    #[test]
-    fn legacy_ids_follow_the_content() {
-        let v: palette_protocol::Version = "1.0.1000".parse().unwrap();
-        let w: palette_protocol::Version = "1.1.0".parse().unwrap();
-        let a = legacy_release_id("aa", &v);
-        assert!(a < 0);
-        assert_eq!(a, legacy_release_id("AA", &v));
-        assert_ne!(
-            a,
-            legacy_release_id("bb", &v),
-            "a fixed file is a new release"
-        );
-        assert_ne!(a, legacy_release_id("aa", &w), "versions never collide");
-    }
-}
+use crate::offer::Candidate;
 
 /// A legacy command older than this is ignored.
 pub const FRESHNESS_MS: i64 = 7 * 60 * 1000;
@@ -56,7 +40,7 @@ pub async fn run(ctx: &Ctx, handle: &Handle, shutdown: &CancellationToken) {
                     return;
                 }
             }
-            ctx.progressed();
+            ctx.transport.progressed();
             next_cmd = tokio::time::Instant::now() + jittered(commands_every);
         }
         if now >= next_upd {
@@ -89,36 +73,24 @@ struct Said {
     skipped_bad: Option<i64>,
 }
 
-/// A legacy release has no id: one made from its content (MD5 and
-/// version), so a fixed file re-published under the same version is a new
-/// release, and two versions never collide.
-pub fn legacy_release_id(md5: &str, version: &palette_protocol::Version) -> i64 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{}|{version}", md5.to_ascii_lowercase()).as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&digest[..8]);
-    // Negative: never equal to a v2 release id.
-    -((i64::from_be_bytes(b) & i64::MAX) | 1)
-}
-
 /// The command to perform, if the poll brought a new, fresh one.
 async fn poll_command(ctx: &Ctx) -> Option<CommandKind> {
     let client = match ctx.client() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %actions::chain(&e), "cannot talk to the server");
+            tracing::error!(error = %chain(&e), "cannot talk to the server");
             return None;
         }
     };
     let polled = client.v1_command(&ctx.hostname).await;
     if polled.is_ok() {
-        ctx.checked_in();
+        ctx.transport.checked_in();
     }
     let cmd = match polled {
         Ok(Some(c)) => c,
         Ok(None) => return None,
         Err(e) => {
-            tracing::warn!(error = %actions::chain(&e), "command poll failed; the agent keeps running");
+            tracing::warn!(error = %chain(&e), "command poll failed; the agent keeps running");
             return None;
         }
     };
@@ -152,11 +124,11 @@ async fn poll_command(ctx: &Ctx) -> Option<CommandKind> {
 }
 
 /// The release to offer the controller, if one should be installed.
-async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, crate::client::Client)> {
+async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, Client)> {
     let client = match ctx.client() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %actions::chain(&e), "cannot talk to the server");
+            tracing::error!(error = %chain(&e), "cannot talk to the server");
             return None;
         }
     };
@@ -164,23 +136,12 @@ async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, crate::c
         Ok(Some(v)) => v,
         Ok(None) => return None,
         Err(e) => {
-            tracing::warn!(error = %actions::chain(&e), "update check failed");
+            tracing::warn!(error = %chain(&e), "update check failed");
             return None;
         }
     };
-    let id = legacy_release_id(&v.md5, &v.version());
-    let cand = Candidate {
-        product: crate::update::Product::Agent,
-        release_id: id,
-        version: v.version(),
-        kind: ReleaseKind::Archive,
-        url: v.url.clone(),
-        integrity: Integrity::Md5(v.md5.clone()),
-        // Legacy releases are never signed.
-        manifest: None,
-        signature: None,
-        rollback_from: Vec::new(),
-    };
+    let cand = Candidate::from_v1(&v);
+    let id = cand.release_id;
     if ctx.durable.get().failed_releases.contains(&id) {
         if said.skipped_bad != Some(id) {
             tracing::warn!(version = %cand.version, md5 = v.md5, "the offered legacy release failed here before; skipped until the server offers another file");
@@ -188,7 +149,7 @@ async fn check_update(ctx: &Ctx, said: &mut Said) -> Option<(Candidate, crate::c
         }
         return None;
     }
-    if ctx.active_update() == Some(id) || !update::wanted(ctx, &cand) {
+    if ctx.updates.active() == Some(id) || !job::wanted(ctx, &cand) {
         return None;
     }
     if !ctx.settings.trust.allow_legacy_md5 {

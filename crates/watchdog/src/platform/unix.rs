@@ -1,6 +1,9 @@
 //! Unix: systemd notifications (`Type=notify`, `READY=1`, watchdog pings),
 //! SIGTERM / SIGINT as the shutdown request, and installing the watchdog as
 //! a systemd unit.
+//!
+//! Must not: be used except through `platform`'s functions; nothing
+//! Unix-specific leaks out of it.
 
 use std::time::Duration;
 
@@ -65,7 +68,7 @@ fn unit_of_cgroup(cgroup: &str) -> Option<String> {
 pub fn install_service(
     exe: &std::path::Path,
     base: &std::path::Path,
-    opts: &crate::os_service::InstallOptions,
+    opts: &super::InstallOptions,
 ) -> anyhow::Result<String> {
     use anyhow::Context;
     let path = crate::systemd::install(&opts.unit_dir, exe, base)
@@ -104,7 +107,7 @@ pub fn install_service(
 }
 
 /// Removes the systemd unit.
-pub fn remove_service(opts: &crate::os_service::InstallOptions) -> anyhow::Result<String> {
+pub fn remove_service(opts: &super::InstallOptions) -> anyhow::Result<String> {
     Ok(if crate::systemd::remove(&opts.unit_dir)? {
         format!(
             "removed {}",

@@ -6,6 +6,9 @@
 //! / `start` / `stop` manage the service like the legacy watchdog's
 //! commands. Paths come from `--base` or the executable's folder (a
 //! service starts in System32).
+//!
+//! Must not: be used except through `platform`'s functions; nothing
+//! Windows-specific leaks out of it.
 
 use std::ffi::OsString;
 use std::sync::OnceLock;
@@ -178,7 +181,7 @@ fn manager(access: ServiceManagerAccess) -> anyhow::Result<ServiceManager> {
 pub fn install_service(
     exe: &std::path::Path,
     base: &std::path::Path,
-    opts: &crate::os_service::InstallOptions,
+    opts: &super::InstallOptions,
 ) -> anyhow::Result<String> {
     let scm = manager(ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE)?;
     let info = ServiceInfo {
@@ -230,7 +233,7 @@ pub fn install_service(
 }
 
 /// Stops the service if it runs, and deletes it.
-pub fn remove_service(_opts: &crate::os_service::InstallOptions) -> anyhow::Result<String> {
+pub fn remove_service(_opts: &super::InstallOptions) -> anyhow::Result<String> {
     let scm = manager(ServiceManagerAccess::CONNECT)?;
     let service = match scm.open_service(
         SERVICE_NAME,

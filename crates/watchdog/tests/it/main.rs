@@ -11,8 +11,9 @@ use palette_host::settings::{ServerSettings, Settings};
 use palette_host::Layout;
 use palette_protocol::v2::CommandKind;
 use palette_service::{CommandService, CommandSpec};
-use palette_watchdog::actions::{self, Ctx};
+use palette_watchdog::actions;
 use palette_watchdog::client::{Client, ClientError};
+use palette_watchdog::ctx::Ctx;
 use palette_watchdog::durable;
 use palette_watchdog::supervisor::{Policy, Supervisor};
 

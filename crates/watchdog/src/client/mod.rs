@@ -1,170 +1,27 @@
 //! The one HTTP client: verified TLS (system roots plus an optional CA
-//! file), the proxy from `Config.yml`, timeouts, streaming downloads. Speaks
-//! both the v2 API and the legacy v1 API.
+//! file, an optional client certificate), the proxy from `Config.yml`,
+//! timeouts, capped answers. Speaks both the v2 API and the legacy v1 API;
+//! downloads are in `download`, errors in `error`. The credential (this
+//! host's token on v2, else the license key) goes only to the origin this
+//! host checks in with.
+//!
+//! Must not: retry, back off or log a failure as final — the callers
+//! decide on the error's variant; no knowledge of the watchdog's state.
 
-use std::path::Path;
+mod download;
+mod error;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use md5::Md5;
 use palette_host::agent_config::AgentConfig;
 use palette_host::settings::ServerSettings;
 use palette_protocol::v1;
 use palette_protocol::v2::{CheckinRequest, CheckinResponse, ConfigRevision};
 use reqwest::{header, StatusCode};
-use sha2::{Digest, Sha256};
-use thiserror::Error;
-use tokio::io::AsyncWriteExt;
 
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("could not build the HTTP client")]
-    Build(#[source] reqwest::Error),
-    #[error("could not read the CA file {path}")]
-    CaFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("could not read the client certificate or key {path}")]
-    ClientCertFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the client certificate {cert} and its key are not a usable PEM identity")]
-    ClientCert {
-        cert: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("the CA file {path} holds no usable PEM certificate")]
-    CaPem {
-        path: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("request to {url} failed")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{url} answered {status}: {body}")]
-    Status {
-        url: String,
-        status: StatusCode,
-        body: String,
-    },
-    #[error("{url} answered with a body that could not be read: {reason}")]
-    Decode { url: String, reason: String },
-    #[error("{url} answered with more than {limit} bytes; refused")]
-    TooLarge { url: String, limit: u64 },
-    #[error("the license at {url} is not valid")]
-    LicenseInvalid { url: String },
-    #[error("download {url} stalled: no data for {secs} s")]
-    Stalled { url: String, secs: u64 },
-    #[error("download {url} has {algo} {actual}, expected {expected}")]
-    Checksum {
-        url: String,
-        algo: &'static str,
-        expected: String,
-        actual: String,
-    },
-    #[error("download {url} is {actual} bytes, expected {expected}")]
-    Size {
-        url: String,
-        expected: u64,
-        actual: u64,
-    },
-    #[error("could not write {path}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl ClientError {
-    /// Whether trying again later may succeed (network trouble, a server
-    /// error, a stalled transfer, a local disk problem) — as opposed to an
-    /// answer that will not change (bad checksum, refused credentials).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Http { .. } | ClientError::Io { .. } | ClientError::Stalled { .. } => true,
-            ClientError::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-            }
-            _ => false,
-        }
-    }
-
-    /// What the operator can do about a request that never got an answer,
-    /// read from the error's type (never its text): `None` when there is
-    /// no hint to give.
-    pub fn transport_hint(&self) -> Option<TransportHint> {
-        let ClientError::Http { source, .. } = self else {
-            return None;
-        };
-        let mut next: Option<&(dyn std::error::Error + 'static)> =
-            std::error::Error::source(source);
-        while let Some(e) = next {
-            if let Some(tls) = find_rustls(e) {
-                return Some(match tls {
-                    rustls::Error::InvalidCertificate(_) => TransportHint::UntrustedCertificate,
-                    rustls::Error::InvalidMessage(_) => TransportHint::NotTls,
-                    _ => TransportHint::TlsHandshake,
-                });
-            }
-            next = e.source();
-        }
-        if source.is_connect() {
-            Some(TransportHint::NothingListens)
-        } else {
-            None
-        }
-    }
-}
-
-/// Why a request never got an answer, as far as the operator can act on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportHint {
-    /// The server's certificate does not chain to a trusted CA.
-    UntrustedCertificate,
-    /// The server does not speak TLS at that address.
-    NotTls,
-    /// The TLS handshake failed for another reason.
-    TlsHandshake,
-    /// Nothing accepted the connection.
-    NothingListens,
-}
-
-impl std::fmt::Display for TransportHint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TransportHint::UntrustedCertificate => {
-                "the server's certificate is not trusted: pass --ca-file (server.ca_file in watchdog.yml) with the CA that issued it"
-            }
-            TransportHint::NotTls => {
-                "the server does not speak TLS there: use http:// (or give the server --tls-cert/--tls-key)"
-            }
-            TransportHint::TlsHandshake => "the TLS handshake failed",
-            TransportHint::NothingListens => {
-                "nothing answers there: is palette-server running, and is the address right?"
-            }
-        })
-    }
-}
-
-/// The rustls error inside an error, looking through `std::io::Error`
-/// wrappers (hyper and reqwest carry it so).
-fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(t) = e.downcast_ref::<rustls::Error>() {
-        return Some(t);
-    }
-    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
-    find_rustls(inner)
-}
+pub use download::{Downloaded, Expect};
+pub use error::{ClientError, TransportHint};
 
 /// The most the watchdog reads of a JSON answer (a check-in, a version).
 pub const MAX_JSON_BYTES: u64 = 4 * 1024 * 1024;
@@ -204,36 +61,6 @@ async fn read_capped(
     Ok(buf.freeze())
 }
 
-/// Feeds a file already on disk to the hashers (a resumed download is
-/// verified whole).
-async fn hash_file(path: &Path, sha: &mut Sha256, md5: &mut Md5) -> std::io::Result<()> {
-    use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        sha.update(&buf[..n]);
-        md5.update(&buf[..n]);
-    }
-}
-
-/// A verified download.
-#[derive(Debug, Clone)]
-pub struct Downloaded {
-    pub sha256: String,
-    pub md5: String,
-    pub size: u64,
-}
-
-/// What a download must match.
-pub enum Expect<'a> {
-    Sha256 { hex: &'a str, size: Option<u64> },
-    Md5(&'a str),
-}
-
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -243,9 +70,6 @@ pub struct Client {
     /// of the license key, which the v1 API keeps using.
     host_token: Option<std::sync::Arc<str>>,
 }
-
-/// The most redirects a download follows.
-const MAX_REDIRECTS: usize = 5;
 
 /// How long an idle kept-alive connection may be reused (below the 20 s a
 /// palette-server keeps one).
@@ -548,227 +372,6 @@ impl Client {
         } else {
             Err(ClientError::LicenseInvalid { url })
         }
-    }
-
-    // ---- downloads ------------------------------------------------------
-
-    /// `GET url` (from byte `from` on), following up to
-    /// `MAX_REDIRECTS` redirects. The credential goes only with the first
-    /// request, and only to the check-in origin: a redirect is followed
-    /// bare, wherever it points.
-    async fn get_following(&self, url: &str, from: u64) -> Result<reqwest::Response, ClientError> {
-        let mut at = url.to_string();
-        let mut hops = 0;
-        loop {
-            let mut rb = self.http.get(&at);
-            if hops == 0 {
-                if let Some(a) = self.auth(&at) {
-                    rb = rb.header(header::AUTHORIZATION, a);
-                }
-            }
-            if from > 0 {
-                rb = rb.header(header::RANGE, format!("bytes={from}-"));
-            }
-            let res = rb.send().await.map_err(|source| ClientError::Http {
-                url: at.clone(),
-                source,
-            })?;
-            let next = res
-                .status()
-                .is_redirection()
-                .then(|| res.headers().get(header::LOCATION))
-                .flatten()
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| url::Url::parse(&at).ok()?.join(l).ok());
-            match next {
-                Some(next) if hops < MAX_REDIRECTS => {
-                    tracing::info!(from = at, to = %next, "the download is redirected; following it without credentials");
-                    at = next.to_string();
-                    hops += 1;
-                }
-                _ => return Self::check(res, &at).await,
-            }
-        }
-    }
-
-    /// Streams `path_or_url` into `dest` (never the whole file in memory),
-    /// hashing on the way; the file is renamed into place only when it
-    /// matches `expect`. It is written to `dest.part` first: a transfer cut
-    /// short (network, stall, a watchdog restart) leaves the part, and the
-    /// next call resumes it with `Range`, re-hashing what it already has so
-    /// the whole file is verified. A local disk error or a mismatch deletes
-    /// the part. `rate` caps the transfer in bytes per second.
-    pub async fn download(
-        &self,
-        path_or_url: &str,
-        dest: &Path,
-        expect: Expect<'_>,
-        rate: Option<u64>,
-        progress: &std::sync::atomic::AtomicU64,
-    ) -> Result<Downloaded, ClientError> {
-        let url = if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
-            path_or_url.to_string()
-        } else {
-            self.url(path_or_url)
-        };
-        let part = dest.with_extension("part");
-        let ioerr = |source| ClientError::Io {
-            path: part.display().to_string(),
-            source,
-        };
-        let limit = match expect {
-            Expect::Sha256 { size: Some(s), .. } => Some(s),
-            _ => None,
-        };
-        let mut sha = Sha256::new();
-        let mut md5 = Md5::new();
-        let mut have = tokio::fs::metadata(&part)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if limit.is_some_and(|l| have >= l) {
-            // Complete or too long: start over (a complete part would have
-            // been renamed).
-            let _ = tokio::fs::remove_file(&part).await;
-            have = 0;
-        }
-        if have > 0 {
-            if let Err(e) = hash_file(&part, &mut sha, &mut md5).await {
-                tracing::warn!(error = %e, "cannot read the partial download; starting over");
-                let _ = tokio::fs::remove_file(&part).await;
-                have = 0;
-                sha = Sha256::new();
-                md5 = Md5::new();
-            }
-        }
-        if !self.same_origin(&url) {
-            tracing::warn!(url, endpoint = self.config.endpoint, "the release is served from another origin than the server's: downloaded without credentials (its sha256 decides)");
-        }
-        let res = match self.get_following(&url, have).await {
-            Err(ClientError::Status { status, .. })
-                if status == StatusCode::RANGE_NOT_SATISFIABLE && have > 0 =>
-            {
-                let _ = tokio::fs::remove_file(&part).await;
-                tracing::warn!("the server cannot resume the download; starting over");
-                have = 0;
-                sha = Sha256::new();
-                md5 = Md5::new();
-                self.get_following(&url, 0).await?
-            }
-            other => other?,
-        };
-        let resumed = have > 0 && res.status() == StatusCode::PARTIAL_CONTENT;
-        let mut file = if resumed {
-            tracing::info!(offset = have, "resuming the download where it stopped");
-            tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&part)
-                .await
-                .map_err(ioerr)?
-        } else {
-            if have > 0 {
-                tracing::info!("the server sent the whole file; starting the download over");
-                sha = Sha256::new();
-                md5 = Md5::new();
-            }
-            have = 0;
-            tokio::fs::File::create(&part).await.map_err(ioerr)?
-        };
-        let mut size = have;
-        progress.store(size, std::sync::atomic::Ordering::Relaxed);
-        let started = tokio::time::Instant::now();
-        let mut stream = res.bytes_stream();
-        let idle = Duration::from_secs(60);
-        loop {
-            let chunk = match tokio::time::timeout(idle, stream.next()).await {
-                // The part stays: the next attempt resumes it.
-                Err(_) => {
-                    return Err(ClientError::Stalled {
-                        url,
-                        secs: idle.as_secs(),
-                    });
-                }
-                Ok(None) => break,
-                Ok(Some(c)) => c.map_err(|source| ClientError::Http {
-                    url: url.clone(),
-                    source,
-                })?,
-            };
-            size += chunk.len() as u64;
-            if let Some(l) = limit {
-                if size > l {
-                    drop(file);
-                    let _ = tokio::fs::remove_file(&part).await;
-                    return Err(ClientError::Size {
-                        url,
-                        expected: l,
-                        actual: size,
-                    });
-                }
-            }
-            sha.update(&chunk);
-            md5.update(&chunk);
-            progress.store(size, std::sync::atomic::Ordering::Relaxed);
-            if let Err(e) = file.write_all(&chunk).await {
-                // A full or failing disk: leave nothing behind.
-                drop(file);
-                let _ = tokio::fs::remove_file(&part).await;
-                return Err(ioerr(e));
-            }
-            if let Some(rate) = rate.filter(|r| *r > 0) {
-                let due = Duration::from_secs_f64((size - have) as f64 / rate as f64);
-                let elapsed = started.elapsed();
-                if due > elapsed {
-                    tokio::time::sleep(due - elapsed).await;
-                }
-            }
-        }
-        file.sync_all().await.map_err(ioerr)?;
-        drop(file);
-        let got = Downloaded {
-            sha256: hex::encode(sha.finalize()),
-            md5: hex::encode(md5.finalize()),
-            size,
-        };
-        let mismatch = match expect {
-            Expect::Sha256 { hex, size: want } => {
-                if let Some(w) = want.filter(|w| *w != got.size) {
-                    Some(ClientError::Size {
-                        url: url.clone(),
-                        expected: w,
-                        actual: got.size,
-                    })
-                } else if !hex.eq_ignore_ascii_case(&got.sha256) {
-                    Some(ClientError::Checksum {
-                        url: url.clone(),
-                        algo: "sha256",
-                        expected: hex.into(),
-                        actual: got.sha256.clone(),
-                    })
-                } else {
-                    None
-                }
-            }
-            Expect::Md5(hex) => {
-                (!hex.eq_ignore_ascii_case(&got.md5)).then(|| ClientError::Checksum {
-                    url: url.clone(),
-                    algo: "md5",
-                    expected: hex.into(),
-                    actual: got.md5.clone(),
-                })
-            }
-        };
-        if let Some(e) = mismatch {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(e);
-        }
-        tokio::fs::rename(&part, dest)
-            .await
-            .map_err(|source| ClientError::Io {
-                path: dest.display().to_string(),
-                source,
-            })?;
-        Ok(got)
     }
 }
 
