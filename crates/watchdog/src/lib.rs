@@ -12,27 +12,29 @@
 //! acknowledgement is ready. The keep-alive runs in its own task.
 //! Everything stops through one `CancellationToken`.
 //!
-//! The modules, from the top down (each imports only modules below it; no
-//! two import each other):
+//! The modules, from the top down; each imports only modules listed after
+//! it, so no two import each other, and nothing imports `run`:
 //!
-//! - `run` — wires the tasks and stops them; nothing imports it.
-//! - `v2loop`, `v1loop` — the transports: check in / poll, hand commands
-//!   and offers to the controller, deliver acknowledgements.
-//! - `controller` — the actor: performs commands (`actions`), starts,
-//!   supersedes and cancels the update job, queues acknowledgements.
+//! - `run` — wires the tasks together and stops them.
+//! - `v2loop`, `v1loop` — the transports: check in (or poll), hand
+//!   commands and offers to the controller, deliver acknowledgements.
+//! - `controller` — the actor: performs commands, queues their
+//!   acknowledgements, starts, supersedes and cancels the update job.
 //! - `job` — the update job: whether an offer is wanted, its phase, and
-//!   which kind runs: an agent update (`update`) or a self-update
-//!   (`selfupdate`), both over the shared half in `install` (download,
-//!   manager, outcome).
-//! - `actions` — commands and remote configuration; `health` — is the
-//!   agent healthy (after an update or a new `Config.yml`); `agent` — the
-//!   agent's service backend, command line and `current` pointer.
-//! - `ctx` — the shared context and its parts (transport, updates,
-//!   in-flight commands); `offer` — the offer types.
-//! - `client`, `identity` (this host's token), `durable`, `supervisor`,
-//!   `backoff`, `error` — the foundations.
-//! - `os_service` — the watchdog as the OS's service, over `platform` (the
-//!   only `cfg`-by-OS code) and `systemd` (the unit file).
+//!   which kind runs.
+//! - `update` (the agent's), `selfupdate` (the watchdog's own) — the two
+//!   kinds of update; `actions` — commands and remote configuration.
+//! - `install` — the half both kinds of update share: signature check and
+//!   download, the manager, the recorded outcome; `health` — whether the
+//!   agent is healthy after an update or a new `Config.yml`.
+//! - `ctx` — the shared context, in named parts (transport, updates,
+//!   in-flight commands); `os_service` — the watchdog as the OS's service.
+//! - `agent` — the agent's service backend, command line and `current`
+//!   pointer; `supervisor` — keep-alive and desired state; `identity` —
+//!   this host's token; `error` — the typed failures; `platform` — the only
+//!   code that says `cfg` by OS.
+//! - `client` — the HTTP client; `durable` — `state/watchdog.json`;
+//!   `offer` — the offer types; `backoff`; `systemd` — the unit file.
 //!
 //! Must not: install anything itself (the manager does), touch the agent's
 //! `Config.yml` except through a validated atomic replace, or let the server

@@ -71,13 +71,13 @@ pub fn legacy_only(err: &ClientError) -> bool {
 /// state) and [`CheckinLoop::apply_answer`] (store, commands, offers,
 /// config).
 pub async fn run(ctx: &Arc<Ctx>, handle: &Handle, shutdown: &CancellationToken) -> bool {
-    let mut this = CheckinLoop::new(ctx, handle, shutdown);
+    let mut checkins = CheckinLoop::new(ctx, handle, shutdown);
     loop {
-        match this.check_in().await {
+        match checkins.check_in().await {
             CheckedIn::Answered(answer) => {
                 let Answer { resp, client, acks } = *answer;
-                this.deliver_acks(&acks);
-                if !this.apply_answer(resp, &client).await {
+                checkins.deliver_acks(&acks);
+                if !checkins.apply_answer(resp, &client).await {
                     return false;
                 }
             }

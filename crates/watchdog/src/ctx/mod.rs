@@ -12,8 +12,9 @@
 //!
 //! Must not: act — no command, update, check-in or agent control is
 //! carried out here; only the state they share, each part behind its own
-//! methods. It knows the client, the durable state, the supervisor and the
-//! offer types, nothing above them.
+//! methods. It imports only the foundations (client, identity, durable
+//! state, supervisor, errors, backoff, offer types), never a module that
+//! acts.
 
 mod commands;
 mod transport;

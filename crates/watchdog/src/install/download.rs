@@ -7,7 +7,7 @@
 //! msiexec is, an agent's MSI.
 //!
 //! Must not: stop the agent, run the manager or install anything; a
-//! refusal is recorded (`outcome`) and the download deleted.
+//! refusal is recorded (`outcome`) before anything is stopped.
 
 use palette_protocol::v2::{Outcome, ReleaseKind, UpdateReport};
 use palette_protocol::Version;
