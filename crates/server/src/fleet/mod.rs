@@ -201,7 +201,7 @@ pub struct Inner {
     /// Bumped at every v2 report (wakes the rollout driver).
     reports: watch::Sender<u64>,
     /// Rollouts, pins, windows, assigned labels.
-    pub rollouts: crate::fleet::rollouts::Rollouts,
+    rollouts: crate::fleet::rollouts::Rollouts,
     /// When this replica last sampled the version mix (`history`).
     version_sampled: Mutex<Millis>,
     /// Acknowledgements on their way to the next group commit.

@@ -53,15 +53,7 @@ pub(super) struct AssignLabels {
 
 pub(super) fn host_labels_of(state: &AppState, host: &str) -> HostLabels {
     let labels = state.host_labels(host);
-    let assigned = state
-        .rollouts
-        .cache
-        .read()
-        .unwrap()
-        .assigned
-        .get(host)
-        .cloned()
-        .unwrap_or_default();
+    let assigned = state.assigned_labels(host);
     let own = state.host_own_labels(host);
     HostLabels {
         own,

@@ -179,7 +179,7 @@ pub(super) async fn publish_release(
                 withdrawn_at: None,
                 rolled_back_at: None,
                 held: q.hold
-                    || state.rollouts.default == crate::fleet::rollouts::DefaultRollout::Manual,
+                    || state.default_rollout() == crate::fleet::rollouts::DefaultRollout::Manual,
             },
             Some(&audit),
         )

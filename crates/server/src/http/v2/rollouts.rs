@@ -137,8 +137,7 @@ pub(super) async fn list_pins(
     State(state): State<AppState>,
     _op: Operator,
 ) -> V2Result<Json<Vec<Pin>>> {
-    let cache = state.rollouts.cache.read().unwrap();
-    Ok(Json(cache.pins.iter().map(|(p, _)| p.clone()).collect()))
+    Ok(Json(state.pins()))
 }
 
 pub(super) async fn delete_pin(
@@ -202,10 +201,7 @@ pub(super) async fn list_windows(
     State(state): State<AppState>,
     _op: Operator,
 ) -> V2Result<Json<Vec<WindowInfo>>> {
-    let cache = state.rollouts.cache.read().unwrap();
-    Ok(Json(
-        cache.windows.iter().map(|(w, _, _)| w.clone()).collect(),
-    ))
+    Ok(Json(state.windows()))
 }
 
 pub(super) async fn delete_window(
