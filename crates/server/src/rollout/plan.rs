@@ -327,7 +327,7 @@ impl Plan {
                 let Some(v) = view(&m.hostname) else { continue };
                 let mut done = match &v.result {
                     Some((Outcome::Failed, msg)) => Some((Outcome::Failed, msg.clone())),
-                    _ if v.installed == Some(self.version) => {
+                    _ if v.installed == Some(self.version) && !v.progressing => {
                         Some((Outcome::Succeeded, format!("running {}", self.version)))
                     }
                     _ => None,
@@ -709,6 +709,27 @@ mod tests {
             "{}",
             m.message
         );
+    }
+
+    /// A host health-checks the release with it already current: it has
+    /// not succeeded until it stops taking it, and a failed check after
+    /// that counts as failed (a canary counted early let the next wave in).
+    #[test]
+    fn a_host_still_health_checking_the_version_has_not_succeeded() {
+        let mut p = plan(3, "1,100%", 0, "1", 0);
+        let mut f = Fleet::new(3);
+        let canary = p.step(0, 0, f.view()).admitted[0].clone();
+        let h = f.hosts.get_mut(&canary).unwrap();
+        h.installed = Some(v("2.0.0"));
+        h.progressing = true;
+        assert!(p.step(1, 0, f.view()).finished.is_empty());
+        let h = f.hosts.get_mut(&canary).unwrap();
+        h.installed = Some(v("1.0.0"));
+        h.progressing = false;
+        h.result = Some((Outcome::Failed, "health check failed; rolled back".into()));
+        let ch = p.step(2, 0, f.view());
+        assert_eq!(ch.finished, vec![(canary, Outcome::Failed)]);
+        assert_eq!(p.phase, Phase::Halted);
     }
 
     #[test]

@@ -242,8 +242,14 @@ pub async fn watch_release(
             // A success counts once the host runs the version: an earlier
             // outcome for the same release (the first install of the
             // version a rollback comes down to) is not this one.
-            let runs_it = installed(rep).is_some_and(|v| v == r.version);
-            let finished = match last.as_ref().filter(|u| u.release_id == r.id) {
+            // A host still taking this release (its health check runs with
+            // the new version already current) has not finished it yet.
+            let taking_it = rep
+                .update_progress
+                .as_ref()
+                .is_some_and(|p| p.release_id == r.id);
+            let runs_it = installed(rep).is_some_and(|v| v == r.version) && !taking_it;
+            let finished = match last.as_ref().filter(|u| u.release_id == r.id && !taking_it) {
                 Some(u) if u.outcome == Outcome::Failed || runs_it => {
                     Some((u.outcome, u.message.clone()))
                 }
