@@ -17,11 +17,9 @@ pub mod conn;
 pub mod metrics;
 mod ops;
 mod platform;
-pub mod postgres;
 pub mod ratelimit;
 pub mod rollout;
 pub mod rollouts;
-pub mod sqlite;
 pub mod state;
 pub mod store;
 mod tokens;
@@ -213,7 +211,7 @@ pub async fn open_store(
                 .split_once('@')
                 .map(|(_, host)| host)
                 .unwrap_or("(the database)");
-            let s = postgres::PgStore::open(url)
+            let s = store::SqlStore::open_postgres(url)
                 .await
                 .with_context(|| format!("while opening the PostgreSQL database at {shown}"))?;
             tracing::info!(database = shown, "store: PostgreSQL");
@@ -224,7 +222,7 @@ pub async fn open_store(
         ),
         None => {
             let db = data_dir.join("palette.db");
-            let s = sqlite::SqliteStore::open(&db)
+            let s = store::SqlStore::open_sqlite(&db)
                 .await
                 .with_context(|| format!("while opening the database {}", db.display()))?;
             Ok(Arc::new(s))
