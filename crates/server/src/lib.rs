@@ -26,9 +26,7 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub(crate) mod platform;
-pub mod postgres;
 pub mod rollout;
-pub mod sqlite;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -118,7 +116,7 @@ pub async fn open_store(
                 .split_once('@')
                 .map(|(_, host)| host)
                 .unwrap_or("(the database)");
-            let s = postgres::PgStore::open(url)
+            let s = store::SqlStore::open_postgres(url)
                 .await
                 .with_context(|| format!("while opening the PostgreSQL database at {shown}"))?;
             tracing::info!(database = shown, "store: PostgreSQL");
@@ -129,7 +127,7 @@ pub async fn open_store(
         ),
         None => {
             let db = data_dir.join("palette.db");
-            let s = sqlite::SqliteStore::open(&db)
+            let s = store::SqlStore::open_sqlite(&db)
                 .await
                 .with_context(|| format!("while opening the database {}", db.display()))?;
             Ok(Arc::new(s))

@@ -51,7 +51,7 @@ async fn a_backup_taken_while_serving_restores_the_same_fleet() {
     let before = s.store_id().await;
     // Last-seen times and reports are written in batches every second: a
     // backup holds what was written, so wait for the check-in's to be.
-    let db = palette_server::sqlite::SqliteStore::open(&data.join("palette.db"))
+    let db = palette_server::store::SqlStore::open_sqlite(&data.join("palette.db"))
         .await
         .unwrap();
     wait_until(

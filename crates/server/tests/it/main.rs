@@ -13,6 +13,7 @@ mod objects;
 mod ops;
 mod replicas;
 mod rollouts;
+mod store_contract;
 mod support;
 mod takeover;
 mod tls;

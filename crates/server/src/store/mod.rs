@@ -1,6 +1,22 @@
-//! The `Store` trait: everything the server keeps durably. SQLite is the
-//! embedded implementation (`sqlite.rs`); a PostgreSQL one slots in behind
-//! the same trait for several replicas.
+//! Everything the server keeps durably: the [`Store`] trait, the records it
+//! takes and gives, [`StoreError`] (what failed, classified: outage, full
+//! disk, conflict, corrupt row) and the outage log.
+//!
+//! One implementation serves both databases, [`SqlStore`] (`sql`: every
+//! query written once); what only one dialect has lives beside it:
+//! `sqlite` (the embedded file: connect options, `synchronous=FULL`, its
+//! migrations) and `postgres` (several replicas on one database: `UNNEST`
+//! batches, `LISTEN`/`NOTIFY`, the leader's advisory lock, its
+//! migrations).
+//!
+//! Must not: know anything of HTTP (no axum type; the status mapping below
+//! is on its way to the HTTP layer), or of the server's in-memory views.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use sql::SqlStore;
 
 use async_trait::async_trait;
 use palette_protocol::timefmt::Millis;
