@@ -545,3 +545,24 @@ pub struct ReachLater {
     /// `already on ...`, `offline (...)`.
     pub reason: String,
 }
+
+/// A pin: the hosts matching `selector` are offered `version` of `product`
+/// and nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pin {
+    pub id: i64,
+    pub selector: String,
+    pub product: String,
+    pub version: Version,
+    pub created_at: String,
+}
+
+/// A maintenance window for the hosts matching `selector`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowInfo {
+    pub id: i64,
+    pub selector: String,
+    pub schedule: String,
+    pub tz: String,
+    pub created_at: String,
+}

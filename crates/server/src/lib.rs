@@ -19,7 +19,6 @@
 //! anything half-way, or block a request on another host's work.
 
 pub mod artifacts;
-pub mod backup;
 pub mod chain;
 pub mod clock;
 pub mod fleet;
@@ -37,8 +36,6 @@ use anyhow::Context;
 
 pub use fleet::{Fleet, Settings};
 pub use http::{conn, ratelimit, AppState, HttpSettings};
-
-pub(crate) use chain::error_chain;
 
 /// How to run a server.
 #[derive(Debug, Clone)]
@@ -168,12 +165,3 @@ pub async fn open_state(opts: &ServerOptions) -> anyhow::Result<AppState> {
 }
 
 pub use http::serve::{serve, serve_on};
-
-/// Old paths the store still uses (removed once the store names its own
-/// records).
-pub(crate) mod state {
-    pub use crate::clock::now_ms;
-}
-pub(crate) mod rollouts {
-    pub use crate::fleet::rollouts::{Pin, WindowInfo};
-}

@@ -149,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match &cli.cmd {
         Some(Sub::Backup { to }) => {
-            let sum = palette_server::backup::backup(&cli.data_dir, to)
+            let sum = palette_server::store::backup::backup(&cli.data_dir, to)
                 .await
                 .with_context(|| {
                     format!("backing up {} to {}", cli.data_dir.display(), to.display())
@@ -164,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Sub::Restore { from }) => {
-            let sum = palette_server::backup::restore(from, &cli.data_dir)
+            let sum = palette_server::store::backup::restore(from, &cli.data_dir)
                 .await
                 .with_context(|| {
                     format!(

@@ -203,7 +203,7 @@ pub async fn serve_artifact(state: &AppState, sha256: &str, req: Request) -> Res
 /// unreachable, 502 when what it holds is missing or wrong; logged either
 /// way, since a release names it.
 fn artifact_unavailable(e: crate::artifacts::FetchError) -> Response {
-    let chain = crate::error_chain(&e);
+    let chain = crate::chain::error_chain(&e);
     if e.is_transient() {
         tracing::warn!(error = %chain, "artifact download failed; the client retries");
         let mut r = text(
@@ -419,7 +419,7 @@ async fn put_command(State(state): State<AppState>, req: Request) -> Response {
 /// 500 otherwise; outages are logged once per episode by the store.
 pub fn store_failed(e: StoreError) -> Response {
     if !e.is_outage() {
-        tracing::error!(error = %crate::error_chain(&e), "request failed");
+        tracing::error!(error = %crate::chain::error_chain(&e), "request failed");
     }
     let mut res = text(
         crate::http::error::store_status(&e),

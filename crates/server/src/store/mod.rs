@@ -9,9 +9,11 @@
 //! batches, `LISTEN`/`NOTIFY`, the leader's advisory lock, its
 //! migrations).
 //!
-//! Must not: know anything of HTTP (no axum type; the status mapping below
-//! is on its way to the HTTP layer), or of the server's in-memory views.
+//! Must not: know anything of HTTP (no axum type; `http::error` maps these
+//! errors to status codes), or of the server's in-memory views. Imports only
+//! `protocol` and the crate's leaves (`clock`, `chain`).
 
+pub mod backup;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -76,19 +78,6 @@ pub fn is_enospc(e: &std::io::Error) -> bool {
 }
 
 impl StoreError {
-    /// The HTTP status a request that hit this error answers with.
-    pub fn status(&self) -> axum::http::StatusCode {
-        use axum::http::StatusCode;
-        match self {
-            StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
-            StoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Conflict(_) => StatusCode::CONFLICT,
-            StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        }
-    }
-
     /// The one-line reason a client is given.
     pub fn public_reason(&self) -> String {
         match self {
@@ -179,11 +168,11 @@ impl OutageLog {
                 Transition::Began => tracing::error!(
                     what,
                     error = %e,
-                    cause = %crate::error_chain(e),
+                    cause = %crate::chain::error_chain(e),
                     "database {what} failing: answering 5xx and storing nothing until it recovers (further failures are logged at debug level)"
                 ),
                 _ => {
-                    tracing::debug!(what, error = %crate::error_chain(e), "database {what} still failing")
+                    tracing::debug!(what, error = %crate::chain::error_chain(e), "database {what} still failing")
                 }
             },
             Err(_) => {}
@@ -330,7 +319,7 @@ impl AuditEntry {
     /// with (`Audit`).
     pub fn now(actor: &str, source: Option<&str>, action: &str, detail: String) -> AuditEntry {
         AuditEntry {
-            at: crate::state::now_ms(),
+            at: crate::clock::now_ms(),
             actor: actor.into(),
             source: source.map(str::to_string),
             action: action.into(),
@@ -387,7 +376,7 @@ pub struct NewRelease {
     pub held: bool,
 }
 
-/// A rollout as stored (see `crate::rollouts::Rollout`).
+/// A rollout as stored (see `crate::fleet::rollouts::Rollout`).
 #[derive(Debug, Clone)]
 pub struct RolloutRecord {
     pub id: i64,
@@ -520,20 +509,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(String, palette_protocol::selector::Labels)>>;
     async fn insert_pin(
         &self,
-        p: &crate::rollouts::Pin,
+        p: &palette_protocol::v2::Pin,
         at: Millis,
         audit: Audit<'_>,
     ) -> StoreResult<i64>;
     async fn delete_pin(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool>;
-    async fn load_pins(&self) -> StoreResult<Vec<crate::rollouts::Pin>>;
+    async fn load_pins(&self) -> StoreResult<Vec<palette_protocol::v2::Pin>>;
     async fn insert_window(
         &self,
-        w: &crate::rollouts::WindowInfo,
+        w: &palette_protocol::v2::WindowInfo,
         at: Millis,
         audit: Audit<'_>,
     ) -> StoreResult<i64>;
     async fn delete_window(&self, id: i64, audit: Audit<'_>) -> StoreResult<bool>;
-    async fn load_windows(&self) -> StoreResult<Vec<crate::rollouts::WindowInfo>>;
+    async fn load_windows(&self) -> StoreResult<Vec<palette_protocol::v2::WindowInfo>>;
     /// Marks a release withdrawn; false when there is no such release.
     async fn withdraw_release(&self, id: i64, at: Millis, audit: Audit<'_>) -> StoreResult<bool>;
     /// Rolls release `id` back (withdrawn and marked rolled back) and, when

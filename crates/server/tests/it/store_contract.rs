@@ -7,7 +7,7 @@
 use std::fmt::Debug;
 
 use palette_protocol::v2::{CommandAck, CommandKind, ConfigSource, Outcome, Target, UpdateReport};
-use palette_server::rollouts::{Pin, WindowInfo};
+use palette_protocol::v2::{Pin, WindowInfo};
 use palette_server::store::{
     AuditEntry, MemberRecord, NewRelease, RolloutRecord, SqlStore, Store, StoreError, TokenKind,
     UiSessionRow,

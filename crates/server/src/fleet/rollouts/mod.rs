@@ -50,26 +50,7 @@ pub struct Rollout {
     pub(crate) unsaved_record: bool,
 }
 
-/// A pin: the hosts matching `selector` are offered `version` of `product`
-/// and nothing else.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Pin {
-    pub id: i64,
-    pub selector: String,
-    pub product: String,
-    pub version: Version,
-    pub created_at: String,
-}
-
-/// A maintenance window for the hosts matching `selector`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WindowInfo {
-    pub id: i64,
-    pub selector: String,
-    pub schedule: String,
-    pub tz: String,
-    pub created_at: String,
-}
+pub use palette_protocol::v2::{Pin, WindowInfo};
 
 #[derive(Default)]
 pub struct Cache {

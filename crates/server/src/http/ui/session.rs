@@ -79,7 +79,7 @@ impl FromRequestParts<AppState> for UiSession {
             _ => {
                 // Expired, or its token revoked: gone for every replica.
                 if let Err(e) = state.end_ui_session(&id_hash).await {
-                    tracing::warn!(error = %crate::error_chain(&e), "could not delete an ended dashboard session; it is deleted at a later login");
+                    tracing::warn!(error = %crate::chain::error_chain(&e), "could not delete an ended dashboard session; it is deleted at a later login");
                 }
                 Err(reject)
             }
@@ -228,7 +228,7 @@ pub(super) async fn login(
         expires_at: now_ms() + SESSION_TTL.as_millis() as Millis,
     };
     if let Err(e) = state.open_ui_session(&row, now_ms()).await {
-        tracing::error!(error = %crate::error_chain(&e), "dashboard login failed: the session could not be stored");
+        tracing::error!(error = %crate::chain::error_chain(&e), "dashboard login failed: the session could not be stored");
         return html_response(
             StatusCode::SERVICE_UNAVAILABLE,
             login_form(Some(&e.public_reason())),

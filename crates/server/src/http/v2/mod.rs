@@ -83,7 +83,7 @@ impl From<StoreError> for V2Error {
         // Outages are logged once per episode by the store; anything else
         // (a corrupt row) is logged here.
         if !e.is_outage() && !matches!(e, StoreError::Conflict(_)) {
-            tracing::error!(error = %crate::error_chain(&e), "store failed");
+            tracing::error!(error = %crate::chain::error_chain(&e), "store failed");
         }
         let mut err = V2Error::new(crate::http::error::store_status(&e), e.public_reason());
         if e.is_outage() {
@@ -137,21 +137,21 @@ fn ingest_error(e: IngestError) -> V2Error {
             bad(e.to_string())
         }
         IngestError::Io { .. } if e.is_disk_full() => {
-            tracing::error!(error = %crate::error_chain(&e), "artifact not stored: the disk is full");
+            tracing::error!(error = %crate::chain::error_chain(&e), "artifact not stored: the disk is full");
             V2Error::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "the server's disk is full: the artifact was not stored; retry later",
             )
         }
         IngestError::Remote { .. } => {
-            tracing::error!(error = %crate::error_chain(&e), "artifact not stored: object storage failed");
+            tracing::error!(error = %crate::chain::error_chain(&e), "artifact not stored: object storage failed");
             V2Error::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{e}: nothing was published; retry later"),
             )
         }
         IngestError::Io { .. } => {
-            tracing::error!(error = %crate::error_chain(&e), "artifact write failed");
+            tracing::error!(error = %crate::chain::error_chain(&e), "artifact write failed");
             V2Error::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "could not store the artifact; see the server log",

@@ -17,7 +17,7 @@ pub(super) async fn ping(s: &SqlStore) -> StoreResult<()> {
             "INSERT INTO store_meta (key, value) VALUES ('ready_probe', $1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
-        .bind(crate::state::now_ms().to_string())
+        .bind(crate::clock::now_ms().to_string())
         .execute(&mut *tx)
         .await?;
     })

@@ -455,7 +455,7 @@ impl Store for SqlStore {
 
     async fn insert_pin(
         &self,
-        p: &crate::rollouts::Pin,
+        p: &palette_protocol::v2::Pin,
         at: Millis,
         audit: Audit<'_>,
     ) -> StoreResult<i64> {
@@ -466,13 +466,13 @@ impl Store for SqlStore {
         releases::delete_pin(self, id, audit).await
     }
 
-    async fn load_pins(&self) -> StoreResult<Vec<crate::rollouts::Pin>> {
+    async fn load_pins(&self) -> StoreResult<Vec<palette_protocol::v2::Pin>> {
         releases::load_pins(self).await
     }
 
     async fn insert_window(
         &self,
-        w: &crate::rollouts::WindowInfo,
+        w: &palette_protocol::v2::WindowInfo,
         at: Millis,
         audit: Audit<'_>,
     ) -> StoreResult<i64> {
@@ -483,7 +483,7 @@ impl Store for SqlStore {
         releases::delete_window(self, id, audit).await
     }
 
-    async fn load_windows(&self) -> StoreResult<Vec<crate::rollouts::WindowInfo>> {
+    async fn load_windows(&self) -> StoreResult<Vec<palette_protocol::v2::WindowInfo>> {
         releases::load_windows(self).await
     }
 

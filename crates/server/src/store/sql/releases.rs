@@ -13,8 +13,8 @@ use palette_protocol::Version;
 use sqlx::Row;
 
 use super::{Batches, SqlStore};
-use crate::rollouts::{Pin, WindowInfo};
 use crate::store::{Audit, MemberRecord, NewRelease, RolloutRecord, StoreError, StoreResult};
+use palette_protocol::v2::{Pin, WindowInfo};
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
