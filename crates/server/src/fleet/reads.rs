@@ -15,16 +15,22 @@ impl Fleet {
     /// first.
     pub async fn command_statuses(&self, limit: i64) -> StoreResult<Vec<CommandStatus>> {
         let rows = self.store.recent_commands(limit).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let results = self.store.acks_for_command(row.id).await?;
-            out.push(CommandStatus {
-                command: command_wire(&row),
-                target: row.target.clone(),
-                results,
-            });
+        let Some(first) = rows.iter().map(|r| r.id).min() else {
+            return Ok(Vec::new());
+        };
+        // One read for every row's acknowledgements (not one per row).
+        let mut acks: std::collections::HashMap<i64, Vec<CommandAck>> = Default::default();
+        for a in self.store.acks_from_command(first).await? {
+            acks.entry(a.id).or_default().push(a);
         }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .map(|row| CommandStatus {
+                command: command_wire(&row),
+                results: acks.remove(&row.id).unwrap_or_default(),
+                target: row.target,
+            })
+            .collect())
     }
 
     /// One command with its acknowledgements.

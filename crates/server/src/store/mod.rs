@@ -460,6 +460,9 @@ pub trait Store: Send + Sync + 'static {
     /// many check-ins); for each, whether it was new.
     async fn record_acks(&self, acks: &[(CommandAck, Millis)]) -> StoreResult<Vec<bool>>;
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>>;
+    /// Every acknowledgement of the commands from `first_id` on, by
+    /// command and time (one read for a list of recent commands).
+    async fn acks_from_command(&self, first_id: i64) -> StoreResult<Vec<CommandAck>>;
     /// Records update outcomes hosts reported (host, product, outcome,
     /// when), in one transaction; each unless it is the newest one already
     /// recorded for its host and product.

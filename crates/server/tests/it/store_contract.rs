@@ -185,6 +185,16 @@ async fn script(s: &dyn Store) -> Transcript {
     assert_eq!(acks.len(), 2);
     assert_eq!(acks[0].message, "stopped");
     t.note("acks of c1", &acks);
+    // Every ack from c1 on, by command then time: c1's two, then c2's one.
+    let from = s.acks_from_command(c1.id).await.unwrap();
+    assert_eq!(
+        from.iter()
+            .map(|a| (a.id, a.message.as_str()))
+            .collect::<Vec<_>>(),
+        [(c1.id, "stopped"), (c1.id, "no agent"), (c2.id, "started")]
+    );
+    assert_eq!(s.acks_from_command(c2.id + 1).await.unwrap(), Vec::new());
+    t.note("acks from c1", &from);
     let host_acks = s.host_acks("web-2", 10).await.unwrap();
     assert_eq!(
         host_acks

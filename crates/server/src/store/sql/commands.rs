@@ -140,6 +140,24 @@ pub(super) async fn acks_for_command(s: &SqlStore, id: i64) -> StoreResult<Vec<C
     })
 }
 
+/// Every acknowledgement of the commands from `first_id` on, by command
+/// and time: one read for a list of recent commands.
+pub(super) async fn acks_from_command(s: &SqlStore, first_id: i64) -> StoreResult<Vec<CommandAck>> {
+    on_db!(s, |pool| {
+        let rows = s.read(
+            sqlx::query(
+                "SELECT * FROM command_acks WHERE command_id >= $1 ORDER BY command_id, at",
+            )
+            .bind(first_id)
+            .fetch_all(pool)
+            .await,
+        )?;
+        rows.iter()
+            .map(|r| ack_from_row(r).map_err(StoreError::from))
+            .collect()
+    })
+}
+
 /// The host's newest `limit` acknowledgements, newest first, with the kind
 /// of command each answered.
 pub(super) async fn host_acks(

@@ -381,6 +381,9 @@ impl Store for SqlStore {
     async fn acks_for_command(&self, id: i64) -> StoreResult<Vec<CommandAck>> {
         commands::acks_for_command(self, id).await
     }
+    async fn acks_from_command(&self, first_id: i64) -> StoreResult<Vec<CommandAck>> {
+        commands::acks_from_command(self, first_id).await
+    }
 
     async fn record_updates(
         &self,
