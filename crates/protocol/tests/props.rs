@@ -15,7 +15,9 @@ proptest! {
         if let Ok(h) = validate_hostname(&name) {
             prop_assert!(!h.is_empty() && h.len() <= 253);
             prop_assert!(!h.contains('/') && !h.contains('\\') && !h.contains("..") && !h.contains('%'));
-            prop_assert_eq!(h.clone(), h.to_lowercase());
+            // Kept exactly as written: the original server compares names
+            // case-sensitively (issue 21.7).
+            prop_assert_eq!(h.as_str(), name.as_str());
             prop_assert!(h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
         }
     }
