@@ -21,7 +21,7 @@ if [ -z "$PALETTE_TEST_S3" ]; then
     echo "the object storage tests are skipped: set PALETTE_S3_URL (scripts/s3-test-server.sh starts a server)"
   fi
 fi
-PALETTE_TEST_POSTGRES= cargo test --workspace --locked "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
+PALETTE_TEST_POSTGRES= cargo test --workspace --locked --no-fail-fast "${FEATURES[@]}" 2>&1 | tee "$log" || status=$?
 # The server's suite once more on PostgreSQL (one test body, two backends):
 # PALETTE_POSTGRES_URL names a server the tests may create databases on
 # (scripts/pg-test-cluster.sh starts one; .ci/run does).
