@@ -94,7 +94,9 @@ pub async fn follow_retry(
                     && (seen_installing.contains(name)
                         || r.baseline.get(name).is_some_and(|b| b.as_ref() != Some(*u)))
             });
-            let finished = if installed == Some(r.version) {
+            // Still taking it (its health check runs with the version
+            // already current): not finished, as in `watch_release`.
+            let finished = if installed == Some(r.version) && installing.is_none() {
                 Some((Outcome::Succeeded, format!("running {}", r.version)))
             } else {
                 failed_again.map(|u| (Outcome::Failed, u.message.clone()))
